@@ -1,0 +1,99 @@
+//! `llmux check`: the routing table and every problem, as the server would load them.
+use std::io::Write;
+use std::path::Path;
+
+use crate::config::load::{load_dir, process_env, Severity};
+use crate::routing::table::RoutingTable;
+
+/// Prints the table and problems to `out`. Returns whether the config has no error.
+pub fn run(config_dir: &Path, out: &mut impl Write) -> std::io::Result<bool> {
+    let loads = match load_dir(config_dir, &process_env) {
+        Ok(loads) => loads,
+        Err(error) => {
+            writeln!(
+                out,
+                "error: cannot read the config dir `{}`: {error}",
+                config_dir.display()
+            )?;
+            return Ok(false);
+        }
+    };
+    let mut ok = true;
+    let mut problems = Vec::new();
+    let table = RoutingTable::new();
+    let file_count = loads.len();
+    for load in loads {
+        ok &= load.errors().next().is_none();
+        problems.extend(load.problems);
+        if let Some(endpoints) = load.endpoints {
+            table.replace_file(&load.file, endpoints);
+        }
+    }
+    let rows: Vec<[String; 7]> = table
+        .endpoints()
+        .iter()
+        .map(|e| {
+            [
+                e.exposed_model.to_string(),
+                format!("/{}", e.path),
+                e.provider.to_string(),
+                e.upstream_uri.to_string(),
+                format!(
+                    "{}s/{}s",
+                    e.request_timeout.as_secs_f64(),
+                    e.health_timeout.as_secs_f64()
+                ),
+                e.key_variable.as_deref().unwrap_or("-").to_owned(),
+                match (&e.key_variable, &e.api_key) {
+                    (None, _) => "-".to_owned(),
+                    (Some(_), Some(_)) => "set".to_owned(),
+                    (Some(_), None) => "UNSET".to_owned(),
+                },
+            ]
+        })
+        .collect();
+    let header = [
+        "MODEL",
+        "PATH",
+        "PROVIDER",
+        "UPSTREAM",
+        "TIMEOUTS(req/health)",
+        "KEY VARIABLE",
+        "KEY",
+    ];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    writeln!(out, "{}", line(&header.map(str::to_owned)))?;
+    for row in &rows {
+        writeln!(out, "{}", line(row))?;
+    }
+    let errors = problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .count();
+    writeln!(out)?;
+    for problem in &problems {
+        writeln!(out, "{problem}")?;
+    }
+    writeln!(
+        out,
+        "{file_count} files, {} routes, {errors} errors, {} warnings",
+        rows.len(),
+        problems.len() - errors
+    )?;
+    Ok(ok)
+}

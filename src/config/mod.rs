@@ -1,0 +1,4 @@
+//! The JSON config files: their serde mirror, and loading a directory of them into endpoints.
+pub mod load;
+pub mod locate;
+pub mod schema;

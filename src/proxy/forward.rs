@@ -1,0 +1,109 @@
+//! The upstream call: awc request with the provider's key, the answer streamed back.
+use std::sync::Arc;
+
+use actix_web::body::SizedStream;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::Uri;
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use awc::error::{ConnectError, SendRequestError};
+use bytes::Bytes;
+
+use super::headers::{copy_request_headers, keep_response_header, X_REQUEST_ID};
+use super::log::AccessLog;
+use super::stream::ResponseStream;
+use crate::errors::ApiError;
+use crate::routing::endpoint::Endpoint;
+
+/// Sends `body` to `uri` on behalf of `request` and turns the upstream's answer, whatever its
+/// status, into the client's response. Only failures to get an answer at all are `ApiError`s.
+pub async fn forward(
+    client: &awc::Client,
+    request: &HttpRequest,
+    endpoint: &Arc<Endpoint>,
+    uri: Uri,
+    body: Bytes,
+    mut log: AccessLog,
+) -> Result<HttpResponse, ApiError> {
+    let mut upstream = client
+        .request(request.method().clone(), uri)
+        .timeout(endpoint.request_timeout);
+    {
+        let headers = upstream.headers_mut();
+        copy_request_headers(request.headers(), headers);
+        headers.insert(X_REQUEST_ID.clone(), log.request_id.clone());
+        if let Some(authorization) = &endpoint.authorization {
+            headers.insert(header::AUTHORIZATION, authorization.clone());
+        }
+    }
+    let mut response = match upstream.send_body(body).await {
+        Ok(response) => response,
+        Err(error) => {
+            let error = upstream_error(endpoint, error);
+            log.status = Some(error.status_code().as_u16());
+            log.outcome = match error {
+                ApiError::UpstreamTimeout { .. } => "upstream_timeout",
+                _ => "upstream_unreachable",
+            };
+            tracing::warn!(request_id = log.request_id(), provider = %endpoint.provider, %error, "upstream request failed");
+            return Err(error);
+        }
+    };
+
+    let status = response.status();
+    log.status = Some(status.as_u16());
+    let mut builder = HttpResponse::build(status);
+    for (name, value) in response.headers() {
+        if keep_response_header(name) {
+            builder.append_header((name.clone(), value.clone()));
+        }
+    }
+    builder.insert_header((X_REQUEST_ID.clone(), log.request_id.clone()));
+    let event_stream = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| is_event_stream(v));
+    let length = match event_stream {
+        true => None,
+        false => response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok()),
+    };
+    log.stream = event_stream;
+    let body = ResponseStream::new(response.take_payload(), endpoint.request_timeout, log);
+    Ok(match length {
+        Some(length) => builder.body(SizedStream::new(length, body)),
+        None => builder.streaming(body),
+    })
+}
+
+fn is_event_stream(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .get(..17)
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"text/event-stream"))
+}
+
+/// Names the failing side without ever printing a key: awc errors carry no headers.
+fn upstream_error(endpoint: &Endpoint, error: SendRequestError) -> ApiError {
+    let provider = endpoint.provider.to_string();
+    match error {
+        SendRequestError::Timeout => ApiError::UpstreamTimeout {
+            provider,
+            timeout: endpoint.request_timeout,
+        },
+        SendRequestError::Connect(ConnectError::Timeout) => ApiError::UpstreamUnreachable {
+            provider,
+            cause: format!("connecting to {} timed out", endpoint.upstream_host),
+        },
+        SendRequestError::Connect(error) => ApiError::UpstreamUnreachable {
+            provider,
+            cause: format!("cannot connect to {}: {error}", endpoint.upstream_host),
+        },
+        other => ApiError::UpstreamUnreachable {
+            provider,
+            cause: format!("{} failed: {other}", endpoint.upstream_host),
+        },
+    }
+}

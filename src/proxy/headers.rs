@@ -1,0 +1,134 @@
+//! Which headers cross the proxy: hop-by-hop headers and client credentials never go upstream.
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request headers a client sends that never reach the upstream. Credentials (the client's
+/// Authorization is for llmux, not for the provider), connection management, and headers llmux
+/// recomputes (Host, Content-Length, the request id, encodings it must be able to read).
+const DROPPED_REQUEST: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "api-key",
+    "openai-organization",
+    "openai-project",
+    "host",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+    "accept-encoding",
+    "x-request-id",
+];
+
+/// Response headers that describe the upstream connection, not the answer.
+const DROPPED_RESPONSE: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "date",
+    "x-request-id",
+];
+
+fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
+    headers.get_all(header::CONNECTION).any(|value| {
+        value.to_str().is_ok_and(|listed| {
+            listed
+                .split(',')
+                .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+        })
+    })
+}
+
+/// Copies the client headers that may go upstream.
+pub fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from.iter() {
+        if DROPPED_REQUEST.contains(&name.as_str()) || named_by_connection(from, name) {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
+
+/// Whether an upstream response header goes back to the client.
+pub fn keep_response_header(name: &HeaderName) -> bool {
+    !DROPPED_RESPONSE.contains(&name.as_str())
+}
+
+/// The client's request id when it sent a usable one, a new one otherwise.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(value) = headers.get(&X_REQUEST_ID) {
+        let usable = value.len() <= 128 && value.as_bytes().iter().all(|b| b.is_ascii_graphic());
+        if usable && !value.is_empty() {
+            return value.clone();
+        }
+    }
+    let id = format!("req_{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn credentials_and_hop_by_hop_headers_stay_behind() {
+        let from = map(&[
+            ("authorization", "Bearer client-token"),
+            ("cookie", "a=b"),
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("content-type", "application/json"),
+            ("openai-beta", "assistants=v2"),
+            ("idempotency-key", "k1"),
+            ("user-agent", "OpenAI/Python"),
+            ("content-length", "12"),
+        ]);
+        let mut to = HeaderMap::new();
+        copy_request_headers(&from, &mut to);
+        let mut names: Vec<&str> = to.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "content-type",
+                "idempotency-key",
+                "openai-beta",
+                "user-agent"
+            ]
+        );
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane_and_generated_otherwise() {
+        let given = map(&[("x-request-id", "abc-123")]);
+        assert_eq!(request_id(&given), "abc-123");
+        let generated = request_id(&HeaderMap::new());
+        assert!(generated.to_str().unwrap().starts_with("req_"));
+        assert_ne!(generated, request_id(&HeaderMap::new()));
+    }
+}

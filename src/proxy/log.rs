@@ -1,0 +1,78 @@
+//! The one log line per request, written when the request is over: after the last byte of its
+//! answer went out (or the client went away), so a stream's line carries its whole duration.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::HeaderValue;
+
+use crate::routing::endpoint::Endpoint;
+
+#[derive(Debug)]
+pub struct AccessLog {
+    pub request_id: HeaderValue,
+    pub method: &'static str,
+    pub path: &'static str,
+    pub client: Option<SocketAddr>,
+    pub started: Instant,
+    pub model: Option<Box<str>>,
+    pub endpoint: Option<Arc<Endpoint>>,
+    pub status: Option<u16>,
+    pub first_byte: Option<Duration>,
+    pub stream: bool,
+    pub bytes: u64,
+    /// Why the request ended other than normally (`client_closed`, `upstream_timeout`, ...).
+    pub outcome: &'static str,
+}
+
+impl AccessLog {
+    pub fn start(
+        request_id: HeaderValue,
+        method: &'static str,
+        path: &'static str,
+        client: Option<SocketAddr>,
+    ) -> Self {
+        Self {
+            request_id,
+            method,
+            path,
+            client,
+            started: Instant::now(),
+            model: None,
+            endpoint: None,
+            status: None,
+            first_byte: None,
+            stream: false,
+            bytes: 0,
+            outcome: "client_closed",
+        }
+    }
+
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("")
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        let endpoint = self.endpoint.as_deref();
+        tracing::info!(
+            target: "llmux::access",
+            request_id = self.request_id(),
+            method = self.method,
+            path = self.path,
+            model = self.model.as_deref().unwrap_or(""),
+            provider = endpoint.map_or("", |e| &*e.provider),
+            target_model = endpoint.map_or("", |e| &*e.target_model_name),
+            upstream_host = endpoint.map_or("", |e| &*e.upstream_host),
+            status = self.status.unwrap_or(0),
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            ttfb_ms = self.first_byte.map(|d| d.as_secs_f64() * 1000.0),
+            stream = self.stream,
+            bytes = self.bytes,
+            outcome = self.outcome,
+            client = self.client.map(|c| c.to_string()),
+            "request"
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! Validated routing types: endpoints, pools and the table that maps (exposed model, path) to a pool.
+//! Routing does no IO.
+pub mod endpoint;
+pub mod pool;
+pub mod table;

@@ -1,0 +1,364 @@
+//! The routing table: exposed model -> path -> pool, replaced one config file at a time.
+//!
+//! Readers look a model up in a `DashMap` and get an `Arc<ModelRoutes>`: an immutable snapshot of
+//! every route of that model, so a request sees one whole version of it and a lookup allocates
+//! nothing. Writers replace or remove a whole file's endpoints under one lock and re-publish only
+//! the models that file touches.
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+
+use super::endpoint::Endpoint;
+use super::pool::Pool;
+
+/// Every route of one exposed model.
+#[derive(Debug)]
+pub struct ModelRoutes {
+    pub name: Arc<str>,
+    /// Unix seconds when the model first appeared, for `GET /v1/models`.
+    pub created: u64,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub path: Box<str>,
+    pub pool: Pool,
+}
+
+impl ModelRoutes {
+    pub fn pool(&self, path: &str) -> Option<&Pool> {
+        self.routes
+            .iter()
+            .find(|route| &*route.path == path)
+            .map(|route| &route.pool)
+    }
+
+    /// The provider that owns the model: the provider of its first endpoint.
+    pub fn owner(&self) -> &str {
+        self.routes
+            .first()
+            .map_or("", |route| &*route.pool.pick().provider)
+    }
+
+    pub fn served_paths(&self) -> String {
+        self.routes
+            .iter()
+            .map(|route| format!("/{}", route.path))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// What one table update did, for the reload summary line.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TableChange {
+    pub models_added: Vec<String>,
+    pub models_removed: Vec<String>,
+    pub models_changed: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct RoutingTable {
+    models: DashMap<Box<str>, Arc<ModelRoutes>>,
+    /// Each file's endpoints in load order; files in name order. Held while writing.
+    files: Mutex<BTreeMap<PathBuf, Vec<Arc<Endpoint>>>>,
+    generation: AtomicU64,
+}
+
+impl RoutingTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn lookup(&self, model: &str) -> Option<Arc<ModelRoutes>> {
+        self.models
+            .get(model)
+            .map(|entry| Arc::clone(entry.value()))
+    }
+
+    /// Every model, sorted by name.
+    pub fn models(&self) -> Vec<Arc<ModelRoutes>> {
+        let mut all: Vec<_> = self
+            .models
+            .iter()
+            .map(|entry| Arc::clone(entry.value()))
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    pub fn route_count(&self) -> usize {
+        self.models.iter().map(|entry| entry.routes.len()).sum()
+    }
+
+    /// Bumped by every update that changed something.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Every endpoint of every file, in file then load order.
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        let files = self
+            .files
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        files.values().flatten().cloned().collect()
+    }
+
+    /// Replaces the endpoints a file contributes, as a unit.
+    pub fn replace_file(&self, file: &Path, endpoints: Vec<Endpoint>) -> TableChange {
+        let endpoints = endpoints.into_iter().map(Arc::new).collect();
+        self.update(file, Some(endpoints))
+    }
+
+    /// Removes every endpoint a file contributed.
+    pub fn remove_file(&self, file: &Path) -> TableChange {
+        self.update(file, None)
+    }
+
+    pub fn files(&self) -> Vec<PathBuf> {
+        let files = self
+            .files
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        files.keys().cloned().collect()
+    }
+
+    fn update(&self, file: &Path, endpoints: Option<Vec<Arc<Endpoint>>>) -> TableChange {
+        let mut files = self
+            .files
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let mut touched: BTreeSet<Arc<str>> = BTreeSet::new();
+        if let Some(old) = files.get(file) {
+            touched.extend(old.iter().map(|e| Arc::clone(&e.exposed_model)));
+        }
+        match endpoints {
+            Some(new) => {
+                touched.extend(new.iter().map(|e| Arc::clone(&e.exposed_model)));
+                files.insert(file.to_path_buf(), new);
+            }
+            None => {
+                files.remove(file);
+            }
+        }
+
+        let mut change = TableChange::default();
+        for model in touched {
+            let members: Vec<&Arc<Endpoint>> = files
+                .values()
+                .flatten()
+                .filter(|endpoint| endpoint.exposed_model == model)
+                .collect();
+            let previous = self.models.get(&*model).map(|e| Arc::clone(e.value()));
+            if members.is_empty() {
+                self.models.remove(&*model);
+                change.models_removed.push(model.to_string());
+                continue;
+            }
+            if let Some(previous) = &previous {
+                if same_members(previous, &members) {
+                    continue;
+                }
+            }
+            let created = previous.as_ref().map_or_else(unix_now, |p| p.created);
+            let routes = build_model(&model, created, &members);
+            self.models.insert(Box::from(&*model), Arc::new(routes));
+            match previous {
+                Some(_) => change.models_changed.push(model.to_string()),
+                None => change.models_added.push(model.to_string()),
+            }
+        }
+        if change != TableChange::default() {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        change
+    }
+}
+
+/// Groups a model's endpoints by path, in load order, and warns about pools of more than one.
+fn build_model(model: &Arc<str>, created: u64, members: &[&Arc<Endpoint>]) -> ModelRoutes {
+    let mut by_path: Vec<(Box<str>, Vec<Arc<Endpoint>>)> = Vec::new();
+    for endpoint in members {
+        match by_path.iter_mut().find(|(path, _)| *path == endpoint.path) {
+            Some((_, list)) => list.push(Arc::clone(endpoint)),
+            None => by_path.push((endpoint.path.clone(), vec![Arc::clone(endpoint)])),
+        }
+    }
+    let routes = by_path
+        .into_iter()
+        .filter_map(|(path, list)| {
+            if list.len() > 1 {
+                tracing::warn!(
+                    model = %model,
+                    path = %path,
+                    endpoints = list.len(),
+                    serving_provider = %list[0].provider,
+                    serving_file = %list[0].file.display(),
+                    "several endpoints serve the same model and path; the first one loaded serves"
+                );
+            }
+            Pool::new(list).map(|pool| Route { path, pool })
+        })
+        .collect();
+    ModelRoutes {
+        name: Arc::clone(model),
+        created,
+        routes,
+    }
+}
+
+/// True when a model would be rebuilt from exactly the endpoints it already has, so touching a
+/// file without changing it causes no route churn.
+fn same_members(previous: &ModelRoutes, members: &[&Arc<Endpoint>]) -> bool {
+    let old: Vec<&Arc<Endpoint>> = previous
+        .routes
+        .iter()
+        .flat_map(|route| route.pool.members())
+        .collect();
+    old.len() == members.len()
+        && old
+            .iter()
+            .all(|endpoint| members.iter().any(|m| same_endpoint(endpoint, m)))
+}
+
+fn same_endpoint(a: &Endpoint, b: &Endpoint) -> bool {
+    a.provider == b.provider
+        && a.path == b.path
+        && a.target_model_name == b.target_model_name
+        && a.upstream_uri == b.upstream_uri
+        && a.request_timeout == b.request_timeout
+        && a.health_timeout == b.health_timeout
+        && a.key_variable == b.key_variable
+        && a.api_key == b.api_key
+        && a.file == b.file
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn endpoint(file: &str, model: &str, path: &str, target: &str) -> Endpoint {
+        Endpoint {
+            provider: Arc::from("p"),
+            exposed_model: Arc::from(model),
+            path: path.into(),
+            target_model_name: target.into(),
+            target_model_json: format!("\"{target}\"").into(),
+            base_url: "http://127.0.0.1:1".into(),
+            upstream_uri: format!("http://127.0.0.1:1/{path}").parse().unwrap(),
+            upstream_host: "127.0.0.1:1".into(),
+            request_timeout: Duration::from_secs(60),
+            health_timeout: Duration::from_secs(60),
+            key_variable: None,
+            api_key: None,
+            authorization: None,
+            file: Arc::from(Path::new(file)),
+        }
+    }
+
+    #[test]
+    fn a_file_is_replaced_and_removed_as_a_unit() {
+        let table = RoutingTable::new();
+        let a = Path::new("a.json");
+        let change = table.replace_file(
+            a,
+            vec![
+                endpoint("a.json", "m", "v1/chat/completions", "t1"),
+                endpoint("a.json", "n", "v1/embeddings", "e1"),
+            ],
+        );
+        assert_eq!(change.models_added, vec!["m", "n"]);
+        let m = table.lookup("m").unwrap();
+        assert_eq!(
+            &*m.pool("v1/chat/completions")
+                .unwrap()
+                .pick()
+                .target_model_name,
+            "t1"
+        );
+
+        let change = table.replace_file(
+            a,
+            vec![endpoint("a.json", "m", "v1/chat/completions", "t2")],
+        );
+        assert_eq!(change.models_changed, vec!["m"]);
+        assert_eq!(change.models_removed, vec!["n"]);
+        assert!(table.lookup("n").is_none());
+        // A request that looked up the old version keeps it whole.
+        assert_eq!(
+            &*m.pool("v1/chat/completions")
+                .unwrap()
+                .pick()
+                .target_model_name,
+            "t1"
+        );
+
+        table.remove_file(a);
+        assert!(table.lookup("m").is_none());
+        assert_eq!(table.route_count(), 0);
+    }
+
+    #[test]
+    fn same_model_across_files_keeps_file_name_order_and_other_files_survive() {
+        let table = RoutingTable::new();
+        table.replace_file(
+            Path::new("b.json"),
+            vec![endpoint("b.json", "m", "v1/x", "from-b")],
+        );
+        table.replace_file(
+            Path::new("a.json"),
+            vec![endpoint("a.json", "m", "v1/x", "from-a")],
+        );
+        let pool_targets: Vec<String> = table
+            .lookup("m")
+            .unwrap()
+            .pool("v1/x")
+            .unwrap()
+            .members()
+            .iter()
+            .map(|e| e.target_model_name.to_string())
+            .collect();
+        assert_eq!(pool_targets, vec!["from-a", "from-b"]);
+
+        table.remove_file(Path::new("a.json"));
+        assert_eq!(
+            &*table
+                .lookup("m")
+                .unwrap()
+                .pool("v1/x")
+                .unwrap()
+                .pick()
+                .target_model_name,
+            "from-b"
+        );
+    }
+
+    #[test]
+    fn an_unchanged_file_causes_no_churn() {
+        let table = RoutingTable::new();
+        table.replace_file(
+            Path::new("a.json"),
+            vec![endpoint("a.json", "m", "v1/x", "t")],
+        );
+        let generation = table.generation();
+        let change = table.replace_file(
+            Path::new("a.json"),
+            vec![endpoint("a.json", "m", "v1/x", "t")],
+        );
+        assert_eq!(change, TableChange::default());
+        assert_eq!(table.generation(), generation);
+    }
+}

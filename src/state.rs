@@ -1,0 +1,14 @@
+//! Shared state, built once and handed to every worker as `web::Data<AppState>`.
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::routing::table::RoutingTable;
+
+#[derive(Debug)]
+pub struct AppState {
+    pub table: Arc<RoutingTable>,
+    pub config_dir: PathBuf,
+    /// Public URL of this instance, without trailing slash.
+    pub base_url: String,
+    pub max_body_bytes: usize,
+}
