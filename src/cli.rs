@@ -109,7 +109,7 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["llmux", "check", "--config-dir", "/x"]).unwrap();
         assert!(
-            matches!(cli.into_command(), Command::Check(a) if a.config_dir == PathBuf::from("/x"))
+            matches!(cli.into_command(), Command::Check(a) if a.config_dir == std::path::Path::new("/x"))
         );
         assert!(parse_seconds("0").is_err());
         assert!(parse_seconds("abc").is_err());

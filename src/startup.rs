@@ -1,11 +1,11 @@
 //! Application::build: load the config, bind, wire state and the URL map. Binding happens here,
 //! never while parsing settings, and the real port is reported (tests bind port 0).
 use std::net::TcpListener;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, Service};
+use actix_web::HttpMessage;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
@@ -13,6 +13,7 @@ use crate::api;
 use crate::cli::ServeArgs;
 use crate::config::load::{load_dir, process_env, FileLoad, Severity};
 use crate::errors;
+use crate::proxy::headers::{request_id, RequestId, X_REQUEST_ID};
 use crate::routing::table::RoutingTable;
 use crate::state::AppState;
 
@@ -22,8 +23,19 @@ pub struct Application {
     state: web::Data<AppState>,
 }
 
+/// Where provider keys are read from: the process environment in production, a map in tests.
+pub type EnvSource = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+pub fn process_env_source() -> EnvSource {
+    Arc::new(process_env)
+}
+
 impl Application {
     pub fn build(args: ServeArgs) -> anyhow::Result<Self> {
+        Self::build_with_env(args, process_env_source())
+    }
+
+    pub fn build_with_env(args: ServeArgs, env: EnvSource) -> anyhow::Result<Self> {
         if !args.config_dir.is_dir() {
             anyhow::bail!(
                 "the config dir `{}` does not exist or is not a directory (set --config-dir or LLMUX_CONFIG_DIR)",
@@ -31,7 +43,7 @@ impl Application {
             );
         }
         let table = Arc::new(RoutingTable::new());
-        let loads = load_dir(&args.config_dir, &process_env)
+        let loads = load_dir(&args.config_dir, &*env)
             .with_context(|| format!("reading the config dir `{}`", args.config_dir.display()))?;
         publish(&table, loads);
         if table.route_count() == 0 {
@@ -52,6 +64,7 @@ impl Application {
             config_dir: args.config_dir.clone(),
             base_url,
             max_body_bytes: args.max_body_bytes,
+            env,
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;
@@ -63,6 +76,16 @@ impl Application {
                     Arc::clone(&tls),
                     connect_timeout,
                 )))
+                .wrap_fn(|request, service| {
+                    let id = request_id(request.headers());
+                    request.extensions_mut().insert(RequestId(id.clone()));
+                    let response = service.call(request);
+                    async move {
+                        let mut response = response.await?;
+                        response.headers_mut().insert(X_REQUEST_ID.clone(), id);
+                        Ok(response)
+                    }
+                })
                 .configure(api::configure)
                 .default_service(web::to(errors::unknown_route))
         })
@@ -157,9 +180,4 @@ fn upstream_client(tls: Arc<rustls::ClientConfig>, connect_timeout: Duration) ->
         .disable_redirects()
         .no_default_headers()
         .finish()
-}
-
-/// Whether a path is inside the config dir (for callers that receive paths from elsewhere).
-pub fn in_dir(dir: &Path, file: &Path) -> bool {
-    file.parent() == Some(dir)
 }

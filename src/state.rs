@@ -3,12 +3,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::routing::table::RoutingTable;
+use crate::startup::EnvSource;
 
-#[derive(Debug)]
 pub struct AppState {
     pub table: Arc<RoutingTable>,
     pub config_dir: PathBuf,
     /// Public URL of this instance, without trailing slash.
     pub base_url: String,
     pub max_body_bytes: usize,
+    /// Where provider keys are read from at each load.
+    pub env: EnvSource,
 }

@@ -1,16 +1,16 @@
 //! The JSON endpoints: read the body, route on its `model`, rewrite it, forward.
 use std::sync::Arc;
 
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header;
 use actix_web::http::Uri;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use crate::errors::ApiError;
 use crate::proxy::body::{find_model, splice};
 use crate::proxy::forward::forward;
-use crate::proxy::headers::{request_id, X_REQUEST_ID};
+use crate::proxy::headers::{request_id, RequestId};
 use crate::proxy::log::AccessLog;
 use crate::routing::endpoint::Endpoint;
 use crate::routing::table::RoutingTable;
@@ -23,13 +23,11 @@ pub async fn json(
     state: web::Data<AppState>,
     client: web::Data<awc::Client>,
 ) -> HttpResponse {
-    let mut log = AccessLog::start(
-        request_id(request.headers()),
-        "POST",
-        path,
-        request.peer_addr(),
-    );
-    let request_id = log.request_id.clone();
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map_or_else(|| request_id(request.headers()), |id| id.0.clone());
+    let mut log = AccessLog::start(request_id, "POST", path, request.peer_addr());
     let prepared = prepare(path, &request, payload, &state, &mut log).await;
     let result = match prepared {
         Ok((endpoint, uri, body)) => forward(&client, &request, &endpoint, uri, body, log).await,
@@ -39,16 +37,7 @@ pub async fn json(
             Err(error)
         }
     };
-    result.unwrap_or_else(|error| error_response(&error, request_id))
-}
-
-/// An `ApiError` answer that carries the request id like every other answer.
-pub fn error_response(error: &ApiError, request_id: HeaderValue) -> HttpResponse {
-    let mut response = error.error_response();
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID.clone(), request_id);
-    response
+    result.unwrap_or_else(|error| error.error_response())
 }
 
 async fn prepare(

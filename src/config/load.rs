@@ -182,6 +182,11 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                 format!("provider `{provider_name}` declares no models"),
             );
         }
+        let provider_base = provider.target_base_url.as_ref().map(|url| {
+            report
+                .base_url(url, at("target_base_url"))
+                .map(|authority| (url, authority))
+        });
         let prefix = provider.prefix.as_deref().unwrap_or("");
         for (model_key, model) in &provider.models {
             let model_path = {
@@ -224,12 +229,14 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                     report.error(field("path"), "the path is empty".into());
                     continue;
                 }
-                let (base_url, base_path) = match (
-                    &endpoint.target_base_url,
-                    &provider.target_base_url,
-                ) {
-                    (Some(url), _) => (url, field("target_base_url")),
-                    (None, Some(url)) => (url, at("target_base_url")),
+                let (base_url, authority) = match (&endpoint.target_base_url, &provider_base) {
+                    (Some(url), _) => match report.base_url(url, field("target_base_url")) {
+                        Some(authority) => (url, authority),
+                        None => continue,
+                    },
+                    (None, Some(Some((url, authority)))) => (*url, authority.clone()),
+                    // The provider's URL is invalid: already reported.
+                    (None, Some(None)) => continue,
                     (None, None) => {
                         report.error(
                             endpoint_path.clone(),
@@ -237,9 +244,6 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                         );
                         continue;
                     }
-                };
-                let Some(authority) = report.base_url(base_url, base_path) else {
-                    continue;
                 };
                 let url = join_url(base_url, path);
                 let upstream_uri: Uri = match url.parse() {

@@ -57,11 +57,10 @@ pub async fn forward(
             builder.append_header((name.clone(), value.clone()));
         }
     }
-    builder.insert_header((X_REQUEST_ID.clone(), log.request_id.clone()));
     let event_stream = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| is_event_stream(v));
+        .is_some_and(is_event_stream);
     let length = match event_stream {
         true => None,
         false => response

@@ -68,6 +68,11 @@ pub fn keep_response_header(name: &HeaderName) -> bool {
     !DROPPED_RESPONSE.contains(&name.as_str())
 }
 
+/// The request id of the request being served, put in the request's extensions by the
+/// middleware that also returns it on every response.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
+
 /// The client's request id when it sent a usable one, a new one otherwise.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(value) = headers.get(&X_REQUEST_ID) {

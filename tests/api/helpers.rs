@@ -1,0 +1,158 @@
+//! spawn_app: llmux on 127.0.0.1:0 with a temp config dir, next to an in-process mock upstream.
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+
+use llmux::cli::ServeArgs;
+use llmux::startup::{Application, EnvSource};
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub use crate::mock::{MockUpstream, Reply};
+
+/// Logs go nowhere unless TEST_LOG is set.
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var("TEST_LOG").is_ok() {
+        let subscriber = llmux::telemetry::subscriber("test", "debug", std::io::stdout)
+            .expect("valid filter");
+        let _ = llmux::telemetry::init(subscriber);
+    }
+});
+
+/// The key provider configs in tests read from `TEST_PROVIDER_KEY`.
+pub const PROVIDER_KEY: &str = "sk-upstream-secret";
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    /// Kept so the dir lives as long as the app; tests edit files in it.
+    pub config_dir: TempDir,
+    pub upstream: MockUpstream,
+    pub http: reqwest::Client,
+}
+
+pub struct Spawn {
+    files: Vec<(String, String)>,
+    env: HashMap<String, String>,
+    args: Box<dyn FnOnce(&mut ServeArgs)>,
+}
+
+impl Spawn {
+    pub fn new() -> Self {
+        Self {
+            files: Vec::new(),
+            env: HashMap::from([("TEST_PROVIDER_KEY".to_owned(), PROVIDER_KEY.to_owned())]),
+            args: Box::new(|_| {}),
+        }
+    }
+
+    pub fn file(mut self, name: &str, json: impl ToString) -> Self {
+        self.files.push((name.to_owned(), json.to_string()));
+        self
+    }
+
+    pub fn args(mut self, edit: impl FnOnce(&mut ServeArgs) + 'static) -> Self {
+        self.args = Box::new(edit);
+        self
+    }
+
+    /// Writes the files (`{UPSTREAM}` in them becomes the mock's URL) and starts llmux.
+    pub async fn start_with(self, upstream: MockUpstream) -> TestApp {
+        LazyLock::force(&TRACING);
+        let config_dir = tempfile::tempdir().expect("temp dir");
+        for (name, text) in &self.files {
+            std::fs::write(
+                config_dir.path().join(name),
+                text.replace("{UPSTREAM}", &upstream.url),
+            )
+            .expect("write config file");
+        }
+        let mut args = ServeArgs::new(config_dir.path());
+        args.workers = Some(2);
+        (self.args)(&mut args);
+        let env = self.env;
+        let env: EnvSource = Arc::new(move |name: &str| env.get(name).cloned());
+        let application = Application::build_with_env(args, env).expect("llmux builds");
+        let port = application.port();
+        tokio::spawn(application.run_until_stopped());
+        TestApp {
+            address: format!("http://127.0.0.1:{port}"),
+            port,
+            config_dir,
+            upstream,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn start(self) -> TestApp {
+        let upstream = MockUpstream::start().await;
+        self.start_with(upstream).await
+    }
+}
+
+/// A provider file in fast-openai-api-proxy's format serving `models` (exposed key -> target name)
+/// on chat, completions and embeddings at the mock upstream.
+pub fn provider_file(provider: &str, prefix: &str, models: &[(&str, &str)]) -> Value {
+    let models: serde_json::Map<String, Value> = models
+        .iter()
+        .map(|(key, target)| {
+            let endpoints: Vec<Value> = ["v1/chat/completions", "v1/completions", "v1/embeddings", "v1/responses"]
+                .iter()
+                .map(|path| serde_json::json!({"path": path, "target_model_name": target}))
+                .collect();
+            (key.to_string(), serde_json::json!({"endpoints": endpoints}))
+        })
+        .collect();
+    serde_json::json!({
+        provider: {
+            "api_key_variable": "TEST_PROVIDER_KEY",
+            "prefix": prefix,
+            "target_base_url": "{UPSTREAM}",
+            "request_timeout": 10,
+            "health_timeout": 2,
+            "models": models
+        }
+    })
+}
+
+/// llmux serving one model `m` (target `target-m`) at the mock upstream.
+pub async fn spawn_app() -> TestApp {
+    Spawn::new()
+        .file("provider.json", provider_file("mock", "", &[("m", "target-m")]))
+        .start()
+        .await
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn post_json(&self, path: &str, body: impl ToString) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request reaches llmux")
+    }
+
+    pub fn openai(&self) -> async_openai::Client<async_openai::config::OpenAIConfig> {
+        let config = async_openai::config::OpenAIConfig::new()
+            .with_api_base(self.url("/v1"))
+            .with_api_key("client-token-not-for-upstream");
+        async_openai::Client::with_config(config)
+    }
+}
+
+/// Asserts an OpenAI-shaped error and returns its message.
+pub async fn assert_openai_error(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    assert!(response.headers().contains_key("x-request-id"));
+    let body: Value = response.json().await.expect("error body is JSON");
+    let error = &body["error"];
+    assert!(error["message"].is_string(), "{body}");
+    assert!(error["type"].is_string(), "{body}");
+    assert!(error.get("param").is_some() && error.get("code").is_some(), "{body}");
+    error.clone()
+}

@@ -1,0 +1,13 @@
+//! Integration tests: the real server on 127.0.0.1:0 against an in-process mock upstream.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test support code fails the test by panicking"
+)]
+mod cli;
+mod errors;
+mod forwarding;
+mod helpers;
+mod mock;
+mod models;
+mod streaming;

@@ -1,0 +1,269 @@
+//! In-process mock OpenAI upstream: records every request and answers from a script.
+use std::collections::VecDeque;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use bytes::Bytes;
+use futures_util::stream;
+use serde_json::{json, Value};
+
+/// A request the mock received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("upstream received a JSON body")
+    }
+}
+
+/// What the mock answers.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// A realistic OpenAI answer for the path, echoing the model it received (SSE when the body
+    /// asks for `stream: true`).
+    Echo,
+    /// Any status, content type and body.
+    Raw {
+        status: u16,
+        content_type: String,
+        body: String,
+        headers: Vec<(String, String)>,
+    },
+    /// SSE events (`data: ...` payloads), one every `gap`, then `data: [DONE]`.
+    Sse { events: Vec<String>, gap: Duration },
+    /// Waits this long before answering with `Echo`.
+    Stall(Duration),
+}
+
+impl Reply {
+    pub fn json(status: u16, body: Value) -> Self {
+        Self::Raw {
+            status,
+            content_type: "application/json".into(),
+            body: body.to_string(),
+            headers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct MockState {
+    requests: Mutex<Vec<Recorded>>,
+    script: Mutex<VecDeque<Reply>>,
+    default_reply: Mutex<Option<Reply>>,
+    /// SSE answers whose client (llmux) went away before the last event.
+    streams_cancelled: AtomicUsize,
+    streams_finished: AtomicUsize,
+}
+
+pub struct MockUpstream {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    state: Arc<MockState>,
+    handle: ServerHandle,
+}
+
+impl MockUpstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind mock upstream");
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(MockState::default());
+        let app_state = web::Data::from(Arc::clone(&state));
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .app_data(web::PayloadConfig::new(512 * 1024 * 1024))
+                .default_service(web::to(answer))
+        })
+        .workers(1)
+        .shutdown_timeout(0)
+        .disable_signals()
+        .listen(listener)
+        .expect("listen mock upstream")
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Self {
+            url: format!("http://127.0.0.1:{port}"),
+            state,
+            handle,
+        }
+    }
+
+    /// Answers the next request with `reply` (queued replies are used in order).
+    pub fn push(&self, reply: Reply) {
+        self.state.script.lock().unwrap().push_back(reply);
+    }
+
+    /// Answers every request without a queued reply with `reply`.
+    pub fn always(&self, reply: Reply) {
+        *self.state.default_reply.lock().unwrap() = Some(reply);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    pub fn last_request(&self) -> Recorded {
+        self.requests().pop().expect("the upstream received a request")
+    }
+
+    pub fn streams_cancelled(&self) -> usize {
+        self.state.streams_cancelled.load(Ordering::SeqCst)
+    }
+
+    pub fn streams_finished(&self) -> usize {
+        self.state.streams_finished.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        // Stopping is async; the server task ends with the test's runtime either way.
+        drop(handle.stop(false));
+    }
+}
+
+async fn answer(request: HttpRequest, body: Bytes, state: web::Data<MockState>) -> HttpResponse {
+    state.requests.lock().unwrap().push(Recorded {
+        method: request.method().to_string(),
+        uri: request.uri().to_string(),
+        headers: request
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("<binary>").to_owned()))
+            .collect(),
+        body: body.clone(),
+    });
+    let reply = state
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .or_else(|| state.default_reply.lock().unwrap().clone())
+        .unwrap_or(Reply::Echo);
+    let state = state.into_inner();
+    reply_with(reply, request.path(), &body, state).await
+}
+
+async fn reply_with(reply: Reply, path: &str, body: &Bytes, state: Arc<MockState>) -> HttpResponse {
+    match reply {
+        Reply::Echo => echo(path, body, state),
+        Reply::Stall(pause) => {
+            tokio::time::sleep(pause).await;
+            echo(path, body, state)
+        }
+        Reply::Raw {
+            status,
+            content_type,
+            body,
+            headers,
+        } => {
+            let mut response = HttpResponse::build(
+                actix_web::http::StatusCode::from_u16(status).expect("valid status"),
+            );
+            response.content_type(content_type);
+            for (name, value) in headers {
+                response.insert_header((name, value));
+            }
+            response.body(body)
+        }
+        Reply::Sse { events, gap } => sse(events, gap, state),
+    }
+}
+
+fn echo(path: &str, body: &Bytes, state: Arc<MockState>) -> HttpResponse {
+    let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let model = request["model"].as_str().unwrap_or("unknown").to_owned();
+    let streaming = request["stream"].as_bool().unwrap_or(false);
+    match path {
+        "/v1/chat/completions" if streaming => {
+            let events = ["Hel", "lo", "!"]
+                .iter()
+                .map(|piece| {
+                    json!({"id":"chatcmpl-mock","object":"chat.completion.chunk","created":1,"model":model,
+                    "choices":[{"index":0,"delta":{"content":piece},"finish_reason":null}]})
+                    .to_string()
+                })
+                .collect();
+            sse(events, Duration::ZERO, state)
+        }
+        "/v1/chat/completions" => HttpResponse::Ok().json(json!({
+            "id": "chatcmpl-mock", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+        })),
+        "/v1/completions" => HttpResponse::Ok().json(json!({
+            "id": "cmpl-mock", "object": "text_completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "text": "Hello!", "logprobs": null, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+        })),
+        "/v1/embeddings" => HttpResponse::Ok().json(json!({
+            "object": "list", "model": model,
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 1.0]}],
+            "usage": {"prompt_tokens": 3, "total_tokens": 3}
+        })),
+        _ => HttpResponse::Ok().json(json!({"path": path, "model": model})),
+    }
+}
+
+/// Counts a stream as cancelled when it is dropped before its last event went out.
+struct StreamGuard {
+    state: Arc<MockState>,
+    finished: bool,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let counter = match self.finished {
+            true => &self.state.streams_finished,
+            false => &self.state.streams_cancelled,
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn sse(events: Vec<String>, gap: Duration, state: Arc<MockState>) -> HttpResponse {
+    let mut frames: VecDeque<Bytes> = events
+        .into_iter()
+        .map(|event| Bytes::from(format!("data: {event}\n\n")))
+        .collect();
+    frames.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+    let guard = StreamGuard {
+        state,
+        finished: false,
+    };
+    let body = stream::unfold((frames, guard, true), move |(mut frames, mut guard, first)| async move {
+        let frame = frames.pop_front()?;
+        if !first && !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+        if frames.is_empty() {
+            guard.finished = true;
+        }
+        Some((Ok::<_, std::io::Error>(frame), (frames, guard, false)))
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(body)
+}
