@@ -5,6 +5,11 @@ use llmux::cli::{Cli, Command};
 use llmux::startup::Application;
 use llmux::telemetry;
 
+/// mimalloc: fewer CPU cycles per request than glibc's malloc on the proxy's many small,
+/// short-lived allocations, and less fragmentation under many concurrent streams.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().into_command() {
         Command::Check(args) => {
@@ -13,11 +18,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             telemetry::init(telemetry::subscriber("llmux", &args.log, std::io::stdout)?)?;
-            let workers = args.workers;
-            let mut runtime = actix_web::rt::System::new();
-            let _ = &mut runtime;
-            let _ = workers;
-            runtime.block_on(async move {
+            actix_web::rt::System::new().block_on(async move {
                 let application = Application::build(args)?;
                 application.run_until_stopped().await?;
                 anyhow::Ok(())
