@@ -388,8 +388,8 @@ pub fn log_problem(problem: &Problem) {
 enum Trigger {
     /// Something in the dir changed.
     Changed,
-    /// SIGHUP: re-read everything.
-    Full,
+    /// Re-read everything (SIGHUP, lost events), for this reason.
+    Full(&'static str),
     Stop,
 }
 
@@ -441,17 +441,12 @@ impl ConfigWatch {
         })
     }
 
-    /// Asks for a full reload, as SIGHUP does.
-    pub fn reload_all(&self) {
-        let _ = self.triggers.send(Trigger::Full);
-    }
-
     /// Turns every SIGHUP into a full reload. Never returns: run it beside the server.
     pub async fn forward_hangups(&mut self) -> Infallible {
         if let Some(hangup) = self.hangup.as_mut() {
             while hangup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading every config file");
-                let _ = self.triggers.send(Trigger::Full);
+                let _ = self.triggers.send(Trigger::Full("sighup"));
             }
         }
         std::future::pending().await
@@ -498,7 +493,7 @@ fn on_event(triggers: mpsc::Sender<Trigger>) -> impl Fn(notify::Result<notify::E
         Err(error) => {
             // Lost events (a queue overflow): look at everything again.
             tracing::warn!(%error, "config watch error; rescanning the config dir");
-            let _ = triggers.send(Trigger::Full);
+            let _ = triggers.send(Trigger::Full("watch error"));
         }
     }
 }
@@ -506,9 +501,9 @@ fn on_event(triggers: mpsc::Sender<Trigger>) -> impl Fn(notify::Result<notify::E
 /// The reload thread: waits for a trigger, lets the burst settle, reloads.
 fn reload_on_triggers(live: &LiveConfig, triggers: &mpsc::Receiver<Trigger>) {
     loop {
-        let mut scope = match triggers.recv() {
-            Ok(Trigger::Changed) => Scope::Changed,
-            Ok(Trigger::Full) => Scope::Full,
+        let (mut scope, mut reason) = match triggers.recv() {
+            Ok(Trigger::Changed) => (Scope::Changed, "change"),
+            Ok(Trigger::Full(reason)) => (Scope::Full, reason),
             Ok(Trigger::Stop) | Err(_) => return,
         };
         let deadline = Instant::now() + MAX_DELAY;
@@ -519,15 +514,162 @@ fn reload_on_triggers(live: &LiveConfig, triggers: &mpsc::Receiver<Trigger>) {
             }
             match triggers.recv_timeout(wait) {
                 Ok(Trigger::Changed) => {}
-                Ok(Trigger::Full) => scope = Scope::Full,
+                Ok(Trigger::Full(why)) => (scope, reason) = (Scope::Full, why),
                 Ok(Trigger::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => break,
             }
         }
-        let reason = match scope {
-            Scope::Changed => "change",
-            Scope::Full => "full",
-        };
         live.reload_and_log(scope, reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(models: &[(&str, &str)]) -> String {
+        let models: Vec<String> = models
+            .iter()
+            .map(|(model, target)| {
+                format!(
+                    r#""{model}": {{"endpoints": [{{"path": "v1/chat/completions", "target_model_name": "{target}"}}, {{"path": "v1/embeddings", "target_model_name": "{target}"}}]}}"#
+                )
+            })
+            .collect();
+        format!(
+            r#"{{"p": {{"target_base_url": "http://127.0.0.1:9", "models": {{{}}}}}}}"#,
+            models.join(", ")
+        )
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        table: Arc<RoutingTable>,
+        live: Arc<LiveConfig>,
+    }
+
+    impl Fixture {
+        fn new(files: &[(&str, String)]) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            for (name, text) in files {
+                std::fs::write(dir.path().join(name), text).unwrap();
+            }
+            let table = Arc::new(RoutingTable::new());
+            let env: EnvSource = Arc::new(|_: &str| None);
+            let live = Arc::new(LiveConfig::new(dir.path(), Arc::clone(&table), env));
+            live.reload(Scope::Full).unwrap();
+            Self { dir, table, live }
+        }
+
+        fn write(&self, name: &str, text: &str) {
+            std::fs::write(self.dir.path().join(name), text).unwrap();
+        }
+
+        fn target(&self, model: &str) -> Option<String> {
+            let routes = self.table.lookup(model)?;
+            let pool = routes.pool("v1/chat/completions")?;
+            Some(pool.pick().target_model_name.to_string())
+        }
+    }
+
+    #[test]
+    fn only_changed_files_are_parsed_and_the_summary_counts_routes() {
+        let fixture = Fixture::new(&[
+            ("a.json", config(&[("m", "t1")])),
+            ("b.json", config(&[("n", "u1")])),
+        ]);
+        fixture.write("a.json", &config(&[("m", "t2"), ("x", "y")]));
+        fixture.write("b.json", &config(&[("n", "u1")]));
+
+        let summary = fixture.live.reload(Scope::Changed).unwrap();
+
+        let expected = ReloadSummary {
+            files_read: 1,
+            files_unchanged: 1,
+            routes_added: 2,
+            routes_changed: 2,
+            generation: fixture.table.generation(),
+            ..ReloadSummary::default()
+        };
+        assert_eq!(summary, expected);
+        assert_eq!(fixture.target("m").as_deref(), Some("t2"));
+    }
+
+    #[test]
+    fn an_unchanged_dir_reloads_without_churn() {
+        let fixture = Fixture::new(&[("a.json", config(&[("m", "t1")]))]);
+        let generation = fixture.table.generation();
+
+        let changed = fixture.live.reload(Scope::Changed).unwrap();
+        let full = fixture.live.reload(Scope::Full).unwrap();
+
+        assert_eq!((changed.files_read, changed.files_unchanged), (0, 1));
+        assert_eq!(full.files_read, 1);
+        for summary in [changed, full] {
+            assert_eq!(
+                (
+                    summary.routes_added,
+                    summary.routes_removed,
+                    summary.routes_changed
+                ),
+                (0, 0, 0)
+            );
+            assert_eq!(summary.generation, generation);
+        }
+    }
+
+    #[test]
+    fn a_broken_file_keeps_its_last_good_routes_and_a_deleted_one_loses_them() {
+        let fixture = Fixture::new(&[
+            ("a.json", config(&[("m", "t1")])),
+            ("b.json", config(&[("n", "u1")])),
+        ]);
+
+        fixture.write("a.json", "{\"p\": ");
+        let summary = fixture.live.reload(Scope::Changed).unwrap();
+        assert_eq!(summary.files_with_errors, 1);
+        assert_eq!(fixture.target("m").as_deref(), Some("t1"));
+        let status = fixture.live.status();
+        let a = &status.files[0];
+        assert!(a.serving_since.is_some() && a.failing_since.is_some());
+        assert_eq!(a.problems[0].severity, Severity::Error);
+
+        std::fs::remove_file(fixture.dir.path().join("b.json")).unwrap();
+        let summary = fixture.live.reload(Scope::Changed).unwrap();
+        assert_eq!((summary.files_removed, summary.routes_removed), (1, 2));
+        assert!(fixture.target("n").is_none());
+        assert_eq!(fixture.target("m").as_deref(), Some("t1"));
+
+        fixture.write("a.json", &config(&[("m", "t3")]));
+        let summary = fixture.live.reload(Scope::Changed).unwrap();
+        assert_eq!(summary.files_with_errors, 0);
+        assert_eq!(fixture.target("m").as_deref(), Some("t3"));
+        assert!(fixture.live.status().files[0].failing_since.is_none());
+    }
+
+    #[test]
+    fn dropping_the_watch_stops_reloading() {
+        let fixture = Fixture::new(&[("a.json", config(&[("m", "t1")]))]);
+        let watch = ConfigWatch::start(Arc::clone(&fixture.live), WatchMode::Notify).unwrap();
+        let wait_for_target = |target: &str| {
+            let started = Instant::now();
+            while fixture.target("m").as_deref() != Some(target) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "no reload to {target}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        fixture.write("a.json", &config(&[("m", "t2")]));
+        wait_for_target("t2");
+
+        drop(watch);
+        let reloads = fixture.live.status().reloads;
+        fixture.write("a.json", &config(&[("m", "t3")]));
+        std::thread::sleep(QUIET * 4);
+
+        assert_eq!(fixture.live.status().reloads, reloads);
+        assert_eq!(fixture.target("m").as_deref(), Some("t2"));
     }
 }

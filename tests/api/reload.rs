@@ -578,7 +578,7 @@ async fn sighup_forces_a_full_reload_even_without_watching() {
     .await;
 
     let summary: Value = serde_json::from_str(&server.line_with("config reloaded")).unwrap();
-    assert_eq!(summary["reason"], "full", "{summary}");
+    assert_eq!(summary["reason"], "sighup", "{summary}");
     assert_eq!(summary["files_read"], 1, "{summary}");
     assert_eq!(summary["routes_added"], 1, "{summary}");
     assert_eq!(model_status("m").await, 200);
