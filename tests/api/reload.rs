@@ -583,3 +583,23 @@ async fn sighup_forces_a_full_reload_even_without_watching() {
     assert_eq!(summary["routes_added"], 1, "{summary}");
     assert_eq!(model_status("m").await, 200);
 }
+
+#[test]
+fn help_documents_the_watch_flag_and_its_env_var() {
+    let output = Command::new(env!("CARGO_BIN_EXE_llmux"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    for needle in ["--watch", "LLMUX_WATCH", "notify", "poll", "off"] {
+        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_llmux"))
+        .args(["--watch", "sometimes", "--port", "0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8(output.stderr)
+        .unwrap()
+        .contains("sometimes"));
+}
