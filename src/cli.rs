@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::watch::WatchMode;
+
 #[derive(Debug, Parser)]
 #[command(name = "llmux", version, about, args_conflicts_with_subcommands = true)]
 pub struct Cli {
@@ -61,6 +63,10 @@ pub struct ServeArgs {
     /// Time allowed to connect to an upstream, in seconds.
     #[arg(long, env = "LLMUX_CONNECT_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
     pub connect_timeout: Duration,
+    /// How config dir changes are noticed: file events, polling (mounts without inotify), or
+    /// only on SIGHUP.
+    #[arg(long, env = "LLMUX_WATCH", value_enum, default_value_t = WatchMode::Notify)]
+    pub watch: WatchMode,
 }
 
 impl ServeArgs {
@@ -75,6 +81,7 @@ impl ServeArgs {
             workers: None,
             max_body_bytes: 32 * 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
+            watch: WatchMode::Notify,
         }
     }
 }

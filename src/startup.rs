@@ -11,7 +11,8 @@ use anyhow::Context;
 
 use crate::api;
 use crate::cli::ServeArgs;
-use crate::config::load::{load_dir, process_env, FileLoad, Severity};
+use crate::config::load::process_env;
+use crate::config::watch::{ConfigWatch, LiveConfig, Scope};
 use crate::errors;
 use crate::proxy::headers::{request_id, RequestId, X_REQUEST_ID};
 use crate::routing::table::RoutingTable;
@@ -21,6 +22,7 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
+    watch: ConfigWatch,
 }
 
 /// Where provider keys are read from: the process environment in production, a map in tests.
@@ -43,9 +45,24 @@ impl Application {
             );
         }
         let table = Arc::new(RoutingTable::new());
-        let loads = load_dir(&args.config_dir, &*env)
+        let live = Arc::new(LiveConfig::new(
+            &args.config_dir,
+            Arc::clone(&table),
+            Arc::clone(&env),
+        ));
+        // Start-up and the watcher load through the same code.
+        let started = std::time::Instant::now();
+        let summary = live
+            .reload(Scope::Full)
             .with_context(|| format!("reading the config dir `{}`", args.config_dir.display()))?;
-        publish(&table, loads);
+        tracing::info!(
+            files_read = summary.files_read,
+            files_with_errors = summary.files_with_errors,
+            models = table.models().len(),
+            routes = table.route_count(),
+            took_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "config loaded"
+        );
         if table.route_count() == 0 {
             tracing::warn!(config_dir = %args.config_dir.display(), "no routes loaded: every model will answer 404");
         }
@@ -65,6 +82,7 @@ impl Application {
             base_url,
             max_body_bytes: args.max_body_bytes,
             env,
+            live: Arc::clone(&live),
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;
@@ -93,11 +111,14 @@ impl Application {
         if let Some(workers) = args.workers {
             server = server.workers(workers.max(1));
         }
+        let watch = ConfigWatch::start(live, args.watch)
+            .with_context(|| format!("watching the config dir `{}`", args.config_dir.display()))?;
         tracing::info!(port, host = %args.host, "llmux listening");
         Ok(Self {
             port,
             server: server.run(),
             state,
+            watch,
         })
     }
 
@@ -109,43 +130,15 @@ impl Application {
         self.state.clone()
     }
 
+    /// Serves until the server stops; SIGHUP reloads the config meanwhile. The config watcher
+    /// stops with the server (or when this future is dropped).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
-    }
-}
-
-/// Publishes loaded files into the table and logs every problem.
-pub fn publish(table: &RoutingTable, loads: Vec<FileLoad>) {
-    let (mut files, mut errors) = (0, 0);
-    for load in loads {
-        files += 1;
-        log_problems(&load);
-        match load.endpoints {
-            Some(endpoints) => {
-                table.replace_file(&load.file, endpoints);
-            }
-            None => errors += 1,
-        }
-    }
-    tracing::info!(
-        files,
-        files_with_errors = errors,
-        models = table.models().len(),
-        routes = table.route_count(),
-        "config loaded"
-    );
-}
-
-pub fn log_problems(load: &FileLoad) {
-    for problem in &load.problems {
-        let position = problem.position.map(|p| p.to_string());
-        match problem.severity {
-            Severity::Error => tracing::error!(
-                file = %problem.file.display(), json_path = %problem.json_path, position, "config error: {}", problem.message
-            ),
-            Severity::Warning => tracing::warn!(
-                file = %problem.file.display(), json_path = %problem.json_path, position, "config warning: {}", problem.message
-            ),
+        let Self {
+            server, mut watch, ..
+        } = self;
+        tokio::select! {
+            result = server => result,
+            never = watch.forward_hangups() => match never {},
         }
     }
 }

@@ -1,4 +1,5 @@
 //! The whole URL map in one place.
+pub mod admin;
 pub mod forward;
 pub mod health;
 pub mod models;
@@ -47,6 +48,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/health")
             .route(web::get().to(health::liveness))
+            .default_service(web::to(errors::method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/admin/config")
+            .route(web::get().to(admin::config))
             .default_service(web::to(errors::method_not_allowed)),
     );
 }

@@ -2,3 +2,4 @@
 pub mod load;
 pub mod locate;
 pub mod schema;
+pub mod watch;
