@@ -65,6 +65,7 @@ impl Application {
             base_url,
             max_body_bytes: args.max_body_bytes,
             env,
+            responses: Arc::default(),
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;

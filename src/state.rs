@@ -2,6 +2,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::routing::responses::ResponseOwners;
 use crate::routing::table::RoutingTable;
 use crate::startup::EnvSource;
 
@@ -13,4 +14,6 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Where provider keys are read from at each load.
     pub env: EnvSource,
+    /// Which endpoint created each Responses API response, for the calls that name only its id.
+    pub responses: Arc<ResponseOwners>,
 }

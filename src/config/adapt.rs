@@ -105,7 +105,10 @@ pub fn resolve(
             continue;
         };
         if RESERVED_HEADERS.contains(&header_name.as_str()) {
-            resolver.error(at, format!("llmux sets `{name}` itself; it cannot be configured"));
+            resolver.error(
+                at,
+                format!("llmux sets `{name}` itself; it cannot be configured"),
+            );
             continue;
         }
         let Some((expanded, from_env)) = resolver.expand(value, env, &at) else {
@@ -142,10 +145,17 @@ pub fn resolve(
 
     let drop_params = resolver
         .pick(|a| a.drop_params, "drop_params")
-        .map(|(params, _)| params.iter().map(|p| Box::<str>::from(p.as_str())).collect())
+        .map(|(params, _)| {
+            params
+                .iter()
+                .map(|p| Box::<str>::from(p.as_str()))
+                .collect()
+        })
         .unwrap_or_default();
 
-    let json_object_fallback = match resolver.pick(|a| a.response_format_fallback, "response_format_fallback") {
+    let json_object_fallback = match resolver
+        .pick(|a| a.response_format_fallback, "response_format_fallback")
+    {
         None => false,
         Some(("json_object", _)) => true,
         Some((other, at)) => {
@@ -156,7 +166,9 @@ pub fn resolve(
             false
         }
     };
-    let float_embeddings_upstream = match resolver.pick(|a| a.upstream_embedding_format, "upstream_embedding_format") {
+    let float_embeddings_upstream = match resolver
+        .pick(|a| a.upstream_embedding_format, "upstream_embedding_format")
+    {
         None => false,
         Some(("float", _)) => true,
         Some((other, at)) => {
@@ -226,7 +238,9 @@ impl<'a> Resolver<'a, '_> {
         };
         match get(&self.sources.endpoint) {
             Some(value) => Some((value, at(self.sources.endpoint_path))),
-            None => get(&self.sources.provider).map(|value| (value, at(self.sources.provider_path))),
+            None => {
+                get(&self.sources.provider).map(|value| (value, at(self.sources.provider_path)))
+            }
         }
     }
 
@@ -255,7 +269,12 @@ impl<'a> Resolver<'a, '_> {
 
     /// Expands every `${VAR}` of `value`. `None` (reported) when a variable is unset or the
     /// syntax is broken; the bool says whether anything came from the environment.
-    fn expand(&mut self, value: &str, env: EnvLookup<'_>, at: &[Segment]) -> Option<(String, bool)> {
+    fn expand(
+        &mut self,
+        value: &str,
+        env: EnvLookup<'_>,
+        at: &[Segment],
+    ) -> Option<(String, bool)> {
         let mut out = String::with_capacity(value.len());
         let mut rest = value;
         let mut from_env = false;
@@ -268,7 +287,10 @@ impl<'a> Resolver<'a, '_> {
             };
             let name = &after[..end];
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                self.error(at.to_vec(), format!("`${{{name}}}` is not an environment variable name"));
+                self.error(
+                    at.to_vec(),
+                    format!("`${{{name}}}` is not an environment variable name"),
+                );
                 return None;
             }
             match env(name) {
@@ -276,7 +298,9 @@ impl<'a> Resolver<'a, '_> {
                 None => {
                     self.warn(
                         at.to_vec(),
-                        format!("environment variable `{name}` is not set; this header is not sent"),
+                        format!(
+                            "environment variable `{name}` is not set; this header is not sent"
+                        ),
                     );
                     return None;
                 }

@@ -4,8 +4,9 @@
 //! the body reaches the upstream byte for byte as the client sent it.
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 
-use actix_web::body;
+use actix_web::body::{self, BoxBody};
 use actix_web::http::header;
 use actix_web::HttpResponse;
 use base64::Engine;
@@ -15,8 +16,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::body::splice;
+use super::capture::{AnswerKind, CaptureResponseId};
 use crate::errors::ApiError;
 use crate::routing::endpoint::Endpoint;
+use crate::routing::responses::ResponseOwners;
 
 /// The largest upstream embeddings answer read whole to encode it as base64.
 pub const MAX_EMBEDDINGS_ANSWER: usize = 256 * 1024 * 1024;
@@ -26,6 +29,8 @@ pub const MAX_EMBEDDINGS_ANSWER: usize = 256 * 1024 * 1024;
 pub struct AnswerRewrite {
     /// The client asked for base64 embeddings, the upstream was asked for float.
     pub base64_embeddings: bool,
+    /// A Responses API request: remember which endpoint created the response.
+    pub capture_response_id: bool,
 }
 
 /// Rewrites a request body for `endpoint`: the model (unless `model_field: false`), then
@@ -36,7 +41,10 @@ pub fn request(
     body: &Bytes,
     model_span: Range<usize>,
 ) -> Result<(Bytes, AnswerRewrite), ApiError> {
-    let mut answer = AnswerRewrite::default();
+    let mut answer = AnswerRewrite {
+        capture_response_id: path == "v1/responses",
+        ..AnswerRewrite::default()
+    };
     let mut body = match endpoint.model_field {
         true => splice(body, model_span, &endpoint.target_model_json),
         false => body.clone(),
@@ -65,7 +73,38 @@ pub fn request(
 
 /// Whether a multipart field is removed by the endpoint's `drop_params`.
 pub fn dropped(endpoint: &Endpoint, field_name: &str) -> bool {
-    endpoint.drop_params.iter().any(|name| &**name == field_name)
+    endpoint
+        .drop_params
+        .iter()
+        .any(|name| &**name == field_name)
+}
+
+/// Applies what `request` said the answer needs to the upstream's answer.
+pub async fn answer(
+    rewrite: AnswerRewrite,
+    endpoint: &Arc<Endpoint>,
+    owners: &Arc<ResponseOwners>,
+    response: Result<HttpResponse, ApiError>,
+) -> Result<HttpResponse, ApiError> {
+    let mut response = response?;
+    if rewrite.base64_embeddings {
+        response = encode_embeddings(endpoint, response).await?;
+    }
+    if rewrite.capture_response_id && response.status().is_success() {
+        let content_type = response.headers().get(header::CONTENT_TYPE);
+        let kind = match content_type.map(|v| v.as_bytes()) {
+            Some(v) if v.starts_with(b"text/event-stream") => Some(AnswerKind::EventStream),
+            Some(v) if v.starts_with(b"application/json") => Some(AnswerKind::Json),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            let (owners, endpoint) = (Arc::clone(owners), Arc::clone(endpoint));
+            response = response.map_body(move |_, body| {
+                BoxBody::new(CaptureResponseId::new(body, kind, owners, endpoint))
+            });
+        }
+    }
+    Ok(response)
 }
 
 /// Encodes the float embeddings of an upstream answer as base64, as OpenAI does: the
@@ -252,7 +291,10 @@ fn chat_json_object_fallback(body: &Bytes) -> Result<Bytes, ApiError> {
     let Ok(probe) = serde_json::from_slice::<FormatProbe<'_>>(&body[format.value.clone()]) else {
         return Ok(body.clone());
     };
-    let Some(json_schema) = probe.json_schema.filter(|_| probe.kind == Some("json_schema")) else {
+    let Some(json_schema) = probe
+        .json_schema
+        .filter(|_| probe.kind == Some("json_schema"))
+    else {
         return Ok(body.clone());
     };
     let Ok(inner) = serde_json::from_str::<FormatProbe<'_>>(json_schema.get()) else {
@@ -265,7 +307,9 @@ fn chat_json_object_fallback(body: &Bytes) -> Result<Bytes, ApiError> {
             .map_err(|source| ApiError::InvalidJson { source })?;
         let system = list.iter().find_map(|message| {
             let probe: MessageProbe<'_> = serde_json::from_str(message.get()).ok()?;
-            (probe.role == Some("system")).then_some(probe.content).flatten()
+            (probe.role == Some("system"))
+                .then_some(probe.content)
+                .flatten()
         });
         match system {
             Some(content) => edits.push(extend_content(body, content, &instruction)?),
@@ -331,8 +375,8 @@ fn extend_content(
     content: &RawValue,
     instruction: &str,
 ) -> Result<(Range<usize>, String), ApiError> {
-    let span =
-        span_of(body, content.get()).ok_or_else(|| ApiError::Internal("content outside the body".into()))?;
+    let span = span_of(body, content.get())
+        .ok_or_else(|| ApiError::Internal("content outside the body".into()))?;
     let raw = content.get();
     if raw.starts_with('"') {
         return Ok(append_to_string(span, raw, instruction));
@@ -427,8 +471,16 @@ mod tests {
     #[test]
     fn dropped_members_leave_the_rest_byte_identical() {
         for (body, names, expected) in [
-            (r#"{"model":"m","logprobs":true}"#, &["logprobs"][..], r#"{"model":"m"}"#),
-            (r#"{"logprobs":true, "model":"m"}"#, &["logprobs"], r#"{"model":"m"}"#),
+            (
+                r#"{"model":"m","logprobs":true}"#,
+                &["logprobs"][..],
+                r#"{"model":"m"}"#,
+            ),
+            (
+                r#"{"logprobs":true, "model":"m"}"#,
+                &["logprobs"],
+                r#"{"model":"m"}"#,
+            ),
             (
                 "{ \"a\": 1,\n \"b\": [1, 2],\n \"c\": {\"b\": 3} }",
                 &["b"],
@@ -475,7 +527,9 @@ mod tests {
         );
         // No system message: one is added first.
         let out = fallback(
-            &format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"response_format":{format}}}"#),
+            &format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"response_format":{format}}}"#
+            ),
             true,
         );
         assert_eq!(
@@ -487,20 +541,32 @@ mod tests {
         );
         // A system message with text: extended.
         let out = fallback(
-            &format!(r#"{{"messages":[{{"role":"system","content":"Be brief."}}],"response_format":{format}}}"#),
+            &format!(
+                r#"{{"messages":[{{"role":"system","content":"Be brief."}}],"response_format":{format}}}"#
+            ),
             true,
         );
         let extended = text(&format!("Be brief.\n\n{said}"));
         assert_eq!(
             out,
-            format!(r#"{{"messages":[{{"role":"system","content":{extended}}}],"response_format":{JSON_OBJECT}}}"#)
+            format!(
+                r#"{{"messages":[{{"role":"system","content":{extended}}}],"response_format":{JSON_OBJECT}}}"#
+            )
         );
         // Parts: one more text part.
         let out = fallback(
-            &format!(r#"{{"messages":[{{"role":"system","content":[{{"type":"text","text":"A"}}]}}],"response_format":{format}}}"#),
+            &format!(
+                r#"{{"messages":[{{"role":"system","content":[{{"type":"text","text":"A"}}]}}],"response_format":{format}}}"#
+            ),
             true,
         );
-        assert!(out.contains(&format!(r#"[{{"type":"text","text":"A"}},{{"type":"text","text":{}}}]"#, text(&said))), "{out}");
+        assert!(
+            out.contains(&format!(
+                r#"[{{"type":"text","text":"A"}},{{"type":"text","text":{}}}]"#,
+                text(&said)
+            )),
+            "{out}"
+        );
         // Other formats are untouched.
         let plain = r#"{"messages":[],"response_format":{"type":"json_object"}}"#;
         assert_eq!(fallback(plain, true), plain);
@@ -508,13 +574,16 @@ mod tests {
 
     #[test]
     fn responses_text_format_falls_back_with_the_schema_in_instructions() {
-        let format = format!(r#"{{"type":"json_schema","name":"count","schema":{SCHEMA},"strict":true}}"#);
+        let format =
+            format!(r#"{{"type":"json_schema","name":"count","schema":{SCHEMA},"strict":true}}"#);
         let said = instruction(
             Some(&RawValue::from_string("\"count\"".into()).unwrap()),
             Some(&RawValue::from_string(SCHEMA.into()).unwrap()),
         );
         let out = fallback(
-            &format!(r#"{{"model":"m","input":"hi","text":{{"format":{format},"verbosity":"low"}}}}"#),
+            &format!(
+                r#"{{"model":"m","input":"hi","text":{{"format":{format},"verbosity":"low"}}}}"#
+            ),
             false,
         );
         assert_eq!(
@@ -528,7 +597,10 @@ mod tests {
             &format!(r#"{{"model":"m","instructions":"Be brief.","text":{{"format":{format}}}}}"#),
             false,
         );
-        assert!(out.contains(&json_string(&format!("Be brief.\n\n{said}"))), "{out}");
+        assert!(
+            out.contains(&json_string(&format!("Be brief.\n\n{said}"))),
+            "{out}"
+        );
     }
 
     #[test]
