@@ -75,7 +75,7 @@ pub fn resolve(
     let authorization = api_key.and_then(|key| {
         let (value, at) = match &scheme {
             None => (format!("Bearer {}", key.expose()), None),
-            Some((scheme, at)) if scheme.is_empty() => (key.expose().to_owned(), Some(at.clone())),
+            Some(("", at)) => (key.expose().to_owned(), Some(at.clone())),
             Some((scheme, at)) => (format!("{scheme} {}", key.expose()), Some(at.clone())),
         };
         match HeaderValue::from_str(&value) {

@@ -50,11 +50,12 @@ fn chat_completion_answer() -> Reply {
 
 fn hello() -> CreateChatCompletionRequestArgs {
     let mut args = CreateChatCompletionRequestArgs::default();
-    args.model("m").messages([ChatCompletionRequestUserMessageArgs::default()
-        .content("Hi")
-        .build()
-        .unwrap()
-        .into()]);
+    args.model("m")
+        .messages([ChatCompletionRequestUserMessageArgs::default()
+            .content("Hi")
+            .build()
+            .unwrap()
+            .into()]);
     args
 }
 
@@ -68,7 +69,12 @@ async fn azure_style_api_key_query_and_target_path_reach_the_deployment() {
     .await;
     app.upstream.push(chat_completion_answer());
 
-    let answer = app.openai().chat().create(hello().build().unwrap()).await.unwrap();
+    let answer = app
+        .openai()
+        .chat()
+        .create(hello().build().unwrap())
+        .await
+        .unwrap();
 
     assert_eq!(answer.choices[0].message.content.as_deref(), Some("Hi!"));
     let upstream = app.upstream.last_request();
@@ -91,9 +97,16 @@ async fn the_shipped_azure_example_loads_without_errors() {
     assert_eq!(loaded.errors().count(), 0, "{:?}", loaded.problems);
     assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
     let endpoints = loaded.endpoints.unwrap();
-    let chat = endpoints.iter().find(|e| &*e.path == "v1/chat/completions").unwrap();
+    let chat = endpoints
+        .iter()
+        .find(|e| &*e.path == "v1/chat/completions")
+        .unwrap();
     assert!(chat.upstream_uri.path().starts_with("/openai/deployments/"));
-    assert!(chat.upstream_uri.query().unwrap().starts_with("api-version="));
+    assert!(chat
+        .upstream_uri
+        .query()
+        .unwrap()
+        .starts_with("api-version="));
     assert_eq!(chat.auth_header.as_str(), "api-key");
     assert_eq!(chat.authorization.as_ref().unwrap(), "azure-key");
 }
@@ -107,7 +120,11 @@ async fn configured_headers_expand_variables_and_the_endpoint_wins() {
     ))
     .await;
 
-    app.openai().chat().create(hello().build().unwrap()).await.unwrap();
+    app.openai()
+        .chat()
+        .create(hello().build().unwrap())
+        .await
+        .unwrap();
 
     let upstream = app.upstream.last_request();
     assert_eq!(upstream.header("x-title"), Some("llmux"));
@@ -141,7 +158,10 @@ async fn invalid_headers_fail_the_file_with_a_position() {
     let error = loaded.errors().next().unwrap();
     assert_eq!(error.json_path, r#"adapted.headers["bad header"]"#);
     assert!(error.position.is_some(), "{error}");
-    assert!(error.message.contains("not a valid HTTP header name"), "{error}");
+    assert!(
+        error.message.contains("not a valid HTTP header name"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -173,7 +193,8 @@ async fn chat_json_schema_goes_up_as_json_object_with_the_schema_in_a_system_mes
         json!({}),
     ))
     .await;
-    let messages = r#"[{"role": "system", "content": "You count."}, {"role": "user", "content": "2+2?"}]"#;
+    let messages =
+        r#"[{"role": "system", "content": "You count."}, {"role": "user", "content": "2+2?"}]"#;
     let body = format!(
         "{{\"model\": \"m\", \"messages\": {messages},\n \"response_format\": {{\"type\": \"json_schema\", \"json_schema\": {{\"name\": \"sum\", \"schema\": {SCHEMA}, \"strict\": true}}}}, \"seed\": 7}}"
     );
@@ -216,8 +237,14 @@ async fn chat_json_schema_without_a_system_message_gets_one_first() {
 
     let json = app.upstream.last_request().json();
     assert_eq!(json["messages"][0]["role"], "system");
-    assert!(json["messages"][0]["content"].as_str().unwrap().contains(MINIFIED_SCHEMA));
-    assert_eq!(json["messages"][1], json!({"role": "user", "content": "2+2?"}));
+    assert!(json["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .contains(MINIFIED_SCHEMA));
+    assert_eq!(
+        json["messages"][1],
+        json!({"role": "user", "content": "2+2?"})
+    );
     assert_eq!(json["response_format"], json!({"type": "json_object"}));
 }
 
@@ -242,7 +269,12 @@ async fn responses_text_format_json_schema_goes_up_as_json_object_with_instructi
     let instructions = json["instructions"].as_str().unwrap();
     assert!(instructions.contains(MINIFIED_SCHEMA), "{instructions}");
     let text = std::str::from_utf8(&received.body).unwrap();
-    assert!(text.ends_with(r#""model":"target-m","input":"2+2?","text":{"format":{"type":"json_object"}}}"#), "{text}");
+    assert!(
+        text.ends_with(
+            r#""model":"target-m","input":"2+2?","text":{"format":{"type":"json_object"}}}"#
+        ),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -260,21 +292,38 @@ async fn base64_embeddings_are_emulated_from_float_and_decode_to_the_same_number
         .build()
         .unwrap();
 
-    let answer = app.openai().embeddings().create_base64(request).await.unwrap();
+    let answer = app
+        .openai()
+        .embeddings()
+        .create_base64(request)
+        .await
+        .unwrap();
 
     let vector: Vec<f32> = answer.data[0].embedding.clone().into();
     assert_eq!(vector, vec![0.25, -0.5, 1.0]);
-    assert_eq!(app.upstream.last_request().json()["encoding_format"], "float");
+    assert_eq!(
+        app.upstream.last_request().json()["encoding_format"],
+        "float"
+    );
 
     // A client asking for float gets the upstream's answer as is.
-    let request = CreateEmbeddingRequestArgs::default().model("m").input("t").build().unwrap();
+    let request = CreateEmbeddingRequestArgs::default()
+        .model("m")
+        .input("t")
+        .build()
+        .unwrap();
     let answer = app.openai().embeddings().create(request).await.unwrap();
     assert_eq!(answer.data[0].embedding, vec![0.25, -0.5, 1.0]);
 }
 
 #[tokio::test]
 async fn model_field_false_leaves_the_body_untouched() {
-    let app = spawn(adapted("v1/chat/completions", json!({}), json!({"model_field": false}))).await;
+    let app = spawn(adapted(
+        "v1/chat/completions",
+        json!({}),
+        json!({"model_field": false}),
+    ))
+    .await;
     let body = r#"{"model": "m", "messages": [{"role": "user", "content": "Hi"}]}"#;
 
     app.post_json("/v1/chat/completions", body).await;
@@ -302,7 +351,10 @@ fn two_upstreams(other: &MockUpstream) -> Value {
 #[tokio::test]
 async fn calls_on_a_response_id_go_to_the_upstream_that_created_it() {
     let other = MockUpstream::start().await;
-    let app = Spawn::new().file("two.json", two_upstreams(&other)).start().await;
+    let app = Spawn::new()
+        .file("two.json", two_upstreams(&other))
+        .start()
+        .await;
     // `b` answers a plain create; `a` streams, the id in its response.created event.
     other.push(Reply::json(200, response_object("resp_B")));
     let created = app
@@ -326,7 +378,10 @@ async fn calls_on_a_response_id_go_to_the_upstream_that_created_it() {
         gap: Duration::from_millis(10),
     });
     let stream = app
-        .post_json("/v1/responses", r#"{"model":"a","input":"Hi","stream":true}"#)
+        .post_json(
+            "/v1/responses",
+            r#"{"model":"a","input":"Hi","stream":true}"#,
+        )
         .await
         .text()
         .await
@@ -334,20 +389,48 @@ async fn calls_on_a_response_id_go_to_the_upstream_that_created_it() {
     assert!(stream.contains("resp_A"));
 
     let get = |path: &str| app.http.get(app.url(path)).send();
-    assert_eq!(get("/v1/responses/resp_B?include[]=x").await.unwrap().status(), 200);
+    assert_eq!(
+        get("/v1/responses/resp_B?include[]=x")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert_eq!(other.last_request().uri, "/v1/responses/resp_B?include[]=x");
     assert_eq!(other.last_request().method, "GET");
     assert_eq!(
         other.last_request().header("authorization"),
         Some(format!("Bearer {PROVIDER_KEY}").as_str())
     );
-    assert_eq!(get("/v1/responses/resp_A/input_items?limit=2").await.unwrap().status(), 200);
-    assert_eq!(app.upstream.last_request().uri, "/v1/responses/resp_A/input_items?limit=2");
-    let cancel = app.http.post(app.url("/v1/responses/resp_A/cancel")).send().await.unwrap();
+    assert_eq!(
+        get("/v1/responses/resp_A/input_items?limit=2")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.upstream.last_request().uri,
+        "/v1/responses/resp_A/input_items?limit=2"
+    );
+    let cancel = app
+        .http
+        .post(app.url("/v1/responses/resp_A/cancel"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(cancel.status(), 200);
-    assert_eq!(app.upstream.last_request().uri, "/v1/responses/resp_A/cancel");
+    assert_eq!(
+        app.upstream.last_request().uri,
+        "/v1/responses/resp_A/cancel"
+    );
     assert_eq!(app.upstream.last_request().method, "POST");
-    let delete = app.http.delete(app.url("/v1/responses/resp_B")).send().await.unwrap();
+    let delete = app
+        .http
+        .delete(app.url("/v1/responses/resp_B"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(delete.status(), 200);
     assert_eq!(other.last_request().method, "DELETE");
     assert_eq!(app.upstream.requests().len(), 3);
@@ -356,7 +439,10 @@ async fn calls_on_a_response_id_go_to_the_upstream_that_created_it() {
     // Deleted, then never seen: 404 in the OpenAI shape, nothing goes upstream.
     for unknown in ["/v1/responses/resp_B", "/v1/responses/resp_nope"] {
         let error = assert_openai_error(get(unknown).await.unwrap(), 404).await;
-        assert!(error["message"].as_str().unwrap().contains("resp_"), "{error}");
+        assert!(
+            error["message"].as_str().unwrap().contains("resp_"),
+            "{error}"
+        );
     }
     assert_eq!(other.requests().len(), 3);
 }
@@ -380,16 +466,22 @@ async fn previous_response_id_sticks_to_the_pool_member_that_created_it() {
     }});
     let app = Spawn::new().file("pool.json", config).start().await;
     other.push(Reply::json(200, response_object("resp_second")));
-    app.post_json("/v1/responses", r#"{"model":"only-second","input":"Hi"}"#).await;
+    app.post_json("/v1/responses", r#"{"model":"only-second","input":"Hi"}"#)
+        .await;
     assert_eq!(other.requests().len(), 1);
 
     for turn in 0..4 {
-        let body = format!(r#"{{"model":"m","input":"turn {turn}","previous_response_id":"resp_second"}}"#);
+        let body = format!(
+            r#"{{"model":"m","input":"turn {turn}","previous_response_id":"resp_second"}}"#
+        );
         let response = app.post_json("/v1/responses", body).await;
         assert_eq!(response.status(), 200);
     }
 
     assert_eq!(other.requests().len(), 5);
     assert_eq!(app.upstream.requests().len(), 0);
-    assert_eq!(other.last_request().json()["previous_response_id"], "resp_second");
+    assert_eq!(
+        other.last_request().json()["previous_response_id"],
+        "resp_second"
+    );
 }
