@@ -329,6 +329,135 @@ fn encode_query(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::load::{parse_file, FileLoad};
+    use crate::routing::endpoint::Endpoint;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "KEY" => Some("sk-1".into()),
+            "ORG" => Some("org-1".into()),
+            _ => None,
+        }
+    }
+
+    /// A file with one provider (`provider` settings) and one endpoint (`endpoint` settings).
+    fn load(provider: &str, endpoint: &str) -> FileLoad {
+        let text = format!(
+            "{{\"p\": {{\"api_key_variable\": \"KEY\", \"target_base_url\": \"http://h\"{provider},\n\"models\": {{\"m\": {{\"endpoints\": [\n{{\"path\": \"v1/chat/completions\", \"target_model_name\": \"t\"{endpoint}}}]}}}}}}}}"
+        );
+        parse_file(std::path::Path::new("a.json"), &text, &env)
+    }
+
+    fn endpoint(provider: &str, endpoint: &str) -> Endpoint {
+        let loaded = load(provider, endpoint);
+        assert_eq!(loaded.errors().count(), 0, "{:?}", loaded.problems);
+        loaded.endpoints.unwrap().remove(0)
+    }
+
+    #[test]
+    fn defaults_change_nothing() {
+        let e = endpoint("", "");
+        assert_eq!(e.auth_header, header::AUTHORIZATION);
+        assert_eq!(e.authorization.unwrap(), "Bearer sk-1");
+        assert_eq!(e.upstream_uri.to_string(), "http://h/v1/chat/completions");
+        assert!(e.headers.is_empty() && e.drop_params.is_empty() && e.model_field);
+        assert!(!e.json_object_fallback && !e.float_embeddings_upstream);
+    }
+
+    #[test]
+    fn the_endpoint_wins_and_maps_merge_name_by_name() {
+        let e = endpoint(
+            r#", "auth_scheme": "Token", "query": {"a": "1", "b": "x y"}, "headers": {"X-Org": "${ORG}", "X-A": "p"}, "drop_params": ["logprobs"], "model_field": false"#,
+            r#", "auth_header": "x-api-key", "query": {"a": "2"}, "headers": {"x-a": "e"}, "drop_params": [], "model_field": true, "target_path": "/api/chat/""#,
+        );
+        assert_eq!(e.auth_header.as_str(), "x-api-key");
+        assert_eq!(e.authorization.as_ref().unwrap(), "Token sk-1");
+        assert!(e.authorization.as_ref().unwrap().is_sensitive());
+        assert_eq!(e.upstream_uri.to_string(), "http://h/api/chat?b=x%20y&a=2");
+        let headers: Vec<_> = e
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(headers, [("x-org", "org-1"), ("x-a", "e")]);
+        assert!(e.headers[0].1.is_sensitive());
+        assert!(e.drop_params.is_empty() && e.model_field);
+        assert_eq!(
+            e.uri_with_query("v1/chat/completions/sub", Some("q=1"))
+                .unwrap()
+                .to_string(),
+            "http://h/api/chat/sub?q=1&b=x%20y&a=2"
+        );
+    }
+
+    #[test]
+    fn an_unset_variable_in_a_header_warns_and_omits_the_header() {
+        let loaded = load(r#", "headers": {"X-Org": "${NOPE}"}"#, "");
+        assert_eq!(loaded.errors().count(), 0);
+        assert!(loaded.problems[0].message.contains("`NOPE` is not set"));
+        assert!(loaded.endpoints.unwrap()[0].headers.is_empty());
+    }
+
+    fn check_error(provider: &str, endpoint: &str, json_path: &str, needle: &str) {
+        let loaded = load(provider, endpoint);
+        assert!(loaded.endpoints.is_none(), "{provider} {endpoint}");
+        let error = loaded.errors().next().unwrap();
+        assert_eq!(error.json_path, json_path, "{error}");
+        assert!(error.message.contains(needle), "{error}");
+        assert!(error.position.is_some());
+    }
+
+    #[test]
+    fn bad_settings_are_errors_at_their_place() {
+        check_error(
+            r#", "auth_header": "a b""#,
+            "",
+            "p.auth_header",
+            "header name",
+        );
+        check_error(
+            "",
+            r#", "auth_scheme": "B\nx""#,
+            "p.models.m.endpoints[0].auth_scheme",
+            "scheme",
+        );
+        check_error(
+            r#", "headers": {"Host": "x"}"#,
+            "",
+            "p.headers.Host",
+            "itself",
+        );
+        check_error(
+            r#", "headers": {"X": "a\u0001"}"#,
+            "",
+            "p.headers.X",
+            "characters",
+        );
+        check_error(
+            r#", "headers": {"X": "${ORG"}"#,
+            "",
+            "p.headers.X",
+            "closing",
+        );
+        check_error(
+            r#", "response_format_fallback": "text""#,
+            "",
+            "p.response_format_fallback",
+            "json_object",
+        );
+        check_error(
+            "",
+            r#", "upstream_embedding_format": "base64""#,
+            "p.models.m.endpoints[0].upstream_embedding_format",
+            "float",
+        );
+        check_error(
+            "",
+            r#", "target_path": "/""#,
+            "p.models.m.endpoints[0].target_path",
+            "empty",
+        );
+    }
 
     #[test]
     fn query_text_is_percent_encoded() {
