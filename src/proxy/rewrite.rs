@@ -302,9 +302,12 @@ fn chat_json_object_fallback(body: &Bytes) -> Result<Bytes, ApiError> {
     };
     let instruction = instruction(inner.name, inner.schema);
     let mut edits = vec![(format.value.clone(), JSON_OBJECT.to_owned())];
-    if let Some(messages) = find(&top, "messages") {
-        let list: Vec<&RawValue> = serde_json::from_slice(&body[messages.value.clone()])
-            .map_err(|source| ApiError::InvalidJson { source })?;
+    // `messages` that is not an array is left for the upstream to refuse.
+    let messages = find(&top, "messages").and_then(|messages| {
+        let list: Vec<&RawValue> = serde_json::from_slice(&body[messages.value.clone()]).ok()?;
+        Some((messages, list))
+    });
+    if let Some((messages, list)) = messages {
         let system = list.iter().find_map(|message| {
             let probe: MessageProbe<'_> = serde_json::from_str(message.get()).ok()?;
             (probe.role == Some("system"))
