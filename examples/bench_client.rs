@@ -8,7 +8,6 @@
 //! Prints one JSON object on stdout.
 #![expect(
     clippy::print_stdout,
-    clippy::unwrap_used,
     clippy::expect_used,
     reason = "a command-line benchmark tool: prints its result, panics on a broken setup"
 )]

@@ -44,6 +44,10 @@ pub enum ApiError {
     UpstreamTimeout { provider: String, timeout: Duration },
     #[error("Internal error: {0}")]
     Internal(String),
+    #[error(
+        "No response with id '{id}' was created through this server (or it was forgotten since)."
+    )]
+    UnknownResponse { id: String },
 }
 
 #[derive(Serialize)]
@@ -96,6 +100,7 @@ impl ApiError {
             }
             Self::UpstreamTimeout { .. } => ("upstream_error", None, Some("upstream_timeout")),
             Self::Internal(_) => ("server_error", None, Some("internal_error")),
+            Self::UnknownResponse { .. } => ("invalid_request_error", None, Some("not_found")),
         }
     }
 }
@@ -114,6 +119,7 @@ impl ResponseError for ApiError {
             Self::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::UnknownResponse { .. } => StatusCode::NOT_FOUND,
         }
     }
 

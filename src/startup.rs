@@ -83,6 +83,7 @@ impl Application {
             max_body_bytes: args.max_body_bytes,
             env,
             live: Arc::clone(&live),
+            responses: Arc::default(),
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::watch::LiveConfig;
+use crate::routing::responses::ResponseOwners;
 use crate::routing::table::RoutingTable;
 use crate::startup::EnvSource;
 
@@ -16,4 +17,6 @@ pub struct AppState {
     pub env: EnvSource,
     /// The config files as last loaded, for `GET /admin/config`.
     pub live: Arc<LiveConfig>,
+    /// Which endpoint created each Responses API response, for the calls that name only its id.
+    pub responses: Arc<ResponseOwners>,
 }

@@ -7,11 +7,13 @@ use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
+use crate::api::responses;
 use crate::errors::ApiError;
-use crate::proxy::body::{find_model, splice};
+use crate::proxy::body::find_model;
 use crate::proxy::forward::forward;
 use crate::proxy::headers::{request_id, RequestId};
 use crate::proxy::log::AccessLog;
+use crate::proxy::rewrite::{self, AnswerRewrite};
 use crate::routing::endpoint::Endpoint;
 use crate::routing::table::RoutingTable;
 use crate::state::AppState;
@@ -30,7 +32,10 @@ pub async fn json(
     let mut log = AccessLog::start(request_id, "POST", path, request.peer_addr());
     let prepared = prepare(path, &request, payload, &state, &mut log).await;
     let result = match prepared {
-        Ok((endpoint, uri, body)) => forward(&client, &request, &endpoint, uri, body, log).await,
+        Ok((endpoint, uri, body, answer)) => {
+            let response = forward(&client, &request, &endpoint, uri, body, log).await;
+            rewrite::answer(answer, &endpoint, &state.responses, response).await
+        }
         Err(error) => {
             log.status = Some(error.status_code().as_u16());
             log.outcome = "rejected";
@@ -46,14 +51,17 @@ async fn prepare(
     payload: web::Payload,
     state: &AppState,
     log: &mut AccessLog,
-) -> Result<(Arc<Endpoint>, Uri, Bytes), ApiError> {
+) -> Result<(Arc<Endpoint>, Uri, Bytes, AnswerRewrite), ApiError> {
     let body = read_body(request, payload, state.max_body_bytes).await?;
     let field = find_model(&body)?;
     log.model = Some(field.model.as_ref().into());
-    let (endpoint, uri) = route(&state.table, &field.model, path)?;
+    let (endpoint, uri) = match responses::creator_in_pool(state, &field.model, path, &body) {
+        Some(sticky) => sticky,
+        None => route(&state.table, &field.model, path)?,
+    };
     log.endpoint = Some(Arc::clone(&endpoint));
-    let body = splice(&body, field.span, &endpoint.target_model_json);
-    Ok((endpoint, uri, body))
+    let (body, answer) = rewrite::request(&endpoint, path, &body, field.span)?;
+    Ok((endpoint, uri, body, answer))
 }
 
 /// The endpoint and upstream URI for (model, path).

@@ -3,6 +3,7 @@ pub mod admin;
 pub mod forward;
 pub mod health;
 pub mod models;
+pub mod responses;
 
 use actix_web::{web, HttpRequest};
 
@@ -43,6 +44,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/models/{model:.+}")
             .route(web::get().to(models::retrieve))
+            .default_service(web::to(errors::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/responses/{id}")
+            .route(web::get().to(responses::retrieve))
+            .route(web::delete().to(responses::delete))
+            .default_service(web::to(errors::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/responses/{id}/cancel")
+            .route(web::post().to(responses::cancel))
+            .default_service(web::to(errors::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/responses/{id}/input_items")
+            .route(web::get().to(responses::input_items))
             .default_service(web::to(errors::method_not_allowed)),
     )
     .service(

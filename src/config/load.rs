@@ -12,6 +12,7 @@ use actix_web::http::header::HeaderValue;
 use actix_web::http::Uri;
 use serde::Serialize;
 
+use super::adapt::{self, Finding, Sources};
 use super::locate::{display_path, locate, position_of, Position, Segment};
 use super::schema::{ConfigFile, ENDPOINT_KEYS, MODEL_KEYS, PROVIDER_KEYS};
 use crate::routing::endpoint::{join_url, normalize_path, Endpoint};
@@ -159,23 +160,16 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                 )
             }
         };
-        let authorization = match &api_key {
-            None => None,
-            Some(key) => match HeaderValue::from_str(&format!("Bearer {}", key.expose())) {
-                Ok(mut value) => {
-                    value.set_sensitive(true);
-                    Some(value)
-                }
-                Err(_) => {
-                    report.error(
-                        at("api_key_variable"),
-                        "the key in this variable contains characters not allowed in an HTTP header"
-                            .into(),
-                    );
-                    None
-                }
-            },
-        };
+        // The header value itself is built per endpoint (config::adapt: auth_header, auth_scheme).
+        if api_key
+            .as_ref()
+            .is_some_and(|key| HeaderValue::from_str(key.expose()).is_err())
+        {
+            report.error(
+                at("api_key_variable"),
+                "the key in this variable contains characters not allowed in an HTTP header".into(),
+            );
+        }
         if provider.models.is_empty() {
             report.warn(
                 provider_path.clone(),
@@ -245,7 +239,31 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                         continue;
                     }
                 };
-                let url = join_url(base_url, path);
+                let mut findings = Vec::new();
+                let adaptation = adapt::resolve(
+                    &Sources {
+                        provider: provider.adaptation(),
+                        provider_path: &provider_path,
+                        endpoint: endpoint.adaptation(),
+                        endpoint_path: &endpoint_path,
+                    },
+                    path,
+                    endpoint
+                        .target_path
+                        .as_deref()
+                        .map(|target| (target, field("target_path"))),
+                    api_key.as_ref(),
+                    env,
+                    &mut findings,
+                );
+                report.findings(findings);
+                let Some(adaptation) = adaptation else {
+                    continue;
+                };
+                let mut url = join_url(base_url, &adaptation.upstream_path);
+                if let Some(query) = &adaptation.query {
+                    url = format!("{url}?{query}");
+                }
                 let upstream_uri: Uri = match url.parse() {
                     Ok(uri) => uri,
                     Err(error) => {
@@ -271,8 +289,16 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                     health_timeout,
                     key_variable: key_variable.clone(),
                     api_key: api_key.clone(),
-                    authorization: authorization.clone(),
+                    authorization: adaptation.authorization,
                     file: Arc::clone(&file_arc),
+                    auth_header: adaptation.auth_header,
+                    headers: adaptation.headers,
+                    upstream_path: adaptation.upstream_path,
+                    query: adaptation.query,
+                    drop_params: adaptation.drop_params,
+                    json_object_fallback: adaptation.json_object_fallback,
+                    float_embeddings_upstream: adaptation.float_embeddings_upstream,
+                    model_field: adaptation.model_field,
                 });
             }
         }
@@ -401,6 +427,20 @@ impl Report<'_> {
                     format!("`{url}` is not an absolute http:// or https:// URL"),
                 );
                 None
+            }
+        }
+    }
+
+    /// Records adaptation findings; a provider's setting shared by its endpoints is reported once.
+    fn findings(&mut self, findings: Vec<Finding>) {
+        for finding in findings {
+            let json_path = display_path(&finding.path);
+            let known = self
+                .problems
+                .iter()
+                .any(|p| p.json_path == json_path && p.message == finding.message);
+            if !known {
+                self.push(finding.severity, finding.path, finding.message);
             }
         }
     }

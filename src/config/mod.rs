@@ -1,4 +1,5 @@
 //! The JSON config files: their serde mirror, and loading a directory of them into endpoints.
+pub mod adapt;
 pub mod load;
 pub mod locate;
 pub mod schema;

@@ -17,6 +17,15 @@ pub struct ProviderSchema {
     pub health_timeout: Option<f64>,
     #[serde(default)]
     pub models: IndexMap<String, ModelSchema>,
+    // Provider adaptation (config::adapt); an endpoint's own setting wins.
+    pub headers: Option<IndexMap<String, String>>,
+    pub query: Option<IndexMap<String, String>>,
+    pub auth_header: Option<String>,
+    pub auth_scheme: Option<String>,
+    pub drop_params: Option<Vec<String>>,
+    pub response_format_fallback: Option<String>,
+    pub upstream_embedding_format: Option<String>,
+    pub model_field: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -31,6 +40,17 @@ pub struct EndpointSchema {
     pub target_base_url: Option<String>,
     pub request_timeout: Option<f64>,
     pub health_timeout: Option<f64>,
+    /// The upstream path when it differs from `path` (Azure deployments, Ollama-style paths).
+    pub target_path: Option<String>,
+    // Provider adaptation (config::adapt), also on the provider; the endpoint's wins.
+    pub headers: Option<IndexMap<String, String>>,
+    pub query: Option<IndexMap<String, String>>,
+    pub auth_header: Option<String>,
+    pub auth_scheme: Option<String>,
+    pub drop_params: Option<Vec<String>>,
+    pub response_format_fallback: Option<String>,
+    pub upstream_embedding_format: Option<String>,
+    pub model_field: Option<bool>,
 }
 
 /// Keys each level knows, for "did you mean" hints on unknown ones.
@@ -41,6 +61,14 @@ pub const PROVIDER_KEYS: &[&str] = &[
     "request_timeout",
     "health_timeout",
     "models",
+    "headers",
+    "query",
+    "auth_header",
+    "auth_scheme",
+    "drop_params",
+    "response_format_fallback",
+    "upstream_embedding_format",
+    "model_field",
 ];
 pub const MODEL_KEYS: &[&str] = &["endpoints"];
 pub const ENDPOINT_KEYS: &[&str] = &[
@@ -49,4 +77,47 @@ pub const ENDPOINT_KEYS: &[&str] = &[
     "target_base_url",
     "request_timeout",
     "health_timeout",
+    "target_path",
+    "headers",
+    "query",
+    "auth_header",
+    "auth_scheme",
+    "drop_params",
+    "response_format_fallback",
+    "upstream_embedding_format",
+    "model_field",
 ];
+
+/// The adaptation settings of a provider or an endpoint, side by side for merging.
+#[derive(Debug, Clone, Copy)]
+pub struct AdaptationSchema<'a> {
+    pub headers: Option<&'a IndexMap<String, String>>,
+    pub query: Option<&'a IndexMap<String, String>>,
+    pub auth_header: Option<&'a str>,
+    pub auth_scheme: Option<&'a str>,
+    pub drop_params: Option<&'a [String]>,
+    pub response_format_fallback: Option<&'a str>,
+    pub upstream_embedding_format: Option<&'a str>,
+    pub model_field: Option<bool>,
+}
+
+macro_rules! adaptation_of {
+    ($schema:ty) => {
+        impl $schema {
+            pub fn adaptation(&self) -> AdaptationSchema<'_> {
+                AdaptationSchema {
+                    headers: self.headers.as_ref(),
+                    query: self.query.as_ref(),
+                    auth_header: self.auth_header.as_deref(),
+                    auth_scheme: self.auth_scheme.as_deref(),
+                    drop_params: self.drop_params.as_deref(),
+                    response_format_fallback: self.response_format_fallback.as_deref(),
+                    upstream_embedding_format: self.upstream_embedding_format.as_deref(),
+                    model_field: self.model_field,
+                }
+            }
+        }
+    };
+}
+adaptation_of!(ProviderSchema);
+adaptation_of!(EndpointSchema);

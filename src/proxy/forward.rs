@@ -31,9 +31,7 @@ pub async fn forward(
         let headers = upstream.headers_mut();
         copy_request_headers(request.headers(), headers);
         headers.insert(X_REQUEST_ID.clone(), log.request_id.clone());
-        if let Some(authorization) = &endpoint.authorization {
-            headers.insert(header::AUTHORIZATION, authorization.clone());
-        }
+        endpoint.apply_upstream_headers(headers);
     }
     let mut response = match upstream.send_body(body).await {
         Ok(response) => response,

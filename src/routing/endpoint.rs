@@ -3,7 +3,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::header::HeaderValue;
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::Uri;
 
 use crate::secret::ApiKey;
@@ -31,16 +31,66 @@ pub struct Endpoint {
     /// The environment variable the key comes from, and the key when that variable is set.
     pub key_variable: Option<Box<str>>,
     pub api_key: Option<ApiKey>,
-    /// `Bearer KEY`, marked sensitive, ready to send.
+    /// `Bearer KEY` (or `auth_scheme` KEY, or the bare key), marked sensitive, ready to send in
+    /// `auth_header`. Send it with `apply_upstream_headers`.
     pub authorization: Option<HeaderValue>,
     /// The file this endpoint comes from.
     pub file: Arc<Path>,
+    /// The header the key goes in: `Authorization` unless `auth_header` names another (`api-key`).
+    pub auth_header: HeaderName,
+    /// `headers` of the provider and the endpoint, `${VAR}`s expanded at load time.
+    pub headers: Box<[(HeaderName, HeaderValue)]>,
+    /// `target_path`, or `path` when unset: the upstream path, without a leading slash.
+    pub upstream_path: Box<str>,
+    /// `query`, encoded (`api-version=2024-10-21`); already part of `upstream_uri`.
+    pub query: Option<Box<str>>,
+    /// Top-level body keys removed before forwarding.
+    pub drop_params: Box<[Box<str>]>,
+    /// `response_format_fallback: "json_object"`: json_schema requests go up as json_object.
+    pub json_object_fallback: bool,
+    /// `upstream_embedding_format: "float"`: base64 embeddings are asked as float and encoded here.
+    pub float_embeddings_upstream: bool,
+    /// `model_field` (default true): whether the body's `model` is rewritten to the target name.
+    pub model_field: bool,
 }
 
 impl Endpoint {
-    /// The upstream URI for a path other than the endpoint's own, on the same base URL.
+    /// The upstream URI for a path other than the endpoint's own, on the same base URL. A path
+    /// under the endpoint's own (`v1/responses/ID`) lands under its `target_path`.
     pub fn uri_for(&self, path: &str) -> Result<Uri, actix_web::http::uri::InvalidUri> {
-        format!("{}/{}", self.base_url, path.trim_start_matches('/')).parse()
+        self.uri_with_query(path, None)
+    }
+
+    /// `uri_for(path)` with the client's query string before the configured `query`.
+    pub fn uri_with_query(
+        &self,
+        path: &str,
+        client_query: Option<&str>,
+    ) -> Result<Uri, actix_web::http::uri::InvalidUri> {
+        let path = path.trim_start_matches('/');
+        let mut url = match path.strip_prefix(&*self.path) {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+                format!("{}/{}{rest}", self.base_url, self.upstream_path)
+            }
+            _ => format!("{}/{path}", self.base_url),
+        };
+        let queries = client_query.filter(|q| !q.is_empty()).into_iter();
+        for (index, query) in queries.chain(self.query.as_deref()).enumerate() {
+            url.push(if index == 0 { '?' } else { '&' });
+            url.push_str(query);
+        }
+        url.parse()
+    }
+
+    /// Puts the configured `headers` and the key (in `auth_header`) on an upstream request. The
+    /// key goes last so no configured header can replace it.
+    pub fn apply_upstream_headers(&self, headers: &mut HeaderMap) {
+        for (name, value) in &*self.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some(authorization) = &self.authorization {
+            headers.insert(self.auth_header.clone(), authorization.clone());
+        }
     }
 }
 

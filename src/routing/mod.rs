@@ -2,4 +2,5 @@
 //! Routing does no IO.
 pub mod endpoint;
 pub mod pool;
+pub mod responses;
 pub mod table;

@@ -266,6 +266,14 @@ mod tests {
             api_key: None,
             authorization: None,
             file: Arc::from(Path::new(file)),
+            auth_header: actix_web::http::header::AUTHORIZATION,
+            headers: Box::default(),
+            upstream_path: path.into(),
+            query: None,
+            drop_params: Box::default(),
+            json_object_fallback: false,
+            float_embeddings_upstream: false,
+            model_field: true,
         }
     }
 
