@@ -5,11 +5,6 @@ use llmux::cli::{Cli, Command};
 use llmux::startup::Application;
 use llmux::telemetry;
 
-/// mimalloc: fewer CPU cycles per request than glibc's malloc on the proxy's many small,
-/// short-lived allocations, and less fragmentation under many concurrent streams.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     match Cli::parse().into_command() {
         Command::Check(args) => {
