@@ -1,7 +1,9 @@
 //! Shared state, built once and handed to every worker as `web::Data<AppState>`.
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crate::health::HealthProbes;
 use crate::routing::table::RoutingTable;
 use crate::startup::EnvSource;
 
@@ -13,4 +15,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Where provider keys are read from at each load.
     pub env: EnvSource,
+    /// Per-model health probes and their short-lived cache.
+    pub health: Arc<HealthProbes>,
+    /// Set by the first shutdown signal: /ready answers 503 from then on.
+    pub shutting_down: AtomicBool,
 }

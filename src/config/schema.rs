@@ -17,6 +17,9 @@ pub struct ProviderSchema {
     pub health_timeout: Option<f64>,
     #[serde(default)]
     pub models: IndexMap<String, ModelSchema>,
+    /// Absent: probe `/health`; a string: probe that path; `null`: don't probe.
+    #[serde(default, deserialize_with = "present")]
+    pub health_path: Option<Option<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -31,6 +34,18 @@ pub struct EndpointSchema {
     pub target_base_url: Option<String>,
     pub request_timeout: Option<f64>,
     pub health_timeout: Option<f64>,
+    /// Overrides the provider's `health_path`; `null` here turns probing off for this endpoint.
+    #[serde(default, deserialize_with = "present")]
+    pub health_path: Option<Option<String>>,
+}
+
+/// Tells a key set to `null` (`Some(None)`) from a missing key (`None`, through `#[serde(default)]`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// Keys each level knows, for "did you mean" hints on unknown ones.
@@ -41,6 +56,7 @@ pub const PROVIDER_KEYS: &[&str] = &[
     "request_timeout",
     "health_timeout",
     "models",
+    "health_path",
 ];
 pub const MODEL_KEYS: &[&str] = &["endpoints"];
 pub const ENDPOINT_KEYS: &[&str] = &[
@@ -49,4 +65,5 @@ pub const ENDPOINT_KEYS: &[&str] = &[
     "target_base_url",
     "request_timeout",
     "health_timeout",
+    "health_path",
 ];

@@ -35,6 +35,8 @@ pub struct Endpoint {
     pub authorization: Option<HeaderValue>,
     /// The file this endpoint comes from.
     pub file: Arc<Path>,
+    /// What GET /health/{model} probes: `None` when `health_path` is `null` (never probed).
+    pub health_uri: Option<Uri>,
 }
 
 impl Endpoint {

@@ -5,9 +5,12 @@
     reason = "test support code fails the test by panicking"
 )]
 mod cli;
+mod deploy;
 mod errors;
 mod forwarding;
+mod health;
 mod helpers;
 mod mock;
 mod models;
+mod shutdown;
 mod streaming;
