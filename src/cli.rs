@@ -22,6 +22,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Load the config dir, print the routing table and every problem; exit 1 on any error.
     Check(CheckArgs),
+    /// GET /health on a running llmux (for container HEALTHCHECKs); exit 0 when it answers 200, 1 otherwise.
+    Healthcheck(HealthcheckArgs),
 }
 
 impl Cli {
@@ -35,6 +37,19 @@ pub struct CheckArgs {
     /// Directory of provider JSON files.
     #[arg(long, env = "LLMUX_CONFIG_DIR", default_value = "./configs")]
     pub config_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// Address llmux listens on (0.0.0.0 and :: are probed on loopback).
+    #[arg(long, env = "LLMUX_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port llmux listens on.
+    #[arg(long, env = "LLMUX_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Time allowed for the whole check, in seconds.
+    #[arg(long, default_value = "3", value_parser = parse_seconds)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -67,6 +82,12 @@ pub struct ServeArgs {
     /// only on SIGHUP.
     #[arg(long, env = "LLMUX_WATCH", value_enum, default_value_t = WatchMode::Notify)]
     pub watch: WatchMode,
+    /// How long GET /health/{model} reuses a probe result, in seconds.
+    #[arg(long, env = "LLMUX_HEALTH_CACHE_TTL", default_value = "2", value_parser = parse_seconds)]
+    pub health_cache_ttl: Duration,
+    /// On SIGTERM/SIGINT, how long requests in flight (streams included) get to finish, in seconds.
+    #[arg(long, env = "LLMUX_SHUTDOWN_GRACE", default_value = "30", value_parser = parse_seconds)]
+    pub shutdown_grace: Duration,
 }
 
 impl ServeArgs {
@@ -82,6 +103,8 @@ impl ServeArgs {
             max_body_bytes: 32 * 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
             watch: WatchMode::Notify,
+            health_cache_ttl: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -112,7 +135,7 @@ mod tests {
                 assert_eq!(args.port, 9);
                 assert_eq!(args.connect_timeout, Duration::from_millis(500));
             }
-            Command::Check(_) => panic!("expected serve"),
+            _ => panic!("expected serve"),
         }
         let cli = Cli::try_parse_from(["llmux", "check", "--config-dir", "/x"]).unwrap();
         assert!(

@@ -4,6 +4,8 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod errors;
+pub mod health;
+pub mod healthcheck;
 pub mod proxy;
 pub mod routing;
 pub mod secret;

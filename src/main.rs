@@ -2,7 +2,7 @@
 use clap::Parser;
 
 use llmux::cli::{Cli, Command};
-use llmux::startup::Application;
+use llmux::startup::{Application, Shutdown};
 use llmux::telemetry;
 
 fn main() -> anyhow::Result<()> {
@@ -15,9 +15,20 @@ fn main() -> anyhow::Result<()> {
             telemetry::init(telemetry::subscriber("llmux", &args.log, std::io::stdout)?)?;
             actix_web::rt::System::new().block_on(async move {
                 let application = Application::build(args)?;
-                application.run_until_stopped().await?;
-                anyhow::Ok(())
+                match application.run_until_signalled().await? {
+                    Shutdown::Drained => anyhow::Ok(()),
+                    Shutdown::Forced => std::process::exit(1),
+                }
             })
+        }
+        Command::Healthcheck(args) => {
+            match llmux::healthcheck::run(&args.host, args.port, args.timeout) {
+                Ok(()) => std::process::exit(0),
+                Err(problem) => {
+                    eprintln!("llmux healthcheck: {problem}");
+                    std::process::exit(1);
+                }
+            }
         }
     }
 }

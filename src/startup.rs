@@ -1,6 +1,7 @@
 //! Application::build: load the config, bind, wire state and the URL map. Binding happens here,
 //! never while parsing settings, and the real port is reported (tests bind port 0).
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,12 +9,14 @@ use actix_web::dev::{Server, Service};
 use actix_web::HttpMessage;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::api;
 use crate::cli::ServeArgs;
 use crate::config::load::process_env;
 use crate::config::watch::{ConfigWatch, LiveConfig, Scope};
 use crate::errors;
+use crate::health::HealthProbes;
 use crate::proxy::headers::{request_id, RequestId, X_REQUEST_ID};
 use crate::routing::table::RoutingTable;
 use crate::state::AppState;
@@ -84,6 +87,8 @@ impl Application {
             env,
             live: Arc::clone(&live),
             responses: Arc::default(),
+            health: Arc::new(HealthProbes::new(args.health_cache_ttl)),
+            shutting_down: AtomicBool::new(false),
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;
@@ -108,6 +113,9 @@ impl Application {
                 .configure(api::configure)
                 .default_service(web::to(errors::unknown_route))
         })
+        // Signals are the binary's business (`run_until_signalled`): tests start many apps in one process.
+        .disable_signals()
+        .shutdown_timeout(args.shutdown_grace.as_secs().max(1))
         .listen(listener)?;
         if let Some(workers) = args.workers {
             server = server.workers(workers.max(1));
@@ -142,6 +150,61 @@ impl Application {
             never = watch.forward_hangups() => match never {},
         }
     }
+
+    /// Serves until SIGTERM or SIGINT, then drains: /ready turns 503, the listener closes, requests
+    /// in flight (streams included) get the shutdown grace to finish. A second signal stops at once.
+    /// SIGHUP keeps reloading the config meanwhile.
+    pub async fn run_until_signalled(self) -> anyhow::Result<Shutdown> {
+        let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+        let Self {
+            server,
+            mut watch,
+            state,
+            ..
+        } = self;
+        let handle = server.handle();
+        let mut server = actix_web::rt::spawn(server);
+        let name = tokio::select! {
+            served = &mut server => {
+                served??;
+                return Ok(Shutdown::Drained);
+            }
+            never = watch.forward_hangups() => match never {},
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        state.shutting_down.store(true, Ordering::Release);
+        tracing::info!(
+            signal = name,
+            "shutting down: draining requests in flight (a second signal stops at once)"
+        );
+        let graceful = handle.stop(true);
+        tokio::select! {
+            () = graceful => {
+                server.await??;
+                tracing::info!("drained, exiting");
+                Ok(Shutdown::Drained)
+            }
+            _ = terminate.recv() => Ok(force()),
+            _ = interrupt.recv() => Ok(force()),
+        }
+    }
+}
+
+/// How serving ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Every request finished, or the grace ran out.
+    Drained,
+    /// A second signal cut requests in flight.
+    Forced,
+}
+
+/// actix ignores a second stop while a graceful one runs: the caller exits the process instead.
+fn force() -> Shutdown {
+    tracing::warn!("second signal: stopping at once, cutting requests in flight");
+    Shutdown::Forced
 }
 
 /// rustls with the webpki roots and ring; ALPN offers HTTP/2 and HTTP/1.1.

@@ -1,8 +1,10 @@
 //! Shared state, built once and handed to every worker as `web::Data<AppState>`.
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::config::watch::LiveConfig;
+use crate::health::HealthProbes;
 use crate::routing::responses::ResponseOwners;
 use crate::routing::table::RoutingTable;
 use crate::startup::EnvSource;
@@ -19,4 +21,8 @@ pub struct AppState {
     pub live: Arc<LiveConfig>,
     /// Which endpoint created each Responses API response, for the calls that name only its id.
     pub responses: Arc<ResponseOwners>,
+    /// Per-model health probes and their short-lived cache.
+    pub health: Arc<HealthProbes>,
+    /// Set by the first shutdown signal: /ready answers 503 from then on.
+    pub shutting_down: AtomicBool,
 }

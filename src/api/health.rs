@@ -1,8 +1,50 @@
-//! Liveness: answers without touching any upstream.
-use actix_web::HttpResponse;
+//! Liveness (GET /health, never touches an upstream), readiness (GET /ready) and per-model health
+//! (GET /health/{model}).
+use std::sync::atomic::Ordering;
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::errors::ApiError;
+use crate::health::{check_model, ModelStatus};
+use crate::state::AppState;
 
 pub async fn liveness() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(r#"{"status":"ok"}"#)
+}
+
+/// 200 once the config is loaded with at least one route; 503 with a reason otherwise, and from
+/// the first shutdown signal on, so load balancers stop sending new requests.
+pub async fn readiness(state: web::Data<AppState>) -> HttpResponse {
+    if state.shutting_down.load(Ordering::Acquire) {
+        return not_ready("shutting down");
+    }
+    match state.table.route_count() {
+        0 => not_ready("no routes loaded: the config dir has no valid provider file with models"),
+        routes => HttpResponse::Ok().json(json!({"status": "ready", "routes": routes})),
+    }
+}
+
+fn not_ready(reason: &str) -> HttpResponse {
+    HttpResponse::ServiceUnavailable().json(json!({"status": "not_ready", "reason": reason}))
+}
+
+/// Probes the model's endpoints: 200 ok or degraded, 503 when none is up, 404 for an unknown model.
+pub async fn model(
+    model: web::Path<String>,
+    state: web::Data<AppState>,
+    client: web::Data<awc::Client>,
+) -> Result<HttpResponse, ApiError> {
+    let model = model.into_inner();
+    let routes = state
+        .table
+        .lookup(&model)
+        .ok_or(ApiError::UnknownModel { model })?;
+    let health = check_model(&state.health, &client, &routes).await;
+    Ok(match health.status {
+        ModelStatus::Ok | ModelStatus::Degraded => HttpResponse::Ok().json(health),
+        ModelStatus::Error => HttpResponse::ServiceUnavailable().json(health),
+    })
 }

@@ -66,6 +66,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/health")
             .route(web::get().to(health::liveness))
             .default_service(web::to(errors::method_not_allowed)),
+    )
+    .service(
+        web::resource("/health/{model:.+}")
+            .route(web::get().to(health::model))
+            .default_service(web::to(errors::method_not_allowed)),
+    )
+    .service(
+        web::resource("/ready")
+            .route(web::get().to(health::readiness))
+            .default_service(web::to(errors::method_not_allowed)),
     );
     cfg.service(
         web::resource("/admin/config")

@@ -274,6 +274,28 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                         continue;
                     }
                 };
+                // fast-openai-api-proxy probes `{target_base_url}/health`; `null` turns probing off.
+                let health_uri = match endpoint
+                    .health_path
+                    .as_ref()
+                    .or(provider.health_path.as_ref())
+                {
+                    Some(None) => None,
+                    configured => {
+                        let health_path = configured.and_then(Option::as_deref).unwrap_or("health");
+                        let url = join_url(base_url, health_path);
+                        match url.parse::<Uri>() {
+                            Ok(uri) => Some(uri),
+                            Err(error) => {
+                                report.error(
+                                    field("health_path"),
+                                    format!("`{url}` is not a valid URL: {error}"),
+                                );
+                                continue;
+                            }
+                        }
+                    }
+                };
                 endpoints.push(Endpoint {
                     provider: Arc::clone(&provider_arc),
                     exposed_model: Arc::clone(&exposed),
@@ -299,6 +321,7 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                     json_object_fallback: adaptation.json_object_fallback,
                     float_embeddings_upstream: adaptation.float_embeddings_upstream,
                     model_field: adaptation.model_field,
+                    health_uri,
                 });
             }
         }
@@ -655,5 +678,38 @@ mod tests {
         );
         assert_eq!(warning.position.map(|p| p.line), Some(3));
         assert!(!format!("{:?}", loaded.endpoints).contains("sk-test"));
+    }
+
+    #[test]
+    fn health_path_defaults_to_health_is_inherited_and_null_turns_probing_off() {
+        let loaded = load(
+            r#"{"p": {"target_base_url": "http://h:1/base/", "health_path": "v1/models", "models": {
+                "inherits": {"endpoints": [{"path": "v1/chat/completions", "target_model_name": "t"}]},
+                "own": {"endpoints": [{"path": "v1/chat/completions", "target_model_name": "t", "health_path": "/ping"}]},
+                "off": {"endpoints": [{"path": "v1/chat/completions", "target_model_name": "t", "health_path": null}]}}},
+              "q": {"target_base_url": "http://h:2", "models": {
+                "default": {"endpoints": [{"path": "v1/chat/completions", "target_model_name": "t"}]}}},
+              "r": {"target_base_url": "http://h:3", "health_path": null, "models": {
+                "unchecked": {"endpoints": [{"path": "v1/chat/completions", "target_model_name": "t"},
+                    {"path": "v1/embeddings", "target_model_name": "t", "health_path": "health"}]}}}}"#,
+        );
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+        let uris: Vec<Option<String>> = loaded
+            .endpoints
+            .unwrap()
+            .iter()
+            .map(|e| e.health_uri.as_ref().map(|u| u.to_string()))
+            .collect();
+        assert_eq!(
+            uris,
+            [
+                Some("http://h:1/base/v1/models".to_owned()),
+                Some("http://h:1/base/ping".to_owned()),
+                None,
+                Some("http://h:2/health".to_owned()),
+                None,
+                Some("http://h:3/health".to_owned()),
+            ]
+        );
     }
 }

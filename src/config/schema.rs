@@ -26,6 +26,9 @@ pub struct ProviderSchema {
     pub response_format_fallback: Option<String>,
     pub upstream_embedding_format: Option<String>,
     pub model_field: Option<bool>,
+    /// Absent: probe `/health`; a string: probe that path; `null`: don't probe.
+    #[serde(default, deserialize_with = "present")]
+    pub health_path: Option<Option<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,6 +54,18 @@ pub struct EndpointSchema {
     pub response_format_fallback: Option<String>,
     pub upstream_embedding_format: Option<String>,
     pub model_field: Option<bool>,
+    /// Overrides the provider's `health_path`; `null` here turns probing off for this endpoint.
+    #[serde(default, deserialize_with = "present")]
+    pub health_path: Option<Option<String>>,
+}
+
+/// Tells a key set to `null` (`Some(None)`) from a missing key (`None`, through `#[serde(default)]`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// Keys each level knows, for "did you mean" hints on unknown ones.
@@ -69,6 +84,7 @@ pub const PROVIDER_KEYS: &[&str] = &[
     "response_format_fallback",
     "upstream_embedding_format",
     "model_field",
+    "health_path",
 ];
 pub const MODEL_KEYS: &[&str] = &["endpoints"];
 pub const ENDPOINT_KEYS: &[&str] = &[
@@ -86,6 +102,7 @@ pub const ENDPOINT_KEYS: &[&str] = &[
     "response_format_fallback",
     "upstream_embedding_format",
     "model_field",
+    "health_path",
 ];
 
 /// The adaptation settings of a provider or an endpoint, side by side for merging.

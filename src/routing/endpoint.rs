@@ -52,6 +52,8 @@ pub struct Endpoint {
     pub float_embeddings_upstream: bool,
     /// `model_field` (default true): whether the body's `model` is rewritten to the target name.
     pub model_field: bool,
+    /// What GET /health/{model} probes: `None` when `health_path` is `null` (never probed).
+    pub health_uri: Option<Uri>,
 }
 
 impl Endpoint {

@@ -150,6 +150,7 @@ mod tests {
             json_object_fallback: false,
             float_embeddings_upstream: false,
             model_field: true,
+            health_uri: None,
         }
     }
 

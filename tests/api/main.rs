@@ -6,10 +6,13 @@
 )]
 mod adaptation;
 mod cli;
+mod deploy;
 mod errors;
 mod forwarding;
+mod health;
 mod helpers;
 mod mock;
 mod models;
 mod reload;
+mod shutdown;
 mod streaming;

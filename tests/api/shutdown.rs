@@ -1,0 +1,211 @@
+//! The binary: graceful drain on SIGTERM, and `llmux healthcheck` exit codes.
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::helpers::{provider_file, spawn_app, MockUpstream, Reply};
+
+/// Starts `llmux serve` on a free port with `dir` as config dir; returns the child and its port,
+/// read from the "llmux listening" log line.
+async fn start_binary(dir: &std::path::Path, grace_seconds: u32) -> (Child, u16) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llmux"))
+        .args(["--port", "0", "--workers", "1", "--config-dir"])
+        .arg(dir)
+        .env("LLMUX_SHUTDOWN_GRACE", grace_seconds.to_string())
+        .env("TEST_PROVIDER_KEY", "sk-binary")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let Ok(log) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if log["msg"]
+                .as_str()
+                .is_some_and(|m| m.contains("llmux listening"))
+            {
+                return log["port"].as_u64().unwrap() as u16;
+            }
+        }
+        panic!("llmux exited before listening");
+    })
+    .await
+    .expect("llmux listens within 20s");
+    // Keep reading the logs so the pipe never fills.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, port)
+}
+
+fn send_sigterm(child: &Child) {
+    let pid = child.id().expect("child is running");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn events(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            json!({"id":"c","object":"chat.completion.chunk","created":1,"model":"t",
+                "choices":[{"index":0,"delta":{"content":format!("{i} ")},"finish_reason":null}]})
+            .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_slow_stream_finish_refuses_new_connections_and_exits_0() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(Reply::Sse {
+        events: events(8),
+        gap: Duration::from_millis(300),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.json"),
+        provider_file("mock", "", &[("m", "t")])
+            .to_string()
+            .replace("{UPSTREAM}", &upstream.url),
+    )
+    .unwrap();
+    let (mut child, port) = start_binary(dir.path(), 20).await;
+    let http = reqwest::Client::new();
+    let response = http
+        .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .json(&json!({"model": "m", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut received = String::new();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    received.push_str(std::str::from_utf8(&first).unwrap());
+
+    let signalled = Instant::now();
+    send_sigterm(&child);
+
+    // New connections are refused once the listener is closed (polled: the signal is asynchronous).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Err(_) => break,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Ok(_) => panic!("llmux still accepts connections 5s after SIGTERM"),
+        }
+    }
+    // The stream in flight completes.
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .unwrap()
+    {
+        received.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    assert_eq!(received.matches("data: ").count(), 9, "{received}");
+    assert!(received.ends_with("data: [DONE]\n\n"), "{received}");
+    drop(body);
+    drop(http);
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("llmux exits well before its 20s grace")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(18),
+        "{:?}",
+        signalled.elapsed()
+    );
+    assert_eq!(upstream.streams_finished(), 1);
+}
+
+#[tokio::test]
+async fn a_second_signal_stops_at_once() {
+    let upstream = MockUpstream::start().await;
+    upstream.push(Reply::Sse {
+        events: events(100),
+        gap: Duration::from_millis(300),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.json"),
+        provider_file("mock", "", &[("m", "t")])
+            .to_string()
+            .replace("{UPSTREAM}", &upstream.url),
+    )
+    .unwrap();
+    let (mut child, port) = start_binary(dir.path(), 60).await;
+    let response = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .json(&json!({"model": "m", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    tokio::time::timeout(Duration::from_secs(5), body.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    send_sigterm(&child);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    send_sigterm(&child);
+
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("llmux exits soon after the second signal")
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+}
+
+async fn healthcheck(port: u16) -> Option<i32> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llmux"))
+        .args(["healthcheck", "--port", &port.to_string()])
+        .env_remove("LLMUX_HOST")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("healthcheck ends within its timeout")
+        .unwrap()
+        .code()
+}
+
+#[tokio::test]
+async fn healthcheck_exits_0_against_a_live_llmux_and_1_when_nothing_listens() {
+    let app = spawn_app().await;
+    assert_eq!(healthcheck(app.port).await, Some(0));
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = listener.local_addr().unwrap().port();
+    drop(listener);
+    assert_eq!(healthcheck(closed).await, Some(1));
+}
+
+#[tokio::test]
+async fn healthcheck_exits_1_when_health_is_not_200() {
+    let upstream = MockUpstream::start().await;
+    upstream.always(Reply::json(503, json!({"status": "down"})));
+    let port: u16 = upstream.url.rsplit(':').next().unwrap().parse().unwrap();
+
+    assert_eq!(healthcheck(port).await, Some(1));
+}
