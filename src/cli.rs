@@ -61,6 +61,16 @@ pub struct ServeArgs {
     /// Time allowed to connect to an upstream, in seconds.
     #[arg(long, env = "LLMUX_CONNECT_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
     pub connect_timeout: Duration,
+    /// Longest wait before a retry that an upstream's Retry-After may ask for, in seconds; a
+    /// longer one sends the 429 back to the client with its Retry-After.
+    #[arg(long, env = "LLMUX_MAX_RETRY_WAIT", default_value = "10", value_parser = parse_seconds)]
+    pub max_retry_wait: Duration,
+    /// Consecutive failures that eject a pool member.
+    #[arg(long, env = "LLMUX_EJECT_AFTER", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub eject_after: u32,
+    /// How long an ejected pool member gets no traffic, in seconds (doubles on repeat, up to 8x).
+    #[arg(long, env = "LLMUX_EJECT_COOLDOWN", default_value = "30", value_parser = parse_seconds)]
+    pub eject_cooldown: Duration,
 }
 
 impl ServeArgs {
@@ -75,6 +85,9 @@ impl ServeArgs {
             workers: None,
             max_body_bytes: 32 * 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
+            max_retry_wait: Duration::from_secs(10),
+            eject_after: 5,
+            eject_cooldown: Duration::from_secs(30),
         }
     }
 }

@@ -14,6 +14,8 @@ use crate::cli::ServeArgs;
 use crate::config::load::{load_dir, process_env, FileLoad, Severity};
 use crate::errors;
 use crate::proxy::headers::{request_id, RequestId, X_REQUEST_ID};
+use crate::proxy::retry::RetryPolicy;
+use crate::routing::breaker::BreakerPolicy;
 use crate::routing::table::RoutingTable;
 use crate::state::AppState;
 
@@ -65,6 +67,13 @@ impl Application {
             base_url,
             max_body_bytes: args.max_body_bytes,
             env,
+            retry: RetryPolicy {
+                max_retry_wait: args.max_retry_wait,
+                breaker: BreakerPolicy {
+                    eject_after: args.eject_after,
+                    cooldown: args.eject_cooldown,
+                },
+            },
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;

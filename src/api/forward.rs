@@ -2,18 +2,16 @@
 use std::sync::Arc;
 
 use actix_web::http::header;
-use actix_web::http::Uri;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use crate::errors::ApiError;
-use crate::proxy::body::{find_model, splice};
-use crate::proxy::forward::forward;
+use crate::proxy::body::find_model;
 use crate::proxy::headers::{request_id, RequestId};
 use crate::proxy::log::AccessLog;
-use crate::routing::endpoint::Endpoint;
-use crate::routing::table::RoutingTable;
+use crate::proxy::retry::{forward_with_retries, Outbound};
+use crate::routing::table::{ModelRoutes, RoutingTable};
 use crate::state::AppState;
 
 pub async fn json(
@@ -29,15 +27,14 @@ pub async fn json(
         .map_or_else(|| request_id(request.headers()), |id| id.0.clone());
     let mut log = AccessLog::start(request_id, "POST", path, request.peer_addr());
     let prepared = prepare(path, &request, payload, &state, &mut log).await;
-    let result = match prepared {
-        Ok((endpoint, uri, body)) => forward(&client, &request, &endpoint, uri, body, log).await,
+    match prepared {
+        Ok(outbound) => forward_with_retries(&client, &request, outbound, &state.retry, log).await,
         Err(error) => {
             log.status = Some(error.status_code().as_u16());
             log.outcome = "rejected";
-            Err(error)
+            error.error_response()
         }
-    };
-    result.unwrap_or_else(|error| error.error_response())
+    }
 }
 
 async fn prepare(
@@ -46,35 +43,39 @@ async fn prepare(
     payload: web::Payload,
     state: &AppState,
     log: &mut AccessLog,
-) -> Result<(Arc<Endpoint>, Uri, Bytes), ApiError> {
+) -> Result<Outbound, ApiError> {
     let body = read_body(request, payload, state.max_body_bytes).await?;
     let field = find_model(&body)?;
     log.model = Some(field.model.as_ref().into());
-    let (endpoint, uri) = route(&state.table, &field.model, path)?;
-    log.endpoint = Some(Arc::clone(&endpoint));
-    let body = splice(&body, field.span, &endpoint.target_model_json);
-    Ok((endpoint, uri, body))
+    let (routes, route_path, upstream_path) = route(&state.table, &field.model, path)?;
+    let model_span = field.span;
+    Ok(Outbound {
+        routes,
+        route_path,
+        upstream_path,
+        body,
+        model_span,
+    })
 }
 
-/// The endpoint and upstream URI for (model, path).
-fn route(table: &RoutingTable, model: &str, path: &str) -> Result<(Arc<Endpoint>, Uri), ApiError> {
+/// The model's routes, the route (pool) that serves `path`, and the upstream path when it is
+/// not that route's own.
+fn route(
+    table: &RoutingTable,
+    model: &str,
+    path: &'static str,
+) -> Result<(Arc<ModelRoutes>, &'static str, Option<&'static str>), ApiError> {
     let routes = table.lookup(model).ok_or_else(|| ApiError::UnknownModel {
         model: model.to_owned(),
     })?;
-    if let Some(pool) = routes.pool(path) {
-        let endpoint = Arc::clone(pool.pick());
-        let uri = endpoint.upstream_uri.clone();
-        return Ok((endpoint, uri));
+    if routes.pool(path).is_some() {
+        return Ok((routes, path, None));
     }
     // Counting input tokens belongs to the Responses API: a model that serves v1/responses
     // serves it on the same upstream unless the config routes it elsewhere.
     if let Some(parent) = path.strip_suffix("/input_tokens") {
-        if let Some(pool) = routes.pool(parent) {
-            let endpoint = Arc::clone(pool.pick());
-            let uri = endpoint
-                .uri_for(path)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            return Ok((endpoint, uri));
+        if routes.pool(parent).is_some() {
+            return Ok((routes, parent, Some(path)));
         }
     }
     Err(ApiError::ModelNotOnPath {

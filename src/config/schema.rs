@@ -17,6 +17,7 @@ pub struct ProviderSchema {
     pub health_timeout: Option<f64>,
     #[serde(default)]
     pub models: IndexMap<String, ModelSchema>,
+    pub max_retries: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -31,6 +32,8 @@ pub struct EndpointSchema {
     pub target_base_url: Option<String>,
     pub request_timeout: Option<f64>,
     pub health_timeout: Option<f64>,
+    pub weight: Option<f64>,
+    pub max_retries: Option<u32>,
 }
 
 /// Keys each level knows, for "did you mean" hints on unknown ones.
@@ -41,6 +44,7 @@ pub const PROVIDER_KEYS: &[&str] = &[
     "request_timeout",
     "health_timeout",
     "models",
+    "max_retries",
 ];
 pub const MODEL_KEYS: &[&str] = &["endpoints"];
 pub const ENDPOINT_KEYS: &[&str] = &[
@@ -49,4 +53,6 @@ pub const ENDPOINT_KEYS: &[&str] = &[
     "target_base_url",
     "request_timeout",
     "health_timeout",
+    "weight",
+    "max_retries",
 ];

@@ -42,7 +42,8 @@ impl ModelRoutes {
     pub fn owner(&self) -> &str {
         self.routes
             .first()
-            .map_or("", |route| &*route.pool.pick().provider)
+            .and_then(|route| route.pool.members().first())
+            .map_or("", |endpoint| &*endpoint.provider)
     }
 
     pub fn served_paths(&self) -> String {
@@ -181,7 +182,7 @@ impl RoutingTable {
     }
 }
 
-/// Groups a model's endpoints by path, in load order, and warns about pools of more than one.
+/// Groups a model's endpoints by path, in load order: each path's endpoints form its pool.
 fn build_model(model: &Arc<str>, created: u64, members: &[&Arc<Endpoint>]) -> ModelRoutes {
     let mut by_path: Vec<(Box<str>, Vec<Arc<Endpoint>>)> = Vec::new();
     for endpoint in members {
@@ -192,19 +193,7 @@ fn build_model(model: &Arc<str>, created: u64, members: &[&Arc<Endpoint>]) -> Mo
     }
     let routes = by_path
         .into_iter()
-        .filter_map(|(path, list)| {
-            if list.len() > 1 {
-                tracing::warn!(
-                    model = %model,
-                    path = %path,
-                    endpoints = list.len(),
-                    serving_provider = %list[0].provider,
-                    serving_file = %list[0].file.display(),
-                    "several endpoints serve the same model and path; the first one loaded serves"
-                );
-            }
-            Pool::new(list).map(|pool| Route { path, pool })
-        })
+        .filter_map(|(path, list)| Pool::new(list).map(|pool| Route { path, pool }))
         .collect();
     ModelRoutes {
         name: Arc::clone(model),
@@ -237,6 +226,8 @@ fn same_endpoint(a: &Endpoint, b: &Endpoint) -> bool {
         && a.key_variable == b.key_variable
         && a.api_key == b.api_key
         && a.file == b.file
+        && a.weight == b.weight
+        && a.max_retries == b.max_retries
 }
 
 fn unix_now() -> u64 {
@@ -266,6 +257,9 @@ mod tests {
             api_key: None,
             authorization: None,
             file: Arc::from(Path::new(file)),
+            weight: 1.0,
+            max_retries: 2,
+            breaker: Default::default(),
         }
     }
 
