@@ -10,4 +10,5 @@ mod forwarding;
 mod helpers;
 mod mock;
 mod models;
+mod pools;
 mod streaming;
