@@ -141,6 +141,10 @@ impl RoutingTable {
         }
         match endpoints {
             Some(new) => {
+                let new = match files.get(file) {
+                    Some(old) => keep_unchanged(old, new),
+                    None => new,
+                };
                 touched.extend(new.iter().map(|e| Arc::clone(&e.exposed_model)));
                 files.insert(file.to_path_buf(), new);
             }
@@ -200,6 +204,27 @@ fn build_model(model: &Arc<str>, created: u64, members: &[&Arc<Endpoint>]) -> Mo
         created,
         routes,
     }
+}
+
+/// The new endpoints of a file, each one identical to an old one replaced by the old one, so its
+/// circuit breaker state survives a reload of its file.
+fn keep_unchanged(old: &[Arc<Endpoint>], new: Vec<Arc<Endpoint>>) -> Vec<Arc<Endpoint>> {
+    let mut taken = vec![false; old.len()];
+    new.into_iter()
+        .map(|endpoint| {
+            let same = old
+                .iter()
+                .enumerate()
+                .find(|(index, candidate)| !taken[*index] && same_endpoint(candidate, &endpoint));
+            match same {
+                Some((index, candidate)) => {
+                    taken[index] = true;
+                    Arc::clone(candidate)
+                }
+                None => endpoint,
+            }
+        })
+        .collect()
 }
 
 /// True when a model would be rebuilt from exactly the endpoints it already has, so touching a
@@ -354,5 +379,35 @@ mod tests {
         );
         assert_eq!(change, TableChange::default());
         assert_eq!(table.generation(), generation);
+    }
+
+    #[test]
+    fn reloading_a_file_keeps_the_breaker_state_of_its_unchanged_endpoints() {
+        use crate::routing::breaker::{now_ms, BreakerPolicy, Verdict};
+        let table = RoutingTable::new();
+        let a = Path::new("a.json");
+        table.replace_file(a, vec![endpoint("a.json", "m", "v1/x", "t")]);
+        table.replace_file(
+            Path::new("b.json"),
+            vec![endpoint("b.json", "m", "v1/x", "u")],
+        );
+        let policy = BreakerPolicy {
+            eject_after: 1,
+            cooldown: Duration::from_secs(60),
+        };
+        let routes = table.lookup("m").unwrap();
+        let members = routes.pool("v1/x").unwrap().members();
+        members[0].breaker.record(Verdict::Failed, &policy, now_ms());
+        assert!(members[0].is_ejected());
+
+        table.replace_file(a, vec![endpoint("a.json", "m", "v1/x", "t")]);
+        table.replace_file(
+            Path::new("b.json"),
+            vec![endpoint("b.json", "m", "v1/x", "u2")],
+        );
+        let routes = table.lookup("m").unwrap();
+        let members = routes.pool("v1/x").unwrap().members();
+        assert_eq!(&*members[1].target_model_name, "u2");
+        assert!(members[0].is_ejected());
     }
 }

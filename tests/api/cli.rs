@@ -27,14 +27,8 @@ fn check_prints_the_table_and_key_status_but_never_a_key() {
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert_eq!(output.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("p-m"), "{stdout}");
-    assert!(
-        stdout.contains("http://127.0.0.1:9/v1/chat/completions"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("LLMUX_CHECK_KEY") && stdout.contains(" set"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("http://127.0.0.1:9/v1/chat/completions"), "{stdout}");
+    assert!(stdout.contains("LLMUX_CHECK_KEY") && stdout.contains(" set"), "{stdout}");
     assert!(stdout.contains("UNSET"), "{stdout}");
     assert!(stdout.contains("5s/60s"), "{stdout}");
     assert!(!stdout.contains("sk-do-not-print"), "{stdout}");
@@ -50,11 +44,7 @@ fn check_exits_1_and_points_at_file_line_and_column() {
     )
     .unwrap();
 
-    let output = llmux()
-        .args(["check", "--config-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let output = llmux().args(["check", "--config-dir"]).arg(dir.path()).output().unwrap();
 
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert_eq!(output.status.code(), Some(1), "{stdout}");
@@ -70,10 +60,7 @@ fn a_missing_config_dir_is_a_clear_startup_error() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(
-        stderr.contains("/definitely/not/here") && stderr.contains("does not exist"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("/definitely/not/here") && stderr.contains("does not exist"), "{stderr}");
 }
 
 #[test]
@@ -81,21 +68,9 @@ fn help_lists_every_setting_with_its_env_var() {
     let output = llmux().arg("--help").output().unwrap();
     let help = String::from_utf8(output.stdout).unwrap();
     for needle in [
-        "--config-dir",
-        "LLMUX_CONFIG_DIR",
-        "--host",
-        "LLMUX_HOST",
-        "--port",
-        "LLMUX_PORT",
-        "--base-url",
-        "LLMUX_BASE_URL",
-        "--log",
-        "LLMUX_LOG",
-        "--workers",
-        "LLMUX_WORKERS",
-        "--max-body-bytes",
-        "LLMUX_MAX_BODY_BYTES",
-        "--connect-timeout",
+        "--config-dir", "LLMUX_CONFIG_DIR", "--host", "LLMUX_HOST", "--port", "LLMUX_PORT", "--base-url",
+        "LLMUX_BASE_URL", "--log", "LLMUX_LOG", "--workers", "LLMUX_WORKERS", "--max-body-bytes",
+        "LLMUX_MAX_BODY_BYTES", "--connect-timeout",
     ] {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
     }

@@ -11,23 +11,18 @@ async fn chat_completion_through_async_openai_reaches_the_target_model() {
     let app = spawn_app().await;
     let request = CreateChatCompletionRequestArgs::default()
         .model("m")
-        .messages([
-            async_openai::types::ChatCompletionRequestUserMessageArgs::default()
-                .content("Hi")
-                .build()
-                .unwrap()
-                .into(),
-        ])
+        .messages([async_openai::types::ChatCompletionRequestUserMessageArgs::default()
+            .content("Hi")
+            .build()
+            .unwrap()
+            .into()])
         .build()
         .unwrap();
 
     let response = app.openai().chat().create(request).await.unwrap();
 
     assert_eq!(response.model, "target-m");
-    assert_eq!(
-        response.choices[0].message.content.as_deref(),
-        Some("Hello!")
-    );
+    assert_eq!(response.choices[0].message.content.as_deref(), Some("Hello!"));
     let upstream = app.upstream.last_request();
     assert_eq!(upstream.method, "POST");
     assert_eq!(upstream.uri, "/v1/chat/completions");
@@ -41,13 +36,7 @@ async fn completions_and_embeddings_through_async_openai() {
     let completion = app
         .openai()
         .completions()
-        .create(
-            CreateCompletionRequestArgs::default()
-                .model("m")
-                .prompt("Say")
-                .build()
-                .unwrap(),
-        )
+        .create(CreateCompletionRequestArgs::default().model("m").prompt("Say").build().unwrap())
         .await
         .unwrap();
     assert_eq!(completion.model, "target-m");
@@ -56,13 +45,7 @@ async fn completions_and_embeddings_through_async_openai() {
     let embedding = app
         .openai()
         .embeddings()
-        .create(
-            CreateEmbeddingRequestArgs::default()
-                .model("m")
-                .input("text")
-                .build()
-                .unwrap(),
-        )
+        .create(CreateEmbeddingRequestArgs::default().model("m").input("text").build().unwrap())
         .await
         .unwrap();
     assert_eq!(embedding.data[0].embedding, vec![0.25, -0.5, 1.0]);
@@ -86,10 +69,7 @@ async fn every_byte_but_the_model_reaches_the_upstream_unchanged() {
     let expected = body.replace("\"model\":  \"m\"", "\"model\":  \"target-m\"");
     let received = app.upstream.last_request().body;
     assert_eq!(received.len(), expected.len());
-    assert!(
-        received == expected.as_bytes(),
-        "body changed beyond the model"
-    );
+    assert!(received == expected.as_bytes(), "body changed beyond the model");
 }
 
 #[tokio::test]
@@ -111,19 +91,13 @@ async fn the_provider_key_goes_upstream_and_the_client_token_never_does() {
     assert_eq!(response.status(), 200);
 
     let upstream = app.upstream.last_request();
-    assert_eq!(
-        upstream.header("authorization"),
-        Some(format!("Bearer {PROVIDER_KEY}").as_str())
-    );
+    assert_eq!(upstream.header("authorization"), Some(format!("Bearer {PROVIDER_KEY}").as_str()));
     assert_eq!(upstream.header("cookie"), None);
     assert_eq!(upstream.header("openai-beta"), Some("assistants=v2"));
     assert_eq!(upstream.header("idempotency-key"), Some("idem-1"));
     assert_eq!(upstream.header("user-agent"), Some("llmux-test/1"));
     assert_eq!(upstream.header("content-type"), Some("application/json"));
-    assert!(upstream
-        .headers
-        .iter()
-        .all(|(_, v)| !v.contains("client-token")));
+    assert!(upstream.headers.iter().all(|(_, v)| !v.contains("client-token")));
 }
 
 #[tokio::test]
@@ -143,11 +117,7 @@ async fn without_a_key_variable_or_with_it_unset_no_authorization_goes_upstream(
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
-        assert_eq!(
-            app.upstream.last_request().header("authorization"),
-            None,
-            "model {model}"
-        );
+        assert_eq!(app.upstream.last_request().header("authorization"), None, "model {model}");
     }
 }
 
@@ -168,18 +138,9 @@ async fn prefix_and_per_endpoint_base_urls_route_to_the_right_upstream() {
     });
     let app = Spawn::new().file("p.json", file).start().await;
 
-    let chat = app
-        .post_json("/v1/chat/completions", json!({"model": "team/chat"}))
-        .await;
-    let embed = app
-        .post_json(
-            "/v1/embeddings",
-            json!({"model": "team/chat", "input": "x"}),
-        )
-        .await;
-    let unprefixed = app
-        .post_json("/v1/chat/completions", json!({"model": "chat"}))
-        .await;
+    let chat = app.post_json("/v1/chat/completions", json!({"model": "team/chat"})).await;
+    let embed = app.post_json("/v1/embeddings", json!({"model": "team/chat", "input": "x"})).await;
+    let unprefixed = app.post_json("/v1/chat/completions", json!({"model": "chat"})).await;
 
     assert_eq!(chat.status(), 200);
     assert_eq!(embed.status(), 200);
@@ -201,38 +162,21 @@ async fn request_ids_are_passed_on_or_generated() {
         .await
         .unwrap();
     assert_eq!(given.headers()["x-request-id"], "client-chosen-id");
-    assert_eq!(
-        app.upstream.last_request().header("x-request-id"),
-        Some("client-chosen-id")
-    );
+    assert_eq!(app.upstream.last_request().header("x-request-id"), Some("client-chosen-id"));
 
-    let generated = app
-        .post_json("/v1/chat/completions", r#"{"model":"m"}"#)
-        .await;
-    let id = generated.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let generated = app.post_json("/v1/chat/completions", r#"{"model":"m"}"#).await;
+    let id = generated.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert!(id.starts_with("req_"));
-    assert_eq!(
-        app.upstream.last_request().header("x-request-id"),
-        Some(id.as_str())
-    );
+    assert_eq!(app.upstream.last_request().header("x-request-id"), Some(id.as_str()));
 }
 
 #[tokio::test]
 async fn upstream_errors_pass_through_unchanged() {
     let app = spawn_app().await;
-    app.upstream
-        .always(Reply::json(500, json!({"error": {"message": "boom"}})));
-    let failing = app
-        .post_json("/v1/chat/completions", r#"{"model":"m"}"#)
-        .await;
+    app.upstream.always(Reply::json(500, json!({"error": {"message": "boom"}})));
+    let failing = app.post_json("/v1/chat/completions", r#"{"model":"m"}"#).await;
     assert_eq!(failing.status(), 500);
-    assert_eq!(
-        failing.json::<serde_json::Value>().await.unwrap()["error"]["message"],
-        "boom"
-    );
+    assert_eq!(failing.json::<serde_json::Value>().await.unwrap()["error"]["message"], "boom");
 
     let body = r#"{"error":{"message":"slow down","type":"rate_limit","code":"x"},"extra":[1,2]}"#;
     app.upstream.push(Reply::Raw {
@@ -242,9 +186,7 @@ async fn upstream_errors_pass_through_unchanged() {
         headers: vec![("retry-after".into(), "7".into())],
     });
 
-    let response = app
-        .post_json("/v1/chat/completions", r#"{"model":"m"}"#)
-        .await;
+    let response = app.post_json("/v1/chat/completions", r#"{"model":"m"}"#).await;
 
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "7");
@@ -269,9 +211,7 @@ async fn every_json_endpoint_is_forwarded_to_its_path() {
     let file = json!({"p": {"target_base_url": "{UPSTREAM}", "models": {"all": {"endpoints": endpoints}}}});
     let app = Spawn::new().file("p.json", file).start().await;
     for path in paths.iter().chain(["v1/responses/input_tokens"].iter()) {
-        let response = app
-            .post_json(&format!("/{path}"), json!({"model": "all", "input": "x"}))
-            .await;
+        let response = app.post_json(&format!("/{path}"), json!({"model": "all", "input": "x"})).await;
         assert_eq!(response.status(), 200, "{path}");
         let upstream = app.upstream.last_request();
         assert_eq!(upstream.uri, format!("/{path}"));
@@ -315,11 +255,7 @@ async fn a_file_in_fast_openai_api_proxy_format_loads_unchanged() {
         ("openai-gpt-4o", "/v1/chat/completions", "gpt-4o"),
         ("openai-gpt-4o", "/v1/embeddings", "text-embedding-ada-002"),
         ("openai-dall-e-3", "/v1/images/generations", "dall-e-3"),
-        (
-            "custom-model-chat",
-            "/v1/chat/completions",
-            "super-chat-model-v2",
-        ),
+        ("custom-model-chat", "/v1/chat/completions", "super-chat-model-v2"),
     ] {
         let response = app.post_json(path, json!({"model": model})).await;
         assert_eq!(response.status(), 200, "{model} {path}");

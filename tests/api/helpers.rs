@@ -12,8 +12,8 @@ pub use crate::mock::{MockUpstream, Reply};
 /// Logs go nowhere unless TEST_LOG is set.
 static TRACING: LazyLock<()> = LazyLock::new(|| {
     if std::env::var("TEST_LOG").is_ok() {
-        let subscriber =
-            llmux::telemetry::subscriber("test", "debug", std::io::stdout).expect("valid filter");
+        let subscriber = llmux::telemetry::subscriber("test", "debug", std::io::stdout)
+            .expect("valid filter");
         let _ = llmux::telemetry::init(subscriber);
     }
 });
@@ -95,15 +95,10 @@ pub fn provider_file(provider: &str, prefix: &str, models: &[(&str, &str)]) -> V
     let models: serde_json::Map<String, Value> = models
         .iter()
         .map(|(key, target)| {
-            let endpoints: Vec<Value> = [
-                "v1/chat/completions",
-                "v1/completions",
-                "v1/embeddings",
-                "v1/responses",
-            ]
-            .iter()
-            .map(|path| serde_json::json!({"path": path, "target_model_name": target}))
-            .collect();
+            let endpoints: Vec<Value> = ["v1/chat/completions", "v1/completions", "v1/embeddings", "v1/responses"]
+                .iter()
+                .map(|path| serde_json::json!({"path": path, "target_model_name": target}))
+                .collect();
             (key.to_string(), serde_json::json!({"endpoints": endpoints}))
         })
         .collect();
@@ -122,10 +117,7 @@ pub fn provider_file(provider: &str, prefix: &str, models: &[(&str, &str)]) -> V
 /// llmux serving one model `m` (target `target-m`) at the mock upstream.
 pub async fn spawn_app() -> TestApp {
     Spawn::new()
-        .file(
-            "provider.json",
-            provider_file("mock", "", &[("m", "target-m")]),
-        )
+        .file("provider.json", provider_file("mock", "", &[("m", "target-m")]))
         .start()
         .await
 }
@@ -161,9 +153,6 @@ pub async fn assert_openai_error(response: reqwest::Response, status: u16) -> Va
     let error = &body["error"];
     assert!(error["message"].is_string(), "{body}");
     assert!(error["type"].is_string(), "{body}");
-    assert!(
-        error.get("param").is_some() && error.get("code").is_some(),
-        "{body}"
-    );
+    assert!(error.get("param").is_some() && error.get("code").is_some(), "{body}");
     error.clone()
 }

@@ -130,9 +130,7 @@ impl MockUpstream {
     }
 
     pub fn last_request(&self) -> Recorded {
-        self.requests()
-            .pop()
-            .expect("the upstream received a request")
+        self.requests().pop().expect("the upstream received a request")
     }
 
     pub fn streams_cancelled(&self) -> usize {
@@ -276,19 +274,16 @@ fn sse(events: Vec<String>, gap: Duration, state: Arc<MockState>) -> HttpRespons
         state,
         finished: false,
     };
-    let body = stream::unfold(
-        (frames, guard, true),
-        move |(mut frames, mut guard, first)| async move {
-            let frame = frames.pop_front()?;
-            if !first && !gap.is_zero() {
-                tokio::time::sleep(gap).await;
-            }
-            if frames.is_empty() {
-                guard.finished = true;
-            }
-            Some((Ok::<_, std::io::Error>(frame), (frames, guard, false)))
-        },
-    );
+    let body = stream::unfold((frames, guard, true), move |(mut frames, mut guard, first)| async move {
+        let frame = frames.pop_front()?;
+        if !first && !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+        if frames.is_empty() {
+            guard.finished = true;
+        }
+        Some((Ok::<_, std::io::Error>(frame), (frames, guard, false)))
+    });
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))

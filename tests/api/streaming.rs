@@ -23,11 +23,7 @@ async fn async_openai_streams_a_chat_completion() {
     let request = CreateChatCompletionRequestArgs::default()
         .model("m")
         .stream(true)
-        .messages([ChatCompletionRequestUserMessageArgs::default()
-            .content("Hi")
-            .build()
-            .unwrap()
-            .into()])
+        .messages([ChatCompletionRequestUserMessageArgs::default().content("Hi").build().unwrap().into()])
         .build()
         .unwrap();
 
@@ -45,17 +41,9 @@ async fn async_openai_streams_a_chat_completion() {
 #[tokio::test]
 async fn chunks_sent_200ms_apart_reach_the_client_spread_out() {
     let app = spawn_app().await;
-    app.upstream.push(Reply::Sse {
-        events: events(5),
-        gap: Duration::from_millis(200),
-    });
+    app.upstream.push(Reply::Sse { events: events(5), gap: Duration::from_millis(200) });
 
-    let response = app
-        .post_json(
-            "/v1/chat/completions",
-            json!({"model": "m", "stream": true}),
-        )
-        .await;
+    let response = app.post_json("/v1/chat/completions", json!({"model": "m", "stream": true})).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     assert!(response.headers().get("content-length").is_none());
@@ -63,10 +51,7 @@ async fn chunks_sent_200ms_apart_reach_the_client_spread_out() {
     let mut arrivals = Vec::new();
     let mut received = String::new();
     let mut body = response.bytes_stream();
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(5), body.next())
-        .await
-        .unwrap()
-    {
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(5), body.next()).await.unwrap() {
         let chunk = chunk.unwrap();
         let text = std::str::from_utf8(&chunk).unwrap();
         for _ in text.matches("data: ") {
@@ -79,40 +64,24 @@ async fn chunks_sent_200ms_apart_reach_the_client_spread_out() {
     assert!(received.ends_with("data: [DONE]\n\n"));
     for pair in arrivals.windows(2).skip(1) {
         let gap = pair[1] - pair[0];
-        assert!(
-            gap >= Duration::from_millis(120),
-            "events bunched: {arrivals:?}"
-        );
+        assert!(gap >= Duration::from_millis(120), "events bunched: {arrivals:?}");
     }
 }
 
 #[tokio::test]
 async fn a_client_that_disconnects_cancels_the_upstream_stream() {
     let app = spawn_app().await;
-    app.upstream.push(Reply::Sse {
-        events: events(50),
-        gap: Duration::from_millis(100),
-    });
+    app.upstream.push(Reply::Sse { events: events(50), gap: Duration::from_millis(100) });
 
-    let response = app
-        .post_json(
-            "/v1/chat/completions",
-            json!({"model": "m", "stream": true}),
-        )
-        .await;
+    let response = app.post_json("/v1/chat/completions", json!({"model": "m", "stream": true})).await;
     let mut body = response.bytes_stream();
-    let first = tokio::time::timeout(Duration::from_secs(5), body.next())
-        .await
-        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.next()).await.unwrap();
     assert!(first.is_some());
     drop(body);
 
     let deadline = Instant::now() + Duration::from_secs(5);
     while app.upstream.streams_cancelled() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "upstream stream still running after the client left"
-        );
+        assert!(Instant::now() < deadline, "upstream stream still running after the client left");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(app.upstream.streams_finished(), 0);
@@ -123,26 +92,15 @@ async fn an_upstream_silent_for_longer_than_request_timeout_ends_the_stream() {
     let file = json!({"p": {"target_base_url": "{UPSTREAM}", "request_timeout": 1,
         "models": {"m": {"endpoints": [{"path": "v1/chat/completions", "target_model_name": "t"}]}}}});
     let app = Spawn::new().file("p.json", file).start().await;
-    app.upstream.push(Reply::Sse {
-        events: events(3),
-        gap: Duration::from_secs(4),
-    });
+    app.upstream.push(Reply::Sse { events: events(3), gap: Duration::from_secs(4) });
 
     let started = Instant::now();
-    let response = app
-        .post_json(
-            "/v1/chat/completions",
-            json!({"model": "m", "stream": true}),
-        )
-        .await;
+    let response = app.post_json("/v1/chat/completions", json!({"model": "m", "stream": true})).await;
     assert_eq!(response.status(), 200);
     let mut body = response.bytes_stream();
     let mut received = String::new();
     let mut failed = false;
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(6), body.next())
-        .await
-        .unwrap()
-    {
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(6), body.next()).await.unwrap() {
         match chunk {
             Ok(bytes) => received.push_str(std::str::from_utf8(&bytes).unwrap()),
             Err(_) => {
@@ -154,9 +112,5 @@ async fn an_upstream_silent_for_longer_than_request_timeout_ends_the_stream() {
 
     assert!(failed, "the stream should end abnormally, got {received}");
     assert_eq!(received.matches("data: ").count(), 1);
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 }
