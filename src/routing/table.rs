@@ -397,7 +397,9 @@ mod tests {
         };
         let routes = table.lookup("m").unwrap();
         let members = routes.pool("v1/x").unwrap().members();
-        members[0].breaker.record(Verdict::Failed, &policy, now_ms());
+        members[0]
+            .breaker
+            .record(Verdict::Failed, &policy, now_ms());
         assert!(members[0].is_ejected());
 
         table.replace_file(a, vec![endpoint("a.json", "m", "v1/x", "t")]);
