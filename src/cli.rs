@@ -88,6 +88,16 @@ pub struct ServeArgs {
     /// On SIGTERM/SIGINT, how long requests in flight (streams included) get to finish, in seconds.
     #[arg(long, env = "LLMUX_SHUTDOWN_GRACE", default_value = "30", value_parser = parse_seconds)]
     pub shutdown_grace: Duration,
+    /// Longest wait before a retry that an upstream's Retry-After may ask for, in seconds; a
+    /// longer one sends the 429 back to the client with its Retry-After.
+    #[arg(long, env = "LLMUX_MAX_RETRY_WAIT", default_value = "10", value_parser = parse_seconds)]
+    pub max_retry_wait: Duration,
+    /// Consecutive failures that eject a pool member.
+    #[arg(long, env = "LLMUX_EJECT_AFTER", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub eject_after: u32,
+    /// How long an ejected pool member gets no traffic, in seconds (doubles on repeat, up to 8x).
+    #[arg(long, env = "LLMUX_EJECT_COOLDOWN", default_value = "30", value_parser = parse_seconds)]
+    pub eject_cooldown: Duration,
 }
 
 impl ServeArgs {
@@ -105,6 +115,9 @@ impl ServeArgs {
             watch: WatchMode::Notify,
             health_cache_ttl: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
+            max_retry_wait: Duration::from_secs(10),
+            eject_after: 5,
+            eject_cooldown: Duration::from_secs(30),
         }
     }
 }

@@ -189,6 +189,8 @@ pub struct EndpointHealth {
     pub status: EndpointStatus,
     pub latency_ms: Option<u64>,
     pub error: Option<String>,
+    /// The pool's circuit breaker keeps this endpoint out of traffic after consecutive failures.
+    pub ejected: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -219,6 +221,7 @@ pub async fn check_model(
                 status: EndpointStatus::Unchecked,
                 latency_ms: None,
                 error: None,
+                ejected: endpoint.is_ejected(),
             };
         };
         let result = probes.probe(client, uri, endpoint).await;
@@ -233,6 +236,7 @@ pub async fn check_model(
             },
             latency_ms: Some(u64::try_from(result.latency.as_millis()).unwrap_or(u64::MAX)),
             error: result.error,
+            ejected: endpoint.is_ejected(),
         }
     });
     let endpoints = futures_util::future::join_all(checks).await;

@@ -18,6 +18,8 @@ use crate::config::watch::{ConfigWatch, LiveConfig, Scope};
 use crate::errors;
 use crate::health::HealthProbes;
 use crate::proxy::headers::{request_id, RequestId, X_REQUEST_ID};
+use crate::proxy::retry::RetryPolicy;
+use crate::routing::breaker::BreakerPolicy;
 use crate::routing::table::RoutingTable;
 use crate::state::AppState;
 
@@ -89,6 +91,13 @@ impl Application {
             responses: Arc::default(),
             health: Arc::new(HealthProbes::new(args.health_cache_ttl)),
             shutting_down: AtomicBool::new(false),
+            retry: RetryPolicy {
+                max_retry_wait: args.max_retry_wait,
+                breaker: BreakerPolicy {
+                    eject_after: args.eject_after,
+                    cooldown: args.eject_cooldown,
+                },
+            },
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::config::watch::LiveConfig;
 use crate::health::HealthProbes;
+use crate::proxy::retry::RetryPolicy;
 use crate::routing::responses::ResponseOwners;
 use crate::routing::table::RoutingTable;
 use crate::startup::EnvSource;
@@ -25,4 +26,6 @@ pub struct AppState {
     pub health: Arc<HealthProbes>,
     /// Set by the first shutdown signal: /ready answers 503 from then on.
     pub shutting_down: AtomicBool,
+    /// Retry waits and circuit-breaker thresholds for pools.
+    pub retry: RetryPolicy,
 }

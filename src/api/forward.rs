@@ -2,7 +2,6 @@
 use std::sync::Arc;
 
 use actix_web::http::header;
-use actix_web::http::Uri;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -10,12 +9,10 @@ use futures_util::StreamExt;
 use crate::api::responses;
 use crate::errors::ApiError;
 use crate::proxy::body::find_model;
-use crate::proxy::forward::forward;
 use crate::proxy::headers::{request_id, RequestId};
 use crate::proxy::log::AccessLog;
-use crate::proxy::rewrite::{self, AnswerRewrite};
-use crate::routing::endpoint::Endpoint;
-use crate::routing::table::RoutingTable;
+use crate::proxy::retry::{forward_with_retries, Outbound};
+use crate::routing::table::{ModelRoutes, RoutingTable};
 use crate::state::AppState;
 
 pub async fn json(
@@ -31,18 +28,24 @@ pub async fn json(
         .map_or_else(|| request_id(request.headers()), |id| id.0.clone());
     let mut log = AccessLog::start(request_id, "POST", path, request.peer_addr());
     let prepared = prepare(path, &request, payload, &state, &mut log).await;
-    let result = match prepared {
-        Ok((endpoint, uri, body, answer)) => {
-            let response = forward(&client, &request, &endpoint, uri, body, log).await;
-            rewrite::answer(answer, &endpoint, &state.responses, response).await
+    match prepared {
+        Ok(outbound) => {
+            forward_with_retries(
+                &client,
+                &request,
+                outbound,
+                &state.retry,
+                &state.responses,
+                log,
+            )
+            .await
         }
         Err(error) => {
             log.status = Some(error.status_code().as_u16());
             log.outcome = "rejected";
-            Err(error)
+            error.error_response()
         }
-    };
-    result.unwrap_or_else(|error| error.error_response())
+    }
 }
 
 async fn prepare(
@@ -51,38 +54,44 @@ async fn prepare(
     payload: web::Payload,
     state: &AppState,
     log: &mut AccessLog,
-) -> Result<(Arc<Endpoint>, Uri, Bytes, AnswerRewrite), ApiError> {
+) -> Result<Outbound, ApiError> {
     let body = read_body(request, payload, state.max_body_bytes).await?;
     let field = find_model(&body)?;
     log.model = Some(field.model.as_ref().into());
-    let (endpoint, uri) = match responses::creator_in_pool(state, &field.model, path, &body) {
-        Some(sticky) => sticky,
-        None => route(&state.table, &field.model, path)?,
-    };
-    log.endpoint = Some(Arc::clone(&endpoint));
-    let (body, answer) = rewrite::request(&endpoint, path, &body, field.span)?;
-    Ok((endpoint, uri, body, answer))
+    let (routes, route_path, upstream_path) = route(&state.table, &field.model, path)?;
+    // A request continuing a stored response must reach the member that created it.
+    let sticky =
+        responses::creator_in_pool(state, &field.model, path, &body).map(|(member, _)| member);
+    let model_span = field.span;
+    Ok(Outbound {
+        routes,
+        path,
+        route_path,
+        upstream_path,
+        body,
+        model_span,
+        sticky,
+    })
 }
 
-/// The endpoint and upstream URI for (model, path).
-fn route(table: &RoutingTable, model: &str, path: &str) -> Result<(Arc<Endpoint>, Uri), ApiError> {
+/// The model's routes, the route (pool) that serves `path`, and the upstream path when it is
+/// not that route's own.
+fn route(
+    table: &RoutingTable,
+    model: &str,
+    path: &'static str,
+) -> Result<(Arc<ModelRoutes>, &'static str, Option<&'static str>), ApiError> {
     let routes = table.lookup(model).ok_or_else(|| ApiError::UnknownModel {
         model: model.to_owned(),
     })?;
-    if let Some(pool) = routes.pool(path) {
-        let endpoint = Arc::clone(pool.pick());
-        let uri = endpoint.upstream_uri.clone();
-        return Ok((endpoint, uri));
+    if routes.pool(path).is_some() {
+        return Ok((routes, path, None));
     }
     // Counting input tokens belongs to the Responses API: a model that serves v1/responses
     // serves it on the same upstream unless the config routes it elsewhere.
     if let Some(parent) = path.strip_suffix("/input_tokens") {
-        if let Some(pool) = routes.pool(parent) {
-            let endpoint = Arc::clone(pool.pick());
-            let uri = endpoint
-                .uri_for(path)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            return Ok((endpoint, uri));
+        if routes.pool(parent).is_some() {
+            return Ok((routes, parent, Some(path)));
         }
     }
     Err(ApiError::ModelNotOnPath {

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::adapt::{self, Finding, Sources};
 use super::locate::{display_path, locate, position_of, Position, Segment};
 use super::schema::{ConfigFile, ENDPOINT_KEYS, MODEL_KEYS, PROVIDER_KEYS};
-use crate::routing::endpoint::{join_url, normalize_path, Endpoint};
+use crate::routing::endpoint::{join_url, normalize_path, Endpoint, DEFAULT_MAX_RETRIES};
 use crate::secret::ApiKey;
 
 /// Timeouts when neither the endpoint nor its provider sets one (fast-openai-api-proxy's default).
@@ -218,6 +218,11 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                     .timeout(endpoint.health_timeout, field("health_timeout"))
                     .or(provider_health_timeout)
                     .unwrap_or(DEFAULT_TIMEOUT);
+                let weight = report.weight(endpoint.weight, field("weight"));
+                let max_retries = endpoint
+                    .max_retries
+                    .or(provider.max_retries)
+                    .unwrap_or(DEFAULT_MAX_RETRIES);
                 let path = normalize_path(&endpoint.path);
                 if path.is_empty() {
                     report.error(field("path"), "the path is empty".into());
@@ -322,6 +327,9 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                     float_embeddings_upstream: adaptation.float_embeddings_upstream,
                     model_field: adaptation.model_field,
                     health_uri,
+                    weight,
+                    max_retries,
+                    breaker: Default::default(),
                 });
             }
         }
@@ -426,6 +434,21 @@ impl Report<'_> {
                     format!("a timeout must be a positive number of seconds, not {seconds}"),
                 );
                 None
+            }
+        }
+    }
+
+    /// An endpoint's pool weight: a positive finite number, 1 when unset.
+    fn weight(&mut self, weight: Option<f64>, path: Vec<Segment>) -> f64 {
+        match weight {
+            None => 1.0,
+            Some(weight) if weight > 0.0 && weight.is_finite() => weight,
+            Some(weight) => {
+                self.error(
+                    path,
+                    format!("a weight must be a positive number, not {weight}"),
+                );
+                1.0
             }
         }
     }
@@ -658,8 +681,36 @@ mod tests {
             1,
             "no target_base_url",
         );
+        check_error(
+            "{\"p\": {\"target_base_url\": \"http://h\", \"models\": {\"m\": {\"endpoints\": [\n{\"path\": \"v1/x\", \"target_model_name\": \"t\",\n \"weight\": 0}]}}}}",
+            "p.models.m.endpoints[0].weight",
+            3,
+            "positive",
+        );
+        check_error(
+            "{\"p\": {\"target_base_url\": \"http://h\", \"max_retries\": -1,\n \"models\": {}}}",
+            "p.max_retries",
+            1,
+            "invalid value",
+        );
         check_error("[1]", "$", 1, "invalid type");
         check_error("{} {}", "$", 1, "trailing");
+    }
+
+    #[test]
+    fn weight_and_max_retries_default_and_the_endpoint_wins() {
+        let loaded = load(
+            "{\"p\": {\"target_base_url\": \"http://h\", \"max_retries\": 4, \"models\": {\"m\": {\"endpoints\": [\n{\"path\": \"v1/x\", \"target_model_name\": \"t\"},\n{\"path\": \"v1/x\", \"target_model_name\": \"t\", \"weight\": 2.5, \"max_retries\": 0}]}}},\n\"q\": {\"target_base_url\": \"http://h\", \"models\": {\"m\": {\"endpoints\": [{\"path\": \"v1/x\", \"target_model_name\": \"t\"}]}}}}",
+        );
+        let endpoints = loaded.endpoints.unwrap();
+        let settings: Vec<(f64, u32)> = endpoints
+            .iter()
+            .map(|e| (e.weight, e.max_retries))
+            .collect();
+        assert_eq!(
+            settings,
+            vec![(1.0, 4), (2.5, 0), (1.0, DEFAULT_MAX_RETRIES)]
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub struct ProviderSchema {
     /// Absent: probe `/health`; a string: probe that path; `null`: don't probe.
     #[serde(default, deserialize_with = "present")]
     pub health_path: Option<Option<String>>,
+    pub max_retries: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +58,8 @@ pub struct EndpointSchema {
     /// Overrides the provider's `health_path`; `null` here turns probing off for this endpoint.
     #[serde(default, deserialize_with = "present")]
     pub health_path: Option<Option<String>>,
+    pub weight: Option<f64>,
+    pub max_retries: Option<u32>,
 }
 
 /// Tells a key set to `null` (`Some(None)`) from a missing key (`None`, through `#[serde(default)]`).
@@ -85,6 +88,7 @@ pub const PROVIDER_KEYS: &[&str] = &[
     "upstream_embedding_format",
     "model_field",
     "health_path",
+    "max_retries",
 ];
 pub const MODEL_KEYS: &[&str] = &["endpoints"];
 pub const ENDPOINT_KEYS: &[&str] = &[
@@ -103,6 +107,8 @@ pub const ENDPOINT_KEYS: &[&str] = &[
     "upstream_embedding_format",
     "model_field",
     "health_path",
+    "weight",
+    "max_retries",
 ];
 
 /// The adaptation settings of a provider or an endpoint, side by side for merging.

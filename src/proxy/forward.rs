@@ -24,29 +24,71 @@ pub async fn forward(
     body: Bytes,
     mut log: AccessLog,
 ) -> Result<HttpResponse, ApiError> {
+    let timeout = endpoint.request_timeout;
+    match send(
+        client,
+        request,
+        endpoint,
+        uri,
+        body,
+        &log.request_id,
+        timeout,
+    )
+    .await
+    {
+        Ok(response) => Ok(stream_back(response, endpoint, log)),
+        Err(error) => {
+            log.status = Some(error.status_code().as_u16());
+            log.outcome = failure_outcome(&error);
+            tracing::warn!(request_id = log.request_id(), provider = %endpoint.provider, %error, "upstream request failed");
+            Err(error)
+        }
+    }
+}
+
+/// The access-log outcome of a failure to get an answer.
+pub fn failure_outcome(error: &ApiError) -> &'static str {
+    match error {
+        ApiError::UpstreamTimeout { .. } => "upstream_timeout",
+        _ => "upstream_unreachable",
+    }
+}
+
+/// Sends one request upstream and waits, at most `timeout`, for the head of its answer.
+pub async fn send(
+    client: &awc::Client,
+    request: &HttpRequest,
+    endpoint: &Endpoint,
+    uri: Uri,
+    body: Bytes,
+    request_id: &HeaderValue,
+    timeout: std::time::Duration,
+) -> Result<awc::ClientResponse, ApiError> {
     let mut upstream = client
         .request(request.method().clone(), uri)
-        .timeout(endpoint.request_timeout);
+        .timeout(timeout);
     {
         let headers = upstream.headers_mut();
         copy_request_headers(request.headers(), headers);
-        headers.insert(X_REQUEST_ID.clone(), log.request_id.clone());
+        headers.insert(X_REQUEST_ID.clone(), request_id.clone());
         endpoint.apply_upstream_headers(headers);
     }
-    let mut response = match upstream.send_body(body).await {
-        Ok(response) => response,
-        Err(error) => {
-            let error = upstream_error(endpoint, error);
-            log.status = Some(error.status_code().as_u16());
-            log.outcome = match error {
-                ApiError::UpstreamTimeout { .. } => "upstream_timeout",
-                _ => "upstream_unreachable",
-            };
-            tracing::warn!(request_id = log.request_id(), provider = %endpoint.provider, %error, "upstream request failed");
-            return Err(error);
+    upstream.send_body(body).await.map_err(|error| {
+        let mut error = upstream_error(endpoint, error);
+        // The budget may be shorter than the endpoint's timeout when retries used part of it.
+        if let ApiError::UpstreamTimeout { timeout: t, .. } = &mut error {
+            *t = timeout;
         }
-    };
+        error
+    })
+}
 
+/// Turns an upstream answer into the client's response, its body streamed through as it comes.
+pub fn stream_back(
+    mut response: awc::ClientResponse,
+    endpoint: &Endpoint,
+    mut log: AccessLog,
+) -> HttpResponse {
     let status = response.status();
     log.status = Some(status.as_u16());
     let mut builder = HttpResponse::build(status);
@@ -69,10 +111,10 @@ pub async fn forward(
     };
     log.stream = event_stream;
     let body = ResponseStream::new(response.take_payload(), endpoint.request_timeout, log);
-    Ok(match length {
+    match length {
         Some(length) => builder.body(SizedStream::new(length, body)),
         None => builder.streaming(body),
-    })
+    }
 }
 
 fn is_event_stream(value: &HeaderValue) -> bool {

@@ -23,6 +23,8 @@ pub struct AccessLog {
     pub bytes: u64,
     /// Why the request ended other than normally (`client_closed`, `upstream_timeout`, ...).
     pub outcome: &'static str,
+    /// Upstream attempts made (retries included); 0 when none was.
+    pub attempts: u32,
 }
 
 impl AccessLog {
@@ -45,6 +47,7 @@ impl AccessLog {
             stream: false,
             bytes: 0,
             outcome: "client_closed",
+            attempts: 0,
         }
     }
 
@@ -72,6 +75,7 @@ impl Drop for AccessLog {
             bytes = self.bytes,
             outcome = self.outcome,
             client = self.client.map(|c| c.to_string()),
+            attempts = self.attempts,
             "request"
         );
     }

@@ -4,5 +4,6 @@ pub mod capture;
 pub mod forward;
 pub mod headers;
 pub mod log;
+pub mod retry;
 pub mod rewrite;
 pub mod stream;

@@ -6,7 +6,11 @@ use std::time::Duration;
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::Uri;
 
+use super::breaker::Breaker;
 use crate::secret::ApiKey;
+
+/// Further attempts after the first when neither the endpoint nor its provider sets `max_retries`.
+pub const DEFAULT_MAX_RETRIES: u32 = 2;
 
 /// A resolved, validated endpoint. Built by `config::load`, never deserialized directly.
 #[derive(Debug)]
@@ -54,11 +58,33 @@ pub struct Endpoint {
     pub model_field: bool,
     /// What GET /health/{model} probes: `None` when `health_path` is `null` (never probed).
     pub health_uri: Option<Uri>,
+    /// Share of its pool's traffic, relative to the other members' (> 0).
+    pub weight: f64,
+    /// Further attempts after the first when a request through this endpoint fails retryably.
+    pub max_retries: u32,
+    /// Passive health: lives as long as the endpoint, so it survives other files' reloads.
+    pub breaker: Breaker,
 }
 
 impl Endpoint {
     /// The upstream URI for a path other than the endpoint's own, on the same base URL. A path
     /// under the endpoint's own (`v1/responses/ID`) lands under its `target_path`.
+    /// True while the circuit breaker keeps this endpoint out of its pool (for /health/{model}).
+    pub fn is_ejected(&self) -> bool {
+        self.breaker.is_ejected()
+    }
+
+    /// `provider/target_model@host:port`: names the endpoint in headers and logs without the
+    /// URL's path, query or any credentials it may carry.
+    pub fn identity(&self) -> String {
+        let host = self.upstream_uri.host().unwrap_or("");
+        match self.upstream_uri.port_u16() {
+            Some(port) => format!("{}/{}@{host}:{port}", self.provider, self.target_model_name),
+            None => format!("{}/{}@{host}", self.provider, self.target_model_name),
+        }
+    }
+
+    /// The upstream URI for a path other than the endpoint's own, on the same base URL.
     pub fn uri_for(&self, path: &str) -> Result<Uri, actix_web::http::uri::InvalidUri> {
         self.uri_with_query(path, None)
     }
@@ -111,8 +137,45 @@ pub fn normalize_path(path: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// An endpoint of provider `p` at 127.0.0.1:1 with the given weight.
+    pub(crate) fn endpoint_with_weight(weight: f64) -> Endpoint {
+        Endpoint {
+            provider: Arc::from("p"),
+            exposed_model: Arc::from("m"),
+            path: "v1/x".into(),
+            target_model_name: "t".into(),
+            target_model_json: "\"t\"".into(),
+            base_url: "http://user:secret@127.0.0.1:1".into(),
+            upstream_uri: "http://user:secret@127.0.0.1:1/v1/x".parse().unwrap(),
+            upstream_host: "127.0.0.1:1".into(),
+            request_timeout: Duration::from_secs(60),
+            health_timeout: Duration::from_secs(60),
+            key_variable: None,
+            api_key: None,
+            authorization: None,
+            file: Arc::from(Path::new("f.json")),
+            auth_header: actix_web::http::header::AUTHORIZATION,
+            headers: Box::default(),
+            upstream_path: "v1/x".into(),
+            query: None,
+            drop_params: Box::default(),
+            json_object_fallback: false,
+            float_embeddings_upstream: false,
+            model_field: true,
+            health_uri: None,
+            weight,
+            max_retries: DEFAULT_MAX_RETRIES,
+            breaker: Breaker::default(),
+        }
+    }
+
+    #[test]
+    fn identity_names_provider_model_and_host_without_credentials() {
+        assert_eq!(endpoint_with_weight(1.0).identity(), "p/t@127.0.0.1:1");
+    }
 
     #[test]
     fn urls_join_with_exactly_one_slash() {

@@ -151,6 +151,9 @@ mod tests {
             float_embeddings_upstream: false,
             model_field: true,
             health_uri: None,
+            weight: 1.0,
+            max_retries: 2,
+            breaker: Default::default(),
         }
     }
 

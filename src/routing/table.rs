@@ -42,7 +42,8 @@ impl ModelRoutes {
     pub fn owner(&self) -> &str {
         self.routes
             .first()
-            .map_or("", |route| &*route.pool.pick().provider)
+            .and_then(|route| route.pool.members().first())
+            .map_or("", |endpoint| &*endpoint.provider)
     }
 
     pub fn served_paths(&self) -> String {
@@ -140,6 +141,10 @@ impl RoutingTable {
         }
         match endpoints {
             Some(new) => {
+                let new = match files.get(file) {
+                    Some(old) => keep_unchanged(old, new),
+                    None => new,
+                };
                 touched.extend(new.iter().map(|e| Arc::clone(&e.exposed_model)));
                 files.insert(file.to_path_buf(), new);
             }
@@ -181,7 +186,7 @@ impl RoutingTable {
     }
 }
 
-/// Groups a model's endpoints by path, in load order, and warns about pools of more than one.
+/// Groups a model's endpoints by path, in load order: each path's endpoints form its pool.
 fn build_model(model: &Arc<str>, created: u64, members: &[&Arc<Endpoint>]) -> ModelRoutes {
     let mut by_path: Vec<(Box<str>, Vec<Arc<Endpoint>>)> = Vec::new();
     for endpoint in members {
@@ -192,25 +197,34 @@ fn build_model(model: &Arc<str>, created: u64, members: &[&Arc<Endpoint>]) -> Mo
     }
     let routes = by_path
         .into_iter()
-        .filter_map(|(path, list)| {
-            if list.len() > 1 {
-                tracing::warn!(
-                    model = %model,
-                    path = %path,
-                    endpoints = list.len(),
-                    serving_provider = %list[0].provider,
-                    serving_file = %list[0].file.display(),
-                    "several endpoints serve the same model and path; the first one loaded serves"
-                );
-            }
-            Pool::new(list).map(|pool| Route { path, pool })
-        })
+        .filter_map(|(path, list)| Pool::new(list).map(|pool| Route { path, pool }))
         .collect();
     ModelRoutes {
         name: Arc::clone(model),
         created,
         routes,
     }
+}
+
+/// The new endpoints of a file, each one identical to an old one replaced by the old one, so its
+/// circuit breaker state survives a reload of its file.
+fn keep_unchanged(old: &[Arc<Endpoint>], new: Vec<Arc<Endpoint>>) -> Vec<Arc<Endpoint>> {
+    let mut taken = vec![false; old.len()];
+    new.into_iter()
+        .map(|endpoint| {
+            let same = old
+                .iter()
+                .enumerate()
+                .find(|(index, candidate)| !taken[*index] && same_endpoint(candidate, &endpoint));
+            match same {
+                Some((index, candidate)) => {
+                    taken[index] = true;
+                    Arc::clone(candidate)
+                }
+                None => endpoint,
+            }
+        })
+        .collect()
 }
 
 /// True when a model would be rebuilt from exactly the endpoints it already has, so touching a
@@ -237,6 +251,8 @@ fn same_endpoint(a: &Endpoint, b: &Endpoint) -> bool {
         && a.key_variable == b.key_variable
         && a.api_key == b.api_key
         && a.file == b.file
+        && a.weight == b.weight
+        && a.max_retries == b.max_retries
 }
 
 fn unix_now() -> u64 {
@@ -275,6 +291,9 @@ mod tests {
             float_embeddings_upstream: false,
             model_field: true,
             health_uri: None,
+            weight: 1.0,
+            max_retries: 2,
+            breaker: Default::default(),
         }
     }
 
@@ -369,5 +388,37 @@ mod tests {
         );
         assert_eq!(change, TableChange::default());
         assert_eq!(table.generation(), generation);
+    }
+
+    #[test]
+    fn reloading_a_file_keeps_the_breaker_state_of_its_unchanged_endpoints() {
+        use crate::routing::breaker::{now_ms, BreakerPolicy, Verdict};
+        let table = RoutingTable::new();
+        let a = Path::new("a.json");
+        table.replace_file(a, vec![endpoint("a.json", "m", "v1/x", "t")]);
+        table.replace_file(
+            Path::new("b.json"),
+            vec![endpoint("b.json", "m", "v1/x", "u")],
+        );
+        let policy = BreakerPolicy {
+            eject_after: 1,
+            cooldown: Duration::from_secs(60),
+        };
+        let routes = table.lookup("m").unwrap();
+        let members = routes.pool("v1/x").unwrap().members();
+        members[0]
+            .breaker
+            .record(Verdict::Failed, &policy, now_ms());
+        assert!(members[0].is_ejected());
+
+        table.replace_file(a, vec![endpoint("a.json", "m", "v1/x", "t")]);
+        table.replace_file(
+            Path::new("b.json"),
+            vec![endpoint("b.json", "m", "v1/x", "u2")],
+        );
+        let routes = table.lookup("m").unwrap();
+        let members = routes.pool("v1/x").unwrap().members();
+        assert_eq!(&*members[1].target_model_name, "u2");
+        assert!(members[0].is_ejected());
     }
 }

@@ -239,7 +239,8 @@ async fn upstream_errors_pass_through_unchanged() {
         status: 429,
         content_type: "application/json".into(),
         body: body.into(),
-        headers: vec![("retry-after".into(), "7".into())],
+        // Above --max-retry-wait, so the 429 is not retried (issue #7) but passed through.
+        headers: vec![("retry-after".into(), "70".into())],
     });
 
     let response = app
@@ -247,7 +248,7 @@ async fn upstream_errors_pass_through_unchanged() {
         .await;
 
     assert_eq!(response.status(), 429);
-    assert_eq!(response.headers()["retry-after"], "7");
+    assert_eq!(response.headers()["retry-after"], "70");
     assert_eq!(response.text().await.unwrap(), body);
 }
 

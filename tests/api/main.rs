@@ -13,6 +13,7 @@ mod health;
 mod helpers;
 mod mock;
 mod models;
+mod pools;
 mod reload;
 mod shutdown;
 mod streaming;

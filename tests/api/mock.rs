@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
-use futures_util::stream;
+use futures_util::{stream, StreamExt};
 use serde_json::{json, Value};
 
 /// A request the mock received.
@@ -51,6 +51,8 @@ pub enum Reply {
     Sse { events: Vec<String>, gap: Duration },
     /// Waits this long before answering with `Echo`.
     Stall(Duration),
+    /// An SSE answer that sends these events and then breaks off without `[DONE]`.
+    SseThenBreak { events: Vec<String> },
 }
 
 impl Reply {
@@ -83,7 +85,12 @@ pub struct MockUpstream {
 
 impl MockUpstream {
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind mock upstream");
+        Self::start_on(0).await
+    }
+
+    /// Starts on a given port (0 picks one): a test revives a "dead" member on its old port.
+    pub async fn start_on(port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind mock upstream");
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(MockState::default());
         let app_state = web::Data::from(Arc::clone(&state));
@@ -190,6 +197,21 @@ async fn reply_with(reply: Reply, path: &str, body: &Bytes, state: Arc<MockState
             response.body(body)
         }
         Reply::Sse { events, gap } => sse(events, gap, state),
+        Reply::SseThenBreak { events } => {
+            // The pause lets the head and the events go out before the connection breaks.
+            let frames = stream::iter(
+                events
+                    .into_iter()
+                    .map(|event| Ok(Bytes::from(format!("data: {event}\n\n")))),
+            )
+            .chain(stream::once(async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Err(std::io::Error::other("mock breaks the stream"))
+            }));
+            HttpResponse::Ok()
+                .content_type("text/event-stream")
+                .streaming(frames)
+        }
     }
 }
 

@@ -1,0 +1,429 @@
+//! Attempts on a pool: pick a member, send, and on a retryable failure wait and try the next
+//! member, all before the client gets a response head and within the request's timeout.
+//!
+//! Retryable: connect errors, timeouts before the response head, 429, 500, 502, 503, 504. Never
+//! another 4xx, never once the answer is streaming to the client (this loop returns as soon as it
+//! has a response head it keeps). Between attempts: the upstream's Retry-After (or, on a 429,
+//! x-ratelimit-reset-*) when the next attempt goes to the same member, else exponential backoff
+//! with full jitter. A wait above `max_retry_wait` sends the answer back as it is (a 429 keeps its
+//! Retry-After); so does a wait that would end past the request's deadline.
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, HttpDate};
+use actix_web::http::{StatusCode, Uri};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::forward::{failure_outcome, send, stream_back};
+use super::log::AccessLog;
+use super::rewrite::{self, AnswerRewrite};
+use crate::errors::ApiError;
+use crate::routing::breaker::{now_ms, BreakerPolicy, Transition, Verdict};
+use crate::routing::endpoint::Endpoint;
+use crate::routing::pool::Pool;
+use crate::routing::responses::ResponseOwners;
+use crate::routing::table::ModelRoutes;
+
+pub const X_LLMUX_ATTEMPTS: HeaderName = HeaderName::from_static("x-llmux-attempts");
+pub const X_LLMUX_UPSTREAM: HeaderName = HeaderName::from_static("x-llmux-upstream");
+
+/// First backoff ceiling; doubles every retry up to `BACKOFF_CAP`.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
+pub const BACKOFF_CAP: Duration = Duration::from_secs(2);
+/// The most of a retried error answer's body read to keep its connection; the rest is dropped.
+const DISCARD_LIMIT: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Longest upstream-requested wait honoured (`--max-retry-wait`).
+    pub max_retry_wait: Duration,
+    pub breaker: BreakerPolicy,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retry_wait: Duration::from_secs(10),
+            breaker: BreakerPolicy::default(),
+        }
+    }
+}
+
+/// A request ready for any member of its pool: the body as the client sent it and where its
+/// `model` value is, so each attempt splices in its own member's target model.
+pub struct Outbound {
+    pub routes: Arc<ModelRoutes>,
+    /// The OpenAI path the client called.
+    pub path: &'static str,
+    /// The route whose pool serves the request.
+    pub route_path: &'static str,
+    /// The upstream path when it is not the route's own (`v1/responses/input_tokens`).
+    pub upstream_path: Option<&'static str>,
+    pub body: Bytes,
+    pub model_span: Range<usize>,
+    /// The member every attempt goes to (it created the response a Responses API request
+    /// continues): no other member could answer it.
+    pub sticky: Option<Arc<Endpoint>>,
+}
+
+/// Serves `outbound` from its pool, retrying as the module comment says. Always answers: an
+/// upstream answer passed through, or llmux's own error, with `x-llmux-attempts` and
+/// `x-llmux-upstream` naming the last member tried.
+pub async fn forward_with_retries(
+    client: &awc::Client,
+    request: &HttpRequest,
+    outbound: Outbound,
+    policy: &RetryPolicy,
+    owners: &Arc<ResponseOwners>,
+    mut log: AccessLog,
+) -> HttpResponse {
+    let Some(pool) = outbound.routes.pool(outbound.route_path) else {
+        let error = ApiError::Internal(format!("no pool for /{}", outbound.route_path));
+        log.status = Some(error.status_code().as_u16());
+        return error.error_response();
+    };
+    let sticky = outbound.sticky.as_ref().and_then(|sticky| {
+        pool.members()
+            .iter()
+            .position(|member| Arc::ptr_eq(member, sticky))
+    });
+    let mut index = sticky.unwrap_or_else(|| pool.select(None));
+    let first = &pool.members()[index];
+    let deadline = Instant::now() + first.request_timeout;
+    let max_retries = first.max_retries;
+    let mut attempt: u32 = 1;
+    loop {
+        let member = Arc::clone(&pool.members()[index]);
+        log.endpoint = Some(Arc::clone(&member));
+        log.attempts = attempt;
+        let uri = match upstream_uri(&member, outbound.upstream_path) {
+            Ok(uri) => uri,
+            Err(error) => return finish(Err(error), &member, attempt, log, None).await,
+        };
+        // Each member gets the body rewritten for it (its model name, its adaptations).
+        let (body, answer) = match rewrite::request(
+            &member,
+            outbound.path,
+            &outbound.body,
+            outbound.model_span.clone(),
+        ) {
+            Ok(rewritten) => rewritten,
+            Err(error) => return finish(Err(error), &member, attempt, log, None).await,
+        };
+        let answer = Some((answer, owners));
+        let timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .min(member.request_timeout);
+        let result = send(
+            client,
+            request,
+            &member,
+            uri,
+            body,
+            &log.request_id,
+            timeout,
+        )
+        .await;
+        let (verdict, retryable) = classify(&result);
+        record(pool, &member, verdict, policy, &log);
+        let outcome = describe(&result);
+        if !retryable {
+            return finish(result, &member, attempt, log, answer).await;
+        }
+        if attempt > max_retries {
+            tracing::warn!(request_id = log.request_id(), attempt, member = %member.identity(), outcome, "upstream attempt failed; no retries left");
+            return finish(result, &member, attempt, log, answer).await;
+        }
+        let next = match sticky {
+            Some(sticky) => sticky,
+            None => pool.select(Some(index)),
+        };
+        let asked = match (&result, next == index) {
+            (Ok(response), true) => requested_wait(response.status(), response.headers()),
+            _ => None,
+        };
+        if asked.is_some_and(|wait| wait > policy.max_retry_wait) {
+            tracing::warn!(request_id = log.request_id(), attempt, member = %member.identity(), outcome, asked_wait_s = asked.map(|w| w.as_secs_f64()), max_retry_wait_s = policy.max_retry_wait.as_secs_f64(), "upstream asks for a longer wait than allowed; answering the client");
+            return finish(result, &member, attempt, log, answer).await;
+        }
+        let wait = asked.unwrap_or_else(|| backoff(attempt));
+        if Instant::now() + wait >= deadline {
+            tracing::warn!(request_id = log.request_id(), attempt, member = %member.identity(), outcome, wait_ms = wait.as_millis() as u64, "upstream attempt failed; no time left to retry");
+            return finish(result, &member, attempt, log, answer).await;
+        }
+        tracing::warn!(request_id = log.request_id(), attempt, member = %member.identity(), outcome, wait_ms = wait.as_millis() as u64, next = %pool.members()[next].identity(), "upstream attempt failed; retrying");
+        if let Ok(response) = result {
+            discard(response, deadline).await;
+        }
+        tokio::time::sleep_until(Instant::now() + wait).await;
+        index = next;
+        attempt += 1;
+    }
+}
+
+fn upstream_uri(member: &Endpoint, path: Option<&str>) -> Result<Uri, ApiError> {
+    match path {
+        None => Ok(member.upstream_uri.clone()),
+        Some(path) => member
+            .uri_for(path)
+            .map_err(|e| ApiError::Internal(e.to_string())),
+    }
+}
+
+/// The breaker verdict of an attempt and whether another may follow.
+fn classify(result: &Result<awc::ClientResponse, ApiError>) -> (Verdict, bool) {
+    match result {
+        Ok(response) => match response.status().as_u16() {
+            429 => (Verdict::Neutral, true),
+            500 | 502 | 503 | 504 => (Verdict::Failed, true),
+            _ => (Verdict::Healthy, false),
+        },
+        Err(ApiError::UpstreamTimeout { .. } | ApiError::UpstreamUnreachable { .. }) => {
+            (Verdict::Failed, true)
+        }
+        Err(_) => (Verdict::Healthy, false),
+    }
+}
+
+fn describe(result: &Result<awc::ClientResponse, ApiError>) -> String {
+    match result {
+        Ok(response) => format!("status {}", response.status().as_u16()),
+        Err(error) => failure_outcome(error).to_owned(),
+    }
+}
+
+fn record(pool: &Pool, member: &Endpoint, verdict: Verdict, policy: &RetryPolicy, log: &AccessLog) {
+    match member.breaker.record(verdict, &policy.breaker, now_ms()) {
+        Some(Transition::Ejected { cooldown, failures }) => tracing::warn!(
+            request_id = log.request_id(),
+            member = %member.identity(),
+            model = %member.exposed_model,
+            path = %member.path,
+            failures,
+            cooldown_s = cooldown.as_secs_f64(),
+            pool_size = pool.members().len(),
+            "pool member ejected"
+        ),
+        Some(Transition::Readmitted) => tracing::info!(
+            request_id = log.request_id(),
+            member = %member.identity(),
+            model = %member.exposed_model,
+            path = %member.path,
+            "pool member re-admitted"
+        ),
+        None => {}
+    }
+}
+
+/// The client's response for the last attempt, with the attempt headers. `answer` says how the
+/// upstream's answer is adapted for the client (`rewrite::answer`).
+async fn finish(
+    result: Result<awc::ClientResponse, ApiError>,
+    member: &Arc<Endpoint>,
+    attempts: u32,
+    mut log: AccessLog,
+    answer: Option<(AnswerRewrite, &Arc<ResponseOwners>)>,
+) -> HttpResponse {
+    let mut response = match result {
+        Ok(response) => {
+            let response = stream_back(response, member, log);
+            match answer {
+                Some((answer, owners)) => rewrite::answer(answer, member, owners, Ok(response))
+                    .await
+                    .unwrap_or_else(|error| error.error_response()),
+                None => response,
+            }
+        }
+        Err(error) => {
+            log.status = Some(error.status_code().as_u16());
+            log.outcome = failure_outcome(&error);
+            tracing::warn!(request_id = log.request_id(), member = %member.identity(), %error, "upstream request failed");
+            error.error_response()
+        }
+    };
+    let headers = response.headers_mut();
+    headers.insert(X_LLMUX_ATTEMPTS, HeaderValue::from(attempts));
+    if let Ok(value) = HeaderValue::from_str(&member.identity()) {
+        headers.insert(X_LLMUX_UPSTREAM, value);
+    }
+    response
+}
+
+/// Reads a retried answer's body to its end (bounded in size and time) so its connection can
+/// serve again; what cannot be read is dropped with the connection.
+async fn discard(mut response: awc::ClientResponse, deadline: Instant) {
+    let read = response.body().limit(DISCARD_LIMIT);
+    let _ = tokio::time::timeout_at(deadline, read).await;
+}
+
+/// Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^(retry - 1))].
+pub fn backoff(retry: u32) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(
+            1u32.checked_shl(retry.saturating_sub(1))
+                .unwrap_or(u32::MAX),
+        )
+        .min(BACKOFF_CAP);
+    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(fastrand::u64(0..=millis))
+}
+
+/// The wait an answer asks for: `retry-after-ms`, `retry-after` (seconds or an HTTP date) and,
+/// on a 429, the longest `x-ratelimit-reset-*` (`1s`, `6m0s`, `20ms`).
+pub fn requested_wait(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(millis) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
+        if let Ok(wait) = Duration::try_from_secs_f64(millis / 1000.0) {
+            return Some(wait);
+        }
+    }
+    if let Some(value) = text("retry-after") {
+        if let Ok(seconds) = value.parse::<f64>() {
+            return Duration::try_from_secs_f64(seconds).ok();
+        }
+        if let Ok(date) = value.parse::<HttpDate>() {
+            let at: SystemTime = date.into();
+            return Some(
+                at.duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO),
+            );
+        }
+    }
+    if status != StatusCode::TOO_MANY_REQUESTS {
+        return None;
+    }
+    headers
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("x-ratelimit-reset"))
+        .filter_map(|(_, value)| value.to_str().ok().and_then(parse_reset))
+        .max()
+}
+
+/// A Go-style duration as OpenAI writes rate-limit resets (`1s`, `6m0s`, `1h2m3.5s`, `20ms`), or
+/// plain seconds.
+fn parse_reset(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds).ok();
+    }
+    let mut total = 0.0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let number: f64 = rest[..number_end].parse().ok()?;
+        rest = &rest[number_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += number * scale;
+        rest = &rest[unit_end..];
+    }
+    Duration::try_from_secs_f64(total).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(status: u16, headers: &[(&'static str, &str)], expected: Option<Duration>) {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let status = StatusCode::from_u16(status).unwrap();
+        assert_eq!(requested_wait(status, &map), expected, "{headers:?}");
+    }
+
+    #[test]
+    fn requested_waits_are_read_from_every_header_form() {
+        let secs = Duration::from_secs;
+        check(429, &[("retry-after", "1")], Some(secs(1)));
+        check(
+            503,
+            &[("retry-after", "2.5")],
+            Some(Duration::from_millis(2500)),
+        );
+        check(
+            429,
+            &[("retry-after-ms", "150"), ("retry-after", "9")],
+            Some(Duration::from_millis(150)),
+        );
+        check(
+            429,
+            &[("retry-after", "Thu, 01 Jan 1970 00:00:00 GMT")],
+            Some(Duration::ZERO),
+        );
+        check(
+            429,
+            &[
+                ("x-ratelimit-reset-requests", "1s"),
+                ("x-ratelimit-reset-tokens", "6m0s"),
+            ],
+            Some(secs(360)),
+        );
+        check(
+            429,
+            &[("x-ratelimit-reset-tokens", "20ms")],
+            Some(Duration::from_millis(20)),
+        );
+        // On other statuses the rate-limit resets say nothing about this failure.
+        check(500, &[("x-ratelimit-reset-tokens", "6m0s")], None);
+        check(429, &[("retry-after", "soon")], None);
+        check(429, &[], None);
+        let in_a_minute = HttpDate::from(SystemTime::now() + secs(60)).to_string();
+        let mut map = HeaderMap::new();
+        map.insert(
+            HeaderName::from_static("retry-after"),
+            HeaderValue::from_str(&in_a_minute).unwrap(),
+        );
+        let wait = requested_wait(StatusCode::TOO_MANY_REQUESTS, &map).unwrap();
+        assert!(wait > secs(55) && wait <= secs(60), "{wait:?}");
+    }
+
+    #[test]
+    fn rate_limit_resets_parse_go_durations() {
+        for (text, millis) in [
+            ("1h2m3.5s", 3_723_500),
+            ("0.5", 500),
+            ("250ms", 250),
+            ("2m", 120_000),
+        ] {
+            assert_eq!(
+                parse_reset(text),
+                Some(Duration::from_millis(millis)),
+                "{text}"
+            );
+        }
+        assert_eq!(parse_reset("3 days"), None);
+        assert_eq!(parse_reset("5x"), None);
+    }
+
+    #[test]
+    fn backoff_is_jittered_under_a_doubling_capped_ceiling() {
+        for retry in 1..=10 {
+            let ceiling = (BACKOFF_BASE * 2u32.pow(retry - 1)).min(BACKOFF_CAP);
+            for _ in 0..50 {
+                assert!(backoff(retry) <= ceiling);
+            }
+        }
+        assert!((0..200).any(|_| backoff(5) > Duration::from_millis(100)));
+    }
+}
