@@ -61,6 +61,16 @@ pub struct ServeArgs {
     /// Time allowed to connect to an upstream, in seconds.
     #[arg(long, env = "LLMUX_CONNECT_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
     pub connect_timeout: Duration,
+    /// Largest multipart upload (audio transcriptions and translations, image edits and
+    /// variations) accepted, in bytes.
+    #[arg(long, env = "LLMUX_MAX_UPLOAD_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
+    /// Total bytes of images the image-data cache holds before evicting the least recently used.
+    #[arg(long, env = "LLMUX_IMAGE_CACHE_BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub image_cache_bytes: u64,
+    /// How long an image stays in the image-data cache, in seconds.
+    #[arg(long, env = "LLMUX_IMAGE_CACHE_TTL", default_value = "3600", value_parser = parse_seconds)]
+    pub image_cache_ttl: Duration,
 }
 
 impl ServeArgs {
@@ -75,6 +85,9 @@ impl ServeArgs {
             workers: None,
             max_body_bytes: 32 * 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
+            max_upload_bytes: 100 * 1024 * 1024,
+            image_cache_bytes: 512 * 1024 * 1024,
+            image_cache_ttl: Duration::from_secs(3600),
         }
     }
 }

@@ -44,6 +44,8 @@ pub enum ApiError {
     UpstreamTimeout { provider: String, timeout: Duration },
     #[error("Internal error: {0}")]
     Internal(String),
+    #[error("The image `{id}` of model `{model}` does not exist or has expired.")]
+    ImageNotFound { model: String, id: String },
 }
 
 #[derive(Serialize)]
@@ -96,6 +98,7 @@ impl ApiError {
             }
             Self::UpstreamTimeout { .. } => ("upstream_error", None, Some("upstream_timeout")),
             Self::Internal(_) => ("server_error", None, Some("internal_error")),
+            Self::ImageNotFound { .. } => ("invalid_request_error", None, Some("image_not_found")),
         }
     }
 }
@@ -114,6 +117,7 @@ impl ResponseError for ApiError {
             Self::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::ImageNotFound { .. } => StatusCode::NOT_FOUND,
         }
     }
 

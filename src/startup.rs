@@ -13,6 +13,7 @@ use crate::api;
 use crate::cli::ServeArgs;
 use crate::config::load::{load_dir, process_env, FileLoad, Severity};
 use crate::errors;
+use crate::images::ImageCache;
 use crate::proxy::headers::{request_id, RequestId, X_REQUEST_ID};
 use crate::routing::table::RoutingTable;
 use crate::state::AppState;
@@ -65,6 +66,8 @@ impl Application {
             base_url,
             max_body_bytes: args.max_body_bytes,
             env,
+            max_upload_bytes: args.max_upload_bytes,
+            images: Arc::new(ImageCache::new(args.image_cache_bytes, args.image_cache_ttl)),
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;

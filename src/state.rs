@@ -2,6 +2,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::images::ImageCache;
 use crate::routing::table::RoutingTable;
 use crate::startup::EnvSource;
 
@@ -13,4 +14,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Where provider keys are read from at each load.
     pub env: EnvSource,
+    /// Largest multipart upload accepted, in bytes.
+    pub max_upload_bytes: u64,
+    /// Images served under `{base_url}/v1/images/data/{model}/{id}`.
+    pub images: Arc<ImageCache>,
 }

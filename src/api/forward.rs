@@ -40,7 +40,7 @@ pub async fn json(
     result.unwrap_or_else(|error| error.error_response())
 }
 
-async fn prepare(
+pub(crate) async fn prepare(
     path: &'static str,
     request: &HttpRequest,
     payload: web::Payload,
@@ -57,7 +57,7 @@ async fn prepare(
 }
 
 /// The endpoint and upstream URI for (model, path).
-fn route(table: &RoutingTable, model: &str, path: &str) -> Result<(Arc<Endpoint>, Uri), ApiError> {
+pub(crate) fn route(table: &RoutingTable, model: &str, path: &str) -> Result<(Arc<Endpoint>, Uri), ApiError> {
     let routes = table.lookup(model).ok_or_else(|| ApiError::UnknownModel {
         model: model.to_owned(),
     })?;

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::locate::{display_path, locate, position_of, Position, Segment};
 use super::schema::{ConfigFile, ENDPOINT_KEYS, MODEL_KEYS, PROVIDER_KEYS};
-use crate::routing::endpoint::{join_url, normalize_path, Endpoint};
+use crate::routing::endpoint::{join_url, normalize_path, Endpoint, UpstreamImageFormat};
 use crate::secret::ApiKey;
 
 /// Timeouts when neither the endpoint nor its provider sets one (fast-openai-api-proxy's default).
@@ -245,6 +245,17 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                         continue;
                     }
                 };
+                let upstream_image_format = match endpoint.upstream_image_format.as_deref() {
+                    None | Some("url") => UpstreamImageFormat::AsRequested,
+                    Some("b64_json") => UpstreamImageFormat::B64Json,
+                    Some(other) => {
+                        report.error(
+                            field("upstream_image_format"),
+                            format!("`{other}` is not an upstream_image_format: use `b64_json` or `url`"),
+                        );
+                        continue;
+                    }
+                };
                 let url = join_url(base_url, path);
                 let upstream_uri: Uri = match url.parse() {
                     Ok(uri) => uri,
@@ -273,6 +284,7 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                     api_key: api_key.clone(),
                     authorization: authorization.clone(),
                     file: Arc::clone(&file_arc),
+                    upstream_image_format,
                 });
             }
         }

@@ -31,6 +31,9 @@ pub struct EndpointSchema {
     pub target_base_url: Option<String>,
     pub request_timeout: Option<f64>,
     pub health_timeout: Option<f64>,
+    /// `b64_json`: the upstream only answers images as base64; llmux asks for that and serves
+    /// URLs from its image-data cache to clients that want URLs.
+    pub upstream_image_format: Option<String>,
 }
 
 /// Keys each level knows, for "did you mean" hints on unknown ones.
@@ -49,4 +52,5 @@ pub const ENDPOINT_KEYS: &[&str] = &[
     "target_base_url",
     "request_timeout",
     "health_timeout",
+    "upstream_image_format",
 ];

@@ -1,12 +1,11 @@
 //! The upstream call: awc request with the provider's key, the answer streamed back.
 use std::sync::Arc;
 
-use actix_web::body::SizedStream;
+use actix_web::body::{MessageBody, SizedStream};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Uri;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use awc::error::{ConnectError, SendRequestError};
-use bytes::Bytes;
 
 use super::headers::{copy_request_headers, keep_response_header, X_REQUEST_ID};
 use super::log::AccessLog;
@@ -16,27 +15,49 @@ use crate::routing::endpoint::Endpoint;
 
 /// Sends `body` to `uri` on behalf of `request` and turns the upstream's answer, whatever its
 /// status, into the client's response. Only failures to get an answer at all are `ApiError`s.
-pub async fn forward(
+pub async fn forward<B: MessageBody + 'static>(
     client: &awc::Client,
     request: &HttpRequest,
     endpoint: &Arc<Endpoint>,
     uri: Uri,
-    body: Bytes,
+    body: B,
     mut log: AccessLog,
 ) -> Result<HttpResponse, ApiError> {
+    let upstream = upstream_request(client, request, endpoint, uri, &log);
+    let response = send(upstream, endpoint, body, &mut log).await?;
+    Ok(respond(response, endpoint, log))
+}
+
+/// The upstream request for `request`: its method, the headers that may cross, the request id
+/// and the provider's key. Callers may still adjust headers (a new multipart boundary).
+pub fn upstream_request(
+    client: &awc::Client,
+    request: &HttpRequest,
+    endpoint: &Endpoint,
+    uri: Uri,
+    log: &AccessLog,
+) -> awc::ClientRequest {
     let mut upstream = client
         .request(request.method().clone(), uri)
         .timeout(endpoint.request_timeout);
-    {
-        let headers = upstream.headers_mut();
-        copy_request_headers(request.headers(), headers);
-        headers.insert(X_REQUEST_ID.clone(), log.request_id.clone());
-        if let Some(authorization) = &endpoint.authorization {
-            headers.insert(header::AUTHORIZATION, authorization.clone());
-        }
+    let headers = upstream.headers_mut();
+    copy_request_headers(request.headers(), headers);
+    headers.insert(X_REQUEST_ID.clone(), log.request_id.clone());
+    if let Some(authorization) = &endpoint.authorization {
+        headers.insert(header::AUTHORIZATION, authorization.clone());
     }
-    let mut response = match upstream.send_body(body).await {
-        Ok(response) => response,
+    upstream
+}
+
+/// Sends the request and waits for the upstream's response head; failures are logged in `log`.
+pub async fn send<B: MessageBody + 'static>(
+    upstream: awc::ClientRequest,
+    endpoint: &Endpoint,
+    body: B,
+    log: &mut AccessLog,
+) -> Result<UpstreamResponse, ApiError> {
+    match upstream.send_body(body).await {
+        Ok(response) => Ok(response),
         Err(error) => {
             let error = upstream_error(endpoint, error);
             log.status = Some(error.status_code().as_u16());
@@ -45,10 +66,13 @@ pub async fn forward(
                 _ => "upstream_unreachable",
             };
             tracing::warn!(request_id = log.request_id(), provider = %endpoint.provider, %error, "upstream request failed");
-            return Err(error);
+            Err(error)
         }
-    };
+    }
+}
 
+/// The upstream's answer as the client's response, its body streamed through as it arrives.
+pub fn respond(mut response: UpstreamResponse, endpoint: &Endpoint, mut log: AccessLog) -> HttpResponse {
     let status = response.status();
     log.status = Some(status.as_u16());
     let mut builder = HttpResponse::build(status);
@@ -71,13 +95,16 @@ pub async fn forward(
     };
     log.stream = event_stream;
     let body = ResponseStream::new(response.take_payload(), endpoint.request_timeout, log);
-    Ok(match length {
+    match length {
         Some(length) => builder.body(SizedStream::new(length, body)),
         None => builder.streaming(body),
-    })
+    }
 }
 
-fn is_event_stream(value: &HeaderValue) -> bool {
+/// What `send` returns: the upstream's response head with its body still to read.
+pub type UpstreamResponse = awc::ClientResponse<actix_http::BoxedPayloadStream>;
+
+pub fn is_event_stream(value: &HeaderValue) -> bool {
     value
         .as_bytes()
         .get(..17)

@@ -3,4 +3,5 @@ pub mod body;
 pub mod forward;
 pub mod headers;
 pub mod log;
+pub mod multipart;
 pub mod stream;

@@ -35,6 +35,18 @@ pub struct Endpoint {
     pub authorization: Option<HeaderValue>,
     /// The file this endpoint comes from.
     pub file: Arc<Path>,
+    /// How the upstream is asked for images (`upstream_image_format`).
+    pub upstream_image_format: UpstreamImageFormat,
+}
+
+/// The `upstream_image_format` endpoint option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamImageFormat {
+    /// The client's `response_format` goes upstream unchanged.
+    #[default]
+    AsRequested,
+    /// The upstream is always asked for `b64_json`; llmux serves URLs from its image-data cache.
+    B64Json,
 }
 
 impl Endpoint {

@@ -266,6 +266,7 @@ mod tests {
             api_key: None,
             authorization: None,
             file: Arc::from(Path::new(file)),
+            upstream_image_format: Default::default(),
         }
     }
 

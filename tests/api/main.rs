@@ -11,3 +11,4 @@ mod helpers;
 mod mock;
 mod models;
 mod streaming;
+mod uploads;
