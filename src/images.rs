@@ -216,7 +216,9 @@ mod tests {
     fn ids_are_22_url_safe_characters_and_differ() {
         let (a, b) = (new_id(), new_id());
         assert_eq!(a.len(), 22);
-        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
         assert_ne!(a, b);
     }
 
@@ -238,7 +240,10 @@ mod tests {
         let c = cache.insert_new("m", Bytes::from(vec![3; 10])).unwrap();
         assert!(cache.get("m", &a).is_some());
         let d = cache.insert_new("m", Bytes::from(vec![4; 10])).unwrap();
-        assert!(cache.get("m", &b).is_none(), "b was the least recently used");
+        assert!(
+            cache.get("m", &b).is_none(),
+            "b was the least recently used"
+        );
         for id in [&a, &c, &d] {
             assert!(cache.get("m", id).is_some());
         }

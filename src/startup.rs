@@ -67,7 +67,10 @@ impl Application {
             max_body_bytes: args.max_body_bytes,
             env,
             max_upload_bytes: args.max_upload_bytes,
-            images: Arc::new(ImageCache::new(args.image_cache_bytes, args.image_cache_ttl)),
+            images: Arc::new(ImageCache::new(
+                args.image_cache_bytes,
+                args.image_cache_ttl,
+            )),
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;

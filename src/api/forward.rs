@@ -57,7 +57,11 @@ pub(crate) async fn prepare(
 }
 
 /// The endpoint and upstream URI for (model, path).
-pub(crate) fn route(table: &RoutingTable, model: &str, path: &str) -> Result<(Arc<Endpoint>, Uri), ApiError> {
+pub(crate) fn route(
+    table: &RoutingTable,
+    model: &str,
+    path: &str,
+) -> Result<(Arc<Endpoint>, Uri), ApiError> {
     let routes = table.lookup(model).ok_or_else(|| ApiError::UnknownModel {
         model: model.to_owned(),
     })?;

@@ -32,7 +32,12 @@ pub async fn generations(
     client: web::Data<awc::Client>,
 ) -> HttpResponse {
     const PATH: &str = "v1/images/generations";
-    let mut log = AccessLog::start(client_request_id(&request), "POST", PATH, request.peer_addr());
+    let mut log = AccessLog::start(
+        client_request_id(&request),
+        "POST",
+        PATH,
+        request.peer_addr(),
+    );
     let prepared = async {
         let (endpoint, uri, body) = prepare(PATH, &request, payload, &state, &mut log).await?;
         let (body, response_format) = ask_for_b64_json(body, endpoint.upstream_image_format)?;
@@ -128,14 +133,24 @@ pub async fn data(
     let valid_id = !id.is_empty()
         && id != "."
         && id != ".."
-        && id.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c));
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c));
     let routes = state.table.lookup(&model).ok_or_else(not_found)?;
-    let pool = routes.pool(IMAGE_DATA_PATH).filter(|_| valid_id).ok_or_else(not_found)?;
+    let pool = routes
+        .pool(IMAGE_DATA_PATH)
+        .filter(|_| valid_id)
+        .ok_or_else(not_found)?;
     let endpoint = Arc::clone(pool.pick());
     let uri = format!("{}/{id}", endpoint.upstream_uri)
         .parse()
         .map_err(|_| not_found())?;
-    let mut log = AccessLog::start(client_request_id(&request), "GET", IMAGE_DATA_PATH, request.peer_addr());
+    let mut log = AccessLog::start(
+        client_request_id(&request),
+        "GET",
+        IMAGE_DATA_PATH,
+        request.peer_addr(),
+    );
     log.model = Some(model.as_str().into());
     log.endpoint = Some(Arc::clone(&endpoint));
     let upstream = upstream_request(&client, &request, &endpoint, uri, &log);
@@ -144,22 +159,28 @@ pub async fn data(
         return Ok(respond(response, &endpoint, log));
     }
     let limit = usize::try_from(state.images.max_bytes()).unwrap_or(usize::MAX);
-    let bytes = response.body().limit(limit).await.map_err(|error| {
-        ApiError::UpstreamUnreachable {
-            provider: endpoint.provider.to_string(),
-            cause: format!("reading image `{id}` failed: {error}"),
-        }
-    })?;
+    let bytes =
+        response
+            .body()
+            .limit(limit)
+            .await
+            .map_err(|error| ApiError::UpstreamUnreachable {
+                provider: endpoint.provider.to_string(),
+                cause: format!("reading image `{id}` failed: {error}"),
+            })?;
     log.status = Some(200);
     log.bytes = bytes.len() as u64;
     log.outcome = "ok";
     state.images.insert(&model, &id, bytes.clone());
-    let image = state.images.get(&model, &id).unwrap_or_else(|| CachedImage {
-        content_type: crate::images::sniff_content_type(&bytes),
-        etag: format!("\"{}\"", crate::images::new_id()),
-        max_age: std::time::Duration::ZERO,
-        bytes,
-    });
+    let image = state
+        .images
+        .get(&model, &id)
+        .unwrap_or_else(|| CachedImage {
+            content_type: crate::images::sniff_content_type(&bytes),
+            etag: format!("\"{}\"", crate::images::new_id()),
+            max_age: std::time::Duration::ZERO,
+            bytes,
+        });
     Ok(serve(&request, image))
 }
 
@@ -200,7 +221,8 @@ fn ask_for_b64_json(
     let asked = object
         .get("response_format")
         .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
-    let b64 = RawValue::from_string("\"b64_json\"".into()).map_err(|source| ApiError::InvalidJson { source })?;
+    let b64 = RawValue::from_string("\"b64_json\"".into())
+        .map_err(|source| ApiError::InvalidJson { source })?;
     object.insert("response_format".into(), b64);
     let body = serde_json::to_vec(&object).map_err(|source| ApiError::InvalidJson { source })?;
     Ok((Bytes::from(body), asked))
@@ -266,27 +288,44 @@ mod tests {
             {"url": "https://elsewhere/x.png"},
             {"b64_json": STANDARD.encode(b"\x89PNG\r\n\x1a\nxx"), "revised_prompt": "p"}
         ]});
-        let out = rewrite_images(body.to_string().as_bytes(), "http://llmux:8000", "m", Some(&cache)).unwrap();
+        let out = rewrite_images(
+            body.to_string().as_bytes(),
+            "http://llmux:8000",
+            "m",
+            Some(&cache),
+        )
+        .unwrap();
         let out: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(out["data"][0]["url"], "http://llmux:8000/v1/images/data/m/abc");
+        assert_eq!(
+            out["data"][0]["url"],
+            "http://llmux:8000/v1/images/data/m/abc"
+        );
         assert_eq!(out["data"][1]["url"], "https://elsewhere/x.png");
         let url = out["data"][2]["url"].as_str().unwrap();
-        let id = url.strip_prefix("http://llmux:8000/v1/images/data/m/").unwrap();
+        let id = url
+            .strip_prefix("http://llmux:8000/v1/images/data/m/")
+            .unwrap();
         assert_eq!(cache.get("m", id).unwrap().content_type, "image/png");
         assert!(out["data"][2].get("b64_json").is_none());
         assert_eq!(out["data"][2]["revised_prompt"], "p");
-        let untouched = serde_json::json!({"data": [{"url": "https://elsewhere/x.png"}]}).to_string();
+        let untouched =
+            serde_json::json!({"data": [{"url": "https://elsewhere/x.png"}]}).to_string();
         assert!(rewrite_images(untouched.as_bytes(), "http://llmux:8000", "m", None).is_none());
     }
 
     #[test]
     fn b64_endpoints_ask_for_b64_json_keeping_the_other_keys_in_order() {
-        let body = Bytes::from_static(br#"{"model":"t","prompt":"a cat","response_format":"url","n":2}"#);
+        let body =
+            Bytes::from_static(br#"{"model":"t","prompt":"a cat","response_format":"url","n":2}"#);
         let (out, asked) = ask_for_b64_json(body, UpstreamImageFormat::B64Json).unwrap();
-        assert_eq!(&out[..], br#"{"model":"t","prompt":"a cat","response_format":"b64_json","n":2}"#);
+        assert_eq!(
+            &out[..],
+            br#"{"model":"t","prompt":"a cat","response_format":"b64_json","n":2}"#
+        );
         assert_eq!(asked.as_deref(), Some("url"));
         let body = Bytes::from_static(br#"{"model":"t", "prompt":"x"}"#);
-        let (out, asked) = ask_for_b64_json(body.clone(), UpstreamImageFormat::AsRequested).unwrap();
+        let (out, asked) =
+            ask_for_b64_json(body.clone(), UpstreamImageFormat::AsRequested).unwrap();
         assert_eq!(out, body);
         assert_eq!(asked, None);
     }

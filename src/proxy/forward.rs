@@ -72,7 +72,11 @@ pub async fn send<B: MessageBody + 'static>(
 }
 
 /// The upstream's answer as the client's response, its body streamed through as it arrives.
-pub fn respond(mut response: UpstreamResponse, endpoint: &Endpoint, mut log: AccessLog) -> HttpResponse {
+pub fn respond(
+    mut response: UpstreamResponse,
+    endpoint: &Endpoint,
+    mut log: AccessLog,
+) -> HttpResponse {
     let status = response.status();
     log.status = Some(status.as_u16());
     let mut builder = HttpResponse::build(status);

@@ -61,7 +61,9 @@ impl Upload {
             .unwrap_or("");
         let boundary = multer::parse_boundary(content_type).map_err(|error| {
             ApiError::invalid_request(
-                format!("This endpoint takes a multipart/form-data body with a boundary ({error})."),
+                format!(
+                    "This endpoint takes a multipart/form-data body with a boundary ({error})."
+                ),
                 None,
             )
         })?;
@@ -73,8 +75,7 @@ impl Upload {
         if announced.is_some_and(|length| length > limit) {
             return Err(too_large(limit));
         }
-        let constraints =
-            Constraints::new().size_limit(SizeLimit::new().whole_stream(limit));
+        let constraints = Constraints::new().size_limit(SizeLimit::new().whole_stream(limit));
         let multipart = Multipart::with_constraints(pump(payload), boundary, constraints);
         let mut upload = Self {
             model: String::new(),
@@ -98,14 +99,19 @@ impl Upload {
                 Some("response_format") if field.file_name().is_none() => {
                     let head = field_head(&upload.boundary, &field);
                     let value = read_text(field, limit).await?;
-                    upload.spool.items.push(Item::ResponseFormat { head, value });
+                    upload
+                        .spool
+                        .items
+                        .push(Item::ResponseFormat { head, value });
                 }
                 _ => {
                     upload
                         .spool
                         .write(field_head(&upload.boundary, &field))
                         .await?;
-                    while let Some(chunk) = field.chunk().await.map_err(|e| client_error(e, limit))? {
+                    while let Some(chunk) =
+                        field.chunk().await.map_err(|e| client_error(e, limit))?
+                    {
                         upload.spool.write(chunk).await?;
                     }
                     upload.spool.write(Bytes::from_static(b"\r\n")).await?;
@@ -125,11 +131,9 @@ impl Upload {
         impl Stream<Item = Result<Bytes, std::io::Error>> + 'static,
         Rc<RefCell<UploadOutcome>>,
     ) {
-        let content_type = HeaderValue::from_str(&format!(
-            "multipart/form-data; boundary={}",
-            self.boundary
-        ))
-        .unwrap_or_else(|_| HeaderValue::from_static("multipart/form-data"));
+        let content_type =
+            HeaderValue::from_str(&format!("multipart/form-data; boundary={}", self.boundary))
+                .unwrap_or_else(|_| HeaderValue::from_static("multipart/form-data"));
         let outcome = Rc::new(RefCell::new(UploadOutcome::default()));
         let (sender, receiver) = mpsc::channel(CHANNEL_CHUNKS);
         let producer_outcome = Rc::clone(&outcome);
@@ -201,7 +205,9 @@ impl Producer {
                             }
                         };
                         if chunk.is_empty() {
-                            return Err(ApiError::Internal("the upload spool is short".into()).into());
+                            return Err(
+                                ApiError::Internal("the upload spool is short".into()).into()
+                            );
                         }
                         length -= chunk.len() as u64;
                         self.send(chunk).await?;
@@ -216,7 +222,8 @@ impl Producer {
         drop(file);
         let head = part_head_for(&upload.boundary, "model");
         self.send(head).await?;
-        self.send(Bytes::from(format!("{target_model}\r\n"))).await?;
+        self.send(Bytes::from(format!("{target_model}\r\n")))
+            .await?;
         while let Some(mut field) = upload.next_field().await? {
             let head = field_head(&upload.boundary, &field);
             if field.name() == Some("response_format") && field.file_name().is_none() {
@@ -287,9 +294,8 @@ impl Spool {
             Some(file) => file,
             None => {
                 // Anonymous: the OS removes it when the last handle closes, whatever happens.
-                let file = tempfile::tempfile().map_err(|e| {
-                    ApiError::Internal(format!("cannot create a spool file: {e}"))
-                })?;
+                let file = tempfile::tempfile()
+                    .map_err(|e| ApiError::Internal(format!("cannot create a spool file: {e}")))?;
                 let memory = std::mem::take(&mut self.memory).freeze();
                 write_chunk(file, memory).await?
             }
@@ -421,10 +427,9 @@ fn client_error(error: multer::Error, limit: u64) -> ApiError {
             too_large(limit)
         }
         multer::Error::StreamReadFailed(error) => ApiError::BadPayload(error.to_string()),
-        other => ApiError::invalid_request(
-            format!("The multipart body is malformed: {other}."),
-            None,
-        ),
+        other => {
+            ApiError::invalid_request(format!("The multipart body is malformed: {other}."), None)
+        }
     }
 }
 
@@ -435,13 +440,17 @@ mod tests {
     #[test]
     fn part_headers_are_written_back_capitalized() {
         let headers = [
-            ("content-disposition", &b"form-data; name=\"file\"; filename=\"a b.wav\""[..]),
+            (
+                "content-disposition",
+                &b"form-data; name=\"file\"; filename=\"a b.wav\""[..],
+            ),
             ("content-type", &b"audio/wav"[..]),
         ];
         let head = part_head("B", headers);
         let text = std::str::from_utf8(&head).unwrap();
         assert!(text.starts_with("--B\r\n"));
-        assert!(text.contains("Content-Disposition: form-data; name=\"file\"; filename=\"a b.wav\"\r\n"));
+        assert!(text
+            .contains("Content-Disposition: form-data; name=\"file\"; filename=\"a b.wav\"\r\n"));
         assert!(text.contains("Content-Type: audio/wav\r\n"));
         assert!(text.ends_with("\r\n\r\n"));
     }

@@ -8,6 +8,7 @@ mod cli;
 mod errors;
 mod forwarding;
 mod helpers;
+mod images;
 mod mock;
 mod models;
 mod streaming;

@@ -205,9 +205,11 @@ async fn reply_with(reply: Reply, path: &str, body: &Bytes, state: Arc<MockState
             status,
             content_type,
             body,
-        } => HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("valid status"))
-            .content_type(content_type)
-            .body(body),
+        } => HttpResponse::build(
+            actix_web::http::StatusCode::from_u16(status).expect("valid status"),
+        )
+        .content_type(content_type)
+        .body(body),
     }
 }
 
@@ -312,7 +314,10 @@ pub struct Upload {
 
 impl Upload {
     pub fn part(&self, name: &str) -> &ReceivedPart {
-        self.parts.iter().find(|p| p.name == name).expect("the upstream received the part")
+        self.parts
+            .iter()
+            .find(|p| p.name == name)
+            .expect("the upstream received the part")
     }
 }
 
@@ -327,7 +332,11 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Parses a multipart body as it streams in, hashing each part; answers from the script or with
 /// a realistic answer for the path (`/drain` stripped).
-async fn drain(request: HttpRequest, mut payload: web::Payload, state: web::Data<MockState>) -> HttpResponse {
+async fn drain(
+    request: HttpRequest,
+    mut payload: web::Payload,
+    state: web::Data<MockState>,
+) -> HttpResponse {
     use futures_util::StreamExt;
     use sha2::Digest;
     let content_type = request
@@ -346,10 +355,17 @@ async fn drain(request: HttpRequest, mut payload: web::Payload, state: web::Data
             }
         }
     });
-    let body = stream::unfold(receiver, |mut r| async move { r.recv().await.map(|c| (c, r)) });
+    let body = stream::unfold(
+        receiver,
+        |mut r| async move { r.recv().await.map(|c| (c, r)) },
+    );
     let mut multipart = multer::Multipart::new(body, boundary);
     let mut parts = Vec::new();
-    while let Some(mut field) = multipart.next_field().await.expect("a well-formed multipart body") {
+    while let Some(mut field) = multipart
+        .next_field()
+        .await
+        .expect("a well-formed multipart body")
+    {
         let mut part = ReceivedPart {
             name: field.name().unwrap_or("").to_owned(),
             filename: field.file_name().map(str::to_owned),

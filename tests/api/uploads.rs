@@ -45,7 +45,10 @@ pub fn upload_provider(extra: Value) -> Value {
 }
 
 pub async fn spawn_upload_app() -> TestApp {
-    Spawn::new().file("uploads.json", upload_provider(json!({}))).start().await
+    Spawn::new()
+        .file("uploads.json", upload_provider(json!({})))
+        .start()
+        .await
 }
 
 /// Deterministic pseudo-random bytes (not valid UTF-8, every byte value).
@@ -72,7 +75,9 @@ fn file_part(name: &str, filename: &str, content_type: &str, bytes: &[u8]) -> Re
         content_type: Some(content_type.into()),
         len: bytes.len() as u64,
         sha256: sha256_hex(bytes),
-        text: (bytes.len() < 4096).then(|| String::from_utf8(bytes.to_vec()).ok()).flatten(),
+        text: (bytes.len() < 4096)
+            .then(|| String::from_utf8(bytes.to_vec()).ok())
+            .flatten(),
     }
 }
 
@@ -110,7 +115,10 @@ async fn transcription_through_async_openai_sends_the_identical_file_and_the_tar
     assert_eq!(response.text, "heard by target-m");
     let upload = app.upstream.uploads().pop().unwrap();
     assert_eq!(upload.uri, "/drain/v1/audio/transcriptions");
-    assert_eq!(upload.authorization.as_deref(), Some(&*format!("Bearer {PROVIDER_KEY}")));
+    assert_eq!(
+        upload.authorization.as_deref(),
+        Some(&*format!("Bearer {PROVIDER_KEY}"))
+    );
     assert_eq!(upload.part("file").sha256, sha256_hex(&audio));
     assert_eq!(upload.part("file").filename.as_deref(), Some("speech.wav"));
     assert_eq!(upload.part("model").text.as_deref(), Some("target-m"));
@@ -151,11 +159,17 @@ async fn image_edit_through_async_openai_with_the_model_after_the_files() {
 
     let response = app.openai().images().create_edit(request).await.unwrap();
 
-    assert!(matches!(&*response.data[0], Image::Url { url, .. } if url == "https://images.example/target-m.png"));
+    assert!(
+        matches!(&*response.data[0], Image::Url { url, .. } if url == "https://images.example/target-m.png")
+    );
     let upload = app.upstream.uploads().pop().unwrap();
     assert_eq!(upload.uri, "/drain/v1/images/edits");
     let names: Vec<&str> = upload.parts.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["image", "prompt", "mask", "model", "n"], "async-openai's order, kept");
+    assert_eq!(
+        names,
+        ["image", "prompt", "mask", "model", "n"],
+        "async-openai's order, kept"
+    );
     assert_eq!(upload.part("image").sha256, sha256_hex(&image));
     assert_eq!(upload.part("mask").sha256, sha256_hex(&mask));
     assert_eq!(upload.part("model").text.as_deref(), Some("target-m"));
@@ -171,7 +185,12 @@ async fn image_variation_through_async_openai() {
         .build()
         .unwrap();
 
-    let response = app.openai().images().create_variation(request).await.unwrap();
+    let response = app
+        .openai()
+        .images()
+        .create_variation(request)
+        .await
+        .unwrap();
 
     assert_eq!(response.data.len(), 1);
     let upload = app.upstream.uploads().pop().unwrap();
@@ -198,7 +217,9 @@ async fn every_part_keeps_its_order_name_filename_and_content_type_with_repeated
 
     assert_eq!(response.status(), 200);
     let upload = app.upstream.uploads().pop().unwrap();
-    assert!(upload.content_type.starts_with("multipart/form-data; boundary=llmux-"));
+    assert!(upload
+        .content_type
+        .starts_with("multipart/form-data; boundary=llmux-"));
     assert_eq!(
         upload.parts,
         [
@@ -251,17 +272,29 @@ async fn an_upload_over_the_limit_is_a_413() {
     let announced = Form::new()
         .text("model", "m")
         .part("file", file("a.wav", &noise(20_000, 10), "audio/wav"));
-    let error = assert_openai_error(post_form(&app, "/v1/audio/transcriptions", announced).await, 413).await;
+    let error = assert_openai_error(
+        post_form(&app, "/v1/audio/transcriptions", announced).await,
+        413,
+    )
+    .await;
     assert_eq!(error["code"], "payload_too_large");
 
     // Without a Content-Length the limit is found while streaming, after the route is known.
-    let chunks: Vec<Result<Bytes, std::io::Error>> =
-        (0..20).map(|i| Ok(Bytes::from(noise(1_000, 11 + i)))).collect();
+    let chunks: Vec<Result<Bytes, std::io::Error>> = (0..20)
+        .map(|i| Ok(Bytes::from(noise(1_000, 11 + i))))
+        .collect();
     let streamed = Form::new().text("model", "m").part(
         "file",
-        Part::stream(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))).file_name("b.wav"),
+        Part::stream(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .file_name("b.wav"),
     );
-    let error = assert_openai_error(post_form(&app, "/v1/audio/transcriptions", streamed).await, 413).await;
+    let error = assert_openai_error(
+        post_form(&app, "/v1/audio/transcriptions", streamed).await,
+        413,
+    )
+    .await;
     assert_eq!(error["code"], "payload_too_large");
 }
 
@@ -269,7 +302,11 @@ async fn an_upload_over_the_limit_is_a_413() {
 async fn bodies_without_model_boundary_or_end_are_400s() {
     let app = spawn_upload_app().await;
     let no_model = Form::new().part("file", file("a.wav", b"RIFF", "audio/wav"));
-    let error = assert_openai_error(post_form(&app, "/v1/audio/transcriptions", no_model).await, 400).await;
+    let error = assert_openai_error(
+        post_form(&app, "/v1/audio/transcriptions", no_model).await,
+        400,
+    )
+    .await;
     assert_eq!(error["param"], "model");
 
     let raw = |content_type: &'static str, body: &'static str| {
@@ -283,7 +320,9 @@ async fn bodies_without_model_boundary_or_end_are_400s() {
     assert_openai_error(no_boundary, 400).await;
     let json = raw("application/json", r#"{"model":"m"}"#).await.unwrap();
     assert_openai_error(json, 400).await;
-    let malformed = raw("multipart/form-data; boundary=x", "this is not multipart").await.unwrap();
+    let malformed = raw("multipart/form-data; boundary=x", "this is not multipart")
+        .await
+        .unwrap();
     assert_openai_error(malformed, 400).await;
     let truncated_before_model = raw(
         "multipart/form-data; boundary=x",
@@ -304,8 +343,11 @@ async fn bodies_without_model_boundary_or_end_are_400s() {
 #[tokio::test]
 async fn an_unknown_model_in_an_upload_is_a_404_naming_it() {
     let app = spawn_upload_app().await;
-    let form = Form::new().text("model", "nope").part("file", file("a.wav", b"RIFF", "audio/wav"));
-    let error = assert_openai_error(post_form(&app, "/v1/audio/translations", form).await, 404).await;
+    let form = Form::new()
+        .text("model", "nope")
+        .part("file", file("a.wav", b"RIFF", "audio/wav"));
+    let error =
+        assert_openai_error(post_form(&app, "/v1/audio/translations", form).await, 404).await;
     assert!(error["message"].as_str().unwrap().contains("`nope`"));
 }
 
@@ -327,8 +369,15 @@ async fn a_200_mb_upload_streams_through_with_bounded_memory() {
         .await;
     // Warm up every worker and connection pool so only the upload's own memory is measured.
     for _ in 0..4 {
-        let form = Form::new().text("model", "m").part("file", file("w.wav", &noise(100_000, 1), "audio/wav"));
-        assert_eq!(post_form(&app, "/v1/audio/transcriptions", form).await.status(), 200);
+        let form = Form::new()
+            .text("model", "m")
+            .part("file", file("w.wav", &noise(100_000, 1), "audio/wav"));
+        assert_eq!(
+            post_form(&app, "/v1/audio/transcriptions", form)
+                .await
+                .status(),
+            200
+        );
     }
     let before = rss_kib();
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
@@ -372,7 +421,13 @@ async fn a_200_mb_upload_streams_through_with_bounded_memory() {
     let file = upload.part("file");
     assert_eq!(file.len, SIZE);
     let expected = hasher.lock().unwrap().clone().finalize();
-    assert_eq!(file.sha256, expected.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    assert_eq!(
+        file.sha256,
+        expected
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
     assert_eq!(upload.part("model").text.as_deref(), Some("target-m"));
     let growth_mb = (peak.load(std::sync::atomic::Ordering::SeqCst) - before) as f64 / 1024.0;
     eprintln!(
