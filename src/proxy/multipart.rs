@@ -6,14 +6,16 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use multer::{Constraints, Field, Multipart, SizeLimit};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::errors::ApiError;
 use crate::images::new_id;
@@ -38,6 +40,16 @@ pub struct Upload {
     limit: u64,
 }
 
+/// The body of the upstream request.
+pub struct UpstreamBody {
+    /// `multipart/form-data` with llmux's own boundary.
+    pub content_type: HeaderValue,
+    pub stream: Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>>>>,
+    pub outcome: Rc<RefCell<UploadOutcome>>,
+    /// Resolves once the whole body was handed to the upstream connection.
+    pub sent: oneshot::Receiver<()>,
+}
+
 /// What the body producer learned, read by the handler once the upstream answered.
 #[derive(Default)]
 pub struct UploadOutcome {
@@ -53,6 +65,7 @@ impl Upload {
         request: &HttpRequest,
         payload: web::Payload,
         limit: u64,
+        idle_timeout: Duration,
     ) -> Result<Self, ApiError> {
         let content_type = request
             .headers()
@@ -76,7 +89,8 @@ impl Upload {
             return Err(too_large(limit));
         }
         let constraints = Constraints::new().size_limit(SizeLimit::new().whole_stream(limit));
-        let multipart = Multipart::with_constraints(pump(payload), boundary, constraints);
+        let multipart =
+            Multipart::with_constraints(pump(payload, idle_timeout), boundary, constraints);
         let mut upload = Self {
             model: String::new(),
             multipart,
@@ -120,22 +134,14 @@ impl Upload {
         }
     }
 
-    /// The upstream body: its Content-Type (a new boundary), the stream, and what the handler
-    /// reads once the upstream answered. The stream is produced by a task on this worker.
-    pub fn into_body(
-        self,
-        target_model: &str,
-        image_format: UpstreamImageFormat,
-    ) -> (
-        HeaderValue,
-        impl Stream<Item = Result<Bytes, std::io::Error>> + 'static,
-        Rc<RefCell<UploadOutcome>>,
-    ) {
+    /// The upstream body, produced by a task on this worker as the client's body streams in.
+    pub fn into_body(self, target_model: &str, image_format: UpstreamImageFormat) -> UpstreamBody {
         let content_type =
             HeaderValue::from_str(&format!("multipart/form-data; boundary={}", self.boundary))
                 .unwrap_or_else(|_| HeaderValue::from_static("multipart/form-data"));
         let outcome = Rc::new(RefCell::new(UploadOutcome::default()));
         let (sender, receiver) = mpsc::channel(CHANNEL_CHUNKS);
+        let (sent, sent_receiver) = oneshot::channel();
         let producer_outcome = Rc::clone(&outcome);
         let target_model = target_model.to_owned();
         actix_web::rt::spawn(async move {
@@ -144,13 +150,24 @@ impl Upload {
                 outcome: producer_outcome,
                 image_format,
             };
-            if let Err(Stop::Client(error)) = body.produce(self, &target_model).await {
-                let message = error.to_string();
-                body.outcome.borrow_mut().failure = Some(error);
-                let _ = sender.send(Err(std::io::Error::other(message))).await;
+            match body.produce(self, &target_model).await {
+                Ok(()) => {
+                    let _ = sent.send(());
+                }
+                Err(Stop::Client(error)) => {
+                    let message = error.to_string();
+                    body.outcome.borrow_mut().failure = Some(error);
+                    let _ = sender.send(Err(std::io::Error::other(message))).await;
+                }
+                Err(Stop::Closed) => {}
             }
         });
-        (content_type, receive(receiver), outcome)
+        UpstreamBody {
+            content_type,
+            stream: Box::pin(receive(receiver)),
+            outcome,
+            sent: sent_receiver,
+        }
     }
 
     async fn next_field(&mut self) -> Result<Option<Field<'static>>, ApiError> {
@@ -331,11 +348,25 @@ async fn read_chunk(file: File, length: u64) -> Result<(File, Bytes), ApiError> 
 
 /// Feeds the client's body to multer (which needs a `Send` stream, actix's payload is not) through
 /// a bounded channel: backpressure reaches the client's socket.
-fn pump(mut payload: web::Payload) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
+/// A client silent for `idle_timeout` mid-body fails the upload.
+fn pump(
+    mut payload: web::Payload,
+    idle_timeout: Duration,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
     let (sender, receiver) = mpsc::channel(CHANNEL_CHUNKS);
     actix_web::rt::spawn(async move {
-        while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
+        loop {
+            let chunk = match tokio::time::timeout(idle_timeout, payload.next()).await {
+                Ok(None) => break,
+                Ok(Some(chunk)) => chunk.map_err(|e| std::io::Error::other(e.to_string())),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "the client sent nothing for {}s",
+                        idle_timeout.as_secs_f64()
+                    ),
+                )),
+            };
             let failed = chunk.is_err();
             if sender.send(chunk).await.is_err() || failed {
                 break;

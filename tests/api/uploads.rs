@@ -437,3 +437,26 @@ async fn a_200_mb_upload_streams_through_with_bounded_memory() {
     );
     assert!(growth_mb < 64.0, "RSS grew by {growth_mb:.1} MB");
 }
+
+#[tokio::test]
+async fn the_request_timeout_starts_once_the_upload_is_sent() {
+    let app = Spawn::new()
+        .file(
+            "uploads.json",
+            upload_provider(json!({"request_timeout": 0.5})),
+        )
+        .start()
+        .await;
+    app.upstream
+        .push(crate::helpers::Reply::Stall(Duration::from_secs(3)));
+    let form = Form::new()
+        .text("model", "m")
+        .part("file", file("a.wav", &noise(1_000, 1), "audio/wav"));
+    let started = Instant::now();
+
+    let response = post_form(&app, "/v1/audio/transcriptions", form).await;
+
+    let error = assert_openai_error(response, 504).await;
+    assert_eq!(error["code"], "upstream_timeout");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
