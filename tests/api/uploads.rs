@@ -360,6 +360,16 @@ fn rss_kib() -> u64 {
 /// Regression for issue #3: uploads stream; llmux never holds a whole file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_mb_upload_streams_through_with_bounded_memory() {
+    upload_200_mb(true).await;
+}
+
+/// The file before `model` is spooled to a temp file (page cache, not the process's memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mb_upload_before_the_model_is_spooled_with_bounded_memory() {
+    upload_200_mb(false).await;
+}
+
+async fn upload_200_mb(model_first: bool) {
     const SIZE: u64 = 200 * 1024 * 1024;
     const CHUNK: usize = 64 * 1024;
     let app = Spawn::new()
@@ -405,10 +415,12 @@ async fn a_200_mb_upload_streams_through_with_bounded_memory() {
         })
     };
     use futures_util::StreamExt;
-    let form = Form::new().text("model", "m").part(
-        "file",
-        Part::stream_with_length(reqwest::Body::wrap_stream(chunks), SIZE).file_name("big.wav"),
-    );
+    let big =
+        Part::stream_with_length(reqwest::Body::wrap_stream(chunks), SIZE).file_name("big.wav");
+    let form = match model_first {
+        true => Form::new().text("model", "m").part("file", big),
+        false => Form::new().part("file", big).text("model", "m"),
+    };
     let started = Instant::now();
 
     let response = post_form(&app, "/v1/audio/transcriptions", form).await;
@@ -431,7 +443,7 @@ async fn a_200_mb_upload_streams_through_with_bounded_memory() {
     assert_eq!(upload.part("model").text.as_deref(), Some("target-m"));
     let growth_mb = (peak.load(std::sync::atomic::Ordering::SeqCst) - before) as f64 / 1024.0;
     eprintln!(
-        "200 MB upload, model first: {:.2} s, {:.1} MB/s, RSS growth {growth_mb:.1} MB",
+        "200 MB upload, model first: {model_first}: {:.2} s, {:.1} MB/s, RSS growth {growth_mb:.1} MB",
         elapsed.as_secs_f64(),
         SIZE as f64 / 1024.0 / 1024.0 / elapsed.as_secs_f64(),
     );
