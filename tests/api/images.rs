@@ -386,3 +386,17 @@ async fn an_image_is_a_404_under_another_model() {
         "only `m` asked its upstream"
     );
 }
+
+#[tokio::test]
+async fn an_unknown_upstream_image_format_is_a_config_error() {
+    let file = upload_provider(json!({"upstream_image_format": "png"}));
+    let app = Spawn::new().file("images.json", file).start().await;
+    let response = app
+        .post_json(
+            "/v1/images/generations",
+            json!({"model": "m", "prompt": "x"}),
+        )
+        .await;
+    assert_openai_error(response, 404).await;
+    assert!(app.upstream.requests().is_empty());
+}
