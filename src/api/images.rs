@@ -121,14 +121,55 @@ pub async fn data(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
     client: web::Data<awc::Client>,
-) -> Result<HttpResponse, ApiError> {
+) -> HttpResponse {
     let (model, id) = path.into_inner();
+    let mut log = AccessLog::start(
+        client_request_id(&request),
+        "GET",
+        IMAGE_DATA_PATH,
+        request.peer_addr(),
+    );
+    log.model = Some(model.as_str().into());
+    match find_image(&request, &model, &id, &state, &client, &mut log).await {
+        Ok(Found::Image(image)) => {
+            let response = serve(&request, image);
+            log.status = Some(response.status().as_u16());
+            log.outcome = "ok";
+            response
+        }
+        Ok(Found::Upstream(response, endpoint)) => respond(response, &endpoint, log),
+        Err(error) => {
+            // `send` already recorded upstream failures.
+            if log.status.is_none() {
+                log.status = Some(error.status_code().as_u16());
+                log.outcome = "rejected";
+            }
+            error.error_response()
+        }
+    }
+}
+
+enum Found {
+    Image(CachedImage),
+    /// The upstream's own non-2xx answer, passed through.
+    Upstream(UpstreamResponse, Arc<Endpoint>),
+}
+
+async fn find_image(
+    request: &HttpRequest,
+    model: &str,
+    id: &str,
+    state: &AppState,
+    client: &awc::Client,
+    log: &mut AccessLog,
+) -> Result<Found, ApiError> {
     let not_found = || ApiError::ImageNotFound {
-        model: model.clone(),
-        id: id.clone(),
+        model: model.to_owned(),
+        id: id.to_owned(),
     };
-    if let Some(image) = state.images.get(&model, &id) {
-        return Ok(serve(&request, image));
+    if let Some(image) = state.images.get(model, id) {
+        log.bytes = image.bytes.len() as u64;
+        return Ok(Found::Image(image));
     }
     let valid_id = !id.is_empty()
         && id != "."
@@ -136,7 +177,7 @@ pub async fn data(
         && id
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c));
-    let routes = state.table.lookup(&model).ok_or_else(not_found)?;
+    let routes = state.table.lookup(model).ok_or_else(not_found)?;
     let pool = routes
         .pool(IMAGE_DATA_PATH)
         .filter(|_| valid_id)
@@ -145,18 +186,11 @@ pub async fn data(
     let uri = format!("{}/{id}", endpoint.upstream_uri)
         .parse()
         .map_err(|_| not_found())?;
-    let mut log = AccessLog::start(
-        client_request_id(&request),
-        "GET",
-        IMAGE_DATA_PATH,
-        request.peer_addr(),
-    );
-    log.model = Some(model.as_str().into());
     log.endpoint = Some(Arc::clone(&endpoint));
-    let upstream = upstream_request(&client, &request, &endpoint, uri, &log);
-    let mut response = send(upstream, &endpoint, (), &mut log).await?;
+    let upstream = upstream_request(client, request, &endpoint, uri, log);
+    let mut response = send(upstream, &endpoint, (), log).await?;
     if !response.status().is_success() {
-        return Ok(respond(response, &endpoint, log));
+        return Ok(Found::Upstream(response, endpoint));
     }
     let limit = usize::try_from(state.images.max_bytes()).unwrap_or(usize::MAX);
     let bytes =
@@ -168,20 +202,16 @@ pub async fn data(
                 provider: endpoint.provider.to_string(),
                 cause: format!("reading image `{id}` failed: {error}"),
             })?;
-    log.status = Some(200);
     log.bytes = bytes.len() as u64;
-    log.outcome = "ok";
-    state.images.insert(&model, &id, bytes.clone());
-    let image = state
-        .images
-        .get(&model, &id)
-        .unwrap_or_else(|| CachedImage {
-            content_type: crate::images::sniff_content_type(&bytes),
-            etag: format!("\"{}\"", crate::images::new_id()),
-            max_age: std::time::Duration::ZERO,
-            bytes,
-        });
-    Ok(serve(&request, image))
+    state.images.insert(model, id, bytes.clone());
+    // Already evicted again by concurrent inserts: served once anyway.
+    let image = state.images.get(model, id).unwrap_or_else(|| CachedImage {
+        content_type: crate::images::sniff_content_type(&bytes),
+        etag: format!("\"{}\"", crate::images::new_id()),
+        max_age: std::time::Duration::ZERO,
+        bytes,
+    });
+    Ok(Found::Image(image))
 }
 
 fn serve(request: &HttpRequest, image: CachedImage) -> HttpResponse {
