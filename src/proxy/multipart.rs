@@ -243,6 +243,14 @@ impl Producer {
             .await?;
         while let Some(mut field) = upload.next_field().await? {
             let head = field_head(&upload.boundary, &field);
+            if field.name() == Some("model") {
+                // A repeated `model` names the same route: it never reaches the upstream as sent.
+                read_text(field, upload.limit).await?;
+                self.send(head).await?;
+                self.send(Bytes::from(format!("{target_model}\r\n")))
+                    .await?;
+                continue;
+            }
             if field.name() == Some("response_format") && field.file_name().is_none() {
                 format_sent = true;
                 let value = read_text(field, upload.limit).await?;

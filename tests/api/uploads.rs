@@ -211,7 +211,8 @@ async fn every_part_keeps_its_order_name_filename_and_content_type_with_repeated
         .text("model", "m")
         .text("include[]", "logprobs")
         .text("include[]", "other")
-        .text("x-unknown", "kept");
+        .text("x-unknown", "kept")
+        .text("model", "m");
 
     let response = post_form(&app, "/v1/images/edits", form).await;
 
@@ -231,6 +232,7 @@ async fn every_part_keeps_its_order_name_filename_and_content_type_with_repeated
             text_part("include[]", "logprobs"),
             text_part("include[]", "other"),
             text_part("x-unknown", "kept"),
+            text_part("model", "target-m"),
         ]
     );
 }
