@@ -98,6 +98,16 @@ pub struct ServeArgs {
     /// How long an ejected pool member gets no traffic, in seconds (doubles on repeat, up to 8x).
     #[arg(long, env = "LLMUX_EJECT_COOLDOWN", default_value = "30", value_parser = parse_seconds)]
     pub eject_cooldown: Duration,
+    /// Largest multipart upload (audio transcriptions and translations, image edits and
+    /// variations) accepted, in bytes.
+    #[arg(long, env = "LLMUX_MAX_UPLOAD_BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
+    /// Total bytes of images the image-data cache holds before evicting the least recently used.
+    #[arg(long, env = "LLMUX_IMAGE_CACHE_BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub image_cache_bytes: u64,
+    /// How long an image stays in the image-data cache, in seconds.
+    #[arg(long, env = "LLMUX_IMAGE_CACHE_TTL", default_value = "3600", value_parser = parse_seconds)]
+    pub image_cache_ttl: Duration,
 }
 
 impl ServeArgs {
@@ -118,6 +128,9 @@ impl ServeArgs {
             max_retry_wait: Duration::from_secs(10),
             eject_after: 5,
             eject_cooldown: Duration::from_secs(30),
+            max_upload_bytes: 100 * 1024 * 1024,
+            image_cache_bytes: 512 * 1024 * 1024,
+            image_cache_ttl: Duration::from_secs(3600),
         }
     }
 }

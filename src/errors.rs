@@ -48,6 +48,8 @@ pub enum ApiError {
         "No response with id '{id}' was created through this server (or it was forgotten since)."
     )]
     UnknownResponse { id: String },
+    #[error("The image `{id}` of model `{model}` does not exist or has expired.")]
+    ImageNotFound { model: String, id: String },
 }
 
 #[derive(Serialize)]
@@ -101,6 +103,7 @@ impl ApiError {
             Self::UpstreamTimeout { .. } => ("upstream_error", None, Some("upstream_timeout")),
             Self::Internal(_) => ("server_error", None, Some("internal_error")),
             Self::UnknownResponse { .. } => ("invalid_request_error", None, Some("not_found")),
+            Self::ImageNotFound { .. } => ("invalid_request_error", None, Some("image_not_found")),
         }
     }
 }
@@ -120,6 +123,7 @@ impl ResponseError for ApiError {
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::UnknownResponse { .. } => StatusCode::NOT_FOUND,
+            Self::ImageNotFound { .. } => StatusCode::NOT_FOUND,
         }
     }
 

@@ -6,6 +6,7 @@ pub mod config;
 pub mod errors;
 pub mod health;
 pub mod healthcheck;
+pub mod images;
 pub mod proxy;
 pub mod routing;
 pub mod secret;

@@ -17,6 +17,7 @@ use crate::config::load::process_env;
 use crate::config::watch::{ConfigWatch, LiveConfig, Scope};
 use crate::errors;
 use crate::health::HealthProbes;
+use crate::images::ImageCache;
 use crate::proxy::headers::{request_id, RequestId, X_REQUEST_ID};
 use crate::proxy::retry::RetryPolicy;
 use crate::routing::breaker::BreakerPolicy;
@@ -98,6 +99,11 @@ impl Application {
                     cooldown: args.eject_cooldown,
                 },
             },
+            max_upload_bytes: args.max_upload_bytes,
+            images: Arc::new(ImageCache::new(
+                args.image_cache_bytes,
+                args.image_cache_ttl,
+            )),
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;

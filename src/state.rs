@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::config::watch::LiveConfig;
 use crate::health::HealthProbes;
+use crate::images::ImageCache;
 use crate::proxy::retry::RetryPolicy;
 use crate::routing::responses::ResponseOwners;
 use crate::routing::table::RoutingTable;
@@ -28,4 +29,8 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
     /// Retry waits and circuit-breaker thresholds for pools.
     pub retry: RetryPolicy,
+    /// Largest multipart upload accepted, in bytes.
+    pub max_upload_bytes: u64,
+    /// Images served under `{base_url}/v1/images/data/{model}/{id}`.
+    pub images: Arc<ImageCache>,
 }

@@ -2,6 +2,7 @@
 use std::sync::Arc;
 
 use actix_web::http::header;
+use actix_web::http::Uri;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -12,6 +13,8 @@ use crate::proxy::body::find_model;
 use crate::proxy::headers::{request_id, RequestId};
 use crate::proxy::log::AccessLog;
 use crate::proxy::retry::{forward_with_retries, Outbound};
+use crate::proxy::rewrite;
+use crate::routing::endpoint::Endpoint;
 use crate::routing::table::{ModelRoutes, RoutingTable};
 use crate::state::AppState;
 
@@ -48,7 +51,7 @@ pub async fn json(
     }
 }
 
-async fn prepare(
+pub(crate) async fn prepare(
     path: &'static str,
     request: &HttpRequest,
     payload: web::Payload,
@@ -99,6 +102,44 @@ fn route(
         path: path.to_owned(),
         served: routes.served_paths(),
     })
+}
+
+/// One endpoint for (model, path), chosen by its pool, for the handlers that do not retry:
+/// uploads stream their body upstream once, image generations rework their answer.
+pub(crate) fn route_once(
+    table: &RoutingTable,
+    model: &str,
+    path: &'static str,
+) -> Result<(Arc<Endpoint>, Uri), ApiError> {
+    let (routes, route_path, upstream_path) = route(table, model, path)?;
+    let pool = routes
+        .pool(route_path)
+        .ok_or_else(|| ApiError::Internal(format!("no pool for /{route_path}")))?;
+    let endpoint = Arc::clone(&pool.members()[pool.select(None)]);
+    let uri = match upstream_path {
+        None => endpoint.upstream_uri.clone(),
+        Some(path) => endpoint
+            .uri_for(path)
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
+    };
+    Ok((endpoint, uri))
+}
+
+/// Reads, routes and rewrites a JSON request for one endpoint (see `route_once`).
+pub(crate) async fn prepare_once(
+    path: &'static str,
+    request: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    log: &mut AccessLog,
+) -> Result<(Arc<Endpoint>, Uri, Bytes), ApiError> {
+    let body = read_body(request, payload, state.max_body_bytes).await?;
+    let field = find_model(&body)?;
+    log.model = Some(field.model.as_ref().into());
+    let (endpoint, uri) = route_once(&state.table, &field.model, path)?;
+    log.endpoint = Some(Arc::clone(&endpoint));
+    let (body, _answer) = rewrite::request(&endpoint, path, &body, field.span)?;
+    Ok((endpoint, uri, body))
 }
 
 /// Reads the whole body, refusing anything over `limit` bytes before reading it when the client

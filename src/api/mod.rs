@@ -2,8 +2,10 @@
 pub mod admin;
 pub mod forward;
 pub mod health;
+pub mod images;
 pub mod models;
 pub mod responses;
+pub mod upload;
 
 use actix_web::{web, HttpRequest};
 
@@ -15,10 +17,17 @@ pub const JSON_PATHS: &[&str] = &[
     "v1/completions",
     "v1/embeddings",
     "v1/moderations",
-    "v1/images/generations",
     "v1/audio/speech",
     "v1/responses",
     "v1/responses/input_tokens",
+];
+
+/// OpenAI endpoints that take a multipart/form-data body with a `model` field.
+pub const UPLOAD_PATHS: &[&str] = &[
+    "v1/audio/transcriptions",
+    "v1/audio/translations",
+    "v1/images/edits",
+    "v1/images/variations",
 ];
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -36,6 +45,30 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(errors::method_not_allowed)),
         );
     }
+    for &path in UPLOAD_PATHS {
+        cfg.service(
+            web::resource(format!("/{path}"))
+                .route(web::post().to(
+                    move |request: HttpRequest,
+                          payload: web::Payload,
+                          state: web::Data<crate::state::AppState>,
+                          client: web::Data<awc::Client>| {
+                        upload::upload(path, request, payload, state, client)
+                    },
+                ))
+                .default_service(web::to(errors::method_not_allowed)),
+        );
+    }
+    cfg.service(
+        web::resource("/v1/images/generations")
+            .route(web::post().to(images::generations))
+            .default_service(web::to(errors::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/images/data/{model:.+}/{file_id}")
+            .route(web::get().to(images::data))
+            .default_service(web::to(errors::method_not_allowed)),
+    );
     cfg.service(
         web::resource("/v1/models")
             .route(web::get().to(models::list))

@@ -15,7 +15,9 @@ use serde::Serialize;
 use super::adapt::{self, Finding, Sources};
 use super::locate::{display_path, locate, position_of, Position, Segment};
 use super::schema::{ConfigFile, ENDPOINT_KEYS, MODEL_KEYS, PROVIDER_KEYS};
-use crate::routing::endpoint::{join_url, normalize_path, Endpoint, DEFAULT_MAX_RETRIES};
+use crate::routing::endpoint::{
+    join_url, normalize_path, Endpoint, UpstreamImageFormat, DEFAULT_MAX_RETRIES,
+};
 use crate::secret::ApiKey;
 
 /// Timeouts when neither the endpoint nor its provider sets one (fast-openai-api-proxy's default).
@@ -269,6 +271,17 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                 if let Some(query) = &adaptation.query {
                     url = format!("{url}?{query}");
                 }
+                let upstream_image_format = match endpoint.upstream_image_format.as_deref() {
+                    None | Some("url") => UpstreamImageFormat::AsRequested,
+                    Some("b64_json") => UpstreamImageFormat::B64Json,
+                    Some(other) => {
+                        report.error(
+                            field("upstream_image_format"),
+                            format!("`{other}` is not an upstream_image_format: use `b64_json` or `url`"),
+                        );
+                        continue;
+                    }
+                };
                 let upstream_uri: Uri = match url.parse() {
                     Ok(uri) => uri,
                     Err(error) => {
@@ -330,6 +343,7 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                     weight,
                     max_retries,
                     breaker: Default::default(),
+                    upstream_image_format,
                 });
             }
         }

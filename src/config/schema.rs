@@ -60,6 +60,9 @@ pub struct EndpointSchema {
     pub health_path: Option<Option<String>>,
     pub weight: Option<f64>,
     pub max_retries: Option<u32>,
+    /// `b64_json`: the upstream only answers images as base64; llmux asks for that and serves
+    /// URLs from its image-data cache to clients that want URLs.
+    pub upstream_image_format: Option<String>,
 }
 
 /// Tells a key set to `null` (`Some(None)`) from a missing key (`None`, through `#[serde(default)]`).
@@ -109,6 +112,7 @@ pub const ENDPOINT_KEYS: &[&str] = &[
     "health_path",
     "weight",
     "max_retries",
+    "upstream_image_format",
 ];
 
 /// The adaptation settings of a provider or an endpoint, side by side for merging.

@@ -1,7 +1,7 @@
 //! The upstream call: awc request with the provider's key, the answer streamed back.
 use std::sync::Arc;
 
-use actix_web::body::SizedStream;
+use actix_web::body::{MessageBody, SizedStream};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Uri;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
@@ -16,34 +16,17 @@ use crate::routing::endpoint::Endpoint;
 
 /// Sends `body` to `uri` on behalf of `request` and turns the upstream's answer, whatever its
 /// status, into the client's response. Only failures to get an answer at all are `ApiError`s.
-pub async fn forward(
+pub async fn forward<B: MessageBody + 'static>(
     client: &awc::Client,
     request: &HttpRequest,
     endpoint: &Arc<Endpoint>,
     uri: Uri,
-    body: Bytes,
+    body: B,
     mut log: AccessLog,
 ) -> Result<HttpResponse, ApiError> {
-    let timeout = endpoint.request_timeout;
-    match send(
-        client,
-        request,
-        endpoint,
-        uri,
-        body,
-        &log.request_id,
-        timeout,
-    )
-    .await
-    {
-        Ok(response) => Ok(stream_back(response, endpoint, log)),
-        Err(error) => {
-            log.status = Some(error.status_code().as_u16());
-            log.outcome = failure_outcome(&error);
-            tracing::warn!(request_id = log.request_id(), provider = %endpoint.provider, %error, "upstream request failed");
-            Err(error)
-        }
-    }
+    let upstream = upstream_request(client, request, endpoint, uri, &log);
+    let response = send(upstream, endpoint, body, &mut log).await?;
+    Ok(respond(response, endpoint, log))
 }
 
 /// The access-log outcome of a failure to get an answer.
@@ -54,25 +37,57 @@ pub fn failure_outcome(error: &ApiError) -> &'static str {
     }
 }
 
-/// Sends one request upstream and waits, at most `timeout`, for the head of its answer.
-pub async fn send(
+/// The upstream request for `request`: its method, the headers that may cross, the request id
+/// and the endpoint's headers and key. Callers may still adjust headers (a new multipart
+/// boundary) or the timeout.
+pub fn upstream_request(
+    client: &awc::Client,
+    request: &HttpRequest,
+    endpoint: &Endpoint,
+    uri: Uri,
+    log: &AccessLog,
+) -> awc::ClientRequest {
+    let mut upstream = client
+        .request(request.method().clone(), uri)
+        .timeout(endpoint.request_timeout);
+    let headers = upstream.headers_mut();
+    copy_request_headers(request.headers(), headers);
+    headers.insert(X_REQUEST_ID.clone(), log.request_id.clone());
+    endpoint.apply_upstream_headers(headers);
+    upstream
+}
+
+/// Sends the request and waits for the upstream's response head; failures are logged in `log`.
+pub async fn send<B: MessageBody + 'static>(
+    upstream: awc::ClientRequest,
+    endpoint: &Endpoint,
+    body: B,
+    log: &mut AccessLog,
+) -> Result<UpstreamResponse, ApiError> {
+    match upstream.send_body(body).await {
+        Ok(response) => Ok(response),
+        Err(error) => {
+            let error = upstream_error(endpoint, error);
+            log.status = Some(error.status_code().as_u16());
+            log.outcome = failure_outcome(&error);
+            tracing::warn!(request_id = log.request_id(), provider = %endpoint.provider, %error, "upstream request failed");
+            Err(error)
+        }
+    }
+}
+
+/// One attempt of a retried request: sends `body` and waits, at most `timeout`, for the head of
+/// the answer. Failures are the caller's to log (it decides whether another attempt follows).
+pub async fn attempt(
     client: &awc::Client,
     request: &HttpRequest,
     endpoint: &Endpoint,
     uri: Uri,
     body: Bytes,
-    request_id: &HeaderValue,
+    log: &AccessLog,
     timeout: std::time::Duration,
-) -> Result<awc::ClientResponse, ApiError> {
-    let mut upstream = client
-        .request(request.method().clone(), uri)
-        .timeout(timeout);
-    {
-        let headers = upstream.headers_mut();
-        copy_request_headers(request.headers(), headers);
-        headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-        endpoint.apply_upstream_headers(headers);
-    }
+) -> Result<UpstreamResponse, ApiError> {
+    let upstream = upstream_request(client, request, endpoint, uri, log).timeout(timeout);
     upstream.send_body(body).await.map_err(|error| {
         let mut error = upstream_error(endpoint, error);
         // The budget may be shorter than the endpoint's timeout when retries used part of it.
@@ -83,9 +98,9 @@ pub async fn send(
     })
 }
 
-/// Turns an upstream answer into the client's response, its body streamed through as it comes.
-pub fn stream_back(
-    mut response: awc::ClientResponse,
+/// The upstream's answer as the client's response, its body streamed through as it arrives.
+pub fn respond(
+    mut response: UpstreamResponse,
     endpoint: &Endpoint,
     mut log: AccessLog,
 ) -> HttpResponse {
@@ -117,7 +132,10 @@ pub fn stream_back(
     }
 }
 
-fn is_event_stream(value: &HeaderValue) -> bool {
+/// What `send` returns: the upstream's response head with its body still to read.
+pub type UpstreamResponse = awc::ClientResponse<actix_http::BoxedPayloadStream>;
+
+pub fn is_event_stream(value: &HeaderValue) -> bool {
     value
         .as_bytes()
         .get(..17)

@@ -4,6 +4,7 @@ pub mod capture;
 pub mod forward;
 pub mod headers;
 pub mod log;
+pub mod multipart;
 pub mod retry;
 pub mod rewrite;
 pub mod stream;

@@ -17,7 +17,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::forward::{failure_outcome, send, stream_back};
+use super::forward::{attempt as send_attempt, failure_outcome, respond};
 use super::log::AccessLog;
 use super::rewrite::{self, AnswerRewrite};
 use crate::errors::ApiError;
@@ -117,16 +117,7 @@ pub async fn forward_with_retries(
         let timeout = deadline
             .saturating_duration_since(Instant::now())
             .min(member.request_timeout);
-        let result = send(
-            client,
-            request,
-            &member,
-            uri,
-            body,
-            &log.request_id,
-            timeout,
-        )
-        .await;
+        let result = send_attempt(client, request, &member, uri, body, &log, timeout).await;
         let (verdict, retryable) = classify(&result);
         record(pool, &member, verdict, policy, &log);
         let outcome = describe(&result);
@@ -229,7 +220,7 @@ async fn finish(
 ) -> HttpResponse {
     let mut response = match result {
         Ok(response) => {
-            let response = stream_back(response, member, log);
+            let response = respond(response, member, log);
             match answer {
                 Some((answer, owners)) => rewrite::answer(answer, member, owners, Ok(response))
                     .await

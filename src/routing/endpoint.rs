@@ -64,6 +64,18 @@ pub struct Endpoint {
     pub max_retries: u32,
     /// Passive health: lives as long as the endpoint, so it survives other files' reloads.
     pub breaker: Breaker,
+    /// How the upstream is asked for images (`upstream_image_format`).
+    pub upstream_image_format: UpstreamImageFormat,
+}
+
+/// The `upstream_image_format` endpoint option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamImageFormat {
+    /// The client's `response_format` goes upstream unchanged.
+    #[default]
+    AsRequested,
+    /// The upstream is always asked for `b64_json`; llmux serves URLs from its image-data cache.
+    B64Json,
 }
 
 impl Endpoint {
@@ -169,6 +181,7 @@ pub(crate) mod tests {
             weight,
             max_retries: DEFAULT_MAX_RETRIES,
             breaker: Breaker::default(),
+            upstream_image_format: Default::default(),
         }
     }
 

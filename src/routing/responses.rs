@@ -154,6 +154,7 @@ mod tests {
             weight: 1.0,
             max_retries: 2,
             breaker: Default::default(),
+            upstream_image_format: Default::default(),
         }
     }
 

@@ -53,6 +53,12 @@ pub enum Reply {
     Stall(Duration),
     /// An SSE answer that sends these events and then breaks off without `[DONE]`.
     SseThenBreak { events: Vec<String> },
+    /// Any status and content type with a binary body.
+    Bytes {
+        status: u16,
+        content_type: String,
+        body: Bytes,
+    },
 }
 
 impl Reply {
@@ -74,6 +80,7 @@ struct MockState {
     /// SSE answers whose client (llmux) went away before the last event.
     streams_cancelled: AtomicUsize,
     streams_finished: AtomicUsize,
+    uploads: Mutex<Vec<Upload>>,
 }
 
 pub struct MockUpstream {
@@ -98,6 +105,7 @@ impl MockUpstream {
             App::new()
                 .app_data(app_state.clone())
                 .app_data(web::PayloadConfig::new(512 * 1024 * 1024))
+                .service(web::resource("/drain/{tail:.*}").to(drain))
                 .default_service(web::to(answer))
         })
         .workers(1)
@@ -137,6 +145,11 @@ impl MockUpstream {
 
     pub fn streams_cancelled(&self) -> usize {
         self.state.streams_cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Multipart requests received under `/drain/`, parsed and hashed as they streamed in.
+    pub fn uploads(&self) -> Vec<Upload> {
+        self.state.uploads.lock().unwrap().clone()
     }
 
     pub fn streams_finished(&self) -> usize {
@@ -212,6 +225,15 @@ async fn reply_with(reply: Reply, path: &str, body: &Bytes, state: Arc<MockState
                 .content_type("text/event-stream")
                 .streaming(frames)
         }
+        Reply::Bytes {
+            status,
+            content_type,
+            body,
+        } => HttpResponse::build(
+            actix_web::http::StatusCode::from_u16(status).expect("valid status"),
+        )
+        .content_type(content_type)
+        .body(body),
     }
 }
 
@@ -293,4 +315,137 @@ fn sse(events: Vec<String>, gap: Duration, state: Arc<MockState>) -> HttpRespons
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))
         .streaming(body)
+}
+
+/// One part of a multipart request the mock drained.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedPart {
+    pub name: String,
+    pub filename: Option<String>,
+    pub content_type: Option<String>,
+    pub len: u64,
+    /// Hex sha256 of the part's bytes.
+    pub sha256: String,
+    /// The value, for parts under 4 KiB.
+    pub text: Option<String>,
+}
+
+/// A multipart request under `/drain/`: never held whole, so uploads of any size fit.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub uri: String,
+    pub content_type: String,
+    pub authorization: Option<String>,
+    pub parts: Vec<ReceivedPart>,
+}
+
+impl Upload {
+    pub fn part(&self, name: &str) -> &ReceivedPart {
+        self.parts
+            .iter()
+            .find(|p| p.name == name)
+            .expect("the upstream received the part")
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses a multipart body as it streams in, hashing each part; answers from the script or with
+/// a realistic answer for the path (`/drain` stripped).
+async fn drain(
+    request: HttpRequest,
+    mut payload: web::Payload,
+    state: web::Data<MockState>,
+) -> HttpResponse {
+    use futures_util::StreamExt;
+    use sha2::Digest;
+    let content_type = request
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let boundary = multer::parse_boundary(&content_type).expect("the upstream body is multipart");
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    actix_web::rt::spawn(async move {
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
+            if sender.send(chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let body = stream::unfold(
+        receiver,
+        |mut r| async move { r.recv().await.map(|c| (c, r)) },
+    );
+    let mut multipart = multer::Multipart::new(body, boundary);
+    let mut parts = Vec::new();
+    while let Some(mut field) = multipart
+        .next_field()
+        .await
+        .expect("a well-formed multipart body")
+    {
+        let mut part = ReceivedPart {
+            name: field.name().unwrap_or("").to_owned(),
+            filename: field.file_name().map(str::to_owned),
+            content_type: field.content_type().map(|m| m.to_string()),
+            len: 0,
+            sha256: String::new(),
+            text: None,
+        };
+        let mut hasher = sha2::Sha256::new();
+        let mut small = Vec::new();
+        while let Some(chunk) = field.chunk().await.expect("a complete part") {
+            hasher.update(&chunk);
+            part.len += chunk.len() as u64;
+            if small.len() < 4096 {
+                small.extend_from_slice(&chunk);
+            }
+        }
+        part.sha256 = hex(&hasher.finalize());
+        if part.len < 4096 {
+            part.text = String::from_utf8(small).ok();
+        }
+        parts.push(part);
+    }
+    let model = parts
+        .iter()
+        .find(|p| p.name == "model")
+        .and_then(|p| p.text.clone())
+        .unwrap_or_default();
+    state.uploads.lock().unwrap().push(Upload {
+        uri: request.uri().to_string(),
+        content_type,
+        authorization: request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        parts,
+    });
+    let scripted = state
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .or_else(|| state.default_reply.lock().unwrap().clone());
+    let path = request.path().trim_start_matches("/drain").to_owned();
+    if let Some(reply) = scripted {
+        return reply_with(reply, &path, &Bytes::new(), state.into_inner()).await;
+    }
+    match path.as_str() {
+        "/v1/images/edits" | "/v1/images/variations" => HttpResponse::Ok().json(json!({
+            "created": 1,
+            "data": [{"url": format!("https://images.example/{model}.png")}]
+        })),
+        _ => HttpResponse::Ok().json(json!({"text": format!("heard by {model}")})),
+    }
 }
