@@ -44,7 +44,7 @@ pub async fn upload(
         Err(error) => return reject(error, &mut log),
     };
     let model = upload.model.clone();
-    let body = upload.into_body(&endpoint.target_model_name, endpoint.upstream_image_format);
+    let body = upload.into_body(&endpoint);
     let outcome = body.outcome;
     // awc's timeout would also bound the upload itself; the request timeout starts once the
     // whole body is sent (a silent client is bounded by the pump's idle timeout instead).

@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderValue};
@@ -19,7 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::errors::ApiError;
 use crate::images::new_id;
-use crate::routing::endpoint::UpstreamImageFormat;
+use crate::proxy::rewrite::dropped;
+use crate::routing::endpoint::{Endpoint, UpstreamImageFormat};
 
 /// Bytes of parts before `model` kept in memory before the spool moves to a temp file.
 pub const SPOOL_MEMORY_BYTES: usize = 1024 * 1024;
@@ -118,7 +120,8 @@ impl Upload {
                         .items
                         .push(Item::ResponseFormat { head, value });
                 }
-                _ => {
+                name => {
+                    upload.spool.start_field(name);
                     upload
                         .spool
                         .write(field_head(&upload.boundary, &field))
@@ -135,7 +138,14 @@ impl Upload {
     }
 
     /// The upstream body, produced by a task on this worker as the client's body streams in.
-    pub fn into_body(self, target_model: &str, image_format: UpstreamImageFormat) -> UpstreamBody {
+    /// `model` becomes the endpoint's target name (unless its `model_field` is false), fields its
+    /// `drop_params` names are left out, and `response_format` follows `upstream_image_format`.
+    pub fn into_body(self, endpoint: &Arc<Endpoint>) -> UpstreamBody {
+        let target_model = match endpoint.model_field {
+            true => endpoint.target_model_name.to_string(),
+            false => self.model.clone(),
+        };
+        let image_format = endpoint.upstream_image_format;
         let content_type =
             HeaderValue::from_str(&format!("multipart/form-data; boundary={}", self.boundary))
                 .unwrap_or_else(|_| HeaderValue::from_static("multipart/form-data"));
@@ -143,12 +153,13 @@ impl Upload {
         let (sender, receiver) = mpsc::channel(CHANNEL_CHUNKS);
         let (sent, sent_receiver) = oneshot::channel();
         let producer_outcome = Rc::clone(&outcome);
-        let target_model = target_model.to_owned();
+        let endpoint = Arc::clone(endpoint);
         actix_web::rt::spawn(async move {
             let mut body = Producer {
                 sender: sender.clone(),
                 outcome: producer_outcome,
                 image_format,
+                endpoint,
             };
             match body.produce(self, &target_model).await {
                 Ok(()) => {
@@ -196,6 +207,7 @@ struct Producer {
     sender: mpsc::Sender<Result<Bytes, std::io::Error>>,
     outcome: Rc<RefCell<UploadOutcome>>,
     image_format: UpstreamImageFormat,
+    endpoint: Arc<Endpoint>,
 }
 
 impl Producer {
@@ -211,7 +223,8 @@ impl Producer {
         let mut memory = std::mem::take(&mut upload.spool.memory).freeze();
         for item in items {
             match item {
-                Item::Raw(mut length) => {
+                Item::Raw { mut length, name } => {
+                    let keep = !name.is_some_and(|name| dropped(&self.endpoint, &name));
                     while length > 0 {
                         let chunk = match file.take() {
                             None => memory.split_to((length as usize).min(memory.len())),
@@ -227,7 +240,9 @@ impl Producer {
                             );
                         }
                         length -= chunk.len() as u64;
-                        self.send(chunk).await?;
+                        if keep {
+                            self.send(chunk).await?;
+                        }
                     }
                 }
                 Item::ResponseFormat { head, value } => {
@@ -257,15 +272,24 @@ impl Producer {
                 self.send_response_format(head, value).await?;
                 continue;
             }
-            self.send(head).await?;
+            let keep = !field
+                .name()
+                .is_some_and(|name| dropped(&self.endpoint, name));
+            if keep {
+                self.send(head).await?;
+            }
             while let Some(chunk) = field
                 .chunk()
                 .await
                 .map_err(|e| client_error(e, upload.limit))?
             {
-                self.send(chunk).await?;
+                if keep {
+                    self.send(chunk).await?;
+                }
             }
-            self.send(Bytes::from_static(b"\r\n")).await?;
+            if keep {
+                self.send(Bytes::from_static(b"\r\n")).await?;
+            }
         }
         if !format_sent && self.image_format == UpstreamImageFormat::B64Json {
             self.send(part_head_for(&upload.boundary, "response_format"))
@@ -301,15 +325,33 @@ struct Spool {
 }
 
 enum Item {
-    Raw(u64),
-    ResponseFormat { head: Bytes, value: String },
+    /// One field's rendered bytes (head, content, CRLF), with the field's name.
+    Raw {
+        length: u64,
+        name: Option<String>,
+    },
+    ResponseFormat {
+        head: Bytes,
+        value: String,
+    },
 }
 
 impl Spool {
+    /// Starts a field: what `write` adds until the next one belongs to it.
+    fn start_field(&mut self, name: Option<&str>) {
+        self.items.push(Item::Raw {
+            length: 0,
+            name: name.map(str::to_owned),
+        });
+    }
+
     async fn write(&mut self, chunk: Bytes) -> Result<(), ApiError> {
         match self.items.last_mut() {
-            Some(Item::Raw(length)) => *length += chunk.len() as u64,
-            _ => self.items.push(Item::Raw(chunk.len() as u64)),
+            Some(Item::Raw { length, .. }) => *length += chunk.len() as u64,
+            _ => self.items.push(Item::Raw {
+                length: chunk.len() as u64,
+                name: None,
+            }),
         }
         if self.file.is_none() && self.memory.len() + chunk.len() <= SPOOL_MEMORY_BYTES {
             self.memory.extend_from_slice(&chunk);

@@ -474,3 +474,36 @@ async fn the_request_timeout_starts_once_the_upload_is_sent() {
     assert_eq!(error["code"], "upstream_timeout");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test]
+async fn drop_params_leave_fields_out_before_and_after_the_model_and_model_field_false_keeps_it() {
+    // Issue #8 on multipart: a field named by drop_params never reaches the upstream, whether it
+    // came before `model` (spooled) or after it (streamed).
+    let app = Spawn::new()
+        .file(
+            "uploads.json",
+            upload_provider(json!({"drop_params": ["timestamp_granularities[]", "prompt"], "model_field": false})),
+        )
+        .start()
+        .await;
+    let audio = noise(20_000, 9);
+    let form = Form::new()
+        .text("prompt", "dropped before the model")
+        .part("file", file("a.wav", &audio, "audio/wav"))
+        .text("model", "m")
+        .text("timestamp_granularities[]", "word")
+        .text("language", "de");
+
+    let response = post_form(&app, "/v1/audio/transcriptions", form).await;
+
+    assert_eq!(response.status(), 200);
+    let upload = app.upstream.uploads().pop().unwrap();
+    assert_eq!(
+        upload.parts,
+        [
+            file_part("file", "a.wav", "audio/wav", &audio),
+            text_part("model", "m"),
+            text_part("language", "de"),
+        ]
+    );
+}
