@@ -4,6 +4,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod errors;
+pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod secret;

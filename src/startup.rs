@@ -13,6 +13,7 @@ use crate::api;
 use crate::cli::ServeArgs;
 use crate::config::load::{load_dir, process_env, FileLoad, Severity};
 use crate::errors;
+use crate::metrics::Metrics;
 use crate::proxy::headers::{request_id, RequestId, X_REQUEST_ID};
 use crate::routing::table::RoutingTable;
 use crate::state::AppState;
@@ -45,6 +46,8 @@ impl Application {
         let table = Arc::new(RoutingTable::new());
         let loads = load_dir(&args.config_dir, &*env)
             .with_context(|| format!("reading the config dir `{}`", args.config_dir.display()))?;
+        let metrics = Arc::new(Metrics::new(Arc::clone(&table)));
+        metrics.set_config_errors(loads.iter().map(|load| load.errors().count()).sum());
         publish(&table, loads);
         if table.route_count() == 0 {
             tracing::warn!(config_dir = %args.config_dir.display(), "no routes loaded: every model will answer 404");
@@ -65,6 +68,7 @@ impl Application {
             base_url,
             max_body_bytes: args.max_body_bytes,
             env,
+            metrics,
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;

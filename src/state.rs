@@ -2,6 +2,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::metrics::Metrics;
 use crate::routing::table::RoutingTable;
 use crate::startup::EnvSource;
 
@@ -13,4 +14,6 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Where provider keys are read from at each load.
     pub env: EnvSource,
+    /// This application's Prometheus registry (one per app: tests run many in one process).
+    pub metrics: Arc<Metrics>,
 }

@@ -12,6 +12,7 @@ use crate::proxy::body::{find_model, splice};
 use crate::proxy::forward::forward;
 use crate::proxy::headers::{request_id, RequestId};
 use crate::proxy::log::AccessLog;
+use crate::proxy::usage;
 use crate::routing::endpoint::Endpoint;
 use crate::routing::table::RoutingTable;
 use crate::state::AppState;
@@ -28,6 +29,7 @@ pub async fn json(
         .get::<RequestId>()
         .map_or_else(|| request_id(request.headers()), |id| id.0.clone());
     let mut log = AccessLog::start(request_id, "POST", path, request.peer_addr());
+    log.record_in(Arc::clone(&state.metrics));
     let prepared = prepare(path, &request, payload, &state, &mut log).await;
     let result = match prepared {
         Ok((endpoint, uri, body)) => forward(&client, &request, &endpoint, uri, body, log).await,
@@ -53,6 +55,7 @@ async fn prepare(
     let (endpoint, uri) = route(&state.table, &field.model, path)?;
     log.endpoint = Some(Arc::clone(&endpoint));
     let body = splice(&body, field.span, &endpoint.target_model_json);
+    let body = usage::read_usage_of(path, body, log);
     Ok((endpoint, uri, body))
 }
 

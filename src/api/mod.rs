@@ -1,6 +1,7 @@
 //! The whole URL map in one place.
 pub mod forward;
 pub mod health;
+pub mod metrics;
 pub mod models;
 
 use actix_web::{web, HttpRequest};
@@ -47,6 +48,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/health")
             .route(web::get().to(health::liveness))
+            .default_service(web::to(errors::method_not_allowed)),
+    )
+    .service(
+        web::resource("/metrics")
+            .route(web::get().to(metrics::scrape))
             .default_service(web::to(errors::method_not_allowed)),
     );
 }

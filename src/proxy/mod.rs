@@ -4,3 +4,4 @@ pub mod forward;
 pub mod headers;
 pub mod log;
 pub mod stream;
+pub mod usage;

@@ -8,6 +8,7 @@ mod cli;
 mod errors;
 mod forwarding;
 mod helpers;
+mod metrics;
 mod mock;
 mod models;
 mod streaming;
