@@ -149,6 +149,8 @@ pub struct UsageReader {
     reported: Option<Usage>,
     first_token: Option<Duration>,
     events_inspected: u32,
+    /// An answer came and is read (see `begin`): without one there is no usage.
+    reading: bool,
 }
 
 impl UsageReader {
@@ -165,13 +167,15 @@ impl UsageReader {
             reported: None,
             first_token: None,
             events_inspected: 0,
+            reading: false,
         }
     }
 
     /// Whether this answer is read: successful answers on paths that count tokens.
     pub fn begin(&mut self, status: u16, event_stream: bool) -> bool {
         self.event_stream = event_stream;
-        (200..300).contains(&status) && counts_tokens(self.path)
+        self.reading = (200..300).contains(&status) && counts_tokens(self.path);
+        self.reading
     }
 
     /// When the first token arrived (streams only).
@@ -243,6 +247,9 @@ impl UsageReader {
 
     /// The answer's usage: as reported, else estimated from the request and what the answer said.
     pub fn finish(&mut self) -> Option<Usage> {
+        if !self.reading {
+            return None;
+        }
         if !self.event_stream && self.reported.is_none() {
             self.reported = json_usage(&self.copy, self.truncated);
         }
@@ -720,5 +727,14 @@ mod tests {
         assert_eq!(usage.prompt, count_tokens("Hello there\n"));
         assert_eq!(usage.completion, count_tokens("General Kenobi\n"));
         assert!(usage.prompt > 0 && usage.completion > 0);
+    }
+
+    #[test]
+    fn a_request_that_got_no_answer_has_no_usage() {
+        let request = r#"{"model":"m","prompt":"Hello there"}"#;
+        let mut reader = UsageReader::new("v1/completions", Bytes::from(request), false);
+        assert_eq!(reader.finish(), None);
+        assert!(!reader.begin(502, false));
+        assert_eq!(reader.finish(), None);
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, Reply, TestApp};
+use crate::helpers::{provider_file, spawn_app, Reply, Spawn, TestApp};
 
 /// Every sample of a scrape: `name{labels}` -> value.
 async fn scrape(app: &TestApp) -> BTreeMap<String, f64> {
@@ -336,6 +336,33 @@ async fn upstream_failures_are_counted_by_kind() {
     assert_eq!(samples["llmux_config_errors"], 0.0);
     assert!(samples["process_resident_memory_bytes"] > 0.0);
     assert!(samples["process_open_fds"] > 0.0);
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_an_error_and_counts_no_tokens() {
+    let file = provider_file("mock", "", &[("m", "target-m")])
+        .to_string()
+        .replace("{UPSTREAM}", "http://127.0.0.1:1");
+    let app = Spawn::new().file("p.json", file).start().await;
+
+    let response = app.post_json("/v1/chat/completions", chat(false)).await;
+    assert_eq!(response.status(), 502);
+
+    assert_metric(&app, &requests("v1/chat/completions", 502), 1.0).await;
+    assert_metric(
+        &app,
+        r#"llmux_upstream_errors_total{kind="unreachable"}"#,
+        1.0,
+    )
+    .await;
+    let samples = scrape(&app).await;
+    assert_eq!(
+        samples[r#"llmux_upstream_attempts_total{outcome="unreachable"}"#],
+        1.0
+    );
+    assert!(!samples
+        .keys()
+        .any(|series| series.starts_with("llmux_tokens_total")));
 }
 
 /// Metric names a PromQL expression refers to: identifiers that start with `llmux_` or `process_`.
