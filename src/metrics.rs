@@ -1,9 +1,9 @@
 //! Prometheus registry and recorders: one registry per application, rendered as OpenMetrics text
 //! on `GET /metrics`.
 //!
-//! Recording happens once per request, when its access log line is written, and touches only the
-//! crate's atomics (plus the read lock of a family's map, taken without contention once a label
-//! set exists). Label values are `Arc<str>` shared with the routing table or `&'static str`, so
+//! Recording happens once per request, when its access log line is written, and touches only
+//! atomics (plus the read lock of a family's map, shared once a label set exists): histograms are
+//! [`AtomicHistogram`]s, because the crate's `Histogram` takes a mutex on every observation. Label values are `Arc<str>` shared with the routing table or `&'static str`, so
 //! recording allocates nothing. A request that names no known model is labelled
 //! `model="unknown"`, so clients cannot grow the series count. Everything that describes state
 //! rather than events (endpoint up, config generation, process figures) is read at scrape time.
@@ -13,12 +13,15 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::proxy::usage::Usage;
@@ -35,11 +38,11 @@ pub const NO_PROVIDER: &str = "none";
 
 /// Request latency buckets, 5 ms to 5 minutes: LLM calls range from cached embeddings to long
 /// reasoning answers.
-const SECONDS_BUCKETS: [f64; 17] = [
+const SECONDS_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0,
     300.0,
 ];
-const TOKENS_PER_SECOND_BUCKETS: [f64; 14] = [
+const TOKENS_PER_SECOND_BUCKETS: &[f64] = &[
     1.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0, 1000.0, 2000.0,
 ];
 
@@ -90,7 +93,77 @@ pub struct EndpointLabels {
     pub endpoint: Arc<str>,
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+type HistogramFamily<L> = Family<L, AtomicHistogram, fn() -> AtomicHistogram>;
+
+/// A histogram with fixed buckets recorded with atomics only. Each bucket counts its own
+/// observations (rendered cumulatively); the sum is an `f64` kept in an `AtomicU64`'s bits. A
+/// scrape racing an observation may see the count one ahead of a bucket, as with any lock-free
+/// exporter.
+#[derive(Debug, Clone)]
+pub struct AtomicHistogram {
+    inner: Arc<HistogramInner>,
+}
+
+#[derive(Debug)]
+struct HistogramInner {
+    bounds: &'static [f64],
+    /// One per bound, then +Inf.
+    buckets: Box<[AtomicU64]>,
+    sum_bits: AtomicU64,
+}
+
+impl AtomicHistogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            inner: Arc::new(HistogramInner {
+                bounds,
+                buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+                sum_bits: AtomicU64::new(0f64.to_bits()),
+            }),
+        }
+    }
+
+    pub fn observe(&self, value: f64) {
+        let inner = &*self.inner;
+        let bucket = inner
+            .bounds
+            .iter()
+            .position(|bound| value <= *bound)
+            .unwrap_or(inner.bounds.len());
+        if let Some(counter) = inner.buckets.get(bucket) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = inner
+            .sum_bits
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + value).to_bits())
+            });
+    }
+}
+
+impl TypedMetric for AtomicHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let inner = &*self.inner;
+        let buckets: Vec<(f64, u64)> = inner
+            .bounds
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(inner.buckets.iter().map(|b| b.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = f64::from_bits(inner.sum_bits.load(Ordering::Relaxed));
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
 
 /// What one finished request contributes to the metrics.
 #[derive(Debug)]
@@ -167,7 +240,7 @@ impl Metrics {
             tokens.clone(),
         );
         let tokens_per_second: HistogramFamily<ModelLabels> =
-            Family::new_with_constructor(|| Histogram::new(TOKENS_PER_SECOND_BUCKETS));
+            Family::new_with_constructor(|| AtomicHistogram::new(TOKENS_PER_SECOND_BUCKETS));
         registry.register(
             "llmux_output_tokens_per_second",
             "Decoding throughput of completed streams: completion tokens over the time from the first token to the end",
@@ -383,7 +456,7 @@ impl Metrics {
 }
 
 fn seconds_histograms<L: Clone + std::hash::Hash + Eq>() -> HistogramFamily<L> {
-    Family::new_with_constructor(|| Histogram::new(SECONDS_BUCKETS))
+    Family::new_with_constructor(|| AtomicHistogram::new(SECONDS_BUCKETS))
 }
 
 impl EndpointLabels {
@@ -521,6 +594,27 @@ mod tests {
             "42 (my (odd) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0 100 1000 200";
         assert_eq!(parse_cpu_seconds(stat), Some(3.0));
         assert_eq!(parse_cpu_seconds("garbage"), None);
+    }
+
+    #[test]
+    fn histograms_render_cumulative_buckets() {
+        let histogram = AtomicHistogram::new(&[0.1, 1.0]);
+        for value in [0.05, 0.5, 0.7, 5.0] {
+            histogram.observe(value);
+        }
+        let mut registry = Registry::default();
+        registry.register("h_seconds", "help", histogram);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "h_seconds_sum 6.25\n",
+            "h_seconds_count 4\n",
+            "h_seconds_bucket{le=\"0.1\"} 1\n",
+            "h_seconds_bucket{le=\"1.0\"} 3\n",
+            "h_seconds_bucket{le=\"+Inf\"} 4\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 
     #[test]

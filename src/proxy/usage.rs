@@ -251,7 +251,7 @@ impl UsageReader {
             return None;
         }
         if !self.event_stream && self.reported.is_none() {
-            self.reported = json_usage(&self.copy, self.truncated);
+            self.reported = json_usage(&self.copy);
         }
         if let Some(usage) = self.reported {
             return Some(usage);
@@ -472,25 +472,25 @@ impl From<ReportedUsage> for Usage {
     }
 }
 
-#[derive(Deserialize)]
-struct JsonAnswer {
-    #[serde(default)]
-    usage: Option<ReportedUsage>,
-}
-
-/// `usage` of a JSON answer: parsed from the whole answer, or when only its tail was kept, from
-/// the last `"usage":` in it.
-fn json_usage(copy: &[u8], truncated: bool) -> Option<Usage> {
-    if !truncated {
-        let answer: JsonAnswer = serde_json::from_slice(copy).ok()?;
-        return answer.usage.map(Usage::from);
+/// `usage` of a JSON answer: the value of its last `"usage"` key. OpenAI-style answers put it at
+/// the top level, after the content, and a `"usage"` inside a string is escaped, so searching
+/// from the end finds it without parsing the whole answer (embeddings answers run to megabytes).
+fn json_usage(answer: &[u8]) -> Option<Usage> {
+    let mut end = answer.len();
+    while let Some(at) = memmem::rfind(&answer[..end], b"\"usage\"") {
+        end = at;
+        let rest = &answer[at + 7..];
+        let Some(colon) = rest.iter().position(|b| !b.is_ascii_whitespace()) else {
+            continue;
+        };
+        if rest[colon] != b':' {
+            continue;
+        }
+        let mut values = serde_json::Deserializer::from_slice(&rest[colon + 1..])
+            .into_iter::<Option<ReportedUsage>>();
+        return values.next()?.ok().flatten().map(Usage::from);
     }
-    let at = memmem::rfind(copy, b"\"usage\"")?;
-    let rest = &copy[at + 7..];
-    let colon = rest.iter().position(|&b| b == b':')?;
-    let mut values =
-        serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter::<ReportedUsage>();
-    values.next()?.ok().map(Usage::from)
+    None
 }
 
 static O200K_BASE: LazyLock<Option<CoreBPE>> = LazyLock::new(|| {
@@ -707,12 +707,15 @@ mod tests {
     }
 
     #[test]
-    fn json_usage_is_read_whole_or_from_the_tail() {
+    fn json_usage_is_the_value_of_the_last_usage_key() {
         let answer =
             br#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#;
-        assert_eq!(json_usage(answer, false).unwrap().completion, 2);
-        assert_eq!(json_usage(&answer[10..], true).unwrap().prompt, 5);
-        assert_eq!(json_usage(b"{\"x\":1}", false), None);
+        assert_eq!(json_usage(answer).unwrap().completion, 2);
+        assert_eq!(json_usage(&answer[10..]).unwrap().prompt, 5);
+        assert_eq!(json_usage(b"{\"x\":1}"), None);
+        assert_eq!(json_usage(br#"{"usage":null}"#), None);
+        let tricky = br#"{"usage":{"prompt_tokens":1},"choices":[{"message":{"content":"say \"usage\": 5","role":"usage"}}]}"#;
+        assert_eq!(json_usage(tricky).unwrap().prompt, 1);
     }
 
     #[test]
