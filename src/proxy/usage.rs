@@ -7,6 +7,8 @@
 //! what the client receives, so the client sees the stream it asked for. To do that the reader
 //! frames the stream into SSE events: it holds back at most the bytes of one incomplete event and
 //! passes every complete event on as soon as its chunk arrives.
+use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -70,7 +72,7 @@ pub fn ask_for_usage(path: &str, body: &Bytes) -> Option<Bytes> {
         return None;
     }
     // Most requests are not streams: skip the second parse when `"stream"` is nowhere.
-    memmem::find(body, b"\"stream\"")?;
+    STREAM_KEY.find(body)?;
     let probe: StreamProbe<'_> = serde_json::from_slice(body).ok()?;
     if probe.stream.map(RawValue::get) != Some("true") {
         return None;
@@ -139,7 +141,9 @@ pub struct UsageReader {
     /// llmux asked for the usage event: remove it from what the client receives.
     strip_usage_event: bool,
     event_stream: bool,
-    copy: BytesMut,
+    /// The answer's chunks, up to `COPY_LIMIT` bytes.
+    copy: VecDeque<Bytes>,
+    copy_len: usize,
     /// The answer outgrew `COPY_LIMIT`: `copy` holds only its tail.
     truncated: bool,
     /// The bytes of the current incomplete SSE event.
@@ -160,7 +164,8 @@ impl UsageReader {
             request,
             strip_usage_event,
             event_stream: false,
-            copy: BytesMut::new(),
+            copy: VecDeque::new(),
+            copy_len: 0,
             truncated: false,
             pending: BytesMut::new(),
             unframed: false,
@@ -187,7 +192,7 @@ impl UsageReader {
     /// unless llmux is removing its own usage event, in which case complete events minus that
     /// one (`None` while only part of an event has arrived).
     pub fn chunk(&mut self, chunk: Bytes, elapsed: Duration) -> Option<Bytes> {
-        self.keep_copy(&chunk);
+        self.keep_copy(chunk.clone());
         if !self.event_stream || self.unframed {
             return Some(chunk);
         }
@@ -198,14 +203,16 @@ impl UsageReader {
                 self.pending.split().freeze()
             }
         };
-        let mut kept: Vec<std::ops::Range<usize>> = Vec::new();
-        let mut all_kept = true;
+        // Built only once an event is removed: until then the output is a slice of `data`.
+        let mut edited: Option<BytesMut> = None;
         let mut start = 0;
         while let Some(end) = event_end(&data[start..]).map(|end| start + end) {
-            if self.event(&data[start..end], elapsed) {
-                kept.push(start..end);
-            } else {
-                all_kept = false;
+            let keep = self.event(&data[start..end], elapsed);
+            match (&mut edited, keep) {
+                (Some(out), true) => out.extend_from_slice(&data[start..end]),
+                (Some(_), false) => {}
+                (None, true) => {}
+                (None, false) => edited = Some(BytesMut::from(&data[..start])),
             }
             start = end;
         }
@@ -222,15 +229,9 @@ impl UsageReader {
         if !self.strip_usage_event {
             return Some(chunk);
         }
-        let out = match all_kept {
-            true => data.slice(..start),
-            false => {
-                let mut out = BytesMut::with_capacity(start);
-                for range in kept {
-                    out.extend_from_slice(&data[range]);
-                }
-                out.freeze()
-            }
+        let out = match edited {
+            None => data.slice(..start),
+            Some(out) => out.freeze(),
         };
         (!out.is_empty()).then_some(out)
     }
@@ -251,7 +252,7 @@ impl UsageReader {
             return None;
         }
         if !self.event_stream && self.reported.is_none() {
-            self.reported = json_usage(&self.copy);
+            self.reported = json_usage(&self.copied());
         }
         if let Some(usage) = self.reported {
             return Some(usage);
@@ -259,8 +260,8 @@ impl UsageReader {
         let answer = match self.truncated {
             true => String::new(),
             false => match self.event_stream {
-                true => stream_text(&self.copy),
-                false => answer_text(&self.copy),
+                true => stream_text(&self.copied()),
+                false => answer_text(&self.copied()),
             },
         };
         Some(Usage {
@@ -272,16 +273,35 @@ impl UsageReader {
         })
     }
 
-    fn keep_copy(&mut self, chunk: &[u8]) {
-        if self.copy.len() + chunk.len() <= COPY_LIMIT {
-            self.copy.extend_from_slice(chunk);
+    /// Keeps the chunk (a reference, not a copy); past `COPY_LIMIT`, only the last chunks that
+    /// make up at least `TAIL_BYTES`.
+    fn keep_copy(&mut self, chunk: Bytes) {
+        self.copy_len += chunk.len();
+        self.copy.push_back(chunk);
+        if self.copy_len <= COPY_LIMIT {
             return;
         }
         self.truncated = true;
-        self.copy.extend_from_slice(chunk);
-        if self.copy.len() > 2 * TAIL_BYTES {
-            let cut = self.copy.len() - TAIL_BYTES;
-            let _ = self.copy.split_to(cut);
+        while let Some(front) = self.copy.front() {
+            if self.copy_len - front.len() < TAIL_BYTES {
+                break;
+            }
+            self.copy_len -= front.len();
+            self.copy.pop_front();
+        }
+    }
+
+    /// The kept chunks as one slice.
+    fn copied(&self) -> Cow<'_, [u8]> {
+        match self.copy.len() {
+            0 => Cow::Borrowed(&[]),
+            1 => Cow::Borrowed(&self.copy[0]),
+            _ => Cow::Owned(
+                self.copy
+                    .iter()
+                    .flat_map(|chunk| chunk.iter().copied())
+                    .collect(),
+            ),
         }
     }
 
@@ -337,19 +357,30 @@ fn event_end(bytes: &[u8]) -> Option<usize> {
 
 /// The `data:` payload of an event (its first data line: OpenAI-style events have one).
 fn event_data(event: &[u8]) -> Option<&[u8]> {
-    event.split(|&b| b == b'\n').find_map(|line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let data = line.strip_prefix(b"data:")?;
+    let mut rest = event;
+    while !rest.is_empty() {
+        let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+        let line = &rest[..end];
+        rest = rest.get(end + 1..).unwrap_or_default();
+        let Some(data) = line.strip_prefix(b"data:") else {
+            continue;
+        };
         let data = data.strip_prefix(b" ").unwrap_or(data);
-        data.starts_with(b"{").then_some(data)
-    })
+        let data = data.strip_suffix(b"\r").unwrap_or(data);
+        return data.starts_with(b"{").then_some(data);
+    }
+    None
 }
+
+static STREAM_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"stream\""));
+static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
 
 /// Whether the event has `"usage":{`: chunks of a stream with usage carry `"usage":null` until
 /// the last one.
 fn carries_usage(data: &[u8]) -> bool {
-    let finder = memmem::Finder::new(b"\"usage\"");
-    finder.find_iter(data).any(|at| {
+    USAGE_KEY.find_iter(data).any(|at| {
         data[at + 7..]
             .iter()
             .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'))
@@ -363,8 +394,8 @@ struct Event<'a> {
     usage: Option<ReportedUsage>,
     #[serde(borrow, default)]
     choices: Option<Vec<Choice<'a>>>,
-    #[serde(rename = "type", default)]
-    kind: Option<String>,
+    #[serde(borrow, rename = "type", default)]
+    kind: Option<Cow<'a, str>>,
     #[serde(default)]
     response: Option<ResponseUsage>,
     #[serde(borrow, default)]
