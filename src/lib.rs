@@ -7,6 +7,7 @@ pub mod errors;
 pub mod health;
 pub mod healthcheck;
 pub mod images;
+pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod secret;

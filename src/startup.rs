@@ -18,6 +18,7 @@ use crate::config::watch::{ConfigWatch, LiveConfig, Scope};
 use crate::errors;
 use crate::health::HealthProbes;
 use crate::images::ImageCache;
+use crate::metrics::Metrics;
 use crate::proxy::headers::{request_id, RequestId, X_REQUEST_ID};
 use crate::proxy::retry::RetryPolicy;
 use crate::routing::breaker::BreakerPolicy;
@@ -73,6 +74,8 @@ impl Application {
             tracing::warn!(config_dir = %args.config_dir.display(), "no routes loaded: every model will answer 404");
         }
 
+        let metrics = Arc::new(Metrics::new(Arc::clone(&table)));
+
         let listener = TcpListener::bind((args.host.as_str(), args.port))
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;
         let port = listener.local_addr()?.port();
@@ -104,6 +107,7 @@ impl Application {
                 args.image_cache_bytes,
                 args.image_cache_ttl,
             )),
+            metrics,
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;

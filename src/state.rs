@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::config::watch::LiveConfig;
 use crate::health::HealthProbes;
 use crate::images::ImageCache;
+use crate::metrics::Metrics;
 use crate::proxy::retry::RetryPolicy;
 use crate::routing::responses::ResponseOwners;
 use crate::routing::table::RoutingTable;
@@ -33,4 +34,6 @@ pub struct AppState {
     pub max_upload_bytes: u64,
     /// Images served under `{base_url}/v1/images/data/{model}/{id}`.
     pub images: Arc<ImageCache>,
+    /// This application's Prometheus registry (one per app: tests run many in one process).
+    pub metrics: Arc<Metrics>,
 }

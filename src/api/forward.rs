@@ -14,6 +14,7 @@ use crate::proxy::headers::{request_id, RequestId};
 use crate::proxy::log::AccessLog;
 use crate::proxy::retry::{forward_with_retries, Outbound};
 use crate::proxy::rewrite;
+use crate::proxy::usage;
 use crate::routing::endpoint::Endpoint;
 use crate::routing::table::{ModelRoutes, RoutingTable};
 use crate::state::AppState;
@@ -30,6 +31,7 @@ pub async fn json(
         .get::<RequestId>()
         .map_or_else(|| request_id(request.headers()), |id| id.0.clone());
     let mut log = AccessLog::start(request_id, "POST", path, request.peer_addr());
+    log.record_in(Arc::clone(&state.metrics));
     let prepared = prepare(path, &request, payload, &state, &mut log).await;
     match prepared {
         Ok(outbound) => {
@@ -59,6 +61,8 @@ pub(crate) async fn prepare(
     log: &mut AccessLog,
 ) -> Result<Outbound, ApiError> {
     let body = read_body(request, payload, state.max_body_bytes).await?;
+    // Asking a stream for its usage may insert bytes: the model is found in the body as sent.
+    let body = usage::read_usage_of(path, body, log);
     let field = find_model(&body)?;
     log.model = Some(field.model.as_ref().into());
     let (routes, route_path, upstream_path) = route(&state.table, &field.model, path)?;

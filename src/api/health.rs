@@ -6,7 +6,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use crate::errors::ApiError;
-use crate::health::{check_model, ModelStatus};
+use crate::health::{check_model, EndpointStatus, ModelStatus};
 use crate::state::AppState;
 
 pub async fn liveness() -> HttpResponse {
@@ -43,6 +43,15 @@ pub async fn model(
         .lookup(&model)
         .ok_or(ApiError::UnknownModel { model })?;
     let health = check_model(&state.health, &client, &routes).await;
+    // Probed endpoints, in the order check_model reports them, feed llmux_endpoint_up.
+    let endpoints = routes.routes.iter().flat_map(|route| route.pool.members());
+    for (endpoint, checked) in endpoints.zip(&health.endpoints) {
+        match checked.status {
+            EndpointStatus::Up => state.metrics.set_endpoint_up(endpoint, true),
+            EndpointStatus::Down => state.metrics.set_endpoint_up(endpoint, false),
+            EndpointStatus::Unchecked => {}
+        }
+    }
     Ok(match health.status {
         ModelStatus::Ok | ModelStatus::Degraded => HttpResponse::Ok().json(health),
         ModelStatus::Error => HttpResponse::ServiceUnavailable().json(health),

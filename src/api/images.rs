@@ -38,6 +38,7 @@ pub async fn generations(
         PATH,
         request.peer_addr(),
     );
+    log.record_in(std::sync::Arc::clone(&state.metrics));
     let prepared = async {
         let (endpoint, uri, body) = prepare(PATH, &request, payload, &state, &mut log).await?;
         let (body, response_format) = ask_for_b64_json(body, endpoint.upstream_image_format)?;
@@ -129,6 +130,7 @@ pub async fn data(
         IMAGE_DATA_PATH,
         request.peer_addr(),
     );
+    log.record_in(std::sync::Arc::clone(&state.metrics));
     log.model = Some(model.as_str().into());
     match find_image(&request, &model, &id, &state, &client, &mut log).await {
         Ok(Found::Image(image)) => {

@@ -3,6 +3,7 @@ pub mod admin;
 pub mod forward;
 pub mod health;
 pub mod images;
+pub mod metrics;
 pub mod models;
 pub mod responses;
 pub mod upload;
@@ -113,6 +114,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/admin/config")
             .route(web::get().to(admin::config))
+            .default_service(web::to(errors::method_not_allowed)),
+    );
+    cfg.service(
+        web::resource("/metrics")
+            .route(web::get().to(metrics::scrape))
             .default_service(web::to(errors::method_not_allowed)),
     );
 }

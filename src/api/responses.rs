@@ -90,6 +90,7 @@ async fn by_id(
         _ => "POST",
     };
     let mut log = AccessLog::start(request_id, method, route.log_path, request.peer_addr());
+    log.record_in(std::sync::Arc::clone(&state.metrics));
     let id = request
         .match_info()
         .get("id")

@@ -28,6 +28,7 @@ pub async fn upload(
         .get::<RequestId>()
         .map_or_else(|| request_id(request.headers()), |id| id.0.clone());
     let mut log = AccessLog::start(request_id, "POST", path, request.peer_addr());
+    log.record_in(std::sync::Arc::clone(&state.metrics));
     let prepared = async {
         // No route is known while the first parts arrive: a client silent mid-upload for the
         // default request timeout fails the upload (400).

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::header::HeaderValue;
 
+use super::usage::{Usage, UsageReader};
+use crate::metrics::{Metrics, RequestRecord};
 use crate::routing::endpoint::Endpoint;
 
 #[derive(Debug)]
@@ -25,6 +27,10 @@ pub struct AccessLog {
     pub outcome: &'static str,
     /// Upstream attempts made (retries included); 0 when none was.
     pub attempts: u32,
+    /// Set by [`AccessLog::record_in`]: the request is counted in flight until its line is written.
+    pub metrics: Option<Arc<Metrics>>,
+    /// Reads the answer's token usage as it passes (set for requests that reach an endpoint).
+    pub usage: Option<UsageReader>,
 }
 
 impl AccessLog {
@@ -48,7 +54,15 @@ impl AccessLog {
             bytes: 0,
             outcome: "client_closed",
             attempts: 0,
+            metrics: None,
+            usage: None,
         }
+    }
+
+    /// Records this request in `metrics` when its line is written; until then it is in flight.
+    pub fn record_in(&mut self, metrics: Arc<Metrics>) {
+        metrics.request_started();
+        self.metrics = Some(metrics);
     }
 
     pub fn request_id(&self) -> &str {
@@ -58,6 +72,9 @@ impl AccessLog {
 
 impl Drop for AccessLog {
     fn drop(&mut self) {
+        let usage: Option<Usage> = self.usage.as_mut().and_then(UsageReader::finish);
+        let first_token = self.usage.as_ref().and_then(UsageReader::first_token);
+        let duration = self.started.elapsed();
         let endpoint = self.endpoint.as_deref();
         tracing::info!(
             target: "llmux::access",
@@ -69,8 +86,12 @@ impl Drop for AccessLog {
             target_model = endpoint.map_or("", |e| &*e.target_model_name),
             upstream_host = endpoint.map_or("", |e| &*e.upstream_host),
             status = self.status.unwrap_or(0),
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = duration.as_secs_f64() * 1000.0,
             ttfb_ms = self.first_byte.map(|d| d.as_secs_f64() * 1000.0),
+            ttft_ms = first_token.map(|d| d.as_secs_f64() * 1000.0),
+            prompt_tokens = usage.map(|u| u.prompt),
+            completion_tokens = usage.map(|u| u.completion),
+            tokens_estimated = usage.map(|u| u.estimated),
             stream = self.stream,
             bytes = self.bytes,
             outcome = self.outcome,
@@ -78,5 +99,20 @@ impl Drop for AccessLog {
             attempts = self.attempts,
             "request"
         );
+        if let Some(metrics) = &self.metrics {
+            metrics.record(&RequestRecord {
+                endpoint,
+                path: self.path,
+                // No status: the client left before the answer's head (nginx's 499).
+                status: self.status.unwrap_or(499),
+                stream: self.stream,
+                duration,
+                first_byte: self.first_byte,
+                first_token,
+                usage,
+                outcome: self.outcome,
+            });
+            metrics.request_ended();
+        }
     }
 }

@@ -8,3 +8,4 @@ pub mod multipart;
 pub mod retry;
 pub mod rewrite;
 pub mod stream;
+pub mod usage;

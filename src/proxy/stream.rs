@@ -1,5 +1,6 @@
 //! Upstream response bodies passed on chunk by chunk as they arrive (SSE included), with the
-//! request timeout bounding every gap between chunks.
+//! request timeout bounding every gap between chunks. The access log's usage reader sees every
+//! chunk on the way (and may hold back part of one SSE event, see `proxy::usage`).
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -32,6 +33,8 @@ pin_project! {
         idle: Sleep,
         idle_timeout: Duration,
         finished: bool,
+        // The upstream body ended; what the usage reader held back is still to go out.
+        inner_done: bool,
         log: AccessLog,
     }
 }
@@ -39,11 +42,18 @@ pin_project! {
 impl<S> ResponseStream<S> {
     pub fn new(inner: S, idle_timeout: Duration, mut log: AccessLog) -> Self {
         log.outcome = "client_closed";
+        let status = log.status.unwrap_or(0);
+        if let Some(usage) = log.usage.as_mut() {
+            if !usage.begin(status, log.stream) {
+                log.usage = None;
+            }
+        }
         Self {
             inner,
             idle: tokio::time::sleep(idle_timeout),
             idle_timeout,
             finished: false,
+            inner_done: false,
             log,
         }
     }
@@ -61,40 +71,58 @@ where
         if *this.finished {
             return Poll::Ready(None);
         }
-        match this.inner.poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                if this.log.first_byte.is_none() {
-                    this.log.first_byte = Some(this.log.started.elapsed());
-                }
-                this.log.bytes += chunk.len() as u64;
-                this.idle
-                    .as_mut()
-                    .reset(Instant::now() + *this.idle_timeout);
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Poll::Ready(Some(Err(error))) => {
-                *this.finished = true;
-                this.log.outcome = "upstream_body_error";
-                tracing::warn!(request_id = this.log.request_id(), %error, "upstream body failed mid-way; closing the response");
-                Poll::Ready(Some(Err(BodyError::Upstream(error.to_string()))))
-            }
-            Poll::Ready(None) => {
+        loop {
+            if *this.inner_done {
+                let elapsed = this.log.started.elapsed();
                 *this.finished = true;
                 this.log.outcome = "ok";
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                if this.idle.as_mut().poll(cx).is_ready() {
-                    *this.finished = true;
-                    this.log.outcome = "upstream_idle_timeout";
-                    tracing::warn!(
-                        request_id = this.log.request_id(),
-                        timeout_s = this.idle_timeout.as_secs_f64(),
-                        "upstream went silent mid-body; closing the response"
-                    );
-                    return Poll::Ready(Some(Err(BodyError::Idle(*this.idle_timeout))));
+                let rest = this.log.usage.as_mut().and_then(|u| u.flush(elapsed));
+                if let Some(rest) = rest {
+                    this.log.bytes += rest.len() as u64;
+                    return Poll::Ready(Some(Ok(rest)));
                 }
-                Poll::Pending
+                return Poll::Ready(None);
+            }
+            match this.inner.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let elapsed = this.log.started.elapsed();
+                    if this.log.first_byte.is_none() {
+                        this.log.first_byte = Some(elapsed);
+                    }
+                    this.idle
+                        .as_mut()
+                        .reset(Instant::now() + *this.idle_timeout);
+                    let out = match this.log.usage.as_mut() {
+                        Some(usage) => usage.chunk(chunk, elapsed),
+                        None => Some(chunk),
+                    };
+                    // Nothing to send yet (part of an event held back): read on.
+                    let Some(out) = out else { continue };
+                    this.log.bytes += out.len() as u64;
+                    return Poll::Ready(Some(Ok(out)));
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    *this.finished = true;
+                    this.log.outcome = "upstream_body_error";
+                    tracing::warn!(request_id = this.log.request_id(), %error, "upstream body failed mid-way; closing the response");
+                    return Poll::Ready(Some(Err(BodyError::Upstream(error.to_string()))));
+                }
+                Poll::Ready(None) => {
+                    *this.inner_done = true;
+                }
+                Poll::Pending => {
+                    if this.idle.as_mut().poll(cx).is_ready() {
+                        *this.finished = true;
+                        this.log.outcome = "upstream_idle_timeout";
+                        tracing::warn!(
+                            request_id = this.log.request_id(),
+                            timeout_s = this.idle_timeout.as_secs_f64(),
+                            "upstream went silent mid-body; closing the response"
+                        );
+                        return Poll::Ready(Some(Err(BodyError::Idle(*this.idle_timeout))));
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }

@@ -12,6 +12,7 @@ mod forwarding;
 mod health;
 mod helpers;
 mod images;
+mod metrics;
 mod mock;
 mod models;
 mod pools;

@@ -1,0 +1,774 @@
+//! Token usage, read from every answer as it passes and never re-serialized: `usage` of JSON
+//! answers, the usage event of streams, estimated with o200k_base when the backend reports none.
+//!
+//! Chat and completions streams carry usage only when the request set
+//! `stream_options.include_usage`. When the client did not, llmux sets it upstream
+//! ([`ask_for_usage`]) and removes the extra event it brings (empty `choices`, a `usage`) from
+//! what the client receives, so the client sees the stream it asked for. To do that the reader
+//! frames the stream into SSE events: it holds back at most the bytes of one incomplete event and
+//! passes every complete event on as soon as its chunk arrives.
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use memchr::memmem;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tiktoken_rs::CoreBPE;
+
+use super::log::AccessLog;
+
+/// How much of an answer is kept to read its usage or count its tokens. Longer JSON answers keep
+/// only their last [`TAIL_BYTES`], where `usage` sits.
+const COPY_LIMIT: usize = 1024 * 1024;
+const TAIL_BYTES: usize = 64 * 1024;
+/// An SSE event longer than this is passed on unread.
+const EVENT_LIMIT: usize = 1024 * 1024;
+/// Events inspected for the first token before giving up on time to first token.
+const FIRST_TOKEN_EVENTS: u32 = 64;
+
+/// Tokens of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt: u64,
+    pub completion: u64,
+    /// Prompt tokens served from the backend's prompt cache (part of `prompt`).
+    pub cached: u64,
+    /// Reasoning tokens (part of `completion`).
+    pub reasoning: u64,
+    /// Counted by llmux because the backend reported none.
+    pub estimated: bool,
+}
+
+/// Whether answers on `path` carry token usage.
+pub fn counts_tokens(path: &str) -> bool {
+    matches!(
+        path,
+        "v1/chat/completions" | "v1/completions" | "v1/embeddings" | "v1/responses"
+    )
+}
+
+/// Prepares reading the usage of the answer to `body` (sent on `path`): returns the body to send
+/// upstream, with `stream_options.include_usage` set when llmux must ask for the usage event.
+pub fn read_usage_of(path: &'static str, body: Bytes, log: &mut AccessLog) -> Bytes {
+    if !counts_tokens(path) {
+        return body;
+    }
+    let (body, asked) = match ask_for_usage(path, &body) {
+        Some(asked) => (asked, true),
+        None => (body, false),
+    };
+    log.usage = Some(UsageReader::new(path, body.clone(), asked));
+    body
+}
+
+/// For a chat or completions stream whose request did not set `stream_options.include_usage`:
+/// the body with it set (only those bytes change). `None` when nothing needs adding.
+pub fn ask_for_usage(path: &str, body: &Bytes) -> Option<Bytes> {
+    if !matches!(path, "v1/chat/completions" | "v1/completions") {
+        return None;
+    }
+    // Most requests are not streams: skip the second parse when `"stream"` is nowhere.
+    STREAM_KEY.find(body)?;
+    let probe: StreamProbe<'_> = serde_json::from_slice(body).ok()?;
+    if probe.stream.map(RawValue::get) != Some("true") {
+        return None;
+    }
+    let Some(options) = probe.stream_options else {
+        let open = body.iter().position(|&b| b == b'{')?;
+        return Some(insert(
+            body,
+            open + 1..open + 1,
+            br#""stream_options":{"include_usage":true},"#,
+        ));
+    };
+    let span = span_of(body, options.get())?;
+    let options =
+        match serde_json::from_str::<Option<serde_json::Map<String, Value>>>(options.get()) {
+            Ok(Some(mut options)) => {
+                if options.get("include_usage") == Some(&Value::Bool(true)) {
+                    return None;
+                }
+                options.insert("include_usage".into(), Value::Bool(true));
+                serde_json::to_string(&options).ok()?
+            }
+            Ok(None) => r#"{"include_usage":true}"#.to_owned(),
+            // Not an object: the upstream will say so; llmux leaves it alone.
+            Err(_) => return None,
+        };
+    Some(insert(body, span, options.as_bytes()))
+}
+
+#[derive(Deserialize)]
+struct StreamProbe<'a> {
+    #[serde(borrow, default)]
+    stream: Option<&'a RawValue>,
+    /// `Some("null")` when the member is there with null: it gets replaced, not added again.
+    #[serde(borrow, default, deserialize_with = "present")]
+    stream_options: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
+}
+
+fn span_of(body: &[u8], raw: &str) -> Option<std::ops::Range<usize>> {
+    let start = (raw.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let span = start..start + raw.len();
+    (body.get(span.clone()) == Some(raw.as_bytes())).then_some(span)
+}
+
+fn insert(body: &Bytes, span: std::ops::Range<usize>, replacement: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() - span.len() + replacement.len());
+    out.extend_from_slice(&body[..span.start]);
+    out.extend_from_slice(replacement);
+    out.extend_from_slice(&body[span.end..]);
+    out.freeze()
+}
+
+/// Reads one answer's usage as its body passes. Built with the request; [`UsageReader::begin`]
+/// decides, once the response head is known, whether there is anything to read.
+#[derive(Debug)]
+pub struct UsageReader {
+    path: &'static str,
+    /// The client's request body, for estimating prompt tokens.
+    request: Bytes,
+    /// llmux asked for the usage event: remove it from what the client receives.
+    strip_usage_event: bool,
+    event_stream: bool,
+    /// The answer's chunks, up to `COPY_LIMIT` bytes.
+    copy: VecDeque<Bytes>,
+    copy_len: usize,
+    /// The answer outgrew `COPY_LIMIT`: `copy` holds only its tail.
+    truncated: bool,
+    /// The bytes of the current incomplete SSE event.
+    pending: BytesMut,
+    /// An event outgrew `EVENT_LIMIT`: the rest of the stream passes unread.
+    unframed: bool,
+    reported: Option<Usage>,
+    first_token: Option<Duration>,
+    events_inspected: u32,
+    /// An answer came and is read (see `begin`): without one there is no usage.
+    reading: bool,
+}
+
+impl UsageReader {
+    pub fn new(path: &'static str, request: Bytes, strip_usage_event: bool) -> Self {
+        Self {
+            path,
+            request,
+            strip_usage_event,
+            event_stream: false,
+            copy: VecDeque::new(),
+            copy_len: 0,
+            truncated: false,
+            pending: BytesMut::new(),
+            unframed: false,
+            reported: None,
+            first_token: None,
+            events_inspected: 0,
+            reading: false,
+        }
+    }
+
+    /// Whether this answer is read: successful answers on paths that count tokens.
+    pub fn begin(&mut self, status: u16, event_stream: bool) -> bool {
+        self.event_stream = event_stream;
+        self.reading = (200..300).contains(&status) && counts_tokens(self.path);
+        self.reading
+    }
+
+    /// When the first token arrived (streams only).
+    pub fn first_token(&self) -> Option<Duration> {
+        self.first_token
+    }
+
+    /// Takes one chunk of the answer and returns what the client gets now: the chunk itself,
+    /// unless llmux is removing its own usage event, in which case complete events minus that
+    /// one (`None` while only part of an event has arrived).
+    pub fn chunk(&mut self, chunk: Bytes, elapsed: Duration) -> Option<Bytes> {
+        self.keep_copy(chunk.clone());
+        if !self.event_stream || self.unframed {
+            return Some(chunk);
+        }
+        let data = match self.pending.is_empty() {
+            true => chunk.clone(),
+            false => {
+                self.pending.extend_from_slice(&chunk);
+                self.pending.split().freeze()
+            }
+        };
+        // Built only once an event is removed: until then the output is a slice of `data`.
+        let mut edited: Option<BytesMut> = None;
+        let mut start = 0;
+        while let Some(end) = event_end(&data[start..]).map(|end| start + end) {
+            let keep = self.event(&data[start..end], elapsed);
+            match (&mut edited, keep) {
+                (Some(out), true) => out.extend_from_slice(&data[start..end]),
+                (Some(_), false) => {}
+                (None, true) => {}
+                (None, false) => edited = Some(BytesMut::from(&data[..start])),
+            }
+            start = end;
+        }
+        let rest = &data[start..];
+        if rest.len() > EVENT_LIMIT {
+            // Not SSE as llmux knows it: stop reading and hold nothing back.
+            self.unframed = true;
+            return match self.strip_usage_event {
+                true => Some(data),
+                false => Some(chunk),
+            };
+        }
+        self.pending.extend_from_slice(rest);
+        if !self.strip_usage_event {
+            return Some(chunk);
+        }
+        let out = match edited {
+            None => data.slice(..start),
+            Some(out) => out.freeze(),
+        };
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// At the end of the answer: what is still held back (an event without its blank line).
+    pub fn flush(&mut self, elapsed: Duration) -> Option<Bytes> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let rest = self.pending.split().freeze();
+        let keep = self.event(&rest, elapsed);
+        (self.strip_usage_event && keep).then_some(rest)
+    }
+
+    /// The answer's usage: as reported, else estimated from the request and what the answer said.
+    pub fn finish(&mut self) -> Option<Usage> {
+        if !self.reading {
+            return None;
+        }
+        if !self.event_stream && self.reported.is_none() {
+            self.reported = json_usage(&self.copied());
+        }
+        if let Some(usage) = self.reported {
+            return Some(usage);
+        }
+        let answer = match self.truncated {
+            true => String::new(),
+            false => match self.event_stream {
+                true => stream_text(&self.copied()),
+                false => answer_text(&self.copied()),
+            },
+        };
+        Some(Usage {
+            prompt: count_tokens(&request_text(&self.request)),
+            completion: count_tokens(&answer),
+            cached: 0,
+            reasoning: 0,
+            estimated: true,
+        })
+    }
+
+    /// Keeps the chunk (a reference, not a copy); past `COPY_LIMIT`, only the last chunks that
+    /// make up at least `TAIL_BYTES`.
+    fn keep_copy(&mut self, chunk: Bytes) {
+        self.copy_len += chunk.len();
+        self.copy.push_back(chunk);
+        if self.copy_len <= COPY_LIMIT {
+            return;
+        }
+        self.truncated = true;
+        while let Some(front) = self.copy.front() {
+            if self.copy_len - front.len() < TAIL_BYTES {
+                break;
+            }
+            self.copy_len -= front.len();
+            self.copy.pop_front();
+        }
+    }
+
+    /// The kept chunks as one slice.
+    fn copied(&self) -> Cow<'_, [u8]> {
+        match self.copy.len() {
+            0 => Cow::Borrowed(&[]),
+            1 => Cow::Borrowed(&self.copy[0]),
+            _ => Cow::Owned(
+                self.copy
+                    .iter()
+                    .flat_map(|chunk| chunk.iter().copied())
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Reads one complete SSE event; false when it is llmux's own usage event, to be removed.
+    fn event(&mut self, event: &[u8], elapsed: Duration) -> bool {
+        let Some(data) = event_data(event) else {
+            return true;
+        };
+        let has_usage = carries_usage(data);
+        let look_for_token =
+            self.first_token.is_none() && self.events_inspected < FIRST_TOKEN_EVENTS;
+        if !has_usage && !look_for_token {
+            return true;
+        }
+        let Ok(event) = serde_json::from_slice::<Event<'_>>(data) else {
+            return true;
+        };
+        if look_for_token {
+            self.events_inspected += 1;
+            if event.has_token() {
+                self.first_token = Some(elapsed);
+            }
+        }
+        if !has_usage {
+            return true;
+        }
+        let reported = match event.kind.as_deref() {
+            Some("response.completed" | "response.incomplete" | "response.failed") => {
+                event.response.and_then(|response| response.usage)
+            }
+            _ => event.usage,
+        };
+        if let Some(usage) = reported {
+            self.reported = Some(usage.into());
+        }
+        let usage_only = event.choices.as_ref().is_some_and(Vec::is_empty);
+        !(self.strip_usage_event && usage_only)
+    }
+}
+
+/// The end of the first complete event in `bytes` (after its blank line).
+fn event_end(bytes: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(newline) = memchr::memchr(b'\n', &bytes[from..]).map(|i| from + i) {
+        match bytes.get(newline + 1..) {
+            Some([b'\n', ..]) => return Some(newline + 2),
+            Some([b'\r', b'\n', ..]) => return Some(newline + 3),
+            _ => from = newline + 1,
+        }
+    }
+    None
+}
+
+/// The `data:` payload of an event (its first data line: OpenAI-style events have one).
+fn event_data(event: &[u8]) -> Option<&[u8]> {
+    let mut rest = event;
+    while !rest.is_empty() {
+        let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+        let line = &rest[..end];
+        rest = rest.get(end + 1..).unwrap_or_default();
+        let Some(data) = line.strip_prefix(b"data:") else {
+            continue;
+        };
+        let data = data.strip_prefix(b" ").unwrap_or(data);
+        let data = data.strip_suffix(b"\r").unwrap_or(data);
+        return data.starts_with(b"{").then_some(data);
+    }
+    None
+}
+
+static STREAM_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"stream\""));
+static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+
+/// Whether the event has `"usage":{`: chunks of a stream with usage carry `"usage":null` until
+/// the last one.
+fn carries_usage(data: &[u8]) -> bool {
+    USAGE_KEY.find_iter(data).any(|at| {
+        data[at + 7..]
+            .iter()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'))
+            == Some(&b'{')
+    })
+}
+
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(default)]
+    usage: Option<ReportedUsage>,
+    #[serde(borrow, default)]
+    choices: Option<Vec<Choice<'a>>>,
+    #[serde(borrow, rename = "type", default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    response: Option<ResponseUsage>,
+    #[serde(borrow, default)]
+    delta: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<Delta<'a>>,
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    reasoning: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tool_calls: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ResponseUsage {
+    #[serde(default)]
+    usage: Option<ReportedUsage>,
+}
+
+impl Event<'_> {
+    fn has_token(&self) -> bool {
+        let choices = self.choices.iter().flatten();
+        let from_choices = choices.into_iter().any(|choice| {
+            let delta = choice.delta.as_ref();
+            [
+                delta.and_then(|d| d.content),
+                delta.and_then(|d| d.reasoning_content),
+                delta.and_then(|d| d.reasoning),
+                delta.and_then(|d| d.tool_calls),
+                choice.text,
+            ]
+            .into_iter()
+            .any(non_empty)
+        });
+        let from_delta = self
+            .kind
+            .as_deref()
+            .is_some_and(|kind| kind.ends_with(".delta"))
+            && self.delta.is_some_and(|delta| non_empty(Some(delta)));
+        from_choices || from_delta
+    }
+}
+
+fn non_empty(value: Option<&RawValue>) -> bool {
+    value.is_some_and(|raw| !matches!(raw.get(), "null" | "\"\"" | "[]"))
+}
+
+/// `usage` as chat, completions, embeddings, responses and transcriptions report it.
+#[derive(Debug, Default, Deserialize)]
+struct ReportedUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<Details>,
+    #[serde(default)]
+    input_tokens_details: Option<Details>,
+    #[serde(default)]
+    completion_tokens_details: Option<Details>,
+    #[serde(default)]
+    output_tokens_details: Option<Details>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Details {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+impl From<ReportedUsage> for Usage {
+    fn from(usage: ReportedUsage) -> Self {
+        let prompt_details = usage.prompt_tokens_details.or(usage.input_tokens_details);
+        let completion_details = usage
+            .completion_tokens_details
+            .or(usage.output_tokens_details);
+        Self {
+            prompt: usage.prompt_tokens.or(usage.input_tokens).unwrap_or(0),
+            completion: usage.completion_tokens.or(usage.output_tokens).unwrap_or(0),
+            cached: prompt_details.and_then(|d| d.cached_tokens).unwrap_or(0),
+            reasoning: completion_details
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+            estimated: false,
+        }
+    }
+}
+
+/// `usage` of a JSON answer: the value of its last `"usage"` key. OpenAI-style answers put it at
+/// the top level, after the content, and a `"usage"` inside a string is escaped, so searching
+/// from the end finds it without parsing the whole answer (embeddings answers run to megabytes).
+fn json_usage(answer: &[u8]) -> Option<Usage> {
+    let mut end = answer.len();
+    while let Some(at) = memmem::rfind(&answer[..end], b"\"usage\"") {
+        end = at;
+        let rest = &answer[at + 7..];
+        let Some(colon) = rest.iter().position(|b| !b.is_ascii_whitespace()) else {
+            continue;
+        };
+        if rest[colon] != b':' {
+            continue;
+        }
+        let mut values = serde_json::Deserializer::from_slice(&rest[colon + 1..])
+            .into_iter::<Option<ReportedUsage>>();
+        return values.next()?.ok().flatten().map(Usage::from);
+    }
+    None
+}
+
+static O200K_BASE: LazyLock<Option<CoreBPE>> = LazyLock::new(|| {
+    tiktoken_rs::o200k_base()
+        .inspect_err(|error| tracing::error!(%error, "cannot build the o200k_base tokenizer"))
+        .ok()
+});
+
+/// Tokens of `text` with o200k_base.
+pub fn count_tokens(text: &str) -> u64 {
+    if text.is_empty() {
+        return 0;
+    }
+    O200K_BASE
+        .as_ref()
+        .map_or(0, |bpe| bpe.encode_ordinary(text).len() as u64)
+}
+
+/// The text a request sends the model: messages, prompt, input, instructions.
+pub fn request_text(body: &[u8]) -> String {
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        return String::new();
+    };
+    let mut text = String::new();
+    collect_text(
+        &request,
+        &[
+            "messages",
+            "content",
+            "text",
+            "prompt",
+            "input",
+            "instructions",
+        ],
+        &mut text,
+    );
+    text
+}
+
+/// Keys under which answers carry generated text.
+const ANSWER_KEYS: &[&str] = &[
+    "choices",
+    "message",
+    "delta",
+    "content",
+    "text",
+    "reasoning_content",
+    "refusal",
+    "tool_calls",
+    "function",
+    "arguments",
+    "output",
+];
+
+fn answer_text(body: &[u8]) -> String {
+    let Ok(answer) = serde_json::from_slice::<Value>(body) else {
+        return String::new();
+    };
+    let mut text = String::new();
+    collect_text(&answer, ANSWER_KEYS, &mut text);
+    text
+}
+
+/// The text of a stream's events: chat and completions deltas, Responses API text deltas.
+fn stream_text(stream: &[u8]) -> String {
+    let mut text = String::new();
+    let mut rest = stream;
+    while !rest.is_empty() {
+        let end = event_end(rest).unwrap_or(rest.len());
+        let Some(event) =
+            event_data(&rest[..end]).and_then(|d| serde_json::from_slice::<Value>(d).ok())
+        else {
+            rest = &rest[end..];
+            continue;
+        };
+        match event.get("type").and_then(Value::as_str) {
+            Some(kind) if kind.ends_with("text.delta") => {
+                collect_pieces(&event["delta"], &[], "", &mut text);
+            }
+            Some(_) => {}
+            None => collect_pieces(&event, ANSWER_KEYS, "", &mut text),
+        }
+        rest = &rest[end..];
+    }
+    text
+}
+
+/// Appends every string found under `keys` (through arrays and nested objects) to `out`, each
+/// followed by a newline.
+fn collect_text(value: &Value, keys: &[&str], out: &mut String) {
+    collect_pieces(value, keys, "\n", out);
+}
+
+/// As `collect_text`, with `separator` after each string (none for the pieces of a stream).
+fn collect_pieces(value: &Value, keys: &[&str], separator: &str, out: &mut String) {
+    match value {
+        Value::String(text) => {
+            out.push_str(text);
+            out.push_str(separator);
+        }
+        Value::Array(items) => items
+            .iter()
+            .for_each(|item| collect_pieces(item, keys, separator, out)),
+        Value::Object(members) => members
+            .iter()
+            .filter(|(key, _)| keys.contains(&key.as_str()))
+            .for_each(|(_, member)| collect_pieces(member, keys, separator, out)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_ask(path: &str, body: &str, expected: Option<&str>) {
+        let out = ask_for_usage(path, &Bytes::from(body.to_owned()));
+        let out = out.map(|b| String::from_utf8(b.to_vec()).unwrap());
+        assert_eq!(out.as_deref(), expected, "{body}");
+    }
+
+    #[test]
+    fn include_usage_is_added_only_to_streams_that_lack_it() {
+        let chat = "v1/chat/completions";
+        check_ask(
+            chat,
+            r#"{"model":"m","stream":true}"#,
+            Some(r#"{"stream_options":{"include_usage":true},"model":"m","stream":true}"#),
+        );
+        check_ask(
+            "v1/completions",
+            r#" {"model":"m","stream": true,"stream_options":null}"#,
+            Some(r#" {"model":"m","stream": true,"stream_options":{"include_usage":true}}"#),
+        );
+        check_ask(
+            chat,
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":false},"x":1}"#,
+            Some(r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"x":1}"#),
+        );
+        check_ask(
+            chat,
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
+            None,
+        );
+        check_ask(chat, r#"{"model":"m","stream":false}"#, None);
+        check_ask(chat, r#"{"model":"m","messages":[]}"#, None);
+        check_ask(
+            chat,
+            r#"{"model":"m","stream":true,"stream_options":3}"#,
+            None,
+        );
+        check_ask("v1/responses", r#"{"model":"m","stream":true}"#, None);
+    }
+
+    fn run(reader: &mut UsageReader, chunks: &[&str]) -> String {
+        assert!(reader.begin(200, true));
+        let mut out = String::new();
+        for chunk in chunks {
+            if let Some(bytes) = reader.chunk(Bytes::from(chunk.to_string()), Duration::ZERO) {
+                out.push_str(std::str::from_utf8(&bytes).unwrap());
+            }
+        }
+        if let Some(bytes) = reader.flush(Duration::ZERO) {
+            out.push_str(std::str::from_utf8(&bytes).unwrap());
+        }
+        out
+    }
+
+    const CHUNK: &str =
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n";
+    const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":4,\"prompt_tokens_details\":{\"cached_tokens\":2}}}\n\n";
+    const DONE: &str = "data: [DONE]\n\n";
+
+    #[test]
+    fn the_usage_event_llmux_asked_for_is_removed_wherever_chunks_split() {
+        let whole = format!("{CHUNK}{USAGE}{DONE}");
+        for split in 0..whole.len() {
+            let mut reader = UsageReader::new("v1/chat/completions", Bytes::new(), true);
+            let out = run(&mut reader, &[&whole[..split], &whole[split..]]);
+            assert_eq!(out, format!("{CHUNK}{DONE}"), "split at {split}");
+            let usage = reader.finish().unwrap();
+            assert_eq!(
+                (
+                    usage.prompt,
+                    usage.completion,
+                    usage.cached,
+                    usage.estimated
+                ),
+                (9, 4, 2, false)
+            );
+        }
+    }
+
+    #[test]
+    fn a_client_that_asked_for_usage_gets_the_stream_untouched() {
+        let mut reader = UsageReader::new("v1/chat/completions", Bytes::new(), false);
+        let whole = format!("{CHUNK}{USAGE}{DONE}");
+        let out = run(&mut reader, &[&whole[..10], &whole[10..]]);
+        assert_eq!(out, whole);
+        assert_eq!(reader.finish().unwrap().prompt, 9);
+    }
+
+    #[test]
+    fn responses_streams_report_usage_in_response_completed() {
+        let mut reader = UsageReader::new("v1/responses", Bytes::new(), false);
+        let events = [
+            "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"usage\":null}}\n\n",
+            "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\n",
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":7,\"output_tokens\":3,\"output_tokens_details\":{\"reasoning_tokens\":1}}}}\n\n",
+        ];
+        run(&mut reader, &events);
+        let usage = reader.finish().unwrap();
+        assert_eq!((usage.prompt, usage.completion, usage.reasoning), (7, 3, 1));
+    }
+
+    #[test]
+    fn json_usage_is_the_value_of_the_last_usage_key() {
+        let answer =
+            br#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#;
+        assert_eq!(json_usage(answer).unwrap().completion, 2);
+        assert_eq!(json_usage(&answer[10..]).unwrap().prompt, 5);
+        assert_eq!(json_usage(b"{\"x\":1}"), None);
+        assert_eq!(json_usage(br#"{"usage":null}"#), None);
+        let tricky = br#"{"usage":{"prompt_tokens":1},"choices":[{"message":{"content":"say \"usage\": 5","role":"usage"}}]}"#;
+        assert_eq!(json_usage(tricky).unwrap().prompt, 1);
+    }
+
+    #[test]
+    fn answers_without_usage_are_estimated_with_o200k_base() {
+        let request = r#"{"model":"m","messages":[{"role":"user","content":"Hello there"}]}"#;
+        let mut reader = UsageReader::new("v1/chat/completions", Bytes::from(request), false);
+        assert!(reader.begin(200, false));
+        let answer = r#"{"choices":[{"message":{"role":"assistant","content":"General Kenobi"}}]}"#;
+        reader.chunk(Bytes::from(answer), Duration::ZERO);
+        let usage = reader.finish().unwrap();
+        assert!(usage.estimated);
+        assert_eq!(usage.prompt, count_tokens("Hello there\n"));
+        assert_eq!(usage.completion, count_tokens("General Kenobi\n"));
+        assert!(usage.prompt > 0 && usage.completion > 0);
+    }
+
+    #[test]
+    fn a_request_that_got_no_answer_has_no_usage() {
+        let request = r#"{"model":"m","prompt":"Hello there"}"#;
+        let mut reader = UsageReader::new("v1/completions", Bytes::from(request), false);
+        assert_eq!(reader.finish(), None);
+        assert!(!reader.begin(502, false));
+        assert_eq!(reader.finish(), None);
+    }
+}
