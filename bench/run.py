@@ -220,7 +220,7 @@ http {{
                                 {"path": "v1/chat/completions", "target_model_name": "bench-target"},
                                 {"path": "v1/audio/transcriptions", "target_model_name": "bench-target"}]}}}}, f)
     llmux = spawn([os.path.join(RELEASE, "llmux"), "--config-dir", configs, "--port", str(llmux_port),
-                   "--workers", "1", "--log", "warn"], PROXY_CPU, stdout=subprocess.DEVNULL)
+                   "--workers", "1", "--log", "warn", "--max-upload-bytes", str(1 << 30)], PROXY_CPU, stdout=subprocess.DEVNULL)
     wait_port(llmux_port)
     time.sleep(0.5)
     idle_rss = rss_mb(llmux.pid)

@@ -16,7 +16,7 @@ use super::adapt::{self, Finding, Sources};
 use super::locate::{display_path, locate, position_of, Position, Segment};
 use super::schema::{ConfigFile, ENDPOINT_KEYS, MODEL_KEYS, PROVIDER_KEYS};
 use crate::routing::endpoint::{
-    join_url, normalize_path, Endpoint, UpstreamImageFormat, DEFAULT_MAX_RETRIES,
+    identity_of, join_url, normalize_path, Endpoint, UpstreamImageFormat, DEFAULT_MAX_RETRIES,
 };
 use crate::secret::ApiKey;
 
@@ -314,6 +314,8 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                         }
                     }
                 };
+                let identity =
+                    identity_of(provider_name, &endpoint.target_model_name, &upstream_uri);
                 endpoints.push(Endpoint {
                     provider: Arc::clone(&provider_arc),
                     exposed_model: Arc::clone(&exposed),
@@ -344,6 +346,7 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                     max_retries,
                     breaker: Default::default(),
                     upstream_image_format,
+                    identity,
                 });
             }
         }

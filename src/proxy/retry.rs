@@ -248,9 +248,7 @@ async fn finish(
     };
     let headers = response.headers_mut();
     headers.insert(X_LLMUX_ATTEMPTS, HeaderValue::from(attempts));
-    if let Ok(value) = HeaderValue::from_str(&member.identity()) {
-        headers.insert(X_LLMUX_UPSTREAM, value);
-    }
+    headers.insert(X_LLMUX_UPSTREAM, member.identity.clone());
     response
 }
 

@@ -64,6 +64,8 @@ pub struct Endpoint {
     pub max_retries: u32,
     /// Passive health: lives as long as the endpoint, so it survives other files' reloads.
     pub breaker: Breaker,
+    /// `identity()`, built once at load: it goes out in every answer's `x-llmux-upstream`.
+    pub identity: HeaderValue,
     /// How the upstream is asked for images (`upstream_image_format`).
     pub upstream_image_format: UpstreamImageFormat,
 }
@@ -88,12 +90,8 @@ impl Endpoint {
 
     /// `provider/target_model@host:port`: names the endpoint in headers and logs without the
     /// URL's path, query or any credentials it may carry.
-    pub fn identity(&self) -> String {
-        let host = self.upstream_uri.host().unwrap_or("");
-        match self.upstream_uri.port_u16() {
-            Some(port) => format!("{}/{}@{host}:{port}", self.provider, self.target_model_name),
-            None => format!("{}/{}@{host}", self.provider, self.target_model_name),
-        }
+    pub fn identity(&self) -> &str {
+        self.identity.to_str().unwrap_or("")
     }
 
     /// The upstream URI for a path other than the endpoint's own, on the same base URL.
@@ -132,6 +130,16 @@ impl Endpoint {
             headers.insert(self.auth_header.clone(), authorization.clone());
         }
     }
+}
+
+/// `provider/target_model@host:port` of an endpoint (see `Endpoint::identity`).
+pub fn identity_of(provider: &str, target_model_name: &str, uri: &Uri) -> HeaderValue {
+    let host = uri.host().unwrap_or("");
+    let text = match uri.port_u16() {
+        Some(port) => format!("{provider}/{target_model_name}@{host}:{port}"),
+        None => format!("{provider}/{target_model_name}@{host}"),
+    };
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("upstream"))
 }
 
 /// Joins a base URL and an OpenAI path the way fast-openai-api-proxy does: one slash between.
@@ -182,6 +190,7 @@ pub(crate) mod tests {
             max_retries: DEFAULT_MAX_RETRIES,
             breaker: Breaker::default(),
             upstream_image_format: Default::default(),
+            identity: actix_web::http::header::HeaderValue::from_static("p/t@127.0.0.1:1"),
         }
     }
 

@@ -155,6 +155,7 @@ mod tests {
             max_retries: 2,
             breaker: Default::default(),
             upstream_image_format: Default::default(),
+            identity: actix_web::http::header::HeaderValue::from_static("p/t@127.0.0.1:1"),
         }
     }
 
