@@ -48,19 +48,26 @@ async fn chat(request: HttpRequest, body: Bytes) -> HttpResponse {
             .content_type("application/json")
             .body(answer);
     }
+    // Like OpenAI and vLLM: a usage event before [DONE] when the request asks for it.
+    let usage = contains(&body, b"\"include_usage\":true");
     let chunks = header_number(&request, "x-mock-chunks", 20);
     let gap = Duration::from_millis(header_number(&request, "x-mock-gap-ms", 20));
     let events = futures_util::stream::unfold(0u64, move |sent| {
         let model = model.clone();
         async move {
-            if sent > chunks {
+            if sent > chunks + u64::from(usage) {
                 return None;
             }
             if sent > 0 {
                 tokio::time::sleep(gap).await;
             }
-            let frame = if sent == chunks {
+            let frame = if sent == chunks + u64::from(usage) {
                 Bytes::from_static(b"data: [DONE]\n\n")
+            } else if sent == chunks {
+                Bytes::from(format!(
+                    "data: {{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"{model}\",\"choices\":[],\"usage\":{{\"prompt_tokens\":9,\"completion_tokens\":{chunks},\"total_tokens\":{}}}}}\n\n",
+                    chunks + 9
+                ))
             } else {
                 Bytes::from(format!(
                     "data: {{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"{model}\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token{sent} \"}},\"finish_reason\":null}}]}}\n\n"
