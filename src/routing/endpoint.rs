@@ -162,33 +162,45 @@ pub(crate) mod tests {
 
     /// An endpoint of provider `p` at 127.0.0.1:1 with the given weight.
     pub(crate) fn endpoint_with_weight(weight: f64) -> Endpoint {
+        let uri: Uri = "http://user:secret@127.0.0.1:1/v1/x".parse().unwrap();
+        Endpoint {
+            weight,
+            base_url: "http://user:secret@127.0.0.1:1".into(),
+            identity: identity_of("p", "t", &uri),
+            upstream_uri: uri,
+            ..endpoint("f.json", "m", "v1/x", "t")
+        }
+    }
+
+    /// An endpoint of provider `p` at 127.0.0.1:1 for the routing tests.
+    pub(crate) fn endpoint(file: &str, model: &str, path: &str, target: &str) -> Endpoint {
         Endpoint {
             provider: Arc::from("p"),
-            exposed_model: Arc::from("m"),
-            path: "v1/x".into(),
-            target_model_name: "t".into(),
-            target_model_json: "\"t\"".into(),
-            base_url: "http://user:secret@127.0.0.1:1".into(),
-            upstream_uri: "http://user:secret@127.0.0.1:1/v1/x".parse().unwrap(),
+            exposed_model: Arc::from(model),
+            path: path.into(),
+            target_model_name: target.into(),
+            target_model_json: format!("\"{target}\"").into(),
+            base_url: "http://127.0.0.1:1".into(),
+            upstream_uri: format!("http://127.0.0.1:1/{path}").parse().unwrap(),
             upstream_host: "127.0.0.1:1".into(),
             request_timeout: Duration::from_secs(60),
             health_timeout: Duration::from_secs(60),
             key_variable: None,
             api_key: None,
             authorization: None,
-            file: Arc::from(Path::new("f.json")),
+            file: Arc::from(Path::new(file)),
             auth_header: actix_web::http::header::AUTHORIZATION,
             headers: Box::default(),
-            upstream_path: "v1/x".into(),
+            upstream_path: path.into(),
             query: None,
             drop_params: Box::default(),
             json_object_fallback: false,
             float_embeddings_upstream: false,
             model_field: true,
             health_uri: None,
-            weight,
-            max_retries: DEFAULT_MAX_RETRIES,
-            breaker: Breaker::default(),
+            weight: 1.0,
+            max_retries: 2,
+            breaker: Default::default(),
             upstream_image_format: Default::default(),
             identity: actix_web::http::header::HeaderValue::from_static("p/t@127.0.0.1:1"),
         }

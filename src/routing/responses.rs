@@ -124,40 +124,7 @@ fn is_plain_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
-
-    fn endpoint(file: &str, model: &str, path: &str, target: &str) -> Endpoint {
-        Endpoint {
-            provider: Arc::from("p"),
-            exposed_model: Arc::from(model),
-            path: path.into(),
-            target_model_name: target.into(),
-            target_model_json: format!("\"{target}\"").into(),
-            base_url: "http://127.0.0.1:1".into(),
-            upstream_uri: format!("http://127.0.0.1:1/{path}").parse().unwrap(),
-            upstream_host: "127.0.0.1:1".into(),
-            request_timeout: Duration::from_secs(60),
-            health_timeout: Duration::from_secs(60),
-            key_variable: None,
-            api_key: None,
-            authorization: None,
-            file: Arc::from(Path::new(file)),
-            auth_header: actix_web::http::header::AUTHORIZATION,
-            headers: Box::default(),
-            upstream_path: path.into(),
-            query: None,
-            drop_params: Box::default(),
-            json_object_fallback: false,
-            float_embeddings_upstream: false,
-            model_field: true,
-            health_uri: None,
-            weight: 1.0,
-            max_retries: 2,
-            breaker: Default::default(),
-            upstream_image_format: Default::default(),
-            identity: actix_web::http::header::HeaderValue::from_static("p/t@127.0.0.1:1"),
-        }
-    }
+    use crate::routing::endpoint::tests::endpoint;
 
     #[test]
     fn ids_are_bounded_in_count_oldest_first() {
