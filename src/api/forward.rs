@@ -3,14 +3,13 @@ use std::sync::Arc;
 
 use actix_web::http::header;
 use actix_web::http::Uri;
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use crate::api::responses;
 use crate::errors::ApiError;
 use crate::proxy::body::find_model;
-use crate::proxy::headers::{request_id, RequestId};
 use crate::proxy::log::AccessLog;
 use crate::proxy::retry::{forward_with_retries, Outbound};
 use crate::proxy::rewrite;
@@ -26,12 +25,7 @@ pub async fn json(
     state: web::Data<AppState>,
     client: web::Data<awc::Client>,
 ) -> HttpResponse {
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .map_or_else(|| request_id(request.headers()), |id| id.0.clone());
-    let mut log = AccessLog::start(request_id, "POST", path, request.peer_addr());
-    log.record_in(Arc::clone(&state.metrics));
+    let mut log = AccessLog::of_request(&request, "POST", path, &state.metrics);
     let prepared = prepare(path, &request, payload, &state, &mut log).await;
     match prepared {
         Ok(outbound) => {

@@ -2,9 +2,9 @@
 //! to this instance, base64 turned into cached URLs), and GET /v1/images/data/{model}/{id}.
 use std::sync::Arc;
 
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
@@ -16,7 +16,7 @@ use crate::api::forward::prepare_once as prepare;
 use crate::errors::ApiError;
 use crate::images::{image_url, CachedImage, ImageCache, IMAGE_DATA_PATH};
 use crate::proxy::forward::{is_event_stream, respond, send, upstream_request, UpstreamResponse};
-use crate::proxy::headers::{keep_response_header, request_id, RequestId};
+use crate::proxy::headers::keep_response_header;
 use crate::proxy::log::AccessLog;
 use crate::routing::endpoint::{Endpoint, UpstreamImageFormat};
 use crate::state::AppState;
@@ -32,13 +32,7 @@ pub async fn generations(
     client: web::Data<awc::Client>,
 ) -> HttpResponse {
     const PATH: &str = "v1/images/generations";
-    let mut log = AccessLog::start(
-        client_request_id(&request),
-        "POST",
-        PATH,
-        request.peer_addr(),
-    );
-    log.record_in(std::sync::Arc::clone(&state.metrics));
+    let mut log = AccessLog::of_request(&request, "POST", PATH, &state.metrics);
     let prepared = async {
         let (endpoint, uri, body) = prepare(PATH, &request, payload, &state, &mut log).await?;
         let (body, response_format) = ask_for_b64_json(body, endpoint.upstream_image_format)?;
@@ -124,13 +118,7 @@ pub async fn data(
     client: web::Data<awc::Client>,
 ) -> HttpResponse {
     let (model, id) = path.into_inner();
-    let mut log = AccessLog::start(
-        client_request_id(&request),
-        "GET",
-        IMAGE_DATA_PATH,
-        request.peer_addr(),
-    );
-    log.record_in(std::sync::Arc::clone(&state.metrics));
+    let mut log = AccessLog::of_request(&request, "GET", IMAGE_DATA_PATH, &state.metrics);
     log.model = Some(model.as_str().into());
     match find_image(&request, &model, &id, &state, &client, &mut log).await {
         Ok(Found::Image(image)) => {
@@ -298,13 +286,6 @@ pub fn rewrite_images(
         }
     }
     changed.then(|| serde_json::to_vec(&answer).ok()).flatten()
-}
-
-fn client_request_id(request: &HttpRequest) -> HeaderValue {
-    request
-        .extensions()
-        .get::<RequestId>()
-        .map_or_else(|| request_id(request.headers()), |id| id.0.clone())
 }
 
 #[cfg(test)]

@@ -5,13 +5,12 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use actix_web::http::{Method, Uri};
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::errors::ApiError;
 use crate::proxy::forward::forward;
-use crate::proxy::headers::{request_id, RequestId};
 use crate::proxy::log::AccessLog;
 use crate::routing::endpoint::Endpoint;
 use crate::routing::responses::{current, same_upstream};
@@ -80,17 +79,12 @@ async fn by_id(
     state: web::Data<AppState>,
     client: web::Data<awc::Client>,
 ) -> HttpResponse {
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .map_or_else(|| request_id(request.headers()), |id| id.0.clone());
     let method = match *request.method() {
         Method::GET => "GET",
         Method::DELETE => "DELETE",
         _ => "POST",
     };
-    let mut log = AccessLog::start(request_id, method, route.log_path, request.peer_addr());
-    log.record_in(std::sync::Arc::clone(&state.metrics));
+    let mut log = AccessLog::of_request(&request, method, route.log_path, &state.metrics);
     let id = request
         .match_info()
         .get("id")

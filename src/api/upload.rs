@@ -2,7 +2,7 @@
 //! route on the `model` field, stream the rewritten body upstream, stream the answer back.
 use actix_web::body::BodyStream;
 use actix_web::http::header;
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +11,6 @@ use crate::api::images;
 use crate::config::load::DEFAULT_TIMEOUT;
 use crate::errors::ApiError;
 use crate::proxy::forward::{respond, send, upstream_request};
-use crate::proxy::headers::{request_id, RequestId};
 use crate::proxy::log::AccessLog;
 use crate::proxy::multipart::Upload;
 use crate::state::AppState;
@@ -23,12 +22,7 @@ pub async fn upload(
     state: web::Data<AppState>,
     client: web::Data<awc::Client>,
 ) -> HttpResponse {
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .map_or_else(|| request_id(request.headers()), |id| id.0.clone());
-    let mut log = AccessLog::start(request_id, "POST", path, request.peer_addr());
-    log.record_in(std::sync::Arc::clone(&state.metrics));
+    let mut log = AccessLog::of_request(&request, "POST", path, &state.metrics);
     let prepared = async {
         // No route is known while the first parts arrive: a client silent mid-upload for the
         // default request timeout fails the upload (400).

@@ -5,6 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::HeaderValue;
+use actix_web::{HttpMessage, HttpRequest};
+
+use super::headers::{request_id, RequestId};
 
 use super::usage::{Usage, UsageReader};
 use crate::metrics::{Metrics, RequestRecord};
@@ -34,6 +37,23 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
+    /// The log of the request a handler serves: the id the middleware gave it, its client, and
+    /// counted in `metrics` (in flight until the line is written).
+    pub fn of_request(
+        request: &HttpRequest,
+        method: &'static str,
+        path: &'static str,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .map_or_else(|| request_id(request.headers()), |id| id.0.clone());
+        let mut log = Self::start(request_id, method, path, request.peer_addr());
+        log.record_in(Arc::clone(metrics));
+        log
+    }
+
     pub fn start(
         request_id: HeaderValue,
         method: &'static str,
