@@ -316,17 +316,9 @@ fn routes_of(table: &RoutingTable) -> BTreeMap<RouteKey, Vec<Arc<Endpoint>>> {
 
 fn same_members(a: &[Arc<Endpoint>], b: &[Arc<Endpoint>]) -> bool {
     a.len() == b.len()
-        && a.iter().zip(b).all(|(a, b)| {
-            Arc::ptr_eq(a, b)
-                || (a.provider == b.provider
-                    && a.target_model_name == b.target_model_name
-                    && a.upstream_uri == b.upstream_uri
-                    && a.request_timeout == b.request_timeout
-                    && a.health_timeout == b.health_timeout
-                    && a.key_variable == b.key_variable
-                    && a.api_key == b.api_key
-                    && a.file == b.file)
-        })
+        && a.iter()
+            .zip(b)
+            .all(|(a, b)| Arc::ptr_eq(a, b) || a.same_config(b))
 }
 
 fn log_summary(summary: &ReloadSummary, reason: &'static str, took: Duration) {

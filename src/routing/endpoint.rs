@@ -81,6 +81,36 @@ pub enum UpstreamImageFormat {
 }
 
 impl Endpoint {
+    /// Whether two endpoints come from the same configuration: every setting equal. Runtime state
+    /// (the breaker) and what is derived from the settings are not compared. A reload that
+    /// yields the same endpoint changes no route and keeps its breaker.
+    pub fn same_config(&self, other: &Endpoint) -> bool {
+        self.provider == other.provider
+            && self.exposed_model == other.exposed_model
+            && self.path == other.path
+            && self.target_model_name == other.target_model_name
+            && self.base_url == other.base_url
+            && self.upstream_uri == other.upstream_uri
+            && self.request_timeout == other.request_timeout
+            && self.health_timeout == other.health_timeout
+            && self.key_variable == other.key_variable
+            && self.api_key == other.api_key
+            && self.authorization == other.authorization
+            && self.file == other.file
+            && self.auth_header == other.auth_header
+            && self.headers == other.headers
+            && self.upstream_path == other.upstream_path
+            && self.query == other.query
+            && self.drop_params == other.drop_params
+            && self.json_object_fallback == other.json_object_fallback
+            && self.float_embeddings_upstream == other.float_embeddings_upstream
+            && self.model_field == other.model_field
+            && self.health_uri == other.health_uri
+            && self.weight == other.weight
+            && self.max_retries == other.max_retries
+            && self.upstream_image_format == other.upstream_image_format
+    }
+
     /// The upstream URI for a path other than the endpoint's own, on the same base URL. A path
     /// under the endpoint's own (`v1/responses/ID`) lands under its `target_path`.
     /// True while the circuit breaker keeps this endpoint out of its pool (for /health/{model}).

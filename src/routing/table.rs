@@ -215,7 +215,7 @@ fn keep_unchanged(old: &[Arc<Endpoint>], new: Vec<Arc<Endpoint>>) -> Vec<Arc<End
             let same = old
                 .iter()
                 .enumerate()
-                .find(|(index, candidate)| !taken[*index] && same_endpoint(candidate, &endpoint));
+                .find(|(index, candidate)| !taken[*index] && candidate.same_config(&endpoint));
             match same {
                 Some((index, candidate)) => {
                     taken[index] = true;
@@ -238,21 +238,7 @@ fn same_members(previous: &ModelRoutes, members: &[&Arc<Endpoint>]) -> bool {
     old.len() == members.len()
         && old
             .iter()
-            .all(|endpoint| members.iter().any(|m| same_endpoint(endpoint, m)))
-}
-
-fn same_endpoint(a: &Endpoint, b: &Endpoint) -> bool {
-    a.provider == b.provider
-        && a.path == b.path
-        && a.target_model_name == b.target_model_name
-        && a.upstream_uri == b.upstream_uri
-        && a.request_timeout == b.request_timeout
-        && a.health_timeout == b.health_timeout
-        && a.key_variable == b.key_variable
-        && a.api_key == b.api_key
-        && a.file == b.file
-        && a.weight == b.weight
-        && a.max_retries == b.max_retries
+            .all(|endpoint| members.iter().any(|m| endpoint.same_config(m)))
 }
 
 fn unix_now() -> u64 {
@@ -341,6 +327,26 @@ mod tests {
                 .pick()
                 .target_model_name,
             "from-b"
+        );
+    }
+
+    #[test]
+    fn a_change_to_any_setting_is_published() {
+        // Regression: provider-adaptation settings (issue #8) were once not compared, so a reload
+        // that only changed drop_params kept serving the old endpoint.
+        let table = RoutingTable::new();
+        table.replace_file(
+            Path::new("a.json"),
+            vec![endpoint("a.json", "m", "v1/x", "t")],
+        );
+        let mut changed = endpoint("a.json", "m", "v1/x", "t");
+        changed.drop_params = vec![Box::from("logprobs")].into_boxed_slice();
+        let change = table.replace_file(Path::new("a.json"), vec![changed]);
+        assert_eq!(change.models_changed, vec!["m"]);
+        let pool = table.lookup("m").unwrap();
+        assert_eq!(
+            &*pool.pool("v1/x").unwrap().members()[0].drop_params[0],
+            "logprobs"
         );
     }
 
