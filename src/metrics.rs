@@ -348,7 +348,7 @@ impl Metrics {
                 .observe(first_byte.as_secs_f64());
         }
         if request.endpoint.is_some() {
-            self.record_upstream(request);
+            self.record_attempt(request.outcome, request.status);
         }
         if let Some(usage) = request.usage {
             self.record_usage(&model, &provider, usage, request);
@@ -363,26 +363,16 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts an upstream attempt that was retried; the last attempt of a request is counted with
-    /// the request. `outcome` and `error` as in `record_upstream`.
-    pub fn record_retried_attempt(&self, outcome: &'static str, error: Option<&'static str>) {
-        self.upstream_attempts
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc();
-        if let Some(kind) = error {
-            self.upstream_errors
-                .get_or_create(&KindLabels { kind })
-                .inc();
-        }
-    }
-
-    fn record_upstream(&self, request: &RequestRecord<'_>) {
-        let (outcome, error) = match request.outcome {
+    /// Counts one upstream attempt by how it ended: `outcome` as the access log names it
+    /// (`upstream_timeout`, `upstream_unreachable`, ...) and the status that came back (0: none).
+    /// A request's last attempt is counted with the request; the retry loop counts the others.
+    pub fn record_attempt(&self, outcome: &str, status: u16) {
+        let (outcome, error) = match outcome {
             "upstream_timeout" => ("timeout", Some("timeout")),
             "upstream_unreachable" => ("unreachable", Some("unreachable")),
             "upstream_body_error" => ("response", Some("body")),
             "upstream_idle_timeout" => ("response", Some("idle_timeout")),
-            _ if request.status >= 500 => ("response", Some("status_5xx")),
+            _ if status >= 500 => ("response", Some("status_5xx")),
             _ => ("response", None),
         };
         self.upstream_attempts

@@ -147,15 +147,10 @@ pub async fn forward_with_retries(
         }
         tracing::warn!(request_id = log.request_id(), attempt, member = %member.identity(), outcome, wait_ms = wait.as_millis() as u64, next = %pool.members()[next].identity(), "upstream attempt failed; retrying");
         if let Some(metrics) = &log.metrics {
-            let (outcome, error) = match &result {
-                Err(ApiError::UpstreamTimeout { .. }) => ("timeout", Some("timeout")),
-                Err(_) => ("unreachable", Some("unreachable")),
-                Ok(response) if response.status().is_server_error() => {
-                    ("response", Some("status_5xx"))
-                }
-                Ok(_) => ("response", None),
-            };
-            metrics.record_retried_attempt(outcome, error);
+            match &result {
+                Ok(response) => metrics.record_attempt("retried", response.status().as_u16()),
+                Err(error) => metrics.record_attempt(failure_outcome(error), 0),
+            }
         }
         if let Ok(response) = result {
             discard(response, deadline).await;
