@@ -11,7 +11,7 @@ use crate::api::responses;
 use crate::errors::ApiError;
 use crate::proxy::body::find_model;
 use crate::proxy::log::AccessLog;
-use crate::proxy::retry::{forward_with_retries, Outbound};
+use crate::proxy::retry::{forward_with_retries, upstream_uri, Outbound};
 use crate::proxy::rewrite;
 use crate::proxy::usage;
 use crate::routing::endpoint::Endpoint;
@@ -114,12 +114,7 @@ pub(crate) fn route_once(
         .pool(route_path)
         .ok_or_else(|| ApiError::Internal(format!("no pool for /{route_path}")))?;
     let endpoint = Arc::clone(&pool.members()[pool.select(None)]);
-    let uri = match upstream_path {
-        None => endpoint.upstream_uri.clone(),
-        Some(path) => endpoint
-            .uri_for(path)
-            .map_err(|e| ApiError::Internal(e.to_string()))?,
-    };
+    let uri = upstream_uri(&endpoint, upstream_path)?;
     Ok((endpoint, uri))
 }
 

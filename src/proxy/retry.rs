@@ -161,7 +161,8 @@ pub async fn forward_with_retries(
     }
 }
 
-fn upstream_uri(member: &Endpoint, path: Option<&str>) -> Result<Uri, ApiError> {
+/// The member's URI for the route's own path (`None`) or for another path on the same upstream.
+pub fn upstream_uri(member: &Endpoint, path: Option<&str>) -> Result<Uri, ApiError> {
     match path {
         None => Ok(member.upstream_uri.clone()),
         Some(path) => member
