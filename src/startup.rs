@@ -19,8 +19,9 @@ use crate::errors;
 use crate::health::HealthProbes;
 use crate::images::ImageCache;
 use crate::metrics::Metrics;
+use crate::pipeline::admit::Admitter;
+use crate::pipeline::attempt::RetryPolicy;
 use crate::proxy::headers::{request_id, RequestId, X_REQUEST_ID};
-use crate::proxy::retry::RetryPolicy;
 use crate::routing::breaker::BreakerPolicy;
 use crate::routing::table::RoutingTable;
 use crate::state::AppState;
@@ -52,11 +53,7 @@ impl Application {
             );
         }
         let table = Arc::new(RoutingTable::new());
-        let live = Arc::new(LiveConfig::new(
-            &args.config_dir,
-            Arc::clone(&table),
-            Arc::clone(&env),
-        ));
+        let live = Arc::new(LiveConfig::new(&args.config_dir, Arc::clone(&table), env));
         // Start-up and the watcher load through the same code.
         let started = std::time::Instant::now();
         let summary = live
@@ -87,10 +84,8 @@ impl Application {
             .to_owned();
         let state = web::Data::new(AppState {
             table,
-            config_dir: args.config_dir.clone(),
             base_url,
             max_body_bytes: args.max_body_bytes,
-            env,
             live: Arc::clone(&live),
             responses: Arc::default(),
             health: Arc::new(HealthProbes::new(args.health_cache_ttl)),
@@ -107,6 +102,7 @@ impl Application {
                 args.image_cache_bytes,
                 args.image_cache_ttl,
             )),
+            admitter: Admitter::default(),
             metrics,
         });
         let tls = Arc::new(tls_config()?);
@@ -132,6 +128,9 @@ impl Application {
                 .configure(api::configure)
                 .default_service(web::to(errors::unknown_route))
         })
+        // A client that closes its connection ends its request at once, even before the answer's
+        // head: the handler is dropped, which cancels the upstream request (status 499).
+        .h1_allow_half_closed(false)
         // Signals are the binary's business (`run_until_signalled`): tests start many apps in one process.
         .disable_signals()
         .shutdown_timeout(args.shutdown_grace.as_secs().max(1))

@@ -63,9 +63,19 @@ pub fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
-/// Whether an upstream response header goes back to the client.
-pub fn keep_response_header(name: &HeaderName) -> bool {
-    !DROPPED_RESPONSE.contains(&name.as_str())
+/// Whether the upstream response header `name` (one of `headers`) goes back to the client: not a
+/// hop-by-hop header, neither a static one nor one the upstream's `Connection` names.
+pub fn keep_response_header(headers: &HeaderMap, name: &HeaderName) -> bool {
+    !DROPPED_RESPONSE.contains(&name.as_str()) && !named_by_connection(headers, name)
+}
+
+/// Copies the upstream response headers that go back to the client.
+pub fn copy_response_headers(from: &HeaderMap, to: &mut actix_web::HttpResponseBuilder) {
+    for (name, value) in from.iter() {
+        if keep_response_header(from, name) {
+            to.append_header((name.clone(), value.clone()));
+        }
+    }
 }
 
 /// The request id of the request being served, put in the request's extensions by the
@@ -132,6 +142,23 @@ mod tests {
                 "user-agent"
             ]
         );
+    }
+
+    #[test]
+    fn response_headers_named_by_connection_stay_behind() {
+        // Issue 12: only the static hop-by-hop list was checked on the response side.
+        let from = map(&[
+            ("connection", "close, x-upstream-hop"),
+            ("x-upstream-hop", "1"),
+            ("content-type", "application/json"),
+            ("x-ratelimit-remaining-requests", "9"),
+        ]);
+        let kept: Vec<&str> = from
+            .keys()
+            .filter(|name| keep_response_header(&from, name))
+            .map(|name| name.as_str())
+            .collect();
+        assert_eq!(kept, ["content-type", "x-ratelimit-remaining-requests"]);
     }
 
     #[test]

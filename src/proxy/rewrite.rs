@@ -6,7 +6,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
-use actix_web::body::{self, BoxBody};
+use actix_web::body;
 use actix_web::http::header;
 use actix_web::HttpResponse;
 use base64::Engine;
@@ -16,10 +16,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::body::splice;
-use super::capture::{AnswerKind, CaptureResponseId};
 use crate::errors::ApiError;
-use crate::routing::endpoint::Endpoint;
-use crate::routing::responses::ResponseOwners;
+use crate::pipeline::operation::Operation;
+use crate::routing::endpoint::{Endpoint, UpstreamImageFormat};
 
 /// The largest upstream embeddings answer read whole to encode it as base64.
 pub const MAX_EMBEDDINGS_ANSWER: usize = 256 * 1024 * 1024;
@@ -31,18 +30,38 @@ pub struct AnswerRewrite {
     pub base64_embeddings: bool,
     /// A Responses API request: remember which endpoint created the response.
     pub capture_response_id: bool,
+    /// An images request: its answer's images become URLs of this instance.
+    pub images: Option<ImagesAnswer>,
+}
+
+/// What the client of an images request wants back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImagesAnswer {
+    /// The client asked for URLs (the default), not `b64_json`.
+    pub wants_url: bool,
+}
+
+impl ImagesAnswer {
+    /// From the `response_format` the client asked for.
+    pub fn asked(response_format: Option<&str>) -> Self {
+        Self {
+            wants_url: !matches!(response_format, Some(format) if format != "url"),
+        }
+    }
 }
 
 /// Rewrites a request body for `endpoint`: the model (unless `model_field: false`), then
-/// `drop_params`, `response_format_fallback` and `upstream_embedding_format`.
+/// `drop_params`, `response_format_fallback`, `upstream_embedding_format` and
+/// `upstream_image_format`.
 pub fn request(
     endpoint: &Endpoint,
-    path: &str,
+    operation: Operation,
     body: &Bytes,
     model_span: Range<usize>,
 ) -> Result<(Bytes, AnswerRewrite), ApiError> {
+    let path = operation.path();
     let mut answer = AnswerRewrite {
-        capture_response_id: path == "v1/responses",
+        capture_response_id: operation.creates_response(),
         ..AnswerRewrite::default()
     };
     let mut body = match endpoint.model_field {
@@ -68,7 +87,41 @@ pub fn request(
             }
         }
     }
+    if operation == Operation::ImagesGenerations {
+        let (asked, rewritten) = ask_for_b64_json(&body, endpoint.upstream_image_format)?;
+        answer.images = Some(ImagesAnswer::asked(asked.as_deref()));
+        body = rewritten;
+    }
     Ok((body, answer))
+}
+
+/// For `b64_json` endpoints, sets `response_format` to `b64_json` (splicing its value, or
+/// adding the member first) and returns what the client asked for; every other byte stays.
+fn ask_for_b64_json(
+    body: &Bytes,
+    format: UpstreamImageFormat,
+) -> Result<(Option<String>, Bytes), ApiError> {
+    let top = members(body, 0..body.len())?;
+    let existing = find(&top, "response_format");
+    let asked =
+        existing.and_then(|m| serde_json::from_slice::<String>(&body[m.value.clone()]).ok());
+    if format != UpstreamImageFormat::B64Json {
+        return Ok((asked, body.clone()));
+    }
+    let edit = match existing {
+        Some(member) => (member.value.clone(), "\"b64_json\"".to_owned()),
+        None => {
+            let at = top.first().map(|first| first.span.start);
+            match at {
+                Some(at) => (at..at, "\"response_format\":\"b64_json\",".to_owned()),
+                None => {
+                    let open = body.iter().position(|b| *b == b'{').map_or(0, |at| at + 1);
+                    (open..open, "\"response_format\":\"b64_json\"".to_owned())
+                }
+            }
+        }
+    };
+    Ok((asked, apply(body, vec![edit])))
 }
 
 /// Whether a multipart field is removed by the endpoint's `drop_params`.
@@ -79,32 +132,17 @@ pub fn dropped(endpoint: &Endpoint, field_name: &str) -> bool {
         .any(|name| &**name == field_name)
 }
 
-/// Applies what `request` said the answer needs to the upstream's answer.
+/// Applies what `request` said the answer needs to the upstream's answer (the response-id
+/// capture is the route stage's tap: `pipeline::route::capture_response_id`).
 pub async fn answer(
     rewrite: AnswerRewrite,
     endpoint: &Arc<Endpoint>,
-    owners: &Arc<ResponseOwners>,
-    response: Result<HttpResponse, ApiError>,
+    response: HttpResponse,
 ) -> Result<HttpResponse, ApiError> {
-    let mut response = response?;
-    if rewrite.base64_embeddings {
-        response = encode_embeddings(endpoint, response).await?;
+    match rewrite.base64_embeddings {
+        true => encode_embeddings(endpoint, response).await,
+        false => Ok(response),
     }
-    if rewrite.capture_response_id && response.status().is_success() {
-        let content_type = response.headers().get(header::CONTENT_TYPE);
-        let kind = match content_type.map(|v| v.as_bytes()) {
-            Some(v) if v.starts_with(b"text/event-stream") => Some(AnswerKind::EventStream),
-            Some(v) if v.starts_with(b"application/json") => Some(AnswerKind::Json),
-            _ => None,
-        };
-        if let Some(kind) = kind {
-            let (owners, endpoint) = (Arc::clone(owners), Arc::clone(endpoint));
-            response = response.map_body(move |_, body| {
-                BoxBody::new(CaptureResponseId::new(body, kind, owners, endpoint))
-            });
-        }
-    }
-    Ok(response)
 }
 
 /// Encodes the float embeddings of an upstream answer as base64, as OpenAI does: the
@@ -616,6 +654,29 @@ mod tests {
         assert_eq!(
             String::from_utf8(out.to_vec()).unwrap(),
             r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":"AACAPgAAAL8AAIA/"}],"model":"m"}"#
+        );
+    }
+
+    #[test]
+    fn b64_endpoints_ask_for_b64_json_keeping_the_other_keys_in_order() {
+        let body =
+            Bytes::from_static(br#"{"model":"t","prompt":"a cat","response_format":"url","n":2}"#);
+        let (asked, out) = ask_for_b64_json(&body, UpstreamImageFormat::B64Json).unwrap();
+        assert_eq!(
+            &out[..],
+            br#"{"model":"t","prompt":"a cat","response_format":"b64_json","n":2}"#
+        );
+        assert_eq!(asked.as_deref(), Some("url"));
+        let body = Bytes::from_static(br#"{"model":"t", "prompt":"x"}"#);
+        let (asked, out) = ask_for_b64_json(&body, UpstreamImageFormat::AsRequested).unwrap();
+        assert_eq!(out, body);
+        assert_eq!(asked, None);
+        // Issue 12: spliced like every other rewrite, the client's bytes stay as sent.
+        let body = Bytes::from_static(br#"{ "model" : "t", "n": 1.50 }"#);
+        let (_, out) = ask_for_b64_json(&body, UpstreamImageFormat::B64Json).unwrap();
+        assert_eq!(
+            &out[..],
+            br#"{ "response_format":"b64_json","model" : "t", "n": 1.50 }"#
         );
     }
 }
