@@ -5,8 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::{Server, Service};
-use actix_web::HttpMessage;
+use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
@@ -21,7 +20,7 @@ use crate::images::ImageCache;
 use crate::metrics::Metrics;
 use crate::pipeline::admit::Admitter;
 use crate::pipeline::attempt::RetryPolicy;
-use crate::proxy::headers::{request_id, RequestId, X_REQUEST_ID};
+use crate::pipeline::accept;
 use crate::routing::breaker::BreakerPolicy;
 use crate::routing::table::RoutingTable;
 use crate::state::AppState;
@@ -115,16 +114,7 @@ impl Application {
                     Arc::clone(&tls),
                     connect_timeout,
                 )))
-                .wrap_fn(|request, service| {
-                    let id = request_id(request.headers());
-                    request.extensions_mut().insert(RequestId(id.clone()));
-                    let response = service.call(request);
-                    async move {
-                        let mut response = response.await?;
-                        response.headers_mut().insert(X_REQUEST_ID.clone(), id);
-                        Ok(response)
-                    }
-                })
+                .wrap_fn(accept::middleware)
                 .configure(api::configure)
                 .default_service(web::to(errors::unknown_route))
         })

@@ -16,6 +16,7 @@
 //!
 //! Handlers (`api/`) only extract what their URL carries and call a function of this module
 //! with their `Operation`.
+pub mod accept;
 pub mod admit;
 pub mod attempt;
 pub mod identify;

@@ -85,11 +85,19 @@ impl AccessLog {
     /// counted in `metrics` (in flight until the line is written).
     pub fn of_request(request: &HttpRequest, operation: Operation, metrics: &Arc<Metrics>) -> Self {
         let (method, path) = (operation.method(), operation.path());
-        let request_id = request
-            .extensions()
-            .get::<RequestId>()
-            .map_or_else(|| request_id(request.headers()), |id| id.0.clone());
-        let mut log = Self::start(request_id, method, path, request.peer_addr());
+        // The accept middleware made the request's record; the pipeline takes it over.
+        let mut log = request
+            .extensions_mut()
+            .remove::<AccessLog>()
+            .unwrap_or_else(|| {
+                let id = request
+                    .extensions()
+                    .get::<RequestId>()
+                    .map_or_else(|| request_id(request.headers()), |id| id.0.clone());
+                Self::start(id, method, path, request.peer_addr())
+            });
+        log.method = method;
+        log.path = path;
         log.record_in(Arc::clone(metrics));
         log
     }
