@@ -7,5 +7,6 @@ pub mod headers;
 pub mod image_answer;
 pub mod multipart;
 pub mod rewrite;
+pub mod sse;
 pub mod stream;
 pub mod usage;

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
+
+use super::sse::{event_data, event_end};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -306,36 +308,6 @@ impl UsageReader {
         let usage_only = event.choices.as_ref().is_some_and(Vec::is_empty);
         !(self.strip_usage_event && usage_only)
     }
-}
-
-/// The end of the first complete event in `bytes` (after its blank line).
-fn event_end(bytes: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(newline) = memchr::memchr(b'\n', &bytes[from..]).map(|i| from + i) {
-        match bytes.get(newline + 1..) {
-            Some([b'\n', ..]) => return Some(newline + 2),
-            Some([b'\r', b'\n', ..]) => return Some(newline + 3),
-            _ => from = newline + 1,
-        }
-    }
-    None
-}
-
-/// The `data:` payload of an event (its first data line: OpenAI-style events have one).
-fn event_data(event: &[u8]) -> Option<&[u8]> {
-    let mut rest = event;
-    while !rest.is_empty() {
-        let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
-        let line = &rest[..end];
-        rest = rest.get(end + 1..).unwrap_or_default();
-        let Some(data) = line.strip_prefix(b"data:") else {
-            continue;
-        };
-        let data = data.strip_prefix(b" ").unwrap_or(data);
-        let data = data.strip_suffix(b"\r").unwrap_or(data);
-        return data.starts_with(b"{").then_some(data);
-    }
-    None
 }
 
 static USAGE_KEY: LazyLock<memmem::Finder<'static>> =

@@ -482,7 +482,9 @@ async fn every_request_is_counted_404s_405s_and_health_checks_included() {
     assert_eq!(app.get("/health").await.status(), 200);
 
     let series = |path: &str, status: u16| {
-        format!(r#"llmux_requests_total{{model="unknown",provider="none",path="{path}",status="{status}"}}"#)
+        format!(
+            r#"llmux_requests_total{{model="unknown",provider="none",path="{path}",status="{status}"}}"#
+        )
     };
     assert_metric(&app, &series("unmatched", 404), 1.0).await;
     assert_metric(&app, &series("v1/chat/completions", 405), 1.0).await;
