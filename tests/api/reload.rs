@@ -1,15 +1,13 @@
 //! Live config: edits in the config dir go live without a restart; a broken file keeps its last
 //! good routes; GET /admin/config shows what is served.
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{eventually, provider_file, Spawn, TestApp};
+use crate::helpers::{eventually, provider_file, Binary, Spawn, TestApp};
 
 /// Generous: the requirement is 2 s, the test machine is shared.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -475,55 +473,6 @@ async fn under_load_fifty_rewrites_fail_no_request_and_mix_no_versions() {
     );
 }
 
-/// Kills the child by its PID when the test ends, even on a failed assertion.
-struct Server {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// Waits for a log line containing `needle`.
-    fn line_with(&self, needle: &str) -> String {
-        let started = Instant::now();
-        loop {
-            let left = DEADLINE.saturating_sub(started.elapsed());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(error) => panic!("no log line with {needle}: {error}"),
-            }
-        }
-    }
-}
-
-fn start_binary(config_dir: &Path, args: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llmux"))
-        .args(["--port", "0", "--workers", "1", "--config-dir"])
-        .arg(config_dir)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (sender, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Server { child, lines }
-}
-
 #[tokio::test]
 async fn sighup_forces_a_full_reload_even_without_watching() {
     let dir = tempfile::tempdir().unwrap();
@@ -533,9 +482,8 @@ async fn sighup_forces_a_full_reload_even_without_watching() {
     let endpoint =
         json!({"endpoints": [{"path": "v1/chat/completions", "target_model_name": "t"}]});
     std::fs::write(dir.path().join("a.json"), file(json!({"m": endpoint}))).unwrap();
-    let server = start_binary(dir.path(), &["--watch", "off"]);
-    let listening: Value = serde_json::from_str(&server.line_with("llmux listening")).unwrap();
-    let base = format!("http://127.0.0.1:{}", listening["port"]);
+    let server = Binary::start(dir.path(), &["--watch", "off"], &[]).await;
+    let base = server.url("");
     let http = reqwest::Client::new();
     let model_status = |model: &str| {
         let request = http.get(format!("{base}/v1/models/{model}"));
@@ -552,7 +500,7 @@ async fn sighup_forces_a_full_reload_even_without_watching() {
     assert_eq!(model_status("n").await, 404, "--watch off does not watch");
 
     let status = Command::new("kill")
-        .args(["-HUP", &server.child.id().to_string()])
+        .args(["-HUP", &server.child.id().unwrap().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -561,7 +509,11 @@ async fn sighup_forces_a_full_reload_even_without_watching() {
     })
     .await;
 
-    let summary: Value = serde_json::from_str(&server.line_with("config reloaded")).unwrap();
+    let (line, _) = eventually(DEADLINE, "the reload line", || async {
+        server.lines_with("config reloaded").pop()
+    })
+    .await;
+    let summary: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(summary["reason"], "sighup", "{summary}");
     assert_eq!(summary["files_read"], 1, "{summary}");
     assert_eq!(summary["routes_added"], 1, "{summary}");
