@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::errors::ApiError;
+use crate::proxy::json::span_of;
 
 /// What the probe found in a request body.
 #[derive(Debug, PartialEq, Eq)]
@@ -80,13 +81,6 @@ pub fn identify(body: &[u8]) -> Result<Identity<'_>, ApiError> {
     })
 }
 
-/// Where `part`, a slice borrowed from `body`, sits in it.
-pub fn span_of(body: &[u8], part: &str) -> Option<Range<usize>> {
-    let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
-    let span = start..start + part.len();
-    (body.get(span.clone()) == Some(part.as_bytes())).then_some(span)
-}
-
 /// A JSON string's value, borrowed unless it has escapes.
 fn decode_string(raw: &str) -> Result<Cow<'_, str>, ApiError> {
     if raw.contains('\\') {
@@ -107,7 +101,7 @@ fn missing_model() -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::body::splice;
+    use crate::proxy::json::splice;
     use bytes::Bytes;
 
     fn rewrite(body: &str, target: &str) -> Result<String, String> {

@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
 
+use super::json::splice;
 use super::sse::{event_data, event_end};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -66,10 +67,10 @@ pub fn ask_for_usage(
     }
     let Some(span) = stream_options else {
         let open = body.iter().position(|&b| b == b'{')?;
-        let body = insert(
+        let body = splice(
             body,
             open + 1..open + 1,
-            br#""stream_options":{"include_usage":true},"#,
+            r#""stream_options":{"include_usage":true},"#,
         );
         return Some((body, open + 1));
     };
@@ -88,15 +89,7 @@ pub fn ask_for_usage(
             Err(_) => return None,
         };
     let at = span.start;
-    Some((insert(body, span, options.as_bytes()), at))
-}
-
-fn insert(body: &Bytes, span: Range<usize>, replacement: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(body.len() - span.len() + replacement.len());
-    out.extend_from_slice(&body[..span.start]);
-    out.extend_from_slice(replacement);
-    out.extend_from_slice(&body[span.end..]);
-    out.freeze()
+    Some((splice(body, span, &options), at))
 }
 
 /// Reads one answer's usage as its body passes. Built with the request; [`UsageReader::begin`]
