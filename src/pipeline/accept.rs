@@ -13,7 +13,7 @@ use actix_web::{web, Error, HttpMessage};
 
 use super::operation::Operation;
 use super::record::{AccessLog, Outcome};
-use crate::proxy::headers::{request_id, RequestId, X_REQUEST_ID};
+use crate::proxy::headers::{request_id, X_REQUEST_ID};
 use crate::state::AppState;
 
 /// The middleware, for `App::wrap_fn`.
@@ -33,7 +33,6 @@ where
         "",
         request.peer_addr(),
     );
-    request.extensions_mut().insert(RequestId(id.clone()));
     request.extensions_mut().insert(log);
     let response = service.call(request);
     async move {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use actix_web::http::header::HeaderValue;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
-use crate::proxy::headers::{request_id, RequestId};
+use crate::proxy::headers::request_id;
 
 use super::admit::Admission;
 use super::operation::Operation;
@@ -90,11 +90,12 @@ impl AccessLog {
             .extensions_mut()
             .remove::<AccessLog>()
             .unwrap_or_else(|| {
-                let id = request
-                    .extensions()
-                    .get::<RequestId>()
-                    .map_or_else(|| request_id(request.headers()), |id| id.0.clone());
-                Self::start(id, method, path, request.peer_addr())
+                Self::start(
+                    request_id(request.headers()),
+                    method,
+                    path,
+                    request.peer_addr(),
+                )
             });
         log.method = method;
         log.path = path;

@@ -55,8 +55,12 @@ fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
 
 /// Copies the client headers that may go upstream.
 pub fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    // Most requests have no `Connection` header: then no name needs looking up in it.
+    let has_connection = from.contains_key(header::CONNECTION);
     for (name, value) in from.iter() {
-        if DROPPED_REQUEST.contains(&name.as_str()) || named_by_connection(from, name) {
+        if DROPPED_REQUEST.contains(&name.as_str())
+            || (has_connection && named_by_connection(from, name))
+        {
             continue;
         }
         to.append(name.clone(), value.clone());
@@ -71,17 +75,17 @@ pub fn keep_response_header(headers: &HeaderMap, name: &HeaderName) -> bool {
 
 /// Copies the upstream response headers that go back to the client.
 pub fn copy_response_headers(from: &HeaderMap, to: &mut actix_web::HttpResponseBuilder) {
+    let has_connection = from.contains_key(header::CONNECTION);
     for (name, value) in from.iter() {
-        if keep_response_header(from, name) {
+        let kept = match has_connection {
+            true => keep_response_header(from, name),
+            false => !DROPPED_RESPONSE.contains(&name.as_str()),
+        };
+        if kept {
             to.append_header((name.clone(), value.clone()));
         }
     }
 }
-
-/// The request id of the request being served, put in the request's extensions by the
-/// middleware that also returns it on every response.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
 
 /// The client's request id when it sent a usable one, a new one otherwise.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
