@@ -36,4 +36,6 @@ pub struct AppState {
     pub images: Arc<ImageCache>,
     /// This application's Prometheus registry (one per app: tests run many in one process).
     pub metrics: Arc<Metrics>,
+    /// Where upload parts before `model` are spooled (`--spool-dir`, default the temp dir).
+    pub spool_dir: PathBuf,
 }
