@@ -12,10 +12,19 @@ use crate::helpers::{provider_file, spawn_app, MockUpstream, Reply};
 /// Starts `llmux serve` on a free port with `dir` as config dir; returns the child and its port,
 /// read from the "llmux listening" log line.
 async fn start_binary(dir: &std::path::Path, grace_seconds: u32) -> (Child, u16) {
+    start_binary_with_drain_delay(dir, grace_seconds, "0").await
+}
+
+async fn start_binary_with_drain_delay(
+    dir: &std::path::Path,
+    grace_seconds: u32,
+    drain_delay: &str,
+) -> (Child, u16) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_llmux"))
         .args(["--port", "0", "--workers", "1", "--config-dir"])
         .arg(dir)
         .env("LLMUX_SHUTDOWN_GRACE", grace_seconds.to_string())
+        .env("LLMUX_DRAIN_DELAY", drain_delay)
         .env("TEST_PROVIDER_KEY", "sk-binary")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -132,6 +141,43 @@ async fn sigterm_lets_a_slow_stream_finish_refuses_new_connections_and_exits_0()
         signalled.elapsed()
     );
     assert_eq!(upstream.streams_finished(), 1);
+}
+
+#[tokio::test]
+async fn sigterm_turns_ready_to_503_and_keeps_serving_new_connections_for_the_drain_delay() {
+    // Issue 20: the listener closed at once, so connections Kubernetes still sent were refused.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.json"), "{}").unwrap();
+    let (mut child, port) = start_binary_with_drain_delay(dir.path(), 10, "2").await;
+    let get = |path: &'static str| async move {
+        // A new client each time: a new connection, not a kept-alive one.
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    };
+    assert_eq!(get("/ready").await.unwrap(), 200);
+
+    let signalled = Instant::now();
+    send_sigterm(&child);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while get("/ready").await.unwrap() != 503 {
+        assert!(Instant::now() < deadline, "/ready still 200 1 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Inside the drain delay: new connections are served.
+    assert_eq!(get("/health").await.unwrap(), 200);
+    assert!(signalled.elapsed() < Duration::from_millis(1800), "{:?}", signalled.elapsed());
+
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("llmux exits after the drain delay")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(signalled.elapsed() >= Duration::from_secs(2), "{:?}", signalled.elapsed());
+    assert!(get("/health").await.is_err());
 }
 
 #[tokio::test]
