@@ -27,9 +27,10 @@ pub async fn scrape(
         .count();
     state.metrics.set_config_errors(failing);
     state.metrics.set_image_cache_bytes(state.images.bytes());
-    let text = state
-        .metrics
-        .render_as(format)
+    // Rendering a large table takes a while: on the blocking pool, not a request worker.
+    let text = web::block(move || state.metrics.render_as(format))
+        .await
+        .map_err(|error| ApiError::Internal(format!("rendering metrics: {error}")))?
         .map_err(|error| ApiError::Internal(format!("rendering metrics: {error}")))?;
     Ok(HttpResponse::Ok()
         .content_type(format.content_type())

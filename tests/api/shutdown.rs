@@ -147,7 +147,8 @@ async fn sigterm_lets_a_slow_stream_finish_refuses_new_connections_and_exits_0()
 async fn sigterm_turns_ready_to_503_and_keeps_serving_new_connections_for_the_drain_delay() {
     // Issue 20: the listener closed at once, so connections Kubernetes still sent were refused.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("p.json"), "{}").unwrap();
+    let file = provider_file("mock", "", &[("m", "t")]).to_string();
+    std::fs::write(dir.path().join("p.json"), file.replace("{UPSTREAM}", "http://127.0.0.1:9")).unwrap();
     let (mut child, port) = start_binary_with_drain_delay(dir.path(), 10, "2").await;
     let get = |path: &'static str| async move {
         // A new client each time: a new connection, not a kept-alive one.
