@@ -551,7 +551,9 @@ impl Collector for ProcessCollector {
                 gauge(
                     "process_start_time_seconds",
                     "Start time of the process since the Unix epoch, in seconds",
-                    saturating(boot.saturating_add(stat.starttime / procfs::ticks_per_second().max(1))),
+                    saturating(
+                        boot.saturating_add(stat.starttime / procfs::ticks_per_second().max(1)),
+                    ),
                 )?;
             }
         }
@@ -573,7 +575,8 @@ impl Collector for ProcessCollector {
         }
         if let Ok(stat) = process.stat() {
             let ticks = stat.utime.saturating_add(stat.stime);
-            let counter = ConstCounter::new(ticks as f64 / procfs::ticks_per_second().max(1) as f64);
+            let counter =
+                ConstCounter::new(ticks as f64 / procfs::ticks_per_second().max(1) as f64);
             let metric = encoder.encode_descriptor(
                 "process_cpu_seconds",
                 "User and system CPU time spent, in seconds",
@@ -678,7 +681,9 @@ mod tests {
 
     #[test]
     fn process_figures_and_build_info_are_exported() {
-        let text = Metrics::new(Arc::new(RoutingTable::new())).render().unwrap();
+        let text = Metrics::new(Arc::new(RoutingTable::new()))
+            .render()
+            .unwrap();
         for name in [
             "process_resident_memory_bytes ",
             "process_start_time_seconds ",
@@ -693,15 +698,28 @@ mod tests {
 
     #[test]
     fn the_classic_format_names_counters_by_their_samples_and_has_no_eof() {
-        let text = Metrics::new(Arc::new(RoutingTable::new())).render().unwrap();
+        let text = Metrics::new(Arc::new(RoutingTable::new()))
+            .render()
+            .unwrap();
         let classic = to_classic(&text);
-        assert!(classic.contains("# TYPE llmux_upstream_attempts_total counter\n"), "{classic}");
-        assert!(classic.contains("# HELP llmux_upstream_attempts_total Upstream"), "{classic}");
-        assert!(classic.contains("# TYPE llmux_requests_in_flight gauge\n"), "{classic}");
+        assert!(
+            classic.contains("# TYPE llmux_upstream_attempts_total counter\n"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# HELP llmux_upstream_attempts_total Upstream"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# TYPE llmux_requests_in_flight gauge\n"),
+            "{classic}"
+        );
         assert!(!classic.contains("# EOF"), "{classic}");
         assert_eq!(Format::negotiate(None), Format::Classic);
         assert_eq!(
-            Format::negotiate(Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")),
+            Format::negotiate(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+            )),
             Format::OpenMetrics
         );
     }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, Service};
-use futures_util::future::Either;
 use actix_web::HttpMessage;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
+use futures_util::future::Either;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::api;
@@ -64,7 +64,10 @@ impl HeaderLimits {
 fn bind(host: &str, port: u16, backlog: u32) -> std::io::Result<TcpListener> {
     use std::net::ToSocketAddrs;
     let address = (host, port).to_socket_addrs()?.next().ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::NotFound, "the host resolves to no address")
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the host resolves to no address",
+        )
     })?;
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(address),
@@ -178,7 +181,9 @@ impl Application {
                     let refused = header_limits.check(request.headers());
                     let response = match refused {
                         Ok(()) => Either::Left(service.call(request)),
-                        Err(error) => Either::Right(std::future::ready(Ok(request.error_response(error)))),
+                        Err(error) => {
+                            Either::Right(std::future::ready(Ok(request.error_response(error))))
+                        }
                     };
                     async move { Ok(response.await?.map_into_boxed_body()) }
                 })
@@ -200,7 +205,11 @@ impl Application {
         .shutdown_timeout(args.shutdown_grace.as_secs().max(1))
         .workers(workers)
         // actix's limit is per worker: the flag's total is shared out.
-        .max_connections(usize::try_from(args.max_connections).unwrap_or(usize::MAX).div_ceil(workers))
+        .max_connections(
+            usize::try_from(args.max_connections)
+                .unwrap_or(usize::MAX)
+                .div_ceil(workers),
+        )
         .client_request_timeout(args.header_read_timeout)
         .listen(listener)?;
         let watch = ConfigWatch::start(live, args.watch)

@@ -16,7 +16,8 @@ use serde::Serialize;
 use super::adapt::{self, Finding, Sources};
 use super::locate::{display_path, locate, position_of, Position, Segment};
 use super::schema::{
-    ConfigFile, EndpointSchema, ModelSchema, ProviderSchema, ENDPOINT_KEYS, MODEL_KEYS, PROVIDER_KEYS,
+    ConfigFile, EndpointSchema, ModelSchema, ProviderSchema, ENDPOINT_KEYS, MODEL_KEYS,
+    PROVIDER_KEYS,
 };
 use crate::routing::endpoint::{
     identity_of, join_url, normalize_path, Endpoint, UpstreamImageFormat, DEFAULT_MAX_RETRIES,
@@ -107,7 +108,12 @@ pub struct Skipped {
 
 impl fmt::Display for Skipped {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: warning: skipped: {}", self.path.display(), self.reason)
+        write!(
+            f,
+            "{}: warning: skipped: {}",
+            self.path.display(),
+            self.reason
+        )
     }
 }
 
@@ -590,7 +596,11 @@ fn every_type_error(text: &str) -> Vec<(Vec<Segment>, String)> {
     };
     for (provider_name, mut provider) in providers {
         let provider_path = vec![Segment::Key(provider_name)];
-        let models = take_child(&mut provider, "models", serde_json::Value::Object(Default::default()));
+        let models = take_child(
+            &mut provider,
+            "models",
+            serde_json::Value::Object(Default::default()),
+        );
         check_value::<ProviderSchema>(provider, &provider_path, &mut errors);
         let Some(serde_json::Value::Object(models)) = models else {
             continue;
@@ -598,7 +608,11 @@ fn every_type_error(text: &str) -> Vec<(Vec<Segment>, String)> {
         for (model_key, mut model) in models {
             let mut model_path = provider_path.clone();
             model_path.extend([Segment::Key("models".into()), Segment::Key(model_key)]);
-            let endpoints = take_child(&mut model, "endpoints", serde_json::Value::Array(Vec::new()));
+            let endpoints = take_child(
+                &mut model,
+                "endpoints",
+                serde_json::Value::Array(Vec::new()),
+            );
             check_value::<ModelSchema>(model, &model_path, &mut errors);
             let Some(serde_json::Value::Array(endpoints)) = endpoints else {
                 continue;
@@ -1014,7 +1028,11 @@ mod tests {
 
         fn mutated() -> impl Strategy<Value = String> {
             let edits = prop::collection::vec(
-                (any::<prop::sample::Index>(), 0..3u8, prop::sample::select(ALPHABET)),
+                (
+                    any::<prop::sample::Index>(),
+                    0..3u8,
+                    prop::sample::select(ALPHABET),
+                ),
                 0..8,
             );
             edits.prop_map(|edits| {

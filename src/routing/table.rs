@@ -315,9 +315,15 @@ fn keep_unchanged(old: &[Arc<Endpoint>], new: Vec<Arc<Endpoint>>) -> Vec<Arc<End
 /// pools and order, so touching a file without changing it causes no route churn.
 fn same_members(previous: &ModelRoutes, members: &[&Arc<Endpoint>]) -> bool {
     let old_count: usize = previous.routes.iter().map(|r| r.pool.members().len()).sum();
-    let old = previous.routes.iter().flat_map(|route| route.pool.members());
+    let old = previous
+        .routes
+        .iter()
+        .flat_map(|route| route.pool.members());
     let new = by_path(members).into_iter().flat_map(|(_, list)| list);
-    old_count == members.len() && old.zip(new).all(|(a, b)| Arc::ptr_eq(a, b) || a.same_config(b))
+    old_count == members.len()
+        && old
+            .zip(new)
+            .all(|(a, b)| Arc::ptr_eq(a, b) || a.same_config(b))
 }
 
 fn unix_now() -> u64 {

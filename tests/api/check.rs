@@ -28,9 +28,18 @@ fn check_prints_a_table_with_a_70000_character_model_name_without_panicking() {
 
     let (output, stdout) = check(dir.path());
 
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains(&long));
-    assert!(stdout.contains("1 files, 1 routes, 0 errors"), "{}", &stdout[stdout.len() - 200..]);
+    assert!(
+        stdout.contains("1 files, 1 routes, 0 errors"),
+        "{}",
+        &stdout[stdout.len() - 200..]
+    );
 }
 
 #[test]
@@ -51,7 +60,9 @@ fn check_reports_every_type_error_of_a_file() {
         ("a.json:3:", "(at q.models.n.endpoints[0])"),
     ] {
         assert!(
-            stdout.lines().any(|l| l.contains(position) && l.contains(path)),
+            stdout
+                .lines()
+                .any(|l| l.contains(position) && l.contains(path)),
             "{position} {path} in {stdout}"
         );
     }
@@ -67,7 +78,10 @@ fn check_warns_about_dangling_symlinks_loops_directories_and_fifos_named_json() 
     std::os::unix::fs::symlink(path.join("loop-b.json"), path.join("loop-a.json")).unwrap();
     std::os::unix::fs::symlink(path.join("loop-a.json"), path.join("loop-b.json")).unwrap();
     std::fs::create_dir(path.join("folder.json")).unwrap();
-    let fifo = Command::new("mkfifo").arg(path.join("pipe.json")).status().unwrap();
+    let fifo = Command::new("mkfifo")
+        .arg(path.join("pipe.json"))
+        .status()
+        .unwrap();
     assert!(fifo.success());
 
     let (output, stdout) = check(path);
@@ -81,19 +95,25 @@ fn check_warns_about_dangling_symlinks_loops_directories_and_fifos_named_json() 
         ("pipe.json", "FIFO"),
     ] {
         assert!(
-            stdout.lines().any(|l| l.contains(name) && l.contains("warning") && l.contains(reason)),
+            stdout
+                .lines()
+                .any(|l| l.contains(name) && l.contains("warning") && l.contains(reason)),
             "{name}: {reason} in {stdout}"
         );
     }
-    assert!(stdout.contains("1 files, 1 routes, 0 errors, 5 warnings"), "{stdout}");
+    assert!(
+        stdout.contains("1 files, 1 routes, 0 errors, 5 warnings"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn check_refuses_credentials_in_a_url_without_printing_them() {
     let dir = tempfile::tempdir().unwrap();
-    let file = one_model("m")
-        .to_string()
-        .replace("http://127.0.0.1:9", "https://user:s3cr3t-in-url@example.invalid");
+    let file = one_model("m").to_string().replace(
+        "http://127.0.0.1:9",
+        "https://user:s3cr3t-in-url@example.invalid",
+    );
     std::fs::write(dir.path().join("a.json"), file).unwrap();
 
     let (output, stdout) = check(dir.path());

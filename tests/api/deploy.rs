@@ -269,7 +269,10 @@ fn the_pod_meets_pod_security_restricted_and_pins_its_image() {
         Some(false)
     );
     let image = container["image"].as_str().unwrap();
-    assert!(image.contains(':') && !image.ends_with(":latest"), "{image}");
+    assert!(
+        image.contains(':') && !image.ends_with(":latest"),
+        "{image}"
+    );
     assert_ne!(container["imagePullPolicy"].as_str(), Some("Always"));
 }
 
@@ -315,7 +318,11 @@ fn compose_publishes_on_loopback_only_with_limits_that_follow_the_rules() {
         assert!(port.as_str().unwrap().starts_with("127.0.0.1:"), "{port:?}");
     }
     let environment = &llmux["environment"];
-    let workers: f64 = environment["LLMUX_WORKERS"].as_str().unwrap().parse().unwrap();
+    let workers: f64 = environment["LLMUX_WORKERS"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(llmux["cpus"].as_f64(), Some(workers));
     let cache: u64 = environment["LLMUX_IMAGE_CACHE_BYTES"]
         .as_str()
@@ -394,10 +401,23 @@ fn the_dashboard_scopes_process_panels_to_llmux_and_filters_by_instance() {
                 assert!(expr.contains("llmux_build_info"), "{title}: {expr}");
             }
         }
-        if matches!(title, "Endpoints up" | "Endpoints ejected" | "Config errors") {
+        if matches!(
+            title,
+            "Endpoints up" | "Endpoints ejected" | "Config errors"
+        ) {
             let defaults = &panel["fieldConfig"]["defaults"];
-            assert!(defaults["thresholds"]["steps"].as_array().is_some_and(|s| s.len() >= 2), "{title}");
-            assert!(defaults["mappings"].as_array().is_some_and(|m| !m.is_empty()), "{title}");
+            assert!(
+                defaults["thresholds"]["steps"]
+                    .as_array()
+                    .is_some_and(|s| s.len() >= 2),
+                "{title}"
+            );
+            assert!(
+                defaults["mappings"]
+                    .as_array()
+                    .is_some_and(|m| !m.is_empty()),
+                "{title}"
+            );
         }
     }
 }

@@ -89,7 +89,12 @@ fn config_problem_lines_have_no_duplicate_keys() {
             assert!(seen.insert(key), "key `{key}` twice in {line}");
         }
     }
-    for needle in ["config error", "config warning: unknown key", "skipped", "UNSET_VARIABLE"] {
+    for needle in [
+        "config error",
+        "config warning: unknown key",
+        "skipped",
+        "UNSET_VARIABLE",
+    ] {
         assert!(text.contains(needle), "{needle} in {text}");
     }
     assert!(text.contains("\"config_file\""), "{text}");

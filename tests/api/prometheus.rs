@@ -11,7 +11,10 @@ async fn promtool_check_metrics_passes_on_a_scrape_after_traffic() {
     let app = spawn_app().await;
     app.upstream.push(Reply::Echo);
     let answered = app
-        .post_json("/v1/chat/completions", json!({"model": "m", "messages": []}))
+        .post_json(
+            "/v1/chat/completions",
+            json!({"model": "m", "messages": []}),
+        )
         .await;
     assert_eq!(answered.status(), 200);
     app.post_json("/v1/chat/completions", json!({"model": "nope"}))

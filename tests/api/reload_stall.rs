@@ -70,10 +70,11 @@ async fn a_30000_model_reload_never_stalls_requests_metrics_or_admin_config() {
                 let mut worst = Duration::ZERO;
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
-                    let response = tokio::time::timeout(Duration::from_secs(30), http.get(&url).send())
-                        .await
-                        .expect("answered within 30 s")
-                        .unwrap();
+                    let response =
+                        tokio::time::timeout(Duration::from_secs(30), http.get(&url).send())
+                            .await
+                            .expect("answered within 30 s")
+                            .unwrap();
                     assert_eq!(response.status(), 200);
                     response.bytes().await.unwrap();
                     worst = worst.max(started.elapsed());
@@ -85,19 +86,44 @@ async fn a_30000_model_reload_never_stalls_requests_metrics_or_admin_config() {
         .collect();
     let baseline = worst_latency(&app, 20).await;
 
-    let generation = app.http.get(app.url("/admin/config")).send().await.unwrap()
-        .json::<serde_json::Value>().await.unwrap()["generation"].as_u64().unwrap();
-    std::fs::write(app.config_dir.path().join("big.json"), big_file(30_000, "v2")).unwrap();
+    let generation = app
+        .http
+        .get(app.url("/admin/config"))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["generation"]
+        .as_u64()
+        .unwrap();
+    std::fs::write(
+        app.config_dir.path().join("big.json"),
+        big_file(30_000, "v2"),
+    )
+    .unwrap();
     let started = Instant::now();
     let mut during = Duration::ZERO;
     loop {
         during = during.max(worst_latency(&app, 5).await);
-        let now = app.http.get(app.url("/admin/config")).send().await.unwrap()
-            .json::<serde_json::Value>().await.unwrap()["generation"].as_u64().unwrap();
+        let now = app
+            .http
+            .get(app.url("/admin/config"))
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()["generation"]
+            .as_u64()
+            .unwrap();
         if now != generation {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "no reload within 120 s");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no reload within 120 s"
+        );
     }
     stop.store(true, Ordering::Relaxed);
     for reader in readers {

@@ -148,7 +148,11 @@ async fn sigterm_turns_ready_to_503_and_keeps_serving_new_connections_for_the_dr
     // Issue 20: the listener closed at once, so connections Kubernetes still sent were refused.
     let dir = tempfile::tempdir().unwrap();
     let file = provider_file("mock", "", &[("m", "t")]).to_string();
-    std::fs::write(dir.path().join("p.json"), file.replace("{UPSTREAM}", "http://127.0.0.1:9")).unwrap();
+    std::fs::write(
+        dir.path().join("p.json"),
+        file.replace("{UPSTREAM}", "http://127.0.0.1:9"),
+    )
+    .unwrap();
     let (mut child, port) = start_binary_with_drain_delay(dir.path(), 10, "2").await;
     let get = |path: &'static str| async move {
         // A new client each time: a new connection, not a kept-alive one.
@@ -165,19 +169,30 @@ async fn sigterm_turns_ready_to_503_and_keeps_serving_new_connections_for_the_dr
     send_sigterm(&child);
     let deadline = Instant::now() + Duration::from_secs(1);
     while get("/ready").await.unwrap() != 503 {
-        assert!(Instant::now() < deadline, "/ready still 200 1 s after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "/ready still 200 1 s after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Inside the drain delay: new connections are served.
     assert_eq!(get("/health").await.unwrap(), 200);
-    assert!(signalled.elapsed() < Duration::from_millis(1800), "{:?}", signalled.elapsed());
+    assert!(
+        signalled.elapsed() < Duration::from_millis(1800),
+        "{:?}",
+        signalled.elapsed()
+    );
 
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("llmux exits after the drain delay")
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    assert!(signalled.elapsed() >= Duration::from_secs(2), "{:?}", signalled.elapsed());
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        signalled.elapsed()
+    );
     assert!(get("/health").await.is_err());
 }
 
