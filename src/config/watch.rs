@@ -31,6 +31,10 @@ pub enum WatchMode {
     Off,
 }
 
+// Debouncing is these two constants and `reload_on_triggers`, kept by hand rather than
+// notify-debouncer-full: that crate delays each path until its events stop (a file rewritten
+// non-stop would never reload; MAX_DELAY bounds that here) and spends its work stitching renames
+// and file ids, while every event here only means "rescan the dir".
 /// A burst of events ends after this much quiet ...
 pub const QUIET: Duration = Duration::from_millis(200);
 /// ... or this long after its first event, so that a file rewritten non-stop still reloads.
