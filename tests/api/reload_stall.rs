@@ -84,7 +84,7 @@ async fn a_30000_model_reload_never_stalls_requests_metrics_or_admin_config() {
             })
         })
         .collect();
-    let baseline = worst_latency(&app, 20).await;
+    let baseline = worst_latency(&app, 200).await;
 
     let generation = app
         .http
