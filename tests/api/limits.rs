@@ -101,3 +101,28 @@ async fn at_the_connection_limit_new_connections_wait_until_one_closes() {
         }
     }
 }
+
+/// The backlog of the socket listening on `port`, as `ss` shows it (Send-Q of a listener).
+fn listen_backlog(port: u16) -> u32 {
+    // iproute2's `ss`; .ci/run installs it when missing.
+    let output = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss is installed (apt-get install iproute2)");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let line = text
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no listener on {port}"));
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_listener_queues_the_configured_backlog_not_stds_128() {
+    // Issue 20: std's TcpListener::bind listens with a backlog of 128.
+    let default = app_with(|_| {}).await;
+    let configured = app_with(|args| args.backlog = 777).await;
+
+    assert_eq!(listen_backlog(default.port), llmux::cli::DEFAULT_BACKLOG);
+    assert_eq!(listen_backlog(configured.port), 777);
+}
