@@ -1,4 +1,5 @@
 //! Shared state, built once and handed to every worker as `web::Data<AppState>`.
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -34,4 +35,6 @@ pub struct AppState {
     pub admitter: Admitter,
     /// This application's Prometheus registry (one per app: tests run many in one process).
     pub metrics: Arc<Metrics>,
+    /// Where upload parts before `model` are spooled (`--spool-dir`, default the temp dir).
+    pub spool_dir: PathBuf,
 }

@@ -5,6 +5,7 @@
     reason = "test support code fails the test by panicking"
 )]
 mod adaptation;
+mod check;
 mod cli;
 mod deploy;
 mod errors;
@@ -13,11 +14,15 @@ mod harness;
 mod health;
 mod helpers;
 mod images;
+mod limits;
+mod logs;
 mod metrics;
 mod mock;
 mod models;
 mod pools;
+mod prometheus;
 mod reload;
+mod reload_stall;
 mod shutdown;
 mod streaming;
 mod uploads;
