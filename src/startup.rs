@@ -15,6 +15,7 @@ use crate::api;
 use crate::cli::ServeArgs;
 use crate::config::load::process_env;
 use crate::config::watch::{ConfigWatch, LiveConfig, Scope};
+use crate::demo;
 use crate::errors;
 use crate::health::HealthProbes;
 use crate::images::ImageCache;
@@ -30,6 +31,8 @@ pub struct Application {
     server: Server,
     state: web::Data<AppState>,
     watch: ConfigWatch,
+    /// The built-in demo backend (src/demo): serves while the application does.
+    demo: Server,
 }
 
 /// Where provider keys are read from: the process environment in production, a map in tests.
@@ -51,6 +54,9 @@ impl Application {
                 args.config_dir.display()
             );
         }
+        // Before the first load: the loader resolves `builtin:demo` to this server's address.
+        let demo = demo::start().context("starting the built-in demo backend")?;
+        let env = demo::env_with_demo_url(env, demo.url.clone());
         let table = Arc::new(RoutingTable::new());
         let live = Arc::new(LiveConfig::new(
             &args.config_dir,
@@ -147,6 +153,7 @@ impl Application {
             server: server.run(),
             state,
             watch,
+            demo: demo.server,
         })
     }
 
@@ -162,12 +169,19 @@ impl Application {
     /// stops with the server (or when this future is dropped).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let Self {
-            server, mut watch, ..
+            server,
+            mut watch,
+            demo,
+            ..
         } = self;
-        tokio::select! {
+        let demo_handle = demo.handle();
+        let result = tokio::select! {
             result = server => result,
+            result = demo => result,
             never = watch.forward_hangups() => match never {},
-        }
+        };
+        demo_handle.stop(false).await;
+        result
     }
 
     /// Serves until SIGTERM or SIGINT, then drains: /ready turns 503, the listener closes, requests
@@ -180,9 +194,13 @@ impl Application {
             server,
             mut watch,
             state,
+            demo,
             ..
         } = self;
         let handle = server.handle();
+        // The demo keeps serving until llmux has drained: requests in flight may be on it.
+        let demo_handle = demo.handle();
+        let _demo = actix_web::rt::spawn(demo);
         let mut server = actix_web::rt::spawn(server);
         let name = tokio::select! {
             served = &mut server => {
@@ -202,6 +220,7 @@ impl Application {
         tokio::select! {
             () = graceful => {
                 server.await??;
+                demo_handle.stop(false).await;
                 tracing::info!("drained, exiting");
                 Ok(Shutdown::Drained)
             }
