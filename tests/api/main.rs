@@ -6,6 +6,7 @@
 )]
 mod adaptation;
 mod cli;
+mod demo;
 mod deploy;
 mod errors;
 mod forwarding;
