@@ -114,6 +114,7 @@ impl Application {
                 args.image_cache_ttl,
             )),
             metrics,
+            started_at: std::time::SystemTime::now(),
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;

@@ -34,6 +34,8 @@ pub struct AppState {
     pub max_upload_bytes: u64,
     /// Images served under `{base_url}/v1/images/data/{model}/{id}`.
     pub images: Arc<ImageCache>,
+    /// When this application was built, for the status page's uptime.
+    pub started_at: std::time::SystemTime,
     /// This application's Prometheus registry (one per app: tests run many in one process).
     pub metrics: Arc<Metrics>,
 }

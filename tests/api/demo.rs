@@ -68,7 +68,12 @@ fn chat_request(stream: bool) -> async_openai::types::CreateChatCompletionReques
 async fn a_chat_completion_comes_back_in_openais_shape_with_usage() {
     let app = demo_app(json!({})).await;
 
-    let answer = app.openai().chat().create(chat_request(false)).await.unwrap();
+    let answer = app
+        .openai()
+        .chat()
+        .create(chat_request(false))
+        .await
+        .unwrap();
 
     assert_eq!(answer.object, "chat.completion");
     assert_eq!(answer.model, "demo-model");
@@ -138,7 +143,10 @@ async fn completions_answer_plain_and_streamed_and_honour_max_tokens() {
 
     let answer = app.openai().completions().create(request).await.unwrap();
     let mut stream_request = CreateCompletionRequestArgs::default();
-    stream_request.model("demo").prompt("Say hello").stream(true);
+    stream_request
+        .model("demo")
+        .prompt("Say hello")
+        .stream(true);
     let mut stream = app
         .openai()
         .completions()
@@ -215,7 +223,12 @@ async fn responses_answer_plain_stream_typed_events_and_are_retrieved_by_id() {
             .unwrap()
     };
 
-    let plain = app.openai().responses().create(request(false)).await.unwrap();
+    let plain = app
+        .openai()
+        .responses()
+        .create(request(false))
+        .await
+        .unwrap();
     let mut stream = app
         .openai()
         .responses()
@@ -400,10 +413,7 @@ async fn the_demo_is_healthy_and_its_latency_delays_every_answer() {
         .unwrap();
     let started = Instant::now();
     let response = app
-        .post_json(
-            "/v1/embeddings",
-            json!({"model": "demo", "input": "hello"}),
-        )
+        .post_json("/v1/embeddings", json!({"model": "demo", "input": "hello"}))
         .await;
 
     assert_eq!(health["status"], "ok", "{health}");
@@ -424,7 +434,10 @@ async fn unusable_demo_settings_are_config_errors_with_their_line() {
     let loaded = llmux::config::load::load_file(&file, &|_| None);
 
     let error = loaded.errors().next().expect("an error");
-    assert_eq!(error.json_path, "demo.models.m.endpoints[0].demo.error_rate");
+    assert_eq!(
+        error.json_path,
+        "demo.models.m.endpoints[0].demo.error_rate"
+    );
     assert_eq!(error.position.unwrap().line, 4);
     assert!(error.message.contains("from 0 to 1"), "{}", error.message);
 }

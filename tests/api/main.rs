@@ -19,5 +19,6 @@ mod models;
 mod pools;
 mod reload;
 mod shutdown;
+mod status_page;
 mod streaming;
 mod uploads;
