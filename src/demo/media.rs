@@ -24,7 +24,7 @@ pub async fn embeddings(settings: Settings, body: Bytes) -> HttpResponse {
     }
     let body = match json_body(&body) {
         Ok(body) => body,
-        Err(answer) => return answer,
+        Err(message) => return invalid_request(&message),
     };
     let inputs: Vec<&Value> = match body.get("input") {
         Some(Value::Array(items)) if items.is_empty() => {
@@ -98,7 +98,7 @@ pub async fn images(settings: Settings, request: HttpRequest, body: Bytes) -> Ht
     }
     let body = match json_body(&body) {
         Ok(body) => body,
-        Err(answer) => return answer,
+        Err(message) => return invalid_request(&message),
     };
     let Some(prompt) = body.get("prompt").and_then(Value::as_str) else {
         return invalid_request("`prompt` is required");
@@ -137,7 +137,7 @@ pub async fn speech(settings: Settings, body: Bytes) -> HttpResponse {
     }
     let body = match json_body(&body) {
         Ok(body) => body,
-        Err(answer) => return answer,
+        Err(message) => return invalid_request(&message),
     };
     let Some(input) = body.get("input").and_then(Value::as_str) else {
         return invalid_request("`input` is required");

@@ -174,14 +174,12 @@ pub fn error(status: StatusCode, message: &str, kind: &str, code: &str) -> HttpR
     }))
 }
 
-/// Parses a JSON body, or answers 400 in OpenAI's shape.
-pub fn json_body(body: &Bytes) -> Result<Value, HttpResponse> {
+/// Parses a JSON body; the error is the message of the 400 to answer ([`invalid_request`]).
+pub fn json_body(body: &Bytes) -> Result<Value, String> {
     match serde_json::from_slice::<Value>(body) {
         Ok(value) if value.is_object() => Ok(value),
-        Ok(_) => Err(invalid_request("the request body must be a JSON object")),
-        Err(cause) => Err(invalid_request(&format!(
-            "the request body is not valid JSON: {cause}"
-        ))),
+        Ok(_) => Err("the request body must be a JSON object".to_owned()),
+        Err(cause) => Err(format!("the request body is not valid JSON: {cause}")),
     }
 }
 

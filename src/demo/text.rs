@@ -12,7 +12,9 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{json, Value};
 
 use super::settings::DemoSettings;
-use super::{error, estimate_tokens, json_body, model_of, new_id, unix_now, Settings};
+use super::{
+    error, estimate_tokens, invalid_request, json_body, model_of, new_id, unix_now, Settings,
+};
 
 /// What every demo text model answers: fixed, so tests and dashboards see the same thing each time.
 pub const REPLY: &str = "Hello! This is the demo model built into llmux. It answers every request \
@@ -163,10 +165,10 @@ pub async fn chat(settings: Settings, body: Bytes) -> HttpResponse {
     }
     let body = match json_body(&body) {
         Ok(body) => body,
-        Err(answer) => return answer,
+        Err(message) => return invalid_request(&message),
     };
     let Some(messages) = body.get("messages").filter(|m| m.is_array()) else {
-        return super::invalid_request("`messages` is required and must be an array");
+        return invalid_request("`messages` is required and must be an array");
     };
     let model = model_of(&body);
     let generation = Generation::new(limit_of(&body, &["max_completion_tokens", "max_tokens"]));
@@ -257,10 +259,10 @@ pub async fn completions(settings: Settings, body: Bytes) -> HttpResponse {
     }
     let body = match json_body(&body) {
         Ok(body) => body,
-        Err(answer) => return answer,
+        Err(message) => return invalid_request(&message),
     };
     let Some(prompt) = body.get("prompt") else {
-        return super::invalid_request("`prompt` is required");
+        return invalid_request("`prompt` is required");
     };
     let model = model_of(&body);
     let generation = Generation::new(limit_of(&body, &["max_tokens"]));
@@ -327,10 +329,10 @@ pub async fn responses(
     }
     let body = match json_body(&body) {
         Ok(body) => body,
-        Err(answer) => return answer,
+        Err(message) => return invalid_request(&message),
     };
     let Some(input) = body.get("input") else {
-        return super::invalid_request("`input` is required");
+        return invalid_request("`input` is required");
     };
     let model = model_of(&body);
     let generation = Generation::new(limit_of(&body, &["max_output_tokens"]));
@@ -518,7 +520,7 @@ pub async fn moderations(settings: Settings, body: Bytes) -> HttpResponse {
     }
     let body = match json_body(&body) {
         Ok(body) => body,
-        Err(answer) => return answer,
+        Err(message) => return invalid_request(&message),
     };
     let inputs = match body.get("input") {
         Some(Value::String(_)) => 1,
@@ -530,7 +532,7 @@ pub async fn moderations(settings: Settings, body: Bytes) -> HttpResponse {
                 1
             }
         }
-        _ => return super::invalid_request("`input` is required: a string or an array"),
+        _ => return invalid_request("`input` is required: a string or an array"),
     };
     let categories: serde_json::Map<String, Value> = CATEGORIES
         .iter()

@@ -363,11 +363,12 @@ async fn injected_errors_and_rate_limits_reach_the_client_in_openais_shape() {
 
 #[tokio::test]
 async fn a_rate_limited_demo_is_retried_by_llmux_until_it_answers() {
-    // Half the requests are refused: with ten retries the client (almost) never sees a 429.
+    // Half the attempts are refused: with 20 retries a request fails once in two million, and
+    // 16 requests all answered at the first attempt happen once in 65536 runs.
     let app = Spawn::new()
         .file(
             "demo.json",
-            json!({"demo": {"target_base_url": "builtin:demo", "max_retries": 10,
+            json!({"demo": {"target_base_url": "builtin:demo", "max_retries": 20,
                 "demo": {"rate_limit_rate": 0.5, "retry_after": 0},
                 "models": {"demo": {"endpoints": [{"path": "v1/chat/completions", "target_model_name": "d"}]}}}}),
         )
@@ -375,7 +376,7 @@ async fn a_rate_limited_demo_is_retried_by_llmux_until_it_answers() {
         .await;
 
     let mut statuses = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..16 {
         let response = app
             .post_json(
                 "/v1/chat/completions",
@@ -395,7 +396,13 @@ async fn a_rate_limited_demo_is_retried_by_llmux_until_it_answers() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("provider=\"demo\""), "{metrics}");
+    let attempts: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("llmux_upstream_attempts_total{outcome=\"response\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(attempts > 16, "{attempts} attempts");
 }
 
 #[tokio::test]
