@@ -135,7 +135,10 @@ impl Pace {
     /// Waits as long as generating `tokens` takes, for answers that are not streamed.
     async fn generate(&self, tokens: usize) {
         let due = self.token_due(tokens.saturating_sub(1));
-        actix_web::rt::time::sleep_until(due.into()).await;
+        // A timer, even one already due, waits for the timer wheel's next millisecond tick.
+        if due > Instant::now() {
+            actix_web::rt::time::sleep_until(due.into()).await;
+        }
     }
 }
 
