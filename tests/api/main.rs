@@ -7,6 +7,7 @@
 mod adaptation;
 mod check;
 mod cli;
+mod demo;
 mod deploy;
 mod errors;
 mod forwarding;
@@ -24,5 +25,6 @@ mod prometheus;
 mod reload;
 mod reload_stall;
 mod shutdown;
+mod status_page;
 mod streaming;
 mod uploads;
