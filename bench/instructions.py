@@ -24,7 +24,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = os.path.join(ROOT, "target", "profiling")
+BUILD = os.environ.get("LLMUX_BUILD_DIR", os.path.join(ROOT, "target", "profiling"))
 TARGETS = ["nginx", "forwarder", "llmux-info", "llmux-warn"]
 
 started = []
