@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import re
+import resource
 import socket
 import statistics
 import subprocess
@@ -200,6 +201,11 @@ def curve_streams(bench):
     counts = [100, 1000] if QUICK else [100, 1000, 10000]
     configs = bench.default_configs()
     rows = []
+    # llmux holds two sockets per stream (client and upstream): the file limit caps the streams.
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    cap = (limit - 256) // 2
+    capped = [count for count in counts if count > cap]
+    counts = [min(count, cap) for count in counts]
     for count in counts:
         process, port, _ = start_llmux(configs)
         try:
@@ -224,7 +230,8 @@ def curve_streams(bench):
         "released at once by `bench_client streams`, direct to the mock first, then through llmux. "
         "RSS per stream = (peak RSS during the streams − idle RSS) / streams. Added TTFC = llmux's "
         "time to first chunk minus direct's, same percentile. Client, mock and llmux share the 2 cores, "
-        "unpinned.",
+        "unpinned." + (f" The open-file limit ({limit}) caps the streams at {cap:,} (asked: "
+                       f"{', '.join(f'{c:,}' for c in capped)})." if capped else ""),
         f"Load average at the end: {load_average()}."],
         ["streams", "complete via llmux", "complete direct", "idle RSS MB", "peak RSS MB", "KB / stream",
          "added TTFC p50 ms", "added TTFC p99 ms", "direct TTFC p99 ms", "bunched"], rows)
@@ -236,6 +243,7 @@ def curve_bodies(bench):
         sizes = [(1_000, 100), (100_000, 40), (1_000_000, 10), (10_000_000, 3)]
     rows = []
     configs = bench.default_configs()
+    previous = None
     for size, requests in sizes:
         per = {}
         for target in ("nginx", "forwarder", "llmux-warn"):
@@ -243,8 +251,10 @@ def curve_bodies(bench):
                                         label=f"body-{size}-{target}")["per_request"]
         rows.append([f"{size:,}", requests, f"{per['nginx']:,.0f}", f"{per['forwarder']:,.0f}",
                      f"{per['llmux-warn']:,.0f}", f"{per['llmux-warn'] - per['forwarder']:,.0f}",
-                     f"{(per['llmux-warn'] - per['forwarder']) / size:.2f}",
+                     "—" if previous is None else
+                     f"{(per['llmux-warn'] - previous[1]) / (size - previous[0]):.2f}",
                      f"{per['llmux-warn'] / per['forwarder']:.2f}"])
+        previous = (size, per["llmux-warn"])
         print(rows[-1], file=sys.stderr)
     return table("Curve: chat request body size", [
         "callgrind instructions per chat request (runs of N and 2N requests, one connection), a body of "
@@ -253,7 +263,7 @@ def curve_bodies(bench):
         "(bounded) and probes it for the model without a full parse.",
         f"Load average at the end: {load_average()} (does not change instruction counts)."],
         ["body bytes", "N", "nginx Ir", "forwarder Ir", "llmux Ir", "llmux − forwarder Ir",
-         "(llmux − forwarder) Ir / byte", "llmux / forwarder"], rows)
+         "llmux Ir per added byte (vs the size above)", "llmux / forwarder"], rows)
 
 
 def pool_config(bench, members):

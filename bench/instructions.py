@@ -267,6 +267,12 @@ def main():
         for target, f in figures.items():
             report += "\n" + profile_table(target, *f["files"], args.requests)
     print(report)
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
+    path = os.path.join(ROOT, "bench", "results", f"instructions-{stamp}.md")
+    with open(path, "w") as f:
+        f.write(report)
+    print(f"written to {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

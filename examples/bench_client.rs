@@ -245,7 +245,10 @@ async fn count(url: String, total: u64, connections: u64, bytes: usize) {
             _ => errors += 1,
         }
     }
-    println!("{}", json!({"count": ok, "errors": errors, "body_bytes": body.len()}));
+    println!(
+        "{}",
+        json!({"count": ok, "errors": errors, "body_bytes": body.len()})
+    );
 }
 
 #[tokio::main]
@@ -259,7 +262,11 @@ async fn main() {
         }
         Some("upload") => upload(args[1].clone(), number(2)).await,
         Some("count") => {
-            let bytes = if args.len() > 4 { number(4) as usize } else { 0 };
+            let bytes = if args.len() > 4 {
+                number(4) as usize
+            } else {
+                0
+            };
             count(args[1].clone(), number(2), number(3), bytes).await;
         }
         _ => {

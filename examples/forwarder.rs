@@ -21,10 +21,7 @@ async fn forward(
     upstream: web::Data<Upstream>,
     client: web::Data<awc::Client>,
 ) -> HttpResponse {
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str());
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let mut outgoing = client.request(request.method().clone(), format!("{}{path}", upstream.0));
     for (name, value) in request.headers() {
         if name != header::CONNECTION && name != header::HOST {

@@ -171,10 +171,7 @@ where
         line.extend_from_slice(fields);
         line.extend_from_slice(b"}\n");
         // One write per line, so lines from several threads never interleave.
-        let _ = self
-            .make_writer
-            .make_writer_for(metadata)
-            .write_all(line);
+        let _ = self.make_writer.make_writer_for(metadata).write_all(line);
     }
 
     fn span_record<S>(&self, span: &SpanRef<'_, S>, kind: &str)
@@ -232,7 +229,12 @@ where
         });
     }
 
-    fn on_new_span(&self, _attributes: &tracing::span::Attributes<'_>, id: &Id, context: Context<'_, S>) {
+    fn on_new_span(
+        &self,
+        _attributes: &tracing::span::Attributes<'_>,
+        id: &Id,
+        context: Context<'_, S>,
+    ) {
         if let Some(span) = context.span(id) {
             self.span_record(&span, "START");
         }
@@ -372,7 +374,10 @@ fn needs_escape(bytes: &[u8]) -> bool {
     let special = |byte: u8| (byte < 0x20) | (byte == b'"') | (byte == b'\\');
     let mut blocks = bytes.chunks_exact(16);
     for block in &mut blocks {
-        if block.iter().fold(false, |found, &byte| found | special(byte)) {
+        if block
+            .iter()
+            .fold(false, |found, &byte| found | special(byte))
+        {
             return true;
         }
     }
@@ -471,9 +476,13 @@ mod tests {
                         mut map: A,
                     ) -> Result<Keys, A::Error> {
                         let mut keys: Vec<String> = Vec::new();
-                        while let Some((key, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                        while let Some((key, _)) =
+                            map.next_entry::<String, serde::de::IgnoredAny>()?
+                        {
                             if keys.contains(&key) {
-                                return Err(serde::de::Error::custom(format!("duplicate key {key}")));
+                                return Err(serde::de::Error::custom(format!(
+                                    "duplicate key {key}"
+                                )));
                             }
                             keys.push(key);
                         }
@@ -499,9 +508,12 @@ mod tests {
     fn theirs(log: impl FnOnce()) -> Vec<String> {
         let capture = Capture::default();
         let sink = capture.clone();
-        let subscriber = Registry::default()
-            .with(JsonStorageLayer)
-            .with(BunyanFormattingLayer::new("llmux".to_owned(), move || sink.clone()));
+        let subscriber =
+            Registry::default()
+                .with(JsonStorageLayer)
+                .with(BunyanFormattingLayer::new("llmux".to_owned(), move || {
+                    sink.clone()
+                }));
         tracing::subscriber::with_default(subscriber, log);
         capture.lines()
     }
@@ -727,7 +739,7 @@ mod tests {
     }
 
     #[test]
-    fn many_lines_reuse_the_buffers_and_stay_whole() {
+    fn lines_of_any_length_stay_whole_one_a_line() {
         let lines = ours("info", || {
             for i in 0..200u64 {
                 let long = "x".repeat(if i == 100 { 100_000 } else { 10 });
