@@ -20,7 +20,8 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RELEASE = os.path.join(ROOT, "target", "release")
+# LLMUX_BUILD_DIR=target/profiling runs the profiling build (release with line tables) instead.
+RELEASE = os.environ.get("LLMUX_BUILD_DIR", os.path.join(ROOT, "target", "release"))
 QUICK = "--quick" in sys.argv
 REPEATS = 1 if QUICK else 3
 WRK_SECONDS = 3 if QUICK else 10
