@@ -6,7 +6,7 @@ CPU per request is counted in instructions with callgrind (bench/instructions.py
 the machine does not disturb; times, RSS and throughput are measured natively and carry the load
 average. Every loop is bounded in count and time; every process started is killed by PID.
 
-    bench/curves.sh models|streams|bodies|pool|workers|all [--quick]
+    bench/curves.sh models|streams|bodies|pool|workers|all [--quick] [--no-cpu]
 """
 import datetime
 import json
@@ -27,6 +27,8 @@ from instructions import BUILD, free_port, spawn, wait_port  # noqa: E402
 
 ROOT = instructions.ROOT
 QUICK = "--quick" in sys.argv
+# --no-cpu: the models curve without its callgrind runs (minutes at 100,000 models).
+NO_CPU = "--no-cpu" in sys.argv
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MODELS_PER_FILE = 1000
 
@@ -123,7 +125,12 @@ def curve_models(bench):
     for count in counts:
         configs = os.path.join(bench.work, f"models-{count}")
         files = model_files(configs, bench.mock_port, count)
-        process, port, startup = start_llmux(configs)
+        try:
+            process, port, startup = start_llmux(configs)
+        except RuntimeError as error:
+            # A point that does not start is a result too; the larger ones are not tried.
+            rows.append([f"{count:,}", f"{len(files)}", f"did not start: {error}"] + ["—"] * 6)
+            break
         try:
             time.sleep(1)
             if chat(port, "bench") != 200:
@@ -150,11 +157,12 @@ def curve_models(bench):
             rss_after = rss_mb(process.pid)
         finally:
             stop(process)
-        cpu = bench.measure("llmux-warn", requests, configs=configs, label=f"models-{count}",
-                            startup_deadline=900)["per_request"]
+        cpu = float("nan") if NO_CPU else bench.measure(
+            "llmux-warn", requests, configs=configs, label=f"models-{count}",
+            startup_deadline=900)["per_request"]
         rows.append([f"{count:,}", f"{len(files)}", f"{startup * 1000:,.0f}",
                      "—" if reload_ms is None else f"{reload_ms:,.0f}", f"{rss:.1f}", f"{rss_after:.1f}",
-                     f"{cpu:,.0f}", f"{statistics.median(listing):,.1f}", f"{size / 1e6:.2f}"])
+                     "—" if cpu != cpu else f"{cpu:,.0f}", f"{statistics.median(listing):,.1f}", f"{size / 1e6:.2f}"])
         print(rows[-1], file=sys.stderr)
     return table("Curve: models in the config", [
         f"llmux --workers 1 --log warn (profiling build), models spread over files of {MODELS_PER_FILE}, "
