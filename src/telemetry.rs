@@ -367,9 +367,10 @@ fn json_string(out: &mut Vec<u8>, text: &str) {
 
 /// Whether `bytes` holds what a JSON string must escape: `"`, `\` or a control character.
 ///
-/// Hand-written because serde_json escapes byte by byte through a table (a third of the log
-/// line's cost): most values need no escaping, and this check has no early exit inside a block
-/// of 16 bytes, so the compiler vectorizes it.
+/// Hand-written to skip serde_json's byte-by-byte escaping when nothing needs it (most values).
+/// Measured (issue 16): no cheaper than serde_json yet, about 13 instructions per byte: most
+/// values are shorter than a block, and the blocks were not vectorized. A SWAR word-at-a-time
+/// check is the next step.
 fn needs_escape(bytes: &[u8]) -> bool {
     let special = |byte: u8| (byte < 0x20) | (byte == b'"') | (byte == b'\\');
     let mut blocks = bytes.chunks_exact(16);
