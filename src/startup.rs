@@ -153,6 +153,8 @@ impl Application {
             admitter: Admitter::default(),
             metrics,
             spool_dir: args.spool_dir(),
+            client_body_timeout: args.client_body_timeout,
+            upstream_header: args.upstream_header,
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;

@@ -9,7 +9,6 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::load::DEFAULT_TIMEOUT;
 use crate::errors::ApiError;
 use crate::pipeline::admit::AdmitRequest;
 use crate::pipeline::attempt::{attempt_headers, classify, client_for, record_breaker};
@@ -31,10 +30,15 @@ pub async fn upload(
 ) -> HttpResponse {
     let mut log = AccessLog::of_request(&request, operation, &state.metrics);
     let prepared = async {
-        // No route is known while the first parts arrive: a client silent mid-upload for the
-        // default request timeout fails the upload (400).
-        let upload =
-            Upload::start(&request, payload, state.max_upload_bytes, DEFAULT_TIMEOUT).await?;
+        // A client silent mid-upload for `--client-body-timeout` fails the upload (408).
+        let upload = Upload::start(
+            &request,
+            payload,
+            state.max_upload_bytes,
+            state.client_body_timeout,
+            &state.spool_dir,
+        )
+        .await?;
         log.model = Some(upload.model.as_str().into());
         log.admission = Some(state.admitter.admit(&AdmitRequest {
             operation,
@@ -121,7 +125,7 @@ pub async fn upload(
             actix_web::ResponseError::error_response(&error)
         }
     };
-    attempt_headers(&mut response, 1, &endpoint);
+    attempt_headers(&mut response, 1, &endpoint, state.upstream_header);
     response
 }
 

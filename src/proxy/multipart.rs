@@ -6,6 +6,7 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -32,6 +33,11 @@ const CHANNEL_CHUNKS: usize = 8;
 const MAX_TEXT_FIELD: usize = 4096;
 /// Read size when replaying a spool file.
 const REPLAY_CHUNK: usize = 256 * 1024;
+/// Most parts an upload may have: each part before `model` costs bookkeeping until the route is
+/// known (issue 20: 1M tiny parts cost +143 MB and 86 s). OpenAI's uploads have a few dozen.
+pub const MAX_PARTS: usize = 1000;
+/// Longest part name kept for `drop_params` while spooling (longer names are refused).
+const MAX_PART_NAME: usize = 256;
 
 /// An upload whose `model` has been read; the rest of the client's body is still streaming in.
 pub struct Upload {
@@ -40,6 +46,8 @@ pub struct Upload {
     boundary: String,
     spool: Spool,
     limit: u64,
+    /// Parts read so far, bounded by `MAX_PARTS`.
+    parts: usize,
 }
 
 /// The body of the upstream request.
@@ -68,6 +76,7 @@ impl Upload {
         payload: web::Payload,
         limit: u64,
         idle_timeout: Duration,
+        spool_dir: &Path,
     ) -> Result<Self, ApiError> {
         let content_type = request
             .headers()
@@ -97,8 +106,9 @@ impl Upload {
             model: String::new(),
             multipart,
             boundary: format!("llmux-{}", new_id()),
-            spool: Spool::default(),
+            spool: Spool::new(spool_dir),
             limit,
+            parts: 0,
         };
         loop {
             let Some(mut field) = upload.next_field().await? else {
@@ -121,6 +131,12 @@ impl Upload {
                         .push(Item::ResponseFormat { head, value });
                 }
                 name => {
+                    if name.is_some_and(|name| name.len() > MAX_PART_NAME) {
+                        return Err(ApiError::invalid_request(
+                            format!("A part name is longer than {MAX_PART_NAME} bytes."),
+                            None,
+                        ));
+                    }
                     upload.spool.start_field(name);
                     upload
                         .spool
@@ -183,10 +199,21 @@ impl Upload {
 
     async fn next_field(&mut self) -> Result<Option<Field<'static>>, ApiError> {
         let limit = self.limit;
-        self.multipart
+        let field = self
+            .multipart
             .next_field()
             .await
-            .map_err(|e| client_error(e, limit))
+            .map_err(|e| client_error(e, limit))?;
+        if field.is_some() {
+            self.parts += 1;
+            if self.parts > MAX_PARTS {
+                return Err(ApiError::invalid_request(
+                    format!("The multipart body has more than {MAX_PARTS} parts."),
+                    None,
+                ));
+            }
+        }
+        Ok(field)
     }
 }
 
@@ -316,12 +343,13 @@ impl Producer {
 }
 
 /// Parts before `model`, in the order they came: rendered bytes (in memory, then in a temp file
-/// that is deleted when closed) and `response_format` values kept apart so they can be rewritten.
-#[derive(Default)]
+/// in `--spool-dir` that is deleted when closed) and `response_format` values kept apart so they
+/// can be rewritten.
 struct Spool {
     items: Vec<Item>,
     memory: BytesMut,
     file: Option<File>,
+    dir: PathBuf,
 }
 
 enum Item {
@@ -337,6 +365,15 @@ enum Item {
 }
 
 impl Spool {
+    fn new(dir: &Path) -> Self {
+        Self {
+            items: Vec::new(),
+            memory: BytesMut::new(),
+            file: None,
+            dir: dir.to_owned(),
+        }
+    }
+
     /// Starts a field: what `write` adds until the next one belongs to it.
     fn start_field(&mut self, name: Option<&str>) {
         self.items.push(Item::Raw {
@@ -361,25 +398,39 @@ impl Spool {
             Some(file) => file,
             None => {
                 // Anonymous: the OS removes it when the last handle closes, whatever happens.
-                let file = tempfile::tempfile()
-                    .map_err(|e| ApiError::Internal(format!("cannot create a spool file: {e}")))?;
+                let file = tempfile::tempfile_in(&self.dir)
+                    .map_err(|error| spool_failed(&self.dir, "create", &error))?;
                 let memory = std::mem::take(&mut self.memory).freeze();
-                write_chunk(file, memory).await?
+                write_chunk(file, memory, &self.dir).await?
             }
         };
-        self.file = Some(write_chunk(file, chunk).await?);
+        self.file = Some(write_chunk(file, chunk, &self.dir).await?);
         Ok(())
     }
 }
 
-async fn write_chunk(file: File, chunk: Bytes) -> Result<File, ApiError> {
+/// A spool file that cannot be made or written is the operator's to fix, not the client's: an
+/// error line says what to do (issue 20: a read-only `/tmp` was only an access-log line); the
+/// client gets a 500 without the path.
+fn spool_failed(dir: &Path, doing: &str, error: &std::io::Error) -> ApiError {
+    tracing::error!(
+        spool_dir = %dir.display(),
+        %error,
+        "cannot {doing} an upload spool file: make --spool-dir (LLMUX_SPOOL_DIR) a writable directory with free space (in Kubernetes, an emptyDir volume); uploads whose file part comes before `model` fail until then"
+    );
+    ApiError::Internal(
+        "This server could not store the upload's parts before `model` (its log says why). Sending `model` first avoids storing them.".into(),
+    )
+}
+
+async fn write_chunk(file: File, chunk: Bytes, dir: &Path) -> Result<File, ApiError> {
     web::block(move || {
         let mut file = file;
         file.write_all(&chunk).map(|()| file)
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Internal(format!("cannot write the spool file: {e}")))
+    .map_err(|error| spool_failed(dir, "write", &error))
 }
 
 /// Reads up to `length` bytes (at most one replay chunk) from the spool file.
@@ -411,10 +462,7 @@ fn pump(
                 Ok(Some(chunk)) => chunk.map_err(|e| std::io::Error::other(e.to_string())),
                 Err(_) => Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    format!(
-                        "the client sent nothing for {}s",
-                        idle_timeout.as_secs_f64()
-                    ),
+                    ClientSilent(idle_timeout),
                 )),
             };
             let failed = chunk.is_err();
@@ -425,6 +473,11 @@ fn pump(
     });
     receive(receiver)
 }
+
+/// The pump's error when the client went silent: `client_error` makes it a 408.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent nothing for {}s", .0.as_secs_f64())]
+struct ClientSilent(Duration);
 
 fn receive<T: Send + 'static>(
     receiver: mpsc::Receiver<T>,
@@ -507,7 +560,16 @@ fn client_error(error: multer::Error, limit: u64) -> ApiError {
         multer::Error::StreamSizeExceeded { .. } | multer::Error::FieldSizeExceeded { .. } => {
             too_large(limit)
         }
-        multer::Error::StreamReadFailed(error) => ApiError::BadPayload(error.to_string()),
+        multer::Error::StreamReadFailed(error) => {
+            let silent = error
+                .downcast_ref::<std::io::Error>()
+                .and_then(|error| error.get_ref())
+                .and_then(|inner| inner.downcast_ref::<ClientSilent>());
+            match silent {
+                Some(ClientSilent(timeout)) => ApiError::ClientBodyTimeout { timeout: *timeout },
+                None => ApiError::BadPayload(error.to_string()),
+            }
+        }
         other => {
             ApiError::invalid_request(format!("The multipart body is malformed: {other}."), None)
         }
