@@ -24,7 +24,10 @@ pub enum ApiError {
     },
     #[error("The model `{}` does not exist or you do not have access to it. GET /v1/models lists the models this server offers.", echo(model))]
     UnknownModel { model: String },
-    #[error("The model `{}` is not served on /{path}. It serves: {served}.", echo(model))]
+    #[error(
+        "The model `{}` is not served on /{path}. It serves: {served}.",
+        echo(model)
+    )]
     ModelNotOnPath {
         model: String,
         path: String,
@@ -40,6 +43,10 @@ pub enum ApiError {
     HeadersTooLarge { max_bytes: usize, max_count: usize },
     #[error("Could not read the request body: {0}")]
     BadPayload(String),
+    #[error(
+        "/{path} does not take protocol upgrades (WebSocket): send it as a plain HTTP request."
+    )]
+    UpgradeNotSupported { path: &'static str },
     #[error("The client sent nothing of the request body for {}s (--client-body-timeout).", timeout.as_secs_f64())]
     ClientBodyTimeout { timeout: Duration },
     #[error("The upstream of provider `{provider}` could not be reached: {cause}")]
@@ -52,7 +59,11 @@ pub enum ApiError {
         "No response with id '{id}' was created through this server (or it was forgotten since)."
     )]
     UnknownResponse { id: String },
-    #[error("The image `{}` of model `{}` does not exist or has expired.", echo(id), echo(model))]
+    #[error(
+        "The image `{}` of model `{}` does not exist or has expired.",
+        echo(id),
+        echo(model)
+    )]
     ImageNotFound { model: String, id: String },
 }
 
@@ -117,6 +128,9 @@ impl ApiError {
                 ("invalid_request_error", None, Some("payload_too_large"))
             }
             Self::BadPayload(_) => ("invalid_request_error", None, Some("bad_payload")),
+            Self::UpgradeNotSupported { .. } => {
+                ("invalid_request_error", None, Some("upgrade_not_supported"))
+            }
             Self::ClientBodyTimeout { .. } => {
                 ("invalid_request_error", None, Some("request_timeout"))
             }
@@ -137,9 +151,10 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::InvalidRequest { .. } | Self::InvalidJson { .. } | Self::BadPayload(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidRequest { .. }
+            | Self::InvalidJson { .. }
+            | Self::BadPayload(_)
+            | Self::UpgradeNotSupported { .. } => StatusCode::BAD_REQUEST,
             Self::UnknownModel { .. } | Self::ModelNotOnPath { .. } | Self::UnknownRoute { .. } => {
                 StatusCode::NOT_FOUND
             }

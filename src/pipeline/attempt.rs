@@ -174,7 +174,9 @@ pub async fn forward_with_retries(
         let wait = asked.unwrap_or_else(|| backoff(attempt));
         // Checked: the wait comes from the upstream (issue 20: `Instant + Duration` panics on
         // overflow).
-        let wake = Instant::now().checked_add(wait).filter(|wake| *wake < deadline);
+        let wake = Instant::now()
+            .checked_add(wait)
+            .filter(|wake| *wake < deadline);
         let Some(wake) = wake else {
             tracing::warn!(request_id = log.request_id(), attempt, member = %member.identity(), outcome, error, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "upstream attempt failed; no time left to retry");
             let response = finish(result, &member, attempt, log, Some(answer), state).await;

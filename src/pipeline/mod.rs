@@ -61,6 +61,7 @@ async fn prepare(
     state: &AppState,
     log: &mut AccessLog,
 ) -> Result<Outbound, ApiError> {
+    read::refuse_upgrade(request, operation)?;
     let body = read::json_body(
         request,
         payload,

@@ -11,6 +11,26 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use crate::errors::ApiError;
+use crate::pipeline::operation::Operation;
+
+/// Refuses a protocol upgrade (WebSocket) on an endpoint that takes a body: the body of such a
+/// request is the upgraded stream, which never ends, so reading it waited forever (issue 20:
+/// no answer at all). Answered at once, before any body is read.
+pub fn refuse_upgrade(request: &HttpRequest, operation: Operation) -> Result<(), ApiError> {
+    // actix reads the body of a request with `Upgrade: websocket` as the upgraded stream; other
+    // upgrades (`h2c`) keep their body and are served as plain HTTP/1.1.
+    let websocket = request
+        .headers()
+        .get_all(header::UPGRADE)
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.trim().eq_ignore_ascii_case("websocket"));
+    match websocket {
+        true => Err(ApiError::UpgradeNotSupported {
+            path: operation.path(),
+        }),
+        false => Ok(()),
+    }
+}
 
 /// Reads the whole body, refusing anything over `limit` bytes before reading it when the client
 /// announced its length, and a client silent for `idle_timeout` between chunks.

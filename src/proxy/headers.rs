@@ -190,7 +190,10 @@ mod tests {
         let headers = response.headers();
         assert!(!headers.contains_key("server"));
         assert!(!headers.contains_key("x-request-id"));
-        assert_eq!(headers.get("x-upstream-request-id").unwrap(), "req_provider_1");
+        assert_eq!(
+            headers.get("x-upstream-request-id").unwrap(),
+            "req_provider_1"
+        );
         assert_eq!(headers.get("content-type").unwrap(), "application/json");
     }
 

@@ -56,9 +56,15 @@ pub struct UpstreamBody {
     pub content_type: HeaderValue,
     pub stream: Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>>>>,
     pub outcome: Rc<RefCell<UploadOutcome>>,
-    /// Resolves once the whole body was handed to the upstream connection.
-    pub sent: oneshot::Receiver<()>,
+    /// Resolves once the whole body was handed to the upstream connection, or with
+    /// `UpstreamStalled` when the upstream stopped reading it.
+    pub sent: oneshot::Receiver<Result<(), UpstreamStalled>>,
 }
+
+/// The upstream read nothing of the body for its `request_timeout` (issue 20: an upstream that
+/// accepts and never reads hung the upload past every bound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamStalled;
 
 /// What the body producer learned, read by the handler once the upstream answered.
 #[derive(Default)]
@@ -179,7 +185,10 @@ impl Upload {
             };
             match body.produce(self, &target_model).await {
                 Ok(()) => {
-                    let _ = sent.send(());
+                    let _ = sent.send(Ok(()));
+                }
+                Err(Stop::Stalled) => {
+                    let _ = sent.send(Err(UpstreamStalled));
                 }
                 Err(Stop::Client(error)) => {
                     let message = error.to_string();
@@ -222,6 +231,8 @@ enum Stop {
     Client(ApiError),
     /// The upstream request went away; nothing more to send.
     Closed,
+    /// The upstream took nothing for `request_timeout`.
+    Stalled,
 }
 
 impl From<ApiError> for Stop {
@@ -337,8 +348,15 @@ impl Producer {
         self.send(Bytes::from(format!("{sent}\r\n"))).await
     }
 
+    /// Hands `chunk` to the upstream connection. The channel is full only while the upstream
+    /// does not read: waiting longer than the endpoint's `request_timeout` for room stops the
+    /// upload.
     async fn send(&mut self, chunk: Bytes) -> Result<(), Stop> {
-        self.sender.send(Ok(chunk)).await.map_err(|_| Stop::Closed)
+        let timeout = self.endpoint.request_timeout;
+        match tokio::time::timeout(timeout, self.sender.send(Ok(chunk))).await {
+            Ok(sent) => sent.map_err(|_| Stop::Closed),
+            Err(_) => Err(Stop::Stalled),
+        }
     }
 }
 
