@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::accept;
 use crate::pipeline::admit::Admitter;
 use crate::pipeline::attempt::RetryPolicy;
+use crate::proxy::interim::SkipInterimConnector;
 use crate::routing::breaker::BreakerPolicy;
 use crate::routing::table::RoutingTable;
 use crate::state::AppState;
@@ -316,9 +317,11 @@ fn tls_config() -> anyhow::Result<rustls::ClientConfig> {
     Ok(config)
 }
 
-/// One client per worker (awc's client is not `Send`), with an unbounded keep-alive pool.
+/// One client per worker (awc's client is not `Send`), with an unbounded keep-alive pool; its
+/// connections skip interim (1xx) responses.
 fn upstream_client(tls: Arc<rustls::ClientConfig>, connect_timeout: Duration) -> awc::Client {
     let connector = awc::Connector::new()
+        .connector(SkipInterimConnector::default())
         .rustls_0_23(tls)
         .timeout(connect_timeout)
         .handshake_timeout(connect_timeout)

@@ -5,6 +5,7 @@ pub mod decode;
 pub mod forward;
 pub mod headers;
 pub mod image_answer;
+pub mod interim;
 pub mod json;
 pub mod multipart;
 pub mod rewrite;

@@ -475,3 +475,39 @@ async fn an_unknown_model_of_a_megabyte_is_echoed_cut() {
     assert!(message.len() < 1024, "{} bytes", message.len());
     assert!(message.contains("xxx…`"), "{message}");
 }
+
+#[tokio::test]
+async fn interim_1xx_responses_from_an_upstream_are_skipped_and_its_connection_stays_in_step() {
+    // Issue 20: `100 Continue` / `102 Processing` went to the client as the final status with an
+    // empty body (and the real answer stayed unread on the pooled connection).
+    let upstream = raw_upstream(|mut stream| async move {
+        let mut answered = 0;
+        while let Some(_) = read_request(&mut stream).await {
+            answered += 1;
+            let body = json!({"id": format!("c{answered}"), "object": "chat.completion", "choices": []}).to_string();
+            stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let rest = format!(
+                "HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(rest.as_bytes()).await.unwrap();
+        }
+    })
+    .await;
+    let app = Spawn::new()
+        .file("p.json", raw_provider(&upstream, 10.0))
+        .args(|args| args.workers = Some(1))
+        .start()
+        .await;
+
+    for expected in ["c1", "c2", "c3"] {
+        let response = app.post_json(CHAT, chat()).await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["id"], expected, "{body}");
+    }
+}
