@@ -615,4 +615,143 @@ mod tests {
         assert!(text.contains("Content-Type: audio/wav\r\n"));
         assert!(text.ends_with("\r\n\r\n"));
     }
+
+    mod properties {
+        use super::*;
+        use crate::routing::endpoint::tests::endpoint;
+        use actix_web::FromRequest;
+        use proptest::prelude::*;
+
+        const BOUNDARY: &str = "prop-boundary-5f3a9c2e1b7d4086";
+
+        /// (name, file name, content) of each part, `model` included.
+        type Parts = Vec<(String, Option<String>, Vec<u8>)>;
+
+        fn render(parts: &Parts) -> Vec<u8> {
+            let mut body = Vec::new();
+            for (name, file_name, content) in parts {
+                body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+                let disposition = match file_name {
+                    Some(file) => format!("form-data; name=\"{name}\"; filename=\"{file}\""),
+                    None => format!("form-data; name=\"{name}\""),
+                };
+                body.extend_from_slice(
+                    format!("Content-Disposition: {disposition}\r\n\r\n").as_bytes(),
+                );
+                body.extend_from_slice(content);
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+            body
+        }
+
+        /// Runs the rewriter on `chunks` and parses what the upstream would get.
+        fn rewrite(chunks: Vec<Bytes>) -> Result<Parts, String> {
+            actix_web::rt::System::new().block_on(async move {
+                let (request, _) = actix_web::test::TestRequest::default()
+                    .insert_header((
+                        header::CONTENT_TYPE,
+                        format!("multipart/form-data; boundary={BOUNDARY}"),
+                    ))
+                    .to_http_parts();
+                let stream = futures_util::stream::iter(
+                    chunks
+                        .into_iter()
+                        .map(Ok::<_, actix_web::error::PayloadError>),
+                );
+                let boxed: actix_http::BoxedPayloadStream = Box::pin(stream);
+                let mut payload = actix_web::dev::Payload::from(boxed);
+                let payload = web::Payload::from_request(&request, &mut payload)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let upload = Upload::start(
+                    &request,
+                    payload,
+                    1 << 24,
+                    Duration::from_secs(5),
+                    &std::env::temp_dir(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                let endpoint = Arc::new(endpoint(
+                    "f.json",
+                    "m",
+                    "v1/audio/transcriptions",
+                    "target-m",
+                ));
+                let body = upload.into_body(&endpoint);
+                let boundary = body
+                    .content_type
+                    .to_str()
+                    .ok()
+                    .and_then(|v| multer::parse_boundary(v).ok())
+                    .ok_or("no boundary")?;
+                let sent: Vec<Result<Bytes, std::io::Error>> = body.stream.collect().await;
+                let mut parsed = Multipart::new(futures_util::stream::iter(sent), boundary);
+                let mut parts = Vec::new();
+                while let Some(field) = parsed.next_field().await.map_err(|e| e.to_string())? {
+                    let name = field.name().unwrap_or("").to_owned();
+                    let file_name = field.file_name().map(str::to_owned);
+                    let content = field.bytes().await.map_err(|e| e.to_string())?;
+                    parts.push((name, file_name, content.to_vec()));
+                }
+                Ok(parts)
+            })
+        }
+
+        fn parts() -> impl Strategy<Value = Parts> {
+            let part = (
+                prop::sample::select(vec![
+                    "file",
+                    "prompt",
+                    "language",
+                    "timestamp_granularities[]",
+                ]),
+                prop::option::of("[a-z]{1,8}\\.wav"),
+                prop::collection::vec(any::<u8>(), 0..3000),
+            )
+                .prop_map(|(name, file, content)| (name.to_owned(), file, content));
+            (
+                prop::collection::vec(part, 0..4),
+                any::<prop::sample::Index>(),
+            )
+                .prop_map(|(mut parts, at)| {
+                    let at = at.index(parts.len() + 1);
+                    parts.insert(at, ("model".into(), None, b"m".to_vec()));
+                    parts
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+            /// Issue 20: every part reaches the upstream as sent (only `model` becomes the
+            /// target), however the client's body is split into chunks.
+            #[test]
+            fn parts_survive_any_split_of_the_input(
+                parts in parts(),
+                cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+            ) {
+                let body = render(&parts);
+                let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(body.len() + 1)).collect();
+                cuts.sort_unstable();
+                let mut chunks = Vec::new();
+                let mut from = 0;
+                for cut in cuts {
+                    chunks.push(Bytes::copy_from_slice(&body[from..cut]));
+                    from = cut;
+                }
+                chunks.push(Bytes::copy_from_slice(&body[from..]));
+                let received = rewrite(chunks).map_err(TestCaseError::fail)?;
+                let expected: Parts = parts
+                    .into_iter()
+                    .map(|(name, file, content)| match name.as_str() {
+                        "model" => (name, file, b"target-m".to_vec()),
+                        _ => (name, file, content),
+                    })
+                    .collect();
+                prop_assert_eq!(received, expected);
+            }
+        }
+    }
 }
