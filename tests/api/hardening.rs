@@ -26,12 +26,10 @@ fn chat() -> Value {
 fn raw_provider(url: &str, request_timeout: f64) -> String {
     let mut file = provider_file("raw", "", &[("m", "target-m")]);
     file["raw"]["request_timeout"] = json!(request_timeout);
-    for path in ["v1/audio/transcriptions"] {
-        file["raw"]["models"]["m"]["endpoints"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"path": path, "target_model_name": "target-m"}));
-    }
+    file["raw"]["models"]["m"]["endpoints"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"path": "v1/audio/transcriptions", "target_model_name": "target-m"}));
     file.to_string().replace("{UPSTREAM}", url)
 }
 
@@ -482,7 +480,7 @@ async fn interim_1xx_responses_from_an_upstream_are_skipped_and_its_connection_s
     // empty body (and the real answer stayed unread on the pooled connection).
     let upstream = raw_upstream(|mut stream| async move {
         let mut answered = 0;
-        while let Some(_) = read_request(&mut stream).await {
+        while read_request(&mut stream).await.is_some() {
             answered += 1;
             let body = json!({"id": format!("c{answered}"), "object": "chat.completion", "choices": []}).to_string();
             stream
