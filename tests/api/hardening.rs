@@ -5,6 +5,7 @@ use std::future::Future;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use llmux::pipeline::attempt::UpstreamHeader;
 use reqwest::multipart::{Form, Part};
 use serde_json::{json, Value};
@@ -231,10 +232,15 @@ async fn an_upload_to_an_upstream_that_never_reads_fails_after_the_request_timeo
         .file("p.json", raw_provider(&upstream, 1.0))
         .start()
         .await;
-    let form = Form::new().text("model", "m").part(
-        "file",
-        Part::bytes(vec![7u8; 64 * 1024 * 1024]).file_name("a.wav"),
-    );
+    // 64 MiB made as it is sent: this process (whose RSS other tests measure) never holds it.
+    const SIZE: u64 = 64 * 1024 * 1024;
+    let block = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+    let chunks = futures_util::stream::iter(0..SIZE / block.len() as u64)
+        .map(move |_| Ok::<_, std::io::Error>(block.clone()));
+    let file = Part::stream_with_length(reqwest::Body::wrap_stream(chunks), SIZE);
+    let form = Form::new()
+        .text("model", "m")
+        .part("file", file.file_name("a.wav"));
 
     let started = Instant::now();
     let answer = tokio::time::timeout(
@@ -522,22 +528,35 @@ fn peak_and_current_rss_kib(pid: u32) -> (u64, u64) {
 #[tokio::test]
 async fn a_100_mb_image_answer_costs_well_under_four_times_its_size() {
     // Issue 20: a 106 MB answer took RSS +445 MB (a full tree parse), 310 MB still resident.
-    let upstream = MockUpstream::start().await;
-    let image = vec![0x89u8; 75 * 1024 * 1024];
-    let body = json!({"created": 1, "data": [{"revised_prompt": "cat",
-        "b64_json": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &image)}]})
-    .to_string();
-    let size_kib = (body.len() / 1024) as u64;
-    drop(image);
-    upstream.always(Reply::Bytes {
-        status: 200,
-        content_type: "application/json".into(),
-        body: body.into(),
-    });
+    // The upstream writes the answer as it goes (this process's RSS is measured by other tests):
+    // one `b64_json` image of 75 MiB, 100 MiB of base64.
+    const PREFIX: &str = r#"{"created":1,"data":[{"revised_prompt":"cat","b64_json":""#;
+    const SUFFIX: &str = r#""}]}"#;
+    const BLOCK: usize = 64 * 1024;
+    const BLOCKS: usize = 1600;
+    let size = PREFIX.len() + BLOCK * BLOCKS + SUFFIX.len();
+    let upstream = raw_upstream(move |mut stream| async move {
+        if read_request(&mut stream).await.is_none() {
+            return;
+        }
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n{PREFIX}"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // `iVBO` is valid base64 (its bytes start like a PNG's).
+        let block = "iVBO".repeat(BLOCK / 4);
+        for _ in 0..BLOCKS {
+            if stream.write_all(block.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        let _ = stream.write_all(SUFFIX.as_bytes()).await;
+    })
+    .await;
     let config = tempfile::tempdir().unwrap();
     let file = json!({"mock": {
         "api_key_variable": "TEST_PROVIDER_KEY",
-        "target_base_url": upstream.url,
+        "target_base_url": upstream,
         "models": {"m": {"endpoints": [{"path": "v1/images/generations", "target_model_name": "t",
                                          "upstream_image_format": "b64_json"}]}}
     }});
@@ -557,6 +576,7 @@ async fn a_100_mb_image_answer_costs_well_under_four_times_its_size() {
     let answer: Value = response.json().await.unwrap();
     assert!(answer["data"][0]["url"].is_string(), "{answer}");
     assert_eq!(answer["data"][0]["revised_prompt"], "cat");
+    let size_kib = (size / 1024) as u64;
     let (peak, after) = peak_and_current_rss_kib(pid);
     let cost = peak.saturating_sub(before);
     eprintln!(
