@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::accept;
 use crate::pipeline::admit::Admitter;
 use crate::pipeline::attempt::RetryPolicy;
+use crate::proxy::interim::SkipInterimConnector;
 use crate::routing::breaker::BreakerPolicy;
 use crate::routing::table::RoutingTable;
 use crate::state::AppState;
@@ -160,6 +161,8 @@ impl Application {
             metrics,
             spool_dir: args.spool_dir(),
             started_at: std::time::SystemTime::now(),
+            client_body_timeout: args.client_body_timeout,
+            upstream_header: args.upstream_header,
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;
@@ -334,9 +337,11 @@ fn tls_config() -> anyhow::Result<rustls::ClientConfig> {
     Ok(config)
 }
 
-/// One client per worker (awc's client is not `Send`), with an unbounded keep-alive pool.
+/// One client per worker (awc's client is not `Send`), with an unbounded keep-alive pool; its
+/// connections skip interim (1xx) responses.
 fn upstream_client(tls: Arc<rustls::ClientConfig>, connect_timeout: Duration) -> awc::Client {
     let connector = awc::Connector::new()
+        .connector(SkipInterimConnector::default())
         .rustls_0_23(tls)
         .timeout(connect_timeout)
         .handshake_timeout(connect_timeout)

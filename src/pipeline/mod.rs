@@ -61,7 +61,14 @@ async fn prepare(
     state: &AppState,
     log: &mut AccessLog,
 ) -> Result<Outbound, ApiError> {
-    let body = read::json_body(request, payload, state.max_body_bytes).await?;
+    read::refuse_upgrade(request, operation)?;
+    let body = read::json_body(
+        request,
+        payload,
+        state.max_body_bytes,
+        state.client_body_timeout,
+    )
+    .await?;
     let identity = identify(&body)?;
     log.model = Some(identity.model.as_ref().into());
     log.admission = Some(state.admitter.admit(&AdmitRequest {
@@ -158,6 +165,6 @@ pub async fn forward_by_response_id(
     if operation == Operation::ResponsesDelete && response.status().is_success() {
         state.responses.forget(&id);
     }
-    attempt::attempt_headers(&mut response, 1, &endpoint);
+    attempt::attempt_headers(&mut response, 1, &endpoint, state.upstream_header);
     response
 }

@@ -11,6 +11,7 @@ mod demo;
 mod deploy;
 mod errors;
 mod forwarding;
+mod hardening;
 mod harness;
 mod health;
 mod helpers;
