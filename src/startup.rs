@@ -26,6 +26,7 @@ use crate::pipeline::attempt::RetryPolicy;
 use crate::routing::breaker::BreakerPolicy;
 use crate::routing::table::RoutingTable;
 use crate::state::AppState;
+use crate::traces::Traces;
 
 pub struct Application {
     port: u16,
@@ -107,7 +108,11 @@ impl Application {
         let demo = demo::start().context("starting the built-in demo backend")?;
         let env = demo::env_with_demo_url(env, demo.url.clone());
         let table = Arc::new(RoutingTable::new());
-        let live = Arc::new(LiveConfig::new(&args.config_dir, Arc::clone(&table), env));
+        let live = Arc::new(LiveConfig::new(
+            &args.config_dir,
+            Arc::clone(&table),
+            Arc::clone(&env),
+        ));
         // Start-up and the watcher load through the same code.
         let started = std::time::Instant::now();
         let summary = live
@@ -126,6 +131,7 @@ impl Application {
         }
 
         let metrics = Arc::new(Metrics::new(Arc::clone(&table)));
+        let traces = Traces::from_env(&*env).context("configuring OpenTelemetry traces")?;
 
         let listener = bind(&args.host, args.port, args.backlog)
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;
@@ -160,6 +166,7 @@ impl Application {
             metrics,
             spool_dir: args.spool_dir(),
             started_at: std::time::SystemTime::now(),
+            traces,
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;
@@ -295,6 +302,9 @@ impl Application {
             () = graceful => {
                 server.await??;
                 demo_handle.stop(false).await;
+                if let Some(traces) = &state.traces {
+                    traces.shutdown();
+                }
                 tracing::info!("drained, exiting");
                 Ok(Shutdown::Drained)
             }

@@ -11,6 +11,7 @@ use crate::pipeline::admit::Admitter;
 use crate::pipeline::attempt::RetryPolicy;
 use crate::routing::responses::ResponseOwners;
 use crate::routing::table::RoutingTable;
+use crate::traces::Traces;
 
 pub struct AppState {
     pub table: Arc<RoutingTable>,
@@ -39,4 +40,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Where upload parts before `model` are spooled (`--spool-dir`, default the temp dir).
     pub spool_dir: PathBuf,
+    /// OpenTelemetry traces; `None` (the default) builds no span at all.
+    pub traces: Option<Traces>,
 }
