@@ -13,7 +13,8 @@ use opentelemetry::trace::{
     Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
+use opentelemetry_otlp::tonic_types::transport::ClientTlsConfig;
+use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, Span,
@@ -268,11 +269,17 @@ impl Traces {
                     .map_err(TracesError::Runtime)?;
                 let exporter = {
                     let _entered = runtime.enter();
-                    SpanExporter::builder()
+                    let builder = SpanExporter::builder()
                         .with_tonic()
                         .with_endpoint(settings.endpoint.clone())
-                        .with_timeout(settings.timeout)
-                        .build()?
+                        .with_timeout(settings.timeout);
+                    // tonic applies no TLS to an https URL by itself: rustls with the webpki
+                    // roots, as llmux's upstream client uses.
+                    let builder = match settings.endpoint.starts_with("https://") {
+                        true => builder.with_tls_config(ClientTlsConfig::new().with_webpki_roots()),
+                        false => builder,
+                    };
+                    builder.build()?
                 };
                 (exporter, Some(runtime))
             }
