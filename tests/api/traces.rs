@@ -21,7 +21,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::json;
 
-use crate::helpers::{eventually, provider_file, spawn_app, Reply, Spawn};
+use crate::helpers::{eventually, provider_file, spawn_app, Binary, MockUpstream, Reply, Spawn};
 
 const CLIENT_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN_ID: &str = "00f067aa0ba902b7";
@@ -206,6 +206,66 @@ async fn grpc_traces_start_a_trace_when_the_client_sends_none() {
         app.upstream.last_request().header("traceparent"),
         Some(format!("00-{trace_id}-{}-01", hex(&attempt.span.span_id)).as_str())
     );
+}
+
+#[tokio::test]
+async fn the_binary_reads_otel_variables_and_flushes_its_spans_at_shutdown() {
+    let receiver = HttpReceiver::start();
+    let upstream = MockUpstream::start().await;
+    upstream.push(Reply::Echo);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.json"),
+        provider_file("mock", "", &[("m", "t")])
+            .to_string()
+            .replace("{UPSTREAM}", &upstream.url),
+    )
+    .unwrap();
+    let traces_url = format!("{}/v1/traces", receiver.url);
+    let mut binary = Binary::start(
+        dir.path(),
+        &[],
+        &[
+            ("TEST_PROVIDER_KEY", "sk-binary"),
+            ("LLMUX_DRAIN_DELAY", "0"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &traces_url),
+            ("OTEL_SERVICE_NAME", "llmux-binary"),
+            // Only the flush at shutdown can deliver the span in time.
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+        ],
+    )
+    .await;
+    let response = reqwest::Client::new()
+        .post(binary.url("/v1/chat/completions"))
+        .header("x-request-id", "binary-traced")
+        .json(&json!({"model": "m", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap();
+    assert!(
+        receiver.collected.all().is_empty(),
+        "nothing sent before the batch is due"
+    );
+
+    let pid = binary.child.id().expect("llmux is running");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exited = tokio::time::timeout(Duration::from_secs(20), binary.child.wait())
+        .await
+        .expect("llmux exits within 20 s of SIGTERM")
+        .unwrap();
+    assert!(exited.success(), "{exited:?}");
+    let spans = receiver.collected.all();
+    let request = spans
+        .iter()
+        .find(|r| attributes_of(&r.span, "llmux.request_id").as_deref() == Some("binary-traced"))
+        .unwrap_or_else(|| panic!("the request's span was flushed: {spans:#?}"));
+    assert_eq!(request.service, "llmux-binary");
 }
 
 #[tokio::test]
