@@ -42,6 +42,10 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0,
     300.0,
 ];
+/// Overhead buckets, 50 µs to 1 s: what llmux adds is usually well under a millisecond.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
 const TOKENS_PER_SECOND_BUCKETS: &[f64] = &[
     1.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0, 1000.0, 2000.0,
 ];
@@ -74,6 +78,11 @@ pub struct TokenLabels {
 pub struct ModelLabels {
     pub model: Arc<str>,
     pub provider: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub path: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -179,6 +188,8 @@ pub struct RequestRecord<'a> {
     pub usage: Option<Usage>,
     /// The access log's outcome (`ok`, `client_closed`, `upstream_timeout`, `rejected`, ...).
     pub outcome: &'static str,
+    /// Time spent waiting on upstreams; `None` when no upstream call was made.
+    pub upstream_wait: Option<Duration>,
 }
 
 /// Every metric llmux exports.
@@ -188,6 +199,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: HistogramFamily<LatencyLabels>,
     first_byte: HistogramFamily<LatencyLabels>,
+    overhead: HistogramFamily<OperationLabels>,
     tokens: Family<TokenLabels, Counter>,
     tokens_per_second: HistogramFamily<ModelLabels>,
     in_flight: Gauge,
@@ -232,6 +244,13 @@ impl Metrics {
             "llmux_time_to_first_byte_seconds",
             "Time from the request's arrival to the first byte of the upstream's body (for streams: the first chunk)",
             first_byte.clone(),
+        );
+        let overhead: HistogramFamily<OperationLabels> =
+            Family::new_with_constructor(|| AtomicHistogram::new(OVERHEAD_BUCKETS));
+        registry.register(
+            "llmux_overhead_seconds",
+            "Time llmux itself adds to a forwarded request, by operation: its duration minus the time spent waiting on upstreams (attempts, waits between them, the answer's body)",
+            overhead.clone(),
         );
         let tokens = Family::<TokenLabels, Counter>::default();
         registry.register(
@@ -294,6 +313,7 @@ impl Metrics {
             requests,
             duration,
             first_byte,
+            overhead,
             tokens,
             tokens_per_second,
             in_flight,
@@ -359,6 +379,11 @@ impl Metrics {
         }
         if request.endpoint.is_some() {
             self.record_attempt(request.outcome, request.status);
+        }
+        if let Some(upstream_wait) = request.upstream_wait {
+            self.overhead
+                .get_or_create(&OperationLabels { path: request.path })
+                .observe(request.duration.saturating_sub(upstream_wait).as_secs_f64());
         }
         if let Some(usage) = request.usage {
             self.record_usage(&model, &provider, usage, request);

@@ -27,6 +27,7 @@ use crate::proxy::interim::SkipInterimConnector;
 use crate::routing::breaker::BreakerPolicy;
 use crate::routing::table::RoutingTable;
 use crate::state::AppState;
+use crate::traces::Traces;
 
 pub struct Application {
     port: u16,
@@ -108,7 +109,11 @@ impl Application {
         let demo = demo::start().context("starting the built-in demo backend")?;
         let env = demo::env_with_demo_url(env, demo.url.clone());
         let table = Arc::new(RoutingTable::new());
-        let live = Arc::new(LiveConfig::new(&args.config_dir, Arc::clone(&table), env));
+        let live = Arc::new(LiveConfig::new(
+            &args.config_dir,
+            Arc::clone(&table),
+            Arc::clone(&env),
+        ));
         // Start-up and the watcher load through the same code.
         let started = std::time::Instant::now();
         let summary = live
@@ -127,6 +132,7 @@ impl Application {
         }
 
         let metrics = Arc::new(Metrics::new(Arc::clone(&table)));
+        let traces = Traces::from_env(&*env).context("configuring OpenTelemetry traces")?;
 
         let listener = bind(&args.host, args.port, args.backlog)
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;
@@ -163,6 +169,7 @@ impl Application {
             started_at: std::time::SystemTime::now(),
             client_body_timeout: args.client_body_timeout,
             upstream_header: args.upstream_header,
+            traces,
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;
@@ -298,6 +305,9 @@ impl Application {
             () = graceful => {
                 server.await??;
                 demo_handle.stop(false).await;
+                if let Some(traces) = &state.traces {
+                    traces.shutdown();
+                }
                 tracing::info!("drained, exiting");
                 Ok(Shutdown::Drained)
             }

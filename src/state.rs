@@ -12,6 +12,7 @@ use crate::pipeline::admit::Admitter;
 use crate::pipeline::attempt::{RetryPolicy, UpstreamHeader};
 use crate::routing::responses::ResponseOwners;
 use crate::routing::table::RoutingTable;
+use crate::traces::Traces;
 
 pub struct AppState {
     pub table: Arc<RoutingTable>,
@@ -45,4 +46,6 @@ pub struct AppState {
     pub client_body_timeout: Duration,
     /// What `x-llmux-upstream` shows (`--upstream-header`).
     pub upstream_header: UpstreamHeader,
+    /// OpenTelemetry traces; `None` (the default) builds no span at all.
+    pub traces: Option<Traces>,
 }

@@ -27,12 +27,15 @@ where
     B: MessageBody + 'static,
 {
     let id = request_id(request.headers());
-    let log = AccessLog::start(
-        id.clone(),
-        method_name(request.method()),
-        "",
-        request.peer_addr(),
-    );
+    let method = method_name(request.method());
+    let mut log = AccessLog::start(id.clone(), method, "", request.peer_addr());
+    if let Some(traces) = request
+        .app_data::<web::Data<AppState>>()
+        .and_then(|state| state.traces.as_ref())
+    {
+        log.trace =
+            Some(traces.start_request(request.headers(), method, request.path(), log.request_id()));
+    }
     request.extensions_mut().insert(log);
     let response = service.call(request);
     async move {

@@ -146,8 +146,19 @@ pub async fn forward_with_retries(
             .saturating_duration_since(Instant::now())
             .min(member.request_timeout);
         let client = client_for(clients, &member);
+        if let Some(trace) = log.trace.as_mut() {
+            trace.start_attempt(&member, outbound.operation.path(), attempt);
+        }
+        log.upstream_begin();
         let result = send_attempt(client, request, &member, uri, body, &log, timeout).await;
         let classified = classify(&result);
+        if let Some(trace) = log.trace.as_mut() {
+            let (status, outcome) = match &result {
+                Ok(response) => (Some(response.status().as_u16()), classified.outcome),
+                Err(error) => (None, failure_outcome(error)),
+            };
+            trace.end_attempt(status, outcome.as_str());
+        }
         record_breaker(pool, &member, classified.verdict, policy, &log);
         if !classified.retryable {
             return finish(result, &member, attempt, log, Some(answer), state).await;
@@ -268,6 +279,7 @@ async fn finish(
     let mut response = match result {
         Ok(response) => respond_with(response, member, log, answer, state).await,
         Err(error) => {
+            log.upstream_end();
             log.status = Some(error.status_code().as_u16());
             log.outcome = failure_outcome(&error);
             error.error_response()

@@ -158,6 +158,9 @@ pub async fn forward_by_response_id(
     };
     log.endpoint = Some(std::sync::Arc::clone(&endpoint));
     log.attempts = 1;
+    if let Some(trace) = log.trace.as_mut() {
+        trace.start_attempt(&endpoint, operation.path(), 1);
+    }
     let client = attempt::client_for(&client, &endpoint);
     let mut response = forward(client, &request, &endpoint, uri, Bytes::new(), log)
         .await

@@ -17,6 +17,7 @@ use crate::errors::{echo, ApiError};
 use crate::metrics::{Metrics, RequestRecord};
 use crate::proxy::usage::{Usage, UsageReader};
 use crate::routing::endpoint::Endpoint;
+use crate::traces::{Finished, RequestTrace};
 
 /// How a request ended, as the access log and the metrics label it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,6 +79,13 @@ pub struct AccessLog {
     pub usage: Option<UsageReader>,
     /// What the admit stage granted; settled with the real usage when the line is written.
     pub admission: Option<Admission>,
+    /// The request's OpenTelemetry span (and its current attempt's), when tracing is on.
+    pub trace: Option<RequestTrace>,
+    /// Time spent waiting on upstreams so far: attempts, the waits between them and the
+    /// answer's body (`llmux_overhead_seconds` is the duration minus this).
+    pub upstream_wait: Duration,
+    /// Set while an upstream call is outstanding.
+    upstream_since: Option<Instant>,
 }
 
 impl AccessLog {
@@ -126,6 +134,23 @@ impl AccessLog {
             metrics: None,
             usage: None,
             admission: None,
+            trace: None,
+            upstream_wait: Duration::ZERO,
+            upstream_since: None,
+        }
+    }
+
+    /// An upstream call starts (or goes on: a retry's wait counts as waiting on the upstream).
+    pub fn upstream_begin(&mut self) {
+        if self.upstream_since.is_none() {
+            self.upstream_since = Some(Instant::now());
+        }
+    }
+
+    /// The upstream is done with this request: its body ended, or it failed.
+    pub fn upstream_end(&mut self) {
+        if let Some(since) = self.upstream_since.take() {
+            self.upstream_wait += since.elapsed();
         }
     }
 
@@ -154,6 +179,7 @@ impl Drop for AccessLog {
         if let Some(admission) = self.admission.as_mut() {
             admission.settle(usage.as_ref());
         }
+        self.upstream_end();
         let duration = self.started.elapsed();
         let endpoint = self.endpoint.as_deref();
         // No status: the client left before the answer's head.
@@ -182,6 +208,19 @@ impl Drop for AccessLog {
             attempts = self.attempts,
             "request"
         );
+        if let Some(trace) = self.trace.take() {
+            trace.finish(&Finished {
+                method: self.method,
+                path: self.path,
+                model: self.model.as_deref(),
+                endpoint,
+                status,
+                outcome: self.outcome.as_str(),
+                usage,
+                attempts: self.attempts,
+                stream: self.stream,
+            });
+        }
         if let Some(metrics) = &self.metrics {
             metrics.record(&RequestRecord {
                 endpoint,
@@ -193,6 +232,7 @@ impl Drop for AccessLog {
                 first_token,
                 usage,
                 outcome: self.outcome.as_str(),
+                upstream_wait: (self.attempts > 0).then_some(self.upstream_wait),
             });
             metrics.request_ended();
         }

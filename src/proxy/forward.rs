@@ -55,6 +55,9 @@ pub fn upstream_request(
     let headers = upstream.headers_mut();
     copy_request_headers(request.headers(), headers);
     headers.insert(X_REQUEST_ID.clone(), log.request_id.clone());
+    if let Some(trace) = &log.trace {
+        trace.inject(headers);
+    }
     endpoint.apply_upstream_headers(headers);
     upstream
 }
@@ -66,9 +69,11 @@ pub async fn send<B: MessageBody + 'static>(
     body: B,
     log: &mut AccessLog,
 ) -> Result<UpstreamResponse, ApiError> {
+    log.upstream_begin();
     match upstream.send_body(body).await {
         Ok(response) => Ok(response),
         Err(error) => {
+            log.upstream_end();
             let error = upstream_error(endpoint, error);
             log.status = Some(error.status_code().as_u16());
             log.outcome = failure_outcome(&error);

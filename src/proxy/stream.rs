@@ -102,16 +102,19 @@ where
                     return Poll::Ready(Some(Ok(out)));
                 }
                 Poll::Ready(Some(Err(error))) => {
+                    this.log.upstream_end();
                     *this.finished = true;
                     this.log.outcome = Outcome::UpstreamBodyError;
                     tracing::warn!(request_id = this.log.request_id(), %error, "upstream body failed mid-way; closing the response");
                     return Poll::Ready(Some(Err(BodyError::Upstream(error.to_string()))));
                 }
                 Poll::Ready(None) => {
+                    this.log.upstream_end();
                     *this.inner_done = true;
                 }
                 Poll::Pending => {
                     if this.idle.as_mut().poll(cx).is_ready() {
+                        this.log.upstream_end();
                         *this.finished = true;
                         this.log.outcome = Outcome::UpstreamIdleTimeout;
                         tracing::warn!(

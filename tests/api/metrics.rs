@@ -463,6 +463,7 @@ async fn the_grafana_dashboard_queries_only_metrics_llmux_exports() {
         "llmux_tokens_total",
         "llmux_endpoint_up",
         "llmux_config_errors",
+        "llmux_overhead_seconds_bucket",
     ] {
         assert!(
             queried.contains(needed),
