@@ -17,6 +17,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start-up; boxing would only complicate every match"
+)]
 pub enum Command {
     /// Serve the OpenAI-compatible API (the default).
     Serve(ServeArgs),
@@ -108,6 +112,18 @@ pub struct ServeArgs {
     /// How long an image stays in the image-data cache, in seconds.
     #[arg(long, env = "LLMUX_IMAGE_CACHE_TTL", default_value = "3600", value_parser = parse_seconds)]
     pub image_cache_ttl: Duration,
+    /// Redis holding the state replicas share (response ids, image data, limit counters,
+    /// concurrency leases), e.g. `redis://redis:6379/0`. Unset: everything stays in this
+    /// process (one instance).
+    #[arg(long, env = "LLMUX_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Deadline of every Redis call, in seconds; past it the request goes on without Redis.
+    #[arg(long, env = "LLMUX_REDIS_TIMEOUT", default_value = "0.05", value_parser = parse_seconds)]
+    pub redis_timeout: Duration,
+    /// Refuse requests whose limits cannot be checked while Redis is unreachable (default:
+    /// admit them).
+    #[arg(long, env = "LLMUX_REDIS_FAIL_CLOSED")]
+    pub redis_fail_closed: bool,
 }
 
 impl ServeArgs {
@@ -131,6 +147,9 @@ impl ServeArgs {
             max_upload_bytes: 100 * 1024 * 1024,
             image_cache_bytes: 512 * 1024 * 1024,
             image_cache_ttl: Duration::from_secs(3600),
+            redis_url: None,
+            redis_timeout: crate::shared::DEFAULT_REDIS_TIMEOUT,
+            redis_fail_closed: false,
         }
     }
 }

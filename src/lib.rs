@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod secret;
+pub mod shared;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

@@ -23,12 +23,15 @@ use crate::proxy::headers::{request_id, RequestId, X_REQUEST_ID};
 use crate::proxy::retry::RetryPolicy;
 use crate::routing::breaker::BreakerPolicy;
 use crate::routing::table::RoutingTable;
+use crate::shared::connection::RedisHealthMetrics;
+use crate::shared::{SharedSettings, SharedState};
 use crate::state::AppState;
 
 pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
+    shared: web::Data<SharedState>,
     watch: ConfigWatch,
 }
 
@@ -74,7 +77,22 @@ impl Application {
             tracing::warn!(config_dir = %args.config_dir.display(), "no routes loaded: every model will answer 404");
         }
 
-        let metrics = Arc::new(Metrics::new(Arc::clone(&table)));
+        let mut settings = SharedSettings::new(args.image_cache_bytes, args.image_cache_ttl);
+        settings.redis_timeout = args.redis_timeout;
+        settings.fail_closed = args.redis_fail_closed;
+        let shared = SharedState::build(args.redis_url.as_deref(), settings)
+            .context("--redis-url / LLMUX_REDIS_URL is not a Redis URL")?;
+        let mut metrics = Metrics::new(Arc::clone(&table));
+        if let Some(redis) = &shared.redis {
+            metrics.register_collector(Box::new(RedisHealthMetrics(Arc::clone(redis.health()))));
+            tracing::info!(
+                deadline_ms = args.redis_timeout.as_secs_f64() * 1000.0,
+                fail_closed = args.redis_fail_closed,
+                "sharing state through redis"
+            );
+        }
+        let metrics = Arc::new(metrics);
+        let shared = web::Data::new(shared);
 
         let listener = TcpListener::bind((args.host.as_str(), args.port))
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;
@@ -112,9 +130,11 @@ impl Application {
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;
         let server_state = state.clone();
+        let server_shared = shared.clone();
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(server_state.clone())
+                .app_data(server_shared.clone())
                 .app_data(web::Data::new(upstream_client(
                     Arc::clone(&tls),
                     connect_timeout,
@@ -146,6 +166,7 @@ impl Application {
             port,
             server: server.run(),
             state,
+            shared,
             watch,
         })
     }
@@ -156,6 +177,11 @@ impl Application {
 
     pub fn state(&self) -> web::Data<AppState> {
         self.state.clone()
+    }
+
+    /// The state shared with other replicas (in memory without `--redis-url`).
+    pub fn shared(&self) -> web::Data<SharedState> {
+        self.shared.clone()
     }
 
     /// Serves until the server stops; SIGHUP reloads the config meanwhile. The config watcher
