@@ -17,7 +17,6 @@ use crate::config::load::process_env;
 use crate::config::watch::{ConfigWatch, LiveConfig, Scope};
 use crate::errors;
 use crate::health::HealthProbes;
-use crate::images::ImageCache;
 use crate::metrics::Metrics;
 use crate::proxy::headers::{request_id, RequestId, X_REQUEST_ID};
 use crate::proxy::retry::RetryPolicy;
@@ -110,7 +109,7 @@ impl Application {
             max_body_bytes: args.max_body_bytes,
             env,
             live: Arc::clone(&live),
-            responses: Arc::default(),
+            responses: Arc::clone(&shared.owners),
             health: Arc::new(HealthProbes::new(args.health_cache_ttl)),
             shutting_down: AtomicBool::new(false),
             retry: RetryPolicy {
@@ -121,10 +120,7 @@ impl Application {
                 },
             },
             max_upload_bytes: args.max_upload_bytes,
-            images: Arc::new(ImageCache::new(
-                args.image_cache_bytes,
-                args.image_cache_ttl,
-            )),
+            images: Arc::clone(&shared.images),
             metrics,
         });
         let tls = Arc::new(tls_config()?);

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use crate::config::watch::LiveConfig;
 use crate::health::HealthProbes;
-use crate::images::ImageCache;
 use crate::metrics::Metrics;
 use crate::proxy::retry::RetryPolicy;
-use crate::routing::responses::ResponseOwners;
 use crate::routing::table::RoutingTable;
+use crate::shared::image_data::ImageStore;
+use crate::shared::owners::IdOwners;
 use crate::startup::EnvSource;
 
 pub struct AppState {
@@ -22,8 +22,9 @@ pub struct AppState {
     pub env: EnvSource,
     /// The config files as last loaded, for `GET /admin/config`.
     pub live: Arc<LiveConfig>,
-    /// Which endpoint created each Responses API response, for the calls that name only its id.
-    pub responses: Arc<ResponseOwners>,
+    /// Which endpoint created each Responses API response, for the calls that name only its id
+    /// (shared by replicas with `--redis-url`).
+    pub responses: Arc<dyn IdOwners>,
     /// Per-model health probes and their short-lived cache.
     pub health: Arc<HealthProbes>,
     /// Set by the first shutdown signal: /ready answers 503 from then on.
@@ -33,7 +34,7 @@ pub struct AppState {
     /// Largest multipart upload accepted, in bytes.
     pub max_upload_bytes: u64,
     /// Images served under `{base_url}/v1/images/data/{model}/{id}`.
-    pub images: Arc<ImageCache>,
+    pub images: Arc<dyn ImageStore>,
     /// This application's Prometheus registry (one per app: tests run many in one process).
     pub metrics: Arc<Metrics>,
 }

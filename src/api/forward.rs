@@ -61,8 +61,9 @@ pub(crate) async fn prepare(
     log.model = Some(field.model.as_ref().into());
     let (routes, route_path, upstream_path) = route(&state.table, &field.model, path)?;
     // A request continuing a stored response must reach the member that created it.
-    let sticky =
-        responses::creator_in_pool(state, &field.model, path, &body).map(|(member, _)| member);
+    let sticky = responses::creator_in_pool(state, &field.model, path, &body)
+        .await
+        .map(|(member, _)| member);
     let model_span = field.span;
     Ok(Outbound {
         routes,

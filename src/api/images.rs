@@ -14,11 +14,12 @@ use serde_json::Value;
 
 use crate::api::forward::prepare_once as prepare;
 use crate::errors::ApiError;
-use crate::images::{image_url, CachedImage, ImageCache, IMAGE_DATA_PATH};
+use crate::images::{image_url, CachedImage, IMAGE_DATA_PATH};
 use crate::proxy::forward::{is_event_stream, respond, send, upstream_request, UpstreamResponse};
 use crate::proxy::headers::keep_response_header;
 use crate::proxy::log::AccessLog;
 use crate::routing::endpoint::{Endpoint, UpstreamImageFormat};
+use crate::shared::image_data::ImageStore;
 use crate::state::AppState;
 
 /// Largest image answer llmux reads whole to rewrite it.
@@ -92,11 +93,13 @@ pub async fn answer(
         }
     };
     let wants_url = !matches!(response_format.as_deref(), Some(format) if format != "url");
-    let cache = match endpoint.upstream_image_format {
+    let store = match endpoint.upstream_image_format {
         UpstreamImageFormat::B64Json if wants_url => Some(&*state.images),
         _ => None,
     };
-    let body = rewrite_images(&body, &state.base_url, model, cache).map_or(body, Bytes::from);
+    let body = rewrite_images(&body, &state.base_url, model, store)
+        .await
+        .map_or(body, Bytes::from);
     let mut builder = HttpResponse::build(status);
     for (name, value) in response.headers() {
         if keep_response_header(name) {
@@ -157,7 +160,7 @@ async fn find_image(
         model: model.to_owned(),
         id: id.to_owned(),
     };
-    if let Some(image) = state.images.get(model, id) {
+    if let Some(image) = state.images.get(model, id).await {
         log.bytes = image.bytes.len() as u64;
         return Ok(Found::Image(image));
     }
@@ -182,7 +185,7 @@ async fn find_image(
     if !response.status().is_success() {
         return Ok(Found::Upstream(response, endpoint));
     }
-    let limit = usize::try_from(state.images.max_bytes()).unwrap_or(usize::MAX);
+    let limit = usize::try_from(state.images.local().max_bytes()).unwrap_or(usize::MAX);
     let bytes =
         response
             .body()
@@ -193,14 +196,19 @@ async fn find_image(
                 cause: format!("reading image `{id}` failed: {error}"),
             })?;
     log.bytes = bytes.len() as u64;
-    state.images.insert(model, id, bytes.clone());
+    // Any replica can fetch it again: kept in this one's memory only.
+    state.images.keep_local(model, id, bytes.clone());
     // Already evicted again by concurrent inserts: served once anyway.
-    let image = state.images.get(model, id).unwrap_or_else(|| CachedImage {
-        content_type: crate::images::sniff_content_type(&bytes),
-        etag: format!("\"{}\"", crate::images::new_id()),
-        max_age: std::time::Duration::ZERO,
-        bytes,
-    });
+    let image = state
+        .images
+        .local()
+        .get(model, id)
+        .unwrap_or_else(|| CachedImage {
+            content_type: crate::images::sniff_content_type(&bytes),
+            etag: format!("\"{}\"", crate::images::new_id()),
+            max_age: std::time::Duration::ZERO,
+            bytes,
+        });
     Ok(Found::Image(image))
 }
 
@@ -251,11 +259,11 @@ fn ask_for_b64_json(
 /// Rewrites the `data[]` of an images answer: URLs `{base_url}/v1/images/data/{id}` become
 /// `{base_url}/v1/images/data/{model}/{id}`, and with a cache, `b64_json` images are stored and
 /// answered as URLs. `None` when nothing changed.
-pub fn rewrite_images(
+pub async fn rewrite_images(
     body: &[u8],
     base_url: &str,
     model: &str,
-    cache: Option<&ImageCache>,
+    store: Option<&dyn ImageStore>,
 ) -> Option<Vec<u8>> {
     let mut answer: Value = serde_json::from_slice(body).ok()?;
     let prefix = format!("{base_url}/{IMAGE_DATA_PATH}/");
@@ -274,12 +282,13 @@ pub fn rewrite_images(
             image.insert("url".into(), image_url(base_url, model, &id).into());
             changed = true;
         }
-        let Some(cache) = cache else { continue };
+        let Some(store) = store else { continue };
         let decoded = image
             .get("b64_json")
             .and_then(Value::as_str)
             .and_then(|b64| STANDARD.decode(b64.trim()).ok());
-        if let Some(id) = decoded.and_then(|bytes| cache.insert_new(model, Bytes::from(bytes))) {
+        let Some(bytes) = decoded else { continue };
+        if let Some(id) = store.insert_new(model, Bytes::from(bytes)).await {
             image.remove("b64_json");
             image.insert("url".into(), image_url(base_url, model, &id).into());
             changed = true;
@@ -291,10 +300,11 @@ pub fn rewrite_images(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::images::ImageCache;
     use std::time::Duration;
 
-    #[test]
-    fn proxy_urls_get_the_model_and_b64_images_become_cached_urls() {
+    #[tokio::test]
+    async fn proxy_urls_get_the_model_and_b64_images_become_cached_urls() {
         let cache = ImageCache::new(1024, Duration::from_secs(60));
         let body = serde_json::json!({"created": 1, "data": [
             {"url": "http://llmux:8000/v1/images/data/abc"},
@@ -307,6 +317,7 @@ mod tests {
             "m",
             Some(&cache),
         )
+        .await
         .unwrap();
         let out: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
@@ -318,12 +329,16 @@ mod tests {
         let id = url
             .strip_prefix("http://llmux:8000/v1/images/data/m/")
             .unwrap();
-        assert_eq!(cache.get("m", id).unwrap().content_type, "image/png");
+        assert_eq!(
+            cache.local().get("m", id).unwrap().content_type,
+            "image/png"
+        );
         assert!(out["data"][2].get("b64_json").is_none());
         assert_eq!(out["data"][2]["revised_prompt"], "p");
         let untouched =
             serde_json::json!({"data": [{"url": "https://elsewhere/x.png"}]}).to_string();
-        assert!(rewrite_images(untouched.as_bytes(), "http://llmux:8000", "m", None).is_none());
+        let unchanged = rewrite_images(untouched.as_bytes(), "http://llmux:8000", "m", None).await;
+        assert!(unchanged.is_none());
     }
 
     #[test]

@@ -15,7 +15,9 @@ pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         .filter(|f| f.failing_since.is_some())
         .count();
     state.metrics.set_config_errors(failing);
-    state.metrics.set_image_cache_bytes(state.images.bytes());
+    state
+        .metrics
+        .set_image_cache_bytes(state.images.local().bytes());
     let text = state
         .metrics
         .render()

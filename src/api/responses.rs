@@ -13,7 +13,8 @@ use crate::errors::ApiError;
 use crate::proxy::forward::forward;
 use crate::proxy::log::AccessLog;
 use crate::routing::endpoint::Endpoint;
-use crate::routing::responses::{current, same_upstream};
+use crate::routing::responses::same_upstream;
+use crate::shared::owners::IdFamily;
 use crate::state::AppState;
 
 /// GET /v1/responses/{id}.
@@ -92,10 +93,10 @@ async fn by_id(
         .to_owned();
     let prepared = state
         .responses
-        .creator(&id)
+        .owner(IdFamily::Responses, &id, &state.table)
+        .await
         .ok_or_else(|| ApiError::UnknownResponse { id: id.clone() })
-        .and_then(|remembered| {
-            let endpoint = current(&state.table, &remembered);
+        .and_then(|endpoint| {
             let uri = endpoint
                 .uri_with_query(
                     &format!("v1/responses/{id}{}", route.suffix),
@@ -113,7 +114,7 @@ async fn by_id(
                 && route.suffix.is_empty()
                 && response.as_ref().is_ok_and(|r| r.status().is_success());
             if deleted {
-                state.responses.forget(&id);
+                state.responses.forget(IdFamily::Responses, &id).await;
             }
             response
         }
@@ -135,7 +136,7 @@ struct PreviousProbe<'a> {
 /// For a Responses API request continuing `previous_response_id`: the member of the model's pool
 /// on the upstream that created that response, with its upstream URI. `None` when the id is
 /// unknown or its creator is not in the pool; the pool's own pick applies then.
-pub fn creator_in_pool(
+pub async fn creator_in_pool(
     state: &AppState,
     model: &str,
     path: &str,
@@ -145,7 +146,11 @@ pub fn creator_in_pool(
         return None;
     }
     let probe: PreviousProbe<'_> = serde_json::from_slice(body).ok()?;
-    let creator = state.responses.creator(&probe.previous_response_id?)?;
+    let previous = probe.previous_response_id?;
+    let creator = state
+        .responses
+        .owner(IdFamily::Responses, &previous, &state.table)
+        .await?;
     let routes = state.table.lookup(model)?;
     let (pool, own_path) = match routes.pool(path) {
         Some(pool) => (pool, true),

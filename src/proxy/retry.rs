@@ -24,8 +24,8 @@ use crate::errors::ApiError;
 use crate::routing::breaker::{now_ms, BreakerPolicy, Transition, Verdict};
 use crate::routing::endpoint::Endpoint;
 use crate::routing::pool::Pool;
-use crate::routing::responses::ResponseOwners;
 use crate::routing::table::ModelRoutes;
+use crate::shared::owners::IdOwners;
 
 pub const X_LLMUX_ATTEMPTS: HeaderName = HeaderName::from_static("x-llmux-attempts");
 pub const X_LLMUX_UPSTREAM: HeaderName = HeaderName::from_static("x-llmux-upstream");
@@ -77,7 +77,7 @@ pub async fn forward_with_retries(
     request: &HttpRequest,
     outbound: Outbound,
     policy: &RetryPolicy,
-    owners: &Arc<ResponseOwners>,
+    owners: &Arc<dyn IdOwners>,
     mut log: AccessLog,
 ) -> HttpResponse {
     let Some(pool) = outbound.routes.pool(outbound.route_path) else {
@@ -223,7 +223,7 @@ async fn finish(
     member: &Arc<Endpoint>,
     attempts: u32,
     mut log: AccessLog,
-    answer: Option<(AnswerRewrite, &Arc<ResponseOwners>)>,
+    answer: Option<(AnswerRewrite, &Arc<dyn IdOwners>)>,
 ) -> HttpResponse {
     let mut response = match result {
         Ok(response) => {

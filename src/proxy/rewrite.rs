@@ -19,7 +19,7 @@ use super::body::splice;
 use super::capture::{AnswerKind, CaptureResponseId};
 use crate::errors::ApiError;
 use crate::routing::endpoint::Endpoint;
-use crate::routing::responses::ResponseOwners;
+use crate::shared::owners::IdOwners;
 
 /// The largest upstream embeddings answer read whole to encode it as base64.
 pub const MAX_EMBEDDINGS_ANSWER: usize = 256 * 1024 * 1024;
@@ -83,7 +83,7 @@ pub fn dropped(endpoint: &Endpoint, field_name: &str) -> bool {
 pub async fn answer(
     rewrite: AnswerRewrite,
     endpoint: &Arc<Endpoint>,
-    owners: &Arc<ResponseOwners>,
+    owners: &Arc<dyn IdOwners>,
     response: Result<HttpResponse, ApiError>,
 ) -> Result<HttpResponse, ApiError> {
     let mut response = response?;

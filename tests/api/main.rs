@@ -18,6 +18,7 @@ mod models;
 mod pools;
 mod redis_server;
 mod reload;
+mod replicas;
 mod shared_state;
 mod shutdown;
 mod streaming;
