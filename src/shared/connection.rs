@@ -3,7 +3,7 @@
 //! each wait for a Redis that is down. Failures are counted, warned about at most every few
 //! seconds, and exported as metrics.
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,9 +13,13 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-/// After a connection failure or a timeout, calls are not even tried for this long (one call
-/// then probes): a Redis that is down costs a request nothing but this replica's own answer.
+/// Once Redis is unreachable (a refused or dropped connection, or [`TIMEOUTS_BEFORE_BACK_OFF`]
+/// timeouts in a row), calls are not even tried for this long (one call then probes): a Redis
+/// that is down costs a request nothing but this replica's own answer.
 pub const BACK_OFF_AFTER_FAILURE: Duration = Duration::from_millis(200);
+/// Timeouts in a row that make Redis count as unreachable. One slow answer (a busy machine)
+/// costs only its own call; a hung Redis costs this many calls the deadline, then none.
+pub const TIMEOUTS_BEFORE_BACK_OFF: u32 = 3;
 /// At most one warning about Redis failures per this interval; the next one says how many
 /// calls failed meanwhile.
 pub const WARNING_INTERVAL: Duration = Duration::from_secs(10);
@@ -58,8 +62,10 @@ pub struct RedisHealth {
     down_until: AtomicU64,
     /// Set while one call probes a Redis believed down.
     probing: AtomicBool,
-    /// Whether the last call that reached a verdict succeeded.
+    /// False from the back-off on, until a call succeeds.
     up: AtomicBool,
+    /// Timeouts since the last answer.
+    timeouts_in_a_row: AtomicU32,
     /// Failures by (operation, kind), for `llmux_redis_errors_total`.
     errors: Mutex<Vec<(ErrorLabels, u64)>>,
     /// Admissions decided without Redis, failed open and failed closed.
@@ -83,7 +89,8 @@ impl Redis {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(deadline.max(Duration::from_millis(100))))
-            .set_response_timeout(Some(deadline))
+            // One deadline, ours, around each whole call.
+            .set_response_timeout(None)
             // Our own deadline and back-off decide when to try again; the manager's retries
             // would only make a caller wait for them.
             .set_number_of_retries(0)
@@ -182,6 +189,7 @@ impl RedisHealth {
             down_until: AtomicU64::new(0),
             probing: AtomicBool::new(false),
             up: AtomicBool::new(true),
+            timeouts_in_a_row: AtomicU32::new(0),
             errors: Mutex::new(Vec::new()),
             unchecked_open: AtomicU64::new(0),
             unchecked_closed: AtomicU64::new(0),
@@ -227,6 +235,7 @@ impl RedisHealth {
     }
 
     fn succeeded(&self) {
+        self.timeouts_in_a_row.store(0, Ordering::Release);
         if self.down_until.swap(0, Ordering::AcqRel) != 0 || !self.up.load(Ordering::Acquire) {
             self.up.store(true, Ordering::Release);
             let failed = self.failed_since_warning.swap(0, Ordering::AcqRel);
@@ -239,6 +248,12 @@ impl RedisHealth {
 
     fn failed(&self, operation: &'static str, kind: &'static str, error: &dyn std::fmt::Display) {
         self.count(operation, kind);
+        if kind == "timeout"
+            && self.timeouts_in_a_row.fetch_add(1, Ordering::AcqRel) + 1 < TIMEOUTS_BEFORE_BACK_OFF
+            && self.down_until.load(Ordering::Acquire) == 0
+        {
+            return;
+        }
         self.up.store(false, Ordering::Release);
         let now = self.now_ms();
         let back_off = u64::try_from(BACK_OFF_AFTER_FAILURE.as_millis()).unwrap_or(u64::MAX);
