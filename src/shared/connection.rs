@@ -136,7 +136,9 @@ impl Redis {
                     // did not write).
                     false => {
                         self.health.count(operation, "error");
-                        tracing::warn!(operation, error = %error, "redis refused a command");
+                        self.health.warn_at_most_every_interval(|failed| {
+                            tracing::warn!(operation, error = %error, failed_calls = failed, "redis refused a command");
+                        });
                     }
                 }
                 Err(SharedStateError::Redis(error))
@@ -258,6 +260,21 @@ impl RedisHealth {
         let now = self.now_ms();
         let back_off = u64::try_from(BACK_OFF_AFTER_FAILURE.as_millis()).unwrap_or(u64::MAX);
         self.down_until.store(now + back_off, Ordering::Release);
+        self.warn_at_most_every_interval(|failed| {
+            tracing::warn!(
+                operation,
+                kind,
+                error = %error,
+                failed_calls = failed,
+                "redis unreachable: limits fail open or closed as configured, ids and images fall back to this replica"
+            );
+        });
+    }
+
+    /// Counts a failed call and runs `warn` with the failures since the last warning, at most
+    /// once per [`WARNING_INTERVAL`].
+    fn warn_at_most_every_interval(&self, warn: impl FnOnce(u64)) {
+        let now = self.now_ms();
         let failed = self.failed_since_warning.fetch_add(1, Ordering::AcqRel) + 1;
         let last = self.last_warning.load(Ordering::Acquire);
         let interval = u64::try_from(WARNING_INTERVAL.as_millis()).unwrap_or(u64::MAX);
@@ -269,13 +286,7 @@ impl RedisHealth {
                 .is_ok()
         {
             self.failed_since_warning.store(0, Ordering::Release);
-            tracing::warn!(
-                operation,
-                kind,
-                error = %error,
-                failed_calls = failed,
-                "redis unreachable: limits fail open or closed as configured, ids and images fall back to this replica"
-            );
+            warn(failed);
         }
     }
 
