@@ -607,3 +607,29 @@ fn the_replicas_compose_file_runs_redis_and_a_load_balancer_beside_llmux() {
     let single = yaml_documents("deploy/docker-compose.yml").remove(0);
     assert!(single["services"]["llmux"]["deploy"]["replicas"].is_null());
 }
+
+#[tokio::test]
+async fn a_redis_url_that_is_not_one_stops_start_up_naming_the_flag() {
+    let config_dir = tempfile::tempdir().unwrap();
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_llmux"))
+        .arg("--config-dir")
+        .arg(config_dir.path())
+        .args(["--port", "0", "--redis-url", "http://user:secret@example/0"])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("llmux exits")
+        .unwrap();
+    assert!(!output.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("--redis-url"), "{text}");
+    assert!(
+        !text.contains("secret"),
+        "the URL's password leaked: {text}"
+    );
+}
