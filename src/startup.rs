@@ -5,8 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::{Server, Service};
-use actix_web::HttpMessage;
+use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
@@ -18,8 +17,9 @@ use crate::config::watch::{ConfigWatch, LiveConfig, Scope};
 use crate::errors;
 use crate::health::HealthProbes;
 use crate::metrics::Metrics;
-use crate::proxy::headers::{request_id, RequestId, X_REQUEST_ID};
-use crate::proxy::retry::RetryPolicy;
+use crate::pipeline::accept;
+use crate::pipeline::admit::Admitter;
+use crate::pipeline::attempt::RetryPolicy;
 use crate::routing::breaker::BreakerPolicy;
 use crate::routing::table::RoutingTable;
 use crate::shared::connection::RedisHealthMetrics;
@@ -54,11 +54,7 @@ impl Application {
             );
         }
         let table = Arc::new(RoutingTable::new());
-        let live = Arc::new(LiveConfig::new(
-            &args.config_dir,
-            Arc::clone(&table),
-            Arc::clone(&env),
-        ));
+        let live = Arc::new(LiveConfig::new(&args.config_dir, Arc::clone(&table), env));
         // Start-up and the watcher load through the same code.
         let started = std::time::Instant::now();
         let summary = live
@@ -104,10 +100,8 @@ impl Application {
             .to_owned();
         let state = web::Data::new(AppState {
             table,
-            config_dir: args.config_dir.clone(),
             base_url,
             max_body_bytes: args.max_body_bytes,
-            env,
             live: Arc::clone(&live),
             responses: Arc::clone(&shared.owners),
             health: Arc::new(HealthProbes::new(args.health_cache_ttl)),
@@ -121,6 +115,7 @@ impl Application {
             },
             max_upload_bytes: args.max_upload_bytes,
             images: Arc::clone(&shared.images),
+            admitter: Admitter::default(),
             metrics,
         });
         let tls = Arc::new(tls_config()?);
@@ -135,19 +130,13 @@ impl Application {
                     Arc::clone(&tls),
                     connect_timeout,
                 )))
-                .wrap_fn(|request, service| {
-                    let id = request_id(request.headers());
-                    request.extensions_mut().insert(RequestId(id.clone()));
-                    let response = service.call(request);
-                    async move {
-                        let mut response = response.await?;
-                        response.headers_mut().insert(X_REQUEST_ID.clone(), id);
-                        Ok(response)
-                    }
-                })
+                .wrap_fn(accept::middleware)
                 .configure(api::configure)
                 .default_service(web::to(errors::unknown_route))
         })
+        // A client that closes its connection ends its request at once, even before the answer's
+        // head: the handler is dropped, which cancels the upstream request (status 499).
+        .h1_allow_half_closed(false)
         // Signals are the binary's business (`run_until_signalled`): tests start many apps in one process.
         .disable_signals()
         .shutdown_timeout(args.shutdown_grace.as_secs().max(1))

@@ -1,25 +1,21 @@
 //! Shared state, built once and handed to every worker as `web::Data<AppState>`.
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::config::watch::LiveConfig;
 use crate::health::HealthProbes;
 use crate::metrics::Metrics;
-use crate::proxy::retry::RetryPolicy;
+use crate::pipeline::admit::Admitter;
+use crate::pipeline::attempt::RetryPolicy;
 use crate::routing::table::RoutingTable;
 use crate::shared::image_data::ImageStore;
 use crate::shared::owners::IdOwners;
-use crate::startup::EnvSource;
 
 pub struct AppState {
     pub table: Arc<RoutingTable>,
-    pub config_dir: PathBuf,
     /// Public URL of this instance, without trailing slash.
     pub base_url: String,
     pub max_body_bytes: usize,
-    /// Where provider keys are read from at each load.
-    pub env: EnvSource,
     /// The config files as last loaded, for `GET /admin/config`.
     pub live: Arc<LiveConfig>,
     /// Which endpoint created each Responses API response, for the calls that name only its id
@@ -34,7 +30,10 @@ pub struct AppState {
     /// Largest multipart upload accepted, in bytes.
     pub max_upload_bytes: u64,
     /// Images served under `{base_url}/v1/images/data/{model}/{id}`.
+    /// (shared by replicas with `--redis-url`).
     pub images: Arc<dyn ImageStore>,
+    /// The admit stage's rules (client keys, allowed models, quotas).
+    pub admitter: Admitter,
     /// This application's Prometheus registry (one per app: tests run many in one process).
     pub metrics: Arc<Metrics>,
 }
