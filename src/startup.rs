@@ -137,6 +137,10 @@ impl Application {
         // A client that closes its connection ends its request at once, even before the answer's
         // head: the handler is dropped, which cancels the upstream request (status 499).
         .h1_allow_half_closed(false)
+        // A head and a body written apart (an answer whose body waits for something, like a
+        // response id being stored in Redis) must not wait for the client's delayed ACK (Nagle:
+        // 40 ms on Linux). nginx sets the same (tcp_nodelay on).
+        .tcp_nodelay(true)
         // Signals are the binary's business (`run_until_signalled`): tests start many apps in one process.
         .disable_signals()
         .shutdown_timeout(args.shutdown_grace.as_secs().max(1))
