@@ -14,7 +14,7 @@ if $redis; then command -v redis-server >/dev/null || need+=(redis-server); fi
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --release --bin llmux --example mock_upstream --example bench_client
+cargo build --release --bin llmux --example mock_upstream --example bench_client --example forwarder
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 # `--redis`: llmux with and without --redis-url instead (bench/redis.py).
 if $redis; then exec python3 bench/redis.py "$@"; fi

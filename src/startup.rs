@@ -5,15 +5,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, Service};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
+use futures_util::future::Either;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::api;
 use crate::cli::ServeArgs;
 use crate::config::load::process_env;
 use crate::config::watch::{ConfigWatch, LiveConfig, Scope};
+use crate::demo;
 use crate::errors;
 use crate::health::HealthProbes;
 use crate::metrics::Metrics;
@@ -32,6 +34,56 @@ pub struct Application {
     state: web::Data<AppState>,
     shared: web::Data<SharedState>,
     watch: ConfigWatch,
+    drain_delay: Duration,
+    /// The built-in demo backend (src/demo): serves while the application does.
+    demo: Server,
+}
+
+/// Limits on a request's headers beyond actix's own (at most 96 headers and a 128 KiB head,
+/// answered with an empty 431): these answer 431 in the OpenAI error shape.
+#[derive(Debug, Clone, Copy)]
+struct HeaderLimits {
+    max_bytes: usize,
+    max_count: usize,
+}
+
+impl HeaderLimits {
+    fn check(self, headers: &actix_web::http::header::HeaderMap) -> Result<(), errors::ApiError> {
+        let count = headers.len();
+        let bytes: usize = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        if count > self.max_count || bytes > self.max_bytes {
+            return Err(errors::ApiError::HeadersTooLarge {
+                max_bytes: self.max_bytes,
+                max_count: self.max_count,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Binds with `backlog` queued connections (std's `TcpListener::bind` uses 128, and actix
+/// cannot change the backlog of a listener it is handed).
+fn bind(host: &str, port: u16, backlog: u32) -> std::io::Result<TcpListener> {
+    use std::net::ToSocketAddrs;
+    let address = (host, port).to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the host resolves to no address",
+        )
+    })?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    // As std does: a restart may bind while old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
 }
 
 /// Where provider keys are read from: the process environment in production, a map in tests.
@@ -53,6 +105,9 @@ impl Application {
                 args.config_dir.display()
             );
         }
+        // Before the first load: the loader resolves `builtin:demo` to this server's address.
+        let demo = demo::start().context("starting the built-in demo backend")?;
+        let env = demo::env_with_demo_url(env, demo.url.clone());
         let table = Arc::new(RoutingTable::new());
         let live = Arc::new(LiveConfig::new(&args.config_dir, Arc::clone(&table), env));
         // Start-up and the watcher load through the same code.
@@ -89,7 +144,7 @@ impl Application {
         let metrics = Arc::new(metrics);
         let shared = web::Data::new(shared);
 
-        let listener = TcpListener::bind((args.host.as_str(), args.port))
+        let listener = bind(&args.host, args.port, args.backlog)
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;
         let port = listener.local_addr()?.port();
         let base_url = args
@@ -117,12 +172,22 @@ impl Application {
             images: Arc::clone(&shared.images),
             admitter: Admitter::default(),
             metrics,
+            spool_dir: args.spool_dir(),
+            started_at: std::time::SystemTime::now(),
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;
         let server_state = state.clone();
         let server_shared = shared.clone();
-        let mut server = HttpServer::new(move || {
+        let header_limits = HeaderLimits {
+            max_bytes: args.max_header_bytes,
+            max_count: args.max_headers,
+        };
+        let workers = args
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+            .max(1);
+        let server = HttpServer::new(move || {
             App::new()
                 .app_data(server_state.clone())
                 .app_data(server_shared.clone())
@@ -130,6 +195,16 @@ impl Application {
                     Arc::clone(&tls),
                     connect_timeout,
                 )))
+                .wrap_fn(move |request, service| {
+                    let refused = header_limits.check(request.headers());
+                    let response = match refused {
+                        Ok(()) => Either::Left(service.call(request)),
+                        Err(error) => {
+                            Either::Right(std::future::ready(Ok(request.error_response(error))))
+                        }
+                    };
+                    async move { Ok(response.await?.map_into_boxed_body()) }
+                })
                 .wrap_fn(accept::middleware)
                 .configure(api::configure)
                 .default_service(web::to(errors::unknown_route))
@@ -144,10 +219,15 @@ impl Application {
         // Signals are the binary's business (`run_until_signalled`): tests start many apps in one process.
         .disable_signals()
         .shutdown_timeout(args.shutdown_grace.as_secs().max(1))
+        .workers(workers)
+        // actix's limit is per worker: the flag's total is shared out.
+        .max_connections(
+            usize::try_from(args.max_connections)
+                .unwrap_or(usize::MAX)
+                .div_ceil(workers),
+        )
+        .client_request_timeout(args.header_read_timeout)
         .listen(listener)?;
-        if let Some(workers) = args.workers {
-            server = server.workers(workers.max(1));
-        }
         let watch = ConfigWatch::start(live, args.watch)
             .with_context(|| format!("watching the config dir `{}`", args.config_dir.display()))?;
         tracing::info!(port, host = %args.host, "llmux listening");
@@ -157,6 +237,8 @@ impl Application {
             state,
             shared,
             watch,
+            drain_delay: args.drain_delay,
+            demo: demo.server,
         })
     }
 
@@ -177,27 +259,39 @@ impl Application {
     /// stops with the server (or when this future is dropped).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let Self {
-            server, mut watch, ..
+            server,
+            mut watch,
+            demo,
+            ..
         } = self;
-        tokio::select! {
+        let demo_handle = demo.handle();
+        let result = tokio::select! {
             result = server => result,
+            result = demo => result,
             never = watch.forward_hangups() => match never {},
-        }
+        };
+        demo_handle.stop(false).await;
+        result
     }
 
     /// Serves until SIGTERM or SIGINT, then drains: /ready turns 503, the listener closes, requests
     /// in flight (streams included) get the shutdown grace to finish. A second signal stops at once.
     /// SIGHUP keeps reloading the config meanwhile.
     pub async fn run_until_signalled(self) -> anyhow::Result<Shutdown> {
+        let drain_delay = self.drain_delay;
         let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
         let Self {
             server,
             mut watch,
             state,
+            demo,
             ..
         } = self;
         let handle = server.handle();
+        // The demo keeps serving until llmux has drained: requests in flight may be on it.
+        let demo_handle = demo.handle();
+        let _demo = actix_web::rt::spawn(demo);
         let mut server = actix_web::rt::spawn(server);
         let name = tokio::select! {
             served = &mut server => {
@@ -208,15 +302,25 @@ impl Application {
             _ = terminate.recv() => "SIGTERM",
             _ = interrupt.recv() => "SIGINT",
         };
+        // Load balancers and Kubernetes' endpoints take a few seconds to notice: /ready says 503
+        // at once, new connections are still served for the drain delay, then the listener closes.
         state.shutting_down.store(true, Ordering::Release);
         tracing::info!(
             signal = name,
-            "shutting down: draining requests in flight (a second signal stops at once)"
+            drain_delay_s = drain_delay.as_secs_f64(),
+            "shutting down: /ready answers 503; still accepting for the drain delay, then draining requests in flight (a second signal stops at once)"
         );
+        tokio::select! {
+            () = tokio::time::sleep(drain_delay) => {}
+            _ = terminate.recv() => return Ok(force()),
+            _ = interrupt.recv() => return Ok(force()),
+        }
+        tracing::info!("drain delay over: closing the listener");
         let graceful = handle.stop(true);
         tokio::select! {
             () = graceful => {
                 server.await??;
+                demo_handle.stop(false).await;
                 tracing::info!("drained, exiting");
                 Ok(Shutdown::Drained)
             }

@@ -1,4 +1,5 @@
 //! Shared state, built once and handed to every worker as `web::Data<AppState>`.
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -34,6 +35,10 @@ pub struct AppState {
     pub images: Arc<dyn ImageStore>,
     /// The admit stage's rules (client keys, allowed models, quotas).
     pub admitter: Admitter,
+    /// When this application was built, for the status page's uptime.
+    pub started_at: std::time::SystemTime,
     /// This application's Prometheus registry (one per app: tests run many in one process).
     pub metrics: Arc<Metrics>,
+    /// Where upload parts before `model` are spooled (`--spool-dir`, default the temp dir).
+    pub spool_dir: PathBuf,
 }

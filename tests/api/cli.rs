@@ -142,3 +142,19 @@ async fn a_final_upstream_failure_writes_one_warn_line() {
         .collect();
     assert_eq!(warnings.len(), 1, "{warnings:#?}");
 }
+
+#[test]
+fn a_bad_log_filter_is_reported_once_naming_the_flag() {
+    // Issue 20: the message came twice and did not say which setting was wrong.
+    let dir = tempfile::tempdir().unwrap();
+    let output = llmux()
+        .args(["--log", "llmux=loud", "--port", "0", "--config-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--log"), "{stderr}");
+    assert_eq!(stderr.matches("llmux=loud").count(), 1, "{stderr}");
+}

@@ -5,7 +5,9 @@
     reason = "test support code fails the test by panicking"
 )]
 mod adaptation;
+mod check;
 mod cli;
+mod demo;
 mod deploy;
 mod errors;
 mod forwarding;
@@ -13,14 +15,19 @@ mod harness;
 mod health;
 mod helpers;
 mod images;
+mod limits;
+mod logs;
 mod metrics;
 mod mock;
 mod models;
 mod pools;
+mod prometheus;
 mod redis_server;
 mod reload;
+mod reload_stall;
 mod replicas;
 mod shared_state;
 mod shutdown;
+mod status_page;
 mod streaming;
 mod uploads;

@@ -10,7 +10,17 @@ use crate::helpers::{provider_file, spawn_app, Reply, Spawn, TestApp};
 
 /// Every sample of a scrape: `name{labels}` -> value.
 async fn scrape(app: &TestApp) -> BTreeMap<String, f64> {
-    let response = app.http.get(app.url("/metrics")).send().await.unwrap();
+    // Prometheus' own Accept header (issue 20: without it, the classic format is served).
+    let response = app
+        .http
+        .get(app.url("/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"]
         .to_str()

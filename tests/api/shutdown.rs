@@ -10,12 +10,21 @@ use crate::helpers::{provider_file, spawn_app, Binary, MockUpstream, Reply};
 
 /// Starts `llmux serve` on a free port with `dir` as config dir and the given shutdown grace.
 async fn start_binary(dir: &std::path::Path, grace_seconds: u32) -> Binary {
+    start_binary_with_drain_delay(dir, grace_seconds, "0").await
+}
+
+async fn start_binary_with_drain_delay(
+    dir: &std::path::Path,
+    grace_seconds: u32,
+    drain_delay: &str,
+) -> Binary {
     let grace = grace_seconds.to_string();
     Binary::start(
         dir,
         &[],
         &[
             ("LLMUX_SHUTDOWN_GRACE", &grace),
+            ("LLMUX_DRAIN_DELAY", drain_delay),
             ("TEST_PROVIDER_KEY", "sk-binary"),
         ],
     )
@@ -112,6 +121,61 @@ async fn sigterm_lets_a_slow_stream_finish_refuses_new_connections_and_exits_0()
         signalled.elapsed()
     );
     assert_eq!(upstream.streams_finished(), 1);
+}
+
+#[tokio::test]
+async fn sigterm_turns_ready_to_503_and_keeps_serving_new_connections_for_the_drain_delay() {
+    // Issue 20: the listener closed at once, so connections Kubernetes still sent were refused.
+    let dir = tempfile::tempdir().unwrap();
+    let file = provider_file("mock", "", &[("m", "t")]).to_string();
+    std::fs::write(
+        dir.path().join("p.json"),
+        file.replace("{UPSTREAM}", "http://127.0.0.1:9"),
+    )
+    .unwrap();
+    let Binary {
+        mut child, port, ..
+    } = start_binary_with_drain_delay(dir.path(), 10, "2").await;
+    let get = |path: &'static str| async move {
+        // A new client each time: a new connection, not a kept-alive one.
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    };
+    assert_eq!(get("/ready").await.unwrap(), 200);
+
+    let signalled = Instant::now();
+    send_sigterm(&child);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while get("/ready").await.unwrap() != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "/ready still 200 1 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Inside the drain delay: new connections are served.
+    assert_eq!(get("/health").await.unwrap(), 200);
+    assert!(
+        signalled.elapsed() < Duration::from_millis(1800),
+        "{:?}",
+        signalled.elapsed()
+    );
+
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("llmux exits after the drain delay")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        signalled.elapsed()
+    );
+    assert!(get("/health").await.is_err());
 }
 
 #[tokio::test]
