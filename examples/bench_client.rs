@@ -1,6 +1,7 @@
 //! Load generator for the scenarios wrk cannot measure (bench/run.sh), not for tests.
 //!
-//! bench_client rate    URL RPS SECONDS              fixed-rate chat requests: latency p50/p99
+//! bench_client rate    URL RPS SECONDS [BODY]       fixed-rate POSTs (default: a chat request):
+//!                                                   latency p50/p99
 //! bench_client streams URL N CHUNKS GAP_MS          N concurrent SSE streams: time to first chunk,
 //!                                                   and whether events arrive spread out or bunched
 //! bench_client upload  URL MEGABYTES                one streamed multipart upload: MB/s
@@ -40,7 +41,7 @@ fn client() -> reqwest::Client {
         .expect("client")
 }
 
-async fn rate(url: String, rps: u64, seconds: u64) {
+async fn rate(url: String, rps: u64, seconds: u64, body: String) {
     let client = client();
     let total = rps * seconds;
     let interval = Duration::from_secs_f64(1.0 / rps as f64);
@@ -51,12 +52,13 @@ async fn rate(url: String, rps: u64, seconds: u64) {
         tokio::time::sleep_until(due.into()).await;
         let client = client.clone();
         let url = url.clone();
+        let body = body.clone();
         tasks.push(tokio::spawn(async move {
             let sent = Instant::now();
             let response = client
                 .post(&url)
                 .header("content-type", "application/json")
-                .body(CHAT)
+                .body(body)
                 .send()
                 .await
                 .ok()?;
@@ -256,7 +258,10 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number = |i: usize| -> u64 { args[i].parse().expect("a number") };
     match args.first().map(String::as_str) {
-        Some("rate") => rate(args[1].clone(), number(2), number(3)).await,
+        Some("rate") => {
+            let body = args.get(4).cloned().unwrap_or_else(|| CHAT.to_owned());
+            rate(args[1].clone(), number(2), number(3), body).await;
+        }
         Some("streams") => {
             streams(args[1].clone(), number(2) as usize, number(3), number(4)).await;
         }

@@ -4,9 +4,11 @@
 //!                             "stream": true: `x-mock-chunks` events (default 20) every
 //!                             `x-mock-gap-ms` (default 20) milliseconds.
 //! POST /v1/audio/transcriptions  drains any size of upload, answers its byte count.
+//! POST /v1/responses          a Responses API answer (~600 bytes) with a new id each time.
 //! GET  /health
 //!
 //! Usage: mock_upstream [PORT] [WORKERS]
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -94,6 +96,16 @@ async fn transcription(mut payload: web::Payload) -> HttpResponse {
         .body(format!(r#"{{"text":"received {bytes} bytes"}}"#))
 }
 
+static RESPONSES: AtomicU64 = AtomicU64::new(0);
+
+async fn responses(body: Bytes) -> HttpResponse {
+    let model = model_of(&body);
+    let n = RESPONSES.fetch_add(1, Ordering::Relaxed);
+    HttpResponse::Ok().content_type("application/json").body(format!(
+        r#"{{"id":"resp_bench{n:024}","object":"response","created_at":1700000000,"status":"completed","model":"{model}","output":[{{"type":"message","id":"msg_bench{n:024}","status":"completed","role":"assistant","content":[{{"type":"output_text","text":"This is a benchmark answer of a realistic size, long enough to look like a short reply.","annotations":[]}}]}}],"usage":{{"input_tokens":25,"output_tokens":21,"total_tokens":46}}}}"#
+    ))
+}
+
 async fn health() -> HttpResponse {
     HttpResponse::Ok().body(r#"{"status":"ok"}"#)
 }
@@ -108,6 +120,7 @@ async fn main() -> std::io::Result<()> {
             .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
             .route("/v1/chat/completions", web::post().to(chat))
             .route("/v1/audio/transcriptions", web::post().to(transcription))
+            .route("/v1/responses", web::post().to(responses))
             .route("/health", web::get().to(health))
     })
     .workers(workers)

@@ -113,6 +113,18 @@ pub struct ServeArgs {
     /// How long an image stays in the image-data cache, in seconds.
     #[arg(long, env = "LLMUX_IMAGE_CACHE_TTL", default_value = "3600", value_parser = parse_seconds)]
     pub image_cache_ttl: Duration,
+    /// Redis holding the state replicas share (response ids, image data, limit counters,
+    /// concurrency leases), e.g. `redis://redis:6379/0`. Unset: everything stays in this
+    /// process (one instance).
+    #[arg(long, env = "LLMUX_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Deadline of every Redis call, in seconds; past it the request goes on without Redis.
+    #[arg(long, env = "LLMUX_REDIS_TIMEOUT", default_value = "0.05", value_parser = parse_seconds)]
+    pub redis_timeout: Duration,
+    /// Refuse requests whose limits cannot be checked while Redis is unreachable (default:
+    /// admit them).
+    #[arg(long, env = "LLMUX_REDIS_FAIL_CLOSED")]
+    pub redis_fail_closed: bool,
     /// Connections the kernel queues for llmux before refusing new ones (the listen backlog).
     #[arg(long, env = "LLMUX_BACKLOG", default_value_t = DEFAULT_BACKLOG)]
     pub backlog: u32,
@@ -176,6 +188,9 @@ impl ServeArgs {
             max_upload_bytes: 100 * 1024 * 1024,
             image_cache_bytes: 512 * 1024 * 1024,
             image_cache_ttl: Duration::from_secs(3600),
+            redis_url: None,
+            redis_timeout: crate::shared::DEFAULT_REDIS_TIMEOUT,
+            redis_fail_closed: false,
             backlog: DEFAULT_BACKLOG,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: Duration::from_secs(5),

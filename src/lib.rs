@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod proxy;
 pub mod routing;
 pub mod secret;
+pub mod shared;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

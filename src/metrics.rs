@@ -487,6 +487,11 @@ impl Metrics {
             .set(i64::try_from(errors).unwrap_or(i64::MAX));
     }
 
+    /// Adds metrics read at scrape time from elsewhere (the Redis ones, with `--redis-url`).
+    pub fn register_collector(&mut self, collector: Box<dyn Collector>) {
+        self.registry.register_collector(collector);
+    }
+
     pub fn set_image_cache_bytes(&self, bytes: u64) {
         self.image_cache_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));

@@ -18,7 +18,6 @@ use crate::config::watch::{ConfigWatch, LiveConfig, Scope};
 use crate::demo;
 use crate::errors;
 use crate::health::HealthProbes;
-use crate::images::ImageCache;
 use crate::metrics::Metrics;
 use crate::pipeline::accept;
 use crate::pipeline::admit::Admitter;
@@ -26,6 +25,8 @@ use crate::pipeline::attempt::RetryPolicy;
 use crate::proxy::interim::SkipInterimConnector;
 use crate::routing::breaker::BreakerPolicy;
 use crate::routing::table::RoutingTable;
+use crate::shared::connection::RedisHealthMetrics;
+use crate::shared::{SharedSettings, SharedState};
 use crate::state::AppState;
 use crate::traces::Traces;
 
@@ -33,6 +34,7 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
+    shared: web::Data<SharedState>,
     watch: ConfigWatch,
     drain_delay: Duration,
     /// The built-in demo backend (src/demo): serves while the application does.
@@ -108,6 +110,7 @@ impl Application {
         // Before the first load: the loader resolves `builtin:demo` to this server's address.
         let demo = demo::start().context("starting the built-in demo backend")?;
         let env = demo::env_with_demo_url(env, demo.url.clone());
+        crate::proxy::usage::warm_up_tokenizer();
         let table = Arc::new(RoutingTable::new());
         let live = Arc::new(LiveConfig::new(
             &args.config_dir,
@@ -131,7 +134,22 @@ impl Application {
             tracing::warn!(config_dir = %args.config_dir.display(), "no routes loaded: every model will answer 404");
         }
 
-        let metrics = Arc::new(Metrics::new(Arc::clone(&table)));
+        let mut settings = SharedSettings::new(args.image_cache_bytes, args.image_cache_ttl);
+        settings.redis_timeout = args.redis_timeout;
+        settings.fail_closed = args.redis_fail_closed;
+        let shared = SharedState::build(args.redis_url.as_deref(), settings)
+            .context("--redis-url / LLMUX_REDIS_URL is not a Redis URL")?;
+        let mut metrics = Metrics::new(Arc::clone(&table));
+        if let Some(redis) = &shared.redis {
+            metrics.register_collector(Box::new(RedisHealthMetrics(Arc::clone(redis.health()))));
+            tracing::info!(
+                deadline_ms = args.redis_timeout.as_secs_f64() * 1000.0,
+                fail_closed = args.redis_fail_closed,
+                "sharing state through redis"
+            );
+        }
+        let metrics = Arc::new(metrics);
+        let shared = web::Data::new(shared);
         let traces = Traces::from_env(&*env).context("configuring OpenTelemetry traces")?;
 
         let listener = bind(&args.host, args.port, args.backlog)
@@ -148,7 +166,7 @@ impl Application {
             base_url,
             max_body_bytes: args.max_body_bytes,
             live: Arc::clone(&live),
-            responses: Arc::default(),
+            responses: Arc::clone(&shared.owners),
             health: Arc::new(HealthProbes::new(args.health_cache_ttl)),
             shutting_down: AtomicBool::new(false),
             retry: RetryPolicy {
@@ -159,10 +177,7 @@ impl Application {
                 },
             },
             max_upload_bytes: args.max_upload_bytes,
-            images: Arc::new(ImageCache::new(
-                args.image_cache_bytes,
-                args.image_cache_ttl,
-            )),
+            images: Arc::clone(&shared.images),
             admitter: Admitter::default(),
             metrics,
             spool_dir: args.spool_dir(),
@@ -174,6 +189,7 @@ impl Application {
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;
         let server_state = state.clone();
+        let server_shared = shared.clone();
         let header_limits = HeaderLimits {
             max_bytes: args.max_header_bytes,
             max_count: args.max_headers,
@@ -185,6 +201,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(server_state.clone())
+                .app_data(server_shared.clone())
                 .app_data(web::Data::new(upstream_client(
                     Arc::clone(&tls),
                     connect_timeout,
@@ -206,6 +223,10 @@ impl Application {
         // A client that closes its connection ends its request at once, even before the answer's
         // head: the handler is dropped, which cancels the upstream request (status 499).
         .h1_allow_half_closed(false)
+        // A head and a body written apart (an answer whose body waits for something, like a
+        // response id being stored in Redis) must not wait for the client's delayed ACK (Nagle:
+        // 40 ms on Linux). nginx sets the same (tcp_nodelay on).
+        .tcp_nodelay(true)
         // Signals are the binary's business (`run_until_signalled`): tests start many apps in one process.
         .disable_signals()
         .shutdown_timeout(args.shutdown_grace.as_secs().max(1))
@@ -225,6 +246,7 @@ impl Application {
             port,
             server: server.run(),
             state,
+            shared,
             watch,
             drain_delay: args.drain_delay,
             demo: demo.server,
@@ -237,6 +259,11 @@ impl Application {
 
     pub fn state(&self) -> web::Data<AppState> {
         self.state.clone()
+    }
+
+    /// The state shared with other replicas (in memory without `--redis-url`).
+    pub fn shared(&self) -> web::Data<SharedState> {
+        self.shared.clone()
     }
 
     /// Serves until the server stops; SIGHUP reloads the config meanwhile. The config watcher

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use crate::config::watch::LiveConfig;
 use crate::health::HealthProbes;
-use crate::images::ImageCache;
 use crate::metrics::Metrics;
 use crate::pipeline::admit::Admitter;
 use crate::pipeline::attempt::{RetryPolicy, UpstreamHeader};
-use crate::routing::responses::ResponseOwners;
 use crate::routing::table::RoutingTable;
+use crate::shared::image_data::ImageStore;
+use crate::shared::owners::IdOwners;
 use crate::traces::Traces;
 
 pub struct AppState {
@@ -21,8 +21,9 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The config files as last loaded, for `GET /admin/config`.
     pub live: Arc<LiveConfig>,
-    /// Which endpoint created each Responses API response, for the calls that name only its id.
-    pub responses: Arc<ResponseOwners>,
+    /// Which endpoint created each Responses API response, for the calls that name only its id
+    /// (shared by replicas with `--redis-url`).
+    pub responses: Arc<dyn IdOwners>,
     /// Per-model health probes and their short-lived cache.
     pub health: Arc<HealthProbes>,
     /// Set by the first shutdown signal: /ready answers 503 from then on.
@@ -32,7 +33,8 @@ pub struct AppState {
     /// Largest multipart upload accepted, in bytes.
     pub max_upload_bytes: u64,
     /// Images served under `{base_url}/v1/images/data/{model}/{id}`.
-    pub images: Arc<ImageCache>,
+    /// (shared by replicas with `--redis-url`).
+    pub images: Arc<dyn ImageStore>,
     /// The admit stage's rules (client keys, allowed models, quotas).
     pub admitter: Admitter,
     /// When this application was built, for the status page's uptime.

@@ -7,12 +7,20 @@ use serde_json::json;
 
 use crate::errors::ApiError;
 use crate::health::{check_model, EndpointStatus, ModelStatus};
+use crate::shared::SharedState;
 use crate::state::AppState;
 
-pub async fn liveness() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(r#"{"status":"ok"}"#)
+/// Always 200 while the process serves; with `--redis-url` it also says whether Redis answers
+/// (`"redis": "up"` or `"down"`): Redis is never a reason to restart or take traffic away.
+pub async fn liveness(shared: web::Data<SharedState>) -> HttpResponse {
+    match &shared.redis {
+        Some(redis) => {
+            HttpResponse::Ok().json(json!({"status": "ok", "redis": redis.health().state()}))
+        }
+        None => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(r#"{"status":"ok"}"#),
+    }
 }
 
 /// 200 once the config is loaded with at least one route; 503 with a reason otherwise, and from

@@ -78,7 +78,7 @@ async fn find_image(
         model: model.to_owned(),
         id: id.to_owned(),
     };
-    if let Some(image) = state.images.get(model, id) {
+    if let Some(image) = state.images.get(model, id).await {
         log.bytes = image.bytes.len() as u64;
         return Ok(Found::Image(image));
     }
@@ -105,7 +105,7 @@ async fn find_image(
     if !response.status().is_success() {
         return Ok(Found::Upstream(response, endpoint));
     }
-    let limit = usize::try_from(state.images.max_bytes()).unwrap_or(usize::MAX);
+    let limit = usize::try_from(state.images.local().max_bytes()).unwrap_or(usize::MAX);
     let bytes =
         response
             .body()
@@ -116,14 +116,19 @@ async fn find_image(
                 cause: format!("reading image `{id}` failed: {error}"),
             })?;
     log.bytes = bytes.len() as u64;
-    state.images.insert(model, id, bytes.clone());
+    // Any replica can fetch it again: kept in this one's memory only.
+    state.images.keep_local(model, id, bytes.clone());
     // Already evicted again by concurrent inserts: served once anyway.
-    let image = state.images.get(model, id).unwrap_or_else(|| CachedImage {
-        content_type: crate::images::sniff_content_type(&bytes),
-        etag: format!("\"{}\"", crate::images::new_id()),
-        max_age: std::time::Duration::ZERO,
-        bytes,
-    });
+    let image = state
+        .images
+        .local()
+        .get(model, id)
+        .unwrap_or_else(|| CachedImage {
+            content_type: crate::images::sniff_content_type(&bytes),
+            etag: format!("\"{}\"", crate::images::new_id()),
+            max_age: std::time::Duration::ZERO,
+            bytes,
+        });
     Ok(Found::Image(image))
 }
 

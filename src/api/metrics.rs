@@ -26,7 +26,9 @@ pub async fn scrape(
         .filter(|f| f.failing_since.is_some())
         .count();
     state.metrics.set_config_errors(failing);
-    state.metrics.set_image_cache_bytes(state.images.bytes());
+    state
+        .metrics
+        .set_image_cache_bytes(state.images.local().bytes());
     // Rendering a large table takes a while: on the blocking pool, not a request worker.
     let text = web::block(move || state.metrics.render_as(format))
         .await

@@ -49,11 +49,12 @@ pub async fn upload(
         })?);
         let routed = route::route(
             &state.table,
-            &state.responses,
+            &*state.responses,
             operation,
             &upload.model,
             None,
-        )?;
+        )
+        .await?;
         let endpoint = Arc::clone(&routed.pool().members()[routed.pool().select()]);
         let uri = routed.uri_for(&endpoint)?;
         log.endpoint = Some(Arc::clone(&endpoint));
@@ -120,7 +121,7 @@ pub async fn upload(
                 &endpoint,
                 asked,
                 &state.base_url,
-                &state.images,
+                &*state.images,
                 log,
             )
             .await

@@ -307,7 +307,7 @@ async fn respond_with(
             member,
             images,
             &state.base_url,
-            &state.images,
+            &*state.images,
             log,
         )
         .await;

@@ -36,6 +36,7 @@ use self::record::AccessLog;
 use crate::errors::ApiError;
 use crate::proxy::forward::forward;
 use crate::proxy::usage::{ask_for_usage, UsageReader};
+use crate::shared::owners::IdFamily;
 use crate::state::AppState;
 
 /// A JSON operation: read, identify, admit, route, then the attempt loop answers.
@@ -79,11 +80,12 @@ async fn prepare(
     })?);
     let routed = route::route(
         &state.table,
-        &state.responses,
+        &*state.responses,
         operation,
         &identity.model,
         identity.previous_response_id.as_deref(),
-    )?;
+    )
+    .await?;
     let mut model_span = identity.model_span.clone();
     // Reading a stream's usage may need llmux to ask for it: those bytes go in once, here,
     // before the model's span is used by any attempt.
@@ -138,20 +140,20 @@ pub async fn forward_by_response_id(
         Operation::ResponsesInputItems => "/input_items",
         _ => "",
     };
-    let prepared =
-        route::by_response_id(&state.table, &state.responses, &id).and_then(|endpoint| {
-            log.model = Some(endpoint.exposed_model.as_ref().into());
-            log.admission = Some(state.admitter.admit(&AdmitRequest {
-                operation,
-                model: &endpoint.exposed_model,
-                headers: request.headers(),
-                body: &[],
-            })?);
-            let uri = endpoint
-                .uri_with_query(&format!("v1/responses/{id}{suffix}"), request.uri().query())
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            Ok((endpoint, uri))
-        });
+    let found = route::by_response_id(&state.table, &*state.responses, &id).await;
+    let prepared = found.and_then(|endpoint| {
+        log.model = Some(endpoint.exposed_model.as_ref().into());
+        log.admission = Some(state.admitter.admit(&AdmitRequest {
+            operation,
+            model: &endpoint.exposed_model,
+            headers: request.headers(),
+            body: &[],
+        })?);
+        let uri = endpoint
+            .uri_with_query(&format!("v1/responses/{id}{suffix}"), request.uri().query())
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok((endpoint, uri))
+    });
     let (endpoint, uri) = match prepared {
         Ok(prepared) => prepared,
         Err(error) => return log.reject(error),
@@ -166,7 +168,7 @@ pub async fn forward_by_response_id(
         .await
         .unwrap_or_else(|error| actix_web::ResponseError::error_response(&error));
     if operation == Operation::ResponsesDelete && response.status().is_success() {
-        state.responses.forget(&id);
+        state.responses.forget(IdFamily::Responses, &id).await;
     }
     attempt::attempt_headers(&mut response, 1, &endpoint, state.upstream_header);
     response

@@ -2,7 +2,7 @@
 //! in the returned [`Routed`], never looked up again), and the Responses API's stored-response
 //! ids pin the member that owns them. The response-id lookups (`sticky_member`, `by_response_id`)
 //! and the tap that learns new ids (`capture_response_id`) are the only places that touch
-//! `ResponseOwners`.
+//! the id owners (`shared::owners`: this replica's memory, or Redis shared by every replica).
 use std::sync::Arc;
 
 use actix_web::body::BoxBody;
@@ -14,8 +14,9 @@ use crate::errors::ApiError;
 use crate::proxy::capture::{AnswerKind, CaptureResponseId};
 use crate::routing::endpoint::Endpoint;
 use crate::routing::pool::Pool;
-use crate::routing::responses::{current, same_upstream, ResponseOwners};
+use crate::routing::responses::same_upstream;
 use crate::routing::table::{ModelRoutes, RoutingTable};
+use crate::shared::owners::{IdFamily, IdOwners};
 
 /// Where a request goes: one version of its model's routes, the route that serves it, and the
 /// member every attempt must use when one is pinned.
@@ -47,9 +48,9 @@ impl Routed {
 /// Routes `operation` for `model`. `previous_response_id`, when the operation continues stored
 /// responses, pins the member that created it (when it is in the pool; the pool's pick applies
 /// otherwise).
-pub fn route(
+pub async fn route(
     table: &RoutingTable,
-    owners: &ResponseOwners,
+    owners: &dyn IdOwners,
     operation: Operation,
     model: &str,
     previous_response_id: Option<&str>,
@@ -81,15 +82,21 @@ pub fn route(
         sticky: None,
     };
     if operation.continues_responses() {
-        routed.sticky =
-            previous_response_id.and_then(|id| sticky_member(owners, routed.pool(), id));
+        if let Some(id) = previous_response_id {
+            routed.sticky = sticky_member(owners, table, routed.pool(), id).await;
+        }
     }
     Ok(routed)
 }
 
 /// The member of `pool` on the upstream that created response `id`.
-fn sticky_member(owners: &ResponseOwners, pool: &Pool, id: &str) -> Option<usize> {
-    let creator = owners.creator(id)?;
+async fn sticky_member(
+    owners: &dyn IdOwners,
+    table: &RoutingTable,
+    pool: &Pool,
+    id: &str,
+) -> Option<usize> {
+    let creator = owners.owner(IdFamily::Responses, id, table).await?;
     pool.members()
         .iter()
         .position(|member| same_upstream(member, &creator))
@@ -97,9 +104,9 @@ fn sticky_member(owners: &ResponseOwners, pool: &Pool, id: &str) -> Option<usize
 
 /// The endpoint that owns stored response `id` (its current version after reloads), for the
 /// calls that name only the id.
-pub fn by_response_id(
+pub async fn by_response_id(
     table: &RoutingTable,
-    owners: &ResponseOwners,
+    owners: &dyn IdOwners,
     id: &str,
 ) -> Result<Arc<Endpoint>, ApiError> {
     if !is_plain_path_segment(id) {
@@ -108,10 +115,10 @@ pub fn by_response_id(
             None,
         ));
     }
-    let remembered = owners
-        .creator(id)
-        .ok_or_else(|| ApiError::UnknownResponse { id: id.to_owned() })?;
-    Ok(current(table, &remembered))
+    owners
+        .owner(IdFamily::Responses, id, table)
+        .await
+        .ok_or_else(|| ApiError::UnknownResponse { id: id.to_owned() })
 }
 
 /// Whether `id` (decoded from the URL) goes back into an upstream URL path as one segment, as
@@ -129,7 +136,7 @@ pub fn is_plain_path_segment(id: &str) -> bool {
 pub fn capture_response_id(
     response: HttpResponse,
     endpoint: &Arc<Endpoint>,
-    owners: &Arc<ResponseOwners>,
+    owners: &Arc<dyn IdOwners>,
 ) -> HttpResponse {
     if !response.status().is_success() {
         return response;

@@ -4,16 +4,17 @@
 //! asks for the response right after creating it finds it.
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use actix_web::body::{BodySize, MessageBody};
 use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use pin_project_lite::pin_project;
 use serde::Deserialize;
 
 use super::sse::{event_data, event_end};
 use crate::routing::endpoint::Endpoint;
-use crate::routing::responses::ResponseOwners;
+use crate::shared::owners::{IdFamily, IdOwners};
 
 /// Bytes copied aside at most while looking for the id.
 const MAX_SCANNED: usize = 4 * 1024 * 1024;
@@ -35,8 +36,12 @@ pin_project! {
         seen: BytesMut,
         events: usize,
         done: bool,
-        owners: Arc<ResponseOwners>,
+        owners: Arc<dyn IdOwners>,
         endpoint: Arc<Endpoint>,
+        // The chunk that completed the id, held back until the id is remembered (with Redis,
+        // until every replica can find it).
+        held: Option<Bytes>,
+        remembering: Option<BoxFuture<'static, ()>>,
     }
 }
 
@@ -44,7 +49,7 @@ impl<B> CaptureResponseId<B> {
     pub fn new(
         inner: B,
         kind: AnswerKind,
-        owners: Arc<ResponseOwners>,
+        owners: Arc<dyn IdOwners>,
         endpoint: Arc<Endpoint>,
     ) -> Self {
         Self {
@@ -55,6 +60,8 @@ impl<B> CaptureResponseId<B> {
             done: false,
             owners,
             endpoint,
+            held: None,
+            remembering: None,
         }
     }
 }
@@ -71,6 +78,11 @@ impl<B: MessageBody> MessageBody for CaptureResponseId<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
         let this = self.project();
+        if let Some(remembering) = this.remembering.as_mut() {
+            ready!(remembering.as_mut().poll(cx));
+            *this.remembering = None;
+            return Poll::Ready(this.held.take().map(Ok));
+        }
         let polled = this.inner.poll_next(cx);
         if let Poll::Ready(Some(Ok(chunk))) = &polled {
             if !*this.done {
@@ -79,12 +91,21 @@ impl<B: MessageBody> MessageBody for CaptureResponseId<B> {
                     AnswerKind::Json => json_id(this.seen),
                     AnswerKind::EventStream => event_id(this.seen, this.events),
                 };
-                if let Some(id) = found {
-                    this.owners.remember(&id, this.endpoint);
-                    *this.done = true;
-                }
                 if this.seen.len() > MAX_SCANNED || *this.events >= MAX_EVENTS {
                     *this.done = true;
+                }
+                if let Some(id) = found {
+                    *this.done = true;
+                    let (owners, endpoint) = (Arc::clone(this.owners), Arc::clone(this.endpoint));
+                    let mut remembering: BoxFuture<'static, ()> = Box::pin(async move {
+                        owners.remember(IdFamily::Responses, &id, &endpoint).await;
+                    });
+                    if remembering.as_mut().poll(cx).is_pending() {
+                        *this.held = Some(chunk.clone());
+                        *this.remembering = Some(remembering);
+                        *this.seen = BytesMut::new();
+                        return Poll::Pending;
+                    }
                 }
                 if *this.done {
                     *this.seen = BytesMut::new();

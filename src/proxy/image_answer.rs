@@ -17,9 +17,10 @@ use super::headers::copy_response_headers;
 use super::json::{apply, elements, find, members};
 use super::rewrite::ImagesAnswer;
 use crate::errors::ApiError;
-use crate::images::{image_url, ImageCache, IMAGE_DATA_PATH};
+use crate::images::{image_url, IMAGE_DATA_PATH};
 use crate::pipeline::record::{AccessLog, Outcome};
 use crate::routing::endpoint::{Endpoint, UpstreamImageFormat};
+use crate::shared::image_data::ImageStore;
 
 /// Largest image answer llmux reads whole to rewrite it.
 const MAX_IMAGE_ANSWER_BYTES: usize = 256 * 1024 * 1024;
@@ -31,7 +32,7 @@ pub async fn answer(
     endpoint: &Arc<Endpoint>,
     asked: ImagesAnswer,
     base_url: &str,
-    images: &ImageCache,
+    images: &dyn ImageStore,
     mut log: AccessLog,
 ) -> HttpResponse {
     let json = response
@@ -65,7 +66,9 @@ pub async fn answer(
         _ => None,
     };
     let model = &endpoint.exposed_model;
-    let body = rewrite_images(&body, base_url, model, cache).unwrap_or(body);
+    let body = rewrite_images(&body, base_url, model, cache)
+        .await
+        .unwrap_or(body);
     let mut builder = HttpResponse::build(status);
     copy_response_headers(response.headers(), &mut builder);
     log.first_byte = Some(log.started.elapsed());
@@ -80,16 +83,16 @@ pub async fn answer(
 ///
 /// By span, like the request rewrites (issue 20: parsing the whole answer into a tree cost 4x a
 /// 106 MB answer): only the spans of `data[]`'s `url` and `b64_json` members are replaced, every
-/// other byte stays as the upstream sent it, and without a cache an answer that does not contain
+/// other byte stays as the upstream sent it, and without a store an answer that does not contain
 /// the upstream's image-data URL is not parsed at all.
-pub fn rewrite_images(
+pub async fn rewrite_images(
     body: &Bytes,
     base_url: &str,
     model: &str,
-    cache: Option<&ImageCache>,
+    store: Option<&dyn ImageStore>,
 ) -> Option<Bytes> {
     let prefix = format!("{base_url}/{IMAGE_DATA_PATH}/");
-    if cache.is_none() && memchr::memmem::find(body, prefix.as_bytes()).is_none() {
+    if store.is_none() && memchr::memmem::find(body, prefix.as_bytes()).is_none() {
         return None;
     }
     let top = members(body, 0..body.len()).ok()?;
@@ -113,14 +116,15 @@ pub fn rewrite_images(
                 json_string(&image_url(base_url, model, &id)),
             ));
         }
-        let Some(cache) = cache else { continue };
+        let Some(store) = store else { continue };
         // An image with both keeps its `b64_json`: replacing it would repeat `url`.
         let Some(b64) = find(&fields, "b64_json").filter(|_| url.is_none()) else {
             continue;
         };
         let decoded =
             string_at(body, b64.value.clone()).and_then(|text| STANDARD.decode(text.trim()).ok());
-        if let Some(id) = decoded.and_then(|bytes| cache.insert_new(model, Bytes::from(bytes))) {
+        let Some(bytes) = decoded else { continue };
+        if let Some(id) = store.insert_new(model, Bytes::from(bytes)).await {
             let url = json_string(&image_url(base_url, model, &id));
             edits.push((b64.span.clone(), format!("\"url\":{url}")));
         }
@@ -147,11 +151,12 @@ fn json_string(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::images::ImageCache;
     use serde_json::Value;
     use std::time::Duration;
 
-    #[test]
-    fn proxy_urls_get_the_model_and_b64_images_become_cached_urls() {
+    #[tokio::test]
+    async fn proxy_urls_get_the_model_and_b64_images_become_cached_urls() {
         let cache = ImageCache::new(1024, Duration::from_secs(60));
         let body = serde_json::json!({"created": 1, "data": [
             {"url": "http://llmux:8000/v1/images/data/abc"},
@@ -164,6 +169,7 @@ mod tests {
             "m",
             Some(&cache),
         )
+        .await
         .unwrap();
         let out: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
@@ -175,21 +181,28 @@ mod tests {
         let id = url
             .strip_prefix("http://llmux:8000/v1/images/data/m/")
             .unwrap();
-        assert_eq!(cache.get("m", id).unwrap().content_type, "image/png");
+        assert_eq!(
+            cache.local().get("m", id).unwrap().content_type,
+            "image/png"
+        );
         assert!(out["data"][2].get("b64_json").is_none());
         assert_eq!(out["data"][2]["revised_prompt"], "p");
         let untouched =
             serde_json::json!({"data": [{"url": "https://elsewhere/x.png"}]}).to_string();
-        assert!(rewrite_images(&Bytes::from(untouched), "http://llmux:8000", "m", None).is_none());
+        assert!(
+            rewrite_images(&Bytes::from(untouched), "http://llmux:8000", "m", None)
+                .await
+                .is_none()
+        );
     }
 
-    #[test]
-    fn image_answers_are_rewritten_by_span_keeping_every_other_byte() {
+    #[tokio::test]
+    async fn image_answers_are_rewritten_by_span_keeping_every_other_byte() {
         // Issue 20: the answer was parsed into a tree and re-serialized.
         let body = Bytes::from_static(
             br#"{ "created" : 1.50, "data":[{"revised_prompt":"a \u0063at","url":"http://l/v1/images/data/abc"}], "z":0 }"#,
         );
-        let out = rewrite_images(&body, "http://l", "m", None).unwrap();
+        let out = rewrite_images(&body, "http://l", "m", None).await.unwrap();
         assert_eq!(
             &out[..],
             br#"{ "created" : 1.50, "data":[{"revised_prompt":"a \u0063at","url":"http://l/v1/images/data/m/abc"}], "z":0 }"#
@@ -201,6 +214,7 @@ mod tests {
         ));
         let out = String::from_utf8(
             rewrite_images(&b64, "http://l", "m", Some(&cache))
+                .await
                 .unwrap()
                 .to_vec(),
         )

@@ -464,6 +464,18 @@ static O200K_BASE: LazyLock<Option<CoreBPE>> = LazyLock::new(|| {
         .ok()
 });
 
+/// Builds the tokenizer on a thread of its own, so the first stream without upstream usage does
+/// not stall its worker while the ranks load (seconds in a debug build, under load more: a
+/// stream paused mid-answer for over 10 s in the shutdown tests).
+pub fn warm_up_tokenizer() {
+    let spawned = std::thread::Builder::new()
+        .name("llmux-tokenizer".into())
+        .spawn(|| LazyLock::force(&O200K_BASE).is_some());
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot warm the tokenizer up: the first count builds it");
+    }
+}
+
 /// Tokens of `text` with o200k_base.
 pub fn count_tokens(text: &str) -> u64 {
     if text.is_empty() {

@@ -113,7 +113,8 @@ pub fn same_upstream(a: &Endpoint, b: &Endpoint) -> bool {
     std::ptr::eq(a, b) || (a.provider == b.provider && a.base_url == b.base_url)
 }
 
-fn is_plain_id(id: &str) -> bool {
+/// Whether `id` can sit in a URL path segment as it is (every upstream's ids can).
+pub fn is_plain_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 256
         && id
