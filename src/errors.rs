@@ -52,6 +52,11 @@ pub enum ApiError {
     UnknownResponse { id: String },
     #[error("The image `{id}` of model `{model}` does not exist or has expired.")]
     ImageNotFound { model: String, id: String },
+    #[error("No provider of this server serves the {family} family (/{path}). To serve it, add \"families\": [\"{family}\"] to a provider in a config file.")]
+    FamilyNotServed {
+        family: &'static str,
+        path: &'static str,
+    },
 }
 
 #[derive(Serialize)]
@@ -109,6 +114,9 @@ impl ApiError {
             Self::Internal(_) => ("server_error", None, Some("internal_error")),
             Self::UnknownResponse { .. } => ("invalid_request_error", None, Some("not_found")),
             Self::ImageNotFound { .. } => ("invalid_request_error", None, Some("image_not_found")),
+            Self::FamilyNotServed { .. } => {
+                ("invalid_request_error", None, Some("family_not_served"))
+            }
         }
     }
 }
@@ -129,7 +137,7 @@ impl ResponseError for ApiError {
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::UnknownResponse { .. } => StatusCode::NOT_FOUND,
-            Self::ImageNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::ImageNotFound { .. } | Self::FamilyNotServed { .. } => StatusCode::NOT_FOUND,
         }
     }
 

@@ -25,6 +25,7 @@ use crate::demo::settings::{
 use crate::routing::endpoint::{
     identity_of, join_url, normalize_path, Endpoint, UpstreamImageFormat, DEFAULT_MAX_RETRIES,
 };
+use crate::routing::families::{Family, FAMILIES_KEY, PASSTHROUGH_MODEL, PASSTHROUGH_PATH};
 use crate::secret::ApiKey;
 
 /// Timeouts when neither the endpoint nor its provider sets one (fast-openai-api-proxy's default).
@@ -222,7 +223,8 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                 "the key in this variable contains characters not allowed in an HTTP header".into(),
             );
         }
-        if provider.models.is_empty() {
+        let model_less = model_less_endpoints(provider, &provider_path, &mut report);
+        if provider.models.is_empty() && model_less.is_empty() {
             report.warn(
                 provider_path.clone(),
                 format!("provider `{provider_name}` declares no models"),
@@ -239,13 +241,17 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                     .map(|authority| (url, authority))
             });
         let prefix = provider.prefix.as_deref().unwrap_or("");
-        for (model_key, model) in &provider.models {
-            let model_path = {
-                let mut path = at("models");
-                path.push(Segment::Key(model_key.clone()));
-                path
-            };
-            let exposed: Arc<str> = Arc::from(format!("{prefix}{model_key}"));
+        let models = provider.models.iter().map(|(model_key, model)| {
+            let mut path = at("models");
+            path.push(Segment::Key(model_key.clone()));
+            (format!("{prefix}{model_key}"), path, model)
+        });
+        // Families and passthrough are routes of reserved table models (`@files`), no prefix.
+        let model_less = model_less
+            .iter()
+            .map(|(name, path, model)| (name.clone(), path.clone(), model));
+        for (exposed, model_path, model) in models.chain(model_less) {
+            let exposed: Arc<str> = Arc::from(exposed);
             if exposed.is_empty() {
                 report.error(model_path.clone(), "the exposed model name is empty".into());
             }
@@ -435,6 +441,60 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
         }
     }
     report.finish(Some(endpoints))
+}
+
+/// The routes a provider's `families` and `passthrough` keys add, as the models of the routing
+/// table that serve them (`@files` on `v1/files`, `@passthrough` on `v1`): the provider's own
+/// URL, key and adaptation settings, never probed by health checks.
+fn model_less_endpoints(
+    provider: &ProviderSchema,
+    provider_path: &[Segment],
+    report: &mut Report<'_>,
+) -> Vec<(String, Vec<Segment>, ModelSchema)> {
+    let mut models = Vec::new();
+    let endpoint = |path: &str, target: &str| ModelSchema {
+        endpoints: vec![EndpointSchema {
+            path: path.to_owned(),
+            target_model_name: target.to_owned(),
+            health_path: Some(None),
+            ..EndpointSchema::default()
+        }],
+    };
+    let mut at = provider_path.to_vec();
+    at.push(Segment::Key(FAMILIES_KEY.into()));
+    for (index, name) in provider.families.iter().flatten().enumerate() {
+        let mut item = at.clone();
+        item.push(Segment::Index(index));
+        match Family::named(name) {
+            Some(family) if !models.iter().any(|(m, _, _)| m == family.table_model()) => models
+                .push((
+                    family.table_model().to_owned(),
+                    item,
+                    endpoint(family.path(), family.name()),
+                )),
+            Some(_) => report.warn(item, format!("family `{name}` is listed twice")),
+            None => {
+                let known: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
+                report.error(
+                    item,
+                    format!(
+                        "`{name}` is not a family llmux serves: use one of {}",
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    if provider.passthrough == Some(true) {
+        let mut path = provider_path.to_vec();
+        path.push(Segment::Key("passthrough".into()));
+        models.push((
+            PASSTHROUGH_MODEL.to_owned(),
+            path,
+            endpoint(PASSTHROUGH_PATH, "passthrough"),
+        ));
+    }
+    models
 }
 
 /// The base URL and authority of a `builtin:demo` endpoint: the demo server's address (from
