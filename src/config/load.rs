@@ -897,6 +897,60 @@ mod tests {
 }"#;
 
     #[test]
+    fn families_and_passthrough_become_reserved_routes_with_the_provider_settings() {
+        let loaded = load(
+            r#"{"openai": {"api_key_variable": "SET_KEY", "target_base_url": "https://api.openai.com",
+                "families": ["files", "batches", "files"], "passthrough": true}}"#,
+        );
+        let endpoints = loaded.endpoints.as_ref().unwrap();
+        let routes: Vec<(&str, &str, &str)> = endpoints
+            .iter()
+            .map(|e| (&*e.exposed_model, &*e.path, &*e.provider))
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                ("@files", "v1/files", "openai"),
+                ("@batches", "v1/batches", "openai"),
+                ("@passthrough", "v1", "openai"),
+            ]
+        );
+        assert!(endpoints.iter().all(|e| e.authorization.is_some()));
+        assert!(endpoints.iter().all(|e| e.health_uri.is_none()));
+        assert_eq!(
+            endpoints[0]
+                .uri_for("v1/files/file-1/content")
+                .unwrap()
+                .to_string(),
+            "https://api.openai.com/v1/files/file-1/content"
+        );
+        let messages: Vec<String> = loaded
+            .problems
+            .iter()
+            .map(|p| format!("{} {}", p.json_path, p.message))
+            .collect();
+        assert!(
+            messages.iter().any(|m| m.contains("listed twice")),
+            "{messages:?}"
+        );
+        // A provider serving only families declares no models and is not warned about it.
+        assert!(
+            !messages.iter().any(|m| m.contains("declares no models")),
+            "{messages:?}"
+        );
+        // An unknown family is an error naming the known ones, at its place in the file.
+        let broken = load(r#"{"p": {"target_base_url": "http://h", "families": ["filez"]}}"#);
+        let error = broken.errors().next().expect("an error");
+        assert!(error.json_path.contains("families"), "{}", error.json_path);
+        assert!(
+            error.message.contains("`filez` is not a family"),
+            "{}",
+            error.message
+        );
+        assert!(error.message.contains("vector_stores"), "{}", error.message);
+    }
+
+    #[test]
     fn the_seed_example_loads_unchanged_with_inherited_settings() {
         let loaded = load(SEED_EXAMPLE);
         assert_eq!(loaded.errors().count(), 0, "{:?}", loaded.problems);

@@ -689,3 +689,67 @@ async fn passthrough_forwards_unknown_v1_paths_only_when_a_provider_opts_in() {
     assert_eq!(on.get("/other/path").await.status(), 404);
     assert_eq!(upstream.seen().len(), 1);
 }
+
+#[test]
+fn llmux_check_lists_the_families_each_provider_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("openai.json"),
+        json!({"openai": {"target_base_url": "http://127.0.0.1:9", "families": ["files", "vector_stores"]}})
+            .to_string(),
+    )
+    .unwrap();
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_llmux"))
+        .args(["check", "--config-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    for (model, path) in [
+        ("@files", "/v1/files"),
+        ("@vector_stores", "/v1/vector_stores"),
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(model) && l.contains(path)),
+            "{model} in {stdout}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn stored_chat_completions_share_their_url_with_chat_completions() {
+    let mut provider = crate::helpers::provider_file("mock", "", &[("m", "target-m")]);
+    provider["mock"]["families"] = json!(["chat_completions"]);
+    let app = Spawn::new().file("provider.json", provider).start().await;
+
+    let created = app
+        .post_json(
+            "/v1/chat/completions",
+            json!({"model": "m", "store": true, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(created.status(), 200);
+    let listed = app.get("/v1/chat/completions?limit=2").await;
+    let messages = app.get("/v1/chat/completions/chatcmpl-1/messages").await;
+
+    assert!(listed.headers().contains_key("x-llmux-upstream"));
+    assert!(messages.headers().contains_key("x-llmux-upstream"));
+    let requests = app.upstream.requests();
+    let seen: Vec<(&str, &str)> = requests
+        .iter()
+        .map(|r| (r.method.as_str(), r.uri.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("POST", "/v1/chat/completions"),
+            ("GET", "/v1/chat/completions?limit=2"),
+            ("GET", "/v1/chat/completions/chatcmpl-1/messages"),
+        ]
+    );
+}
