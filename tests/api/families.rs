@@ -753,3 +753,33 @@ async fn stored_chat_completions_share_their_url_with_chat_completions() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_chunked_upload_past_its_limit_is_cut_off_with_a_413() {
+    let upstream = StatefulUpstream::start("a").await;
+    let app = Spawn::new()
+        .file(
+            "openai.json",
+            family_provider("openai", &upstream, &["videos"]),
+        )
+        .args(|args| args.max_upload_bytes = 1024 * 1024)
+        .start()
+        .await;
+    // No Content-Length: the limit can only be found while streaming.
+    let chunks = futures_util::stream::iter(0..32)
+        .map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 64 * 1024])));
+    use futures_util::StreamExt;
+
+    let response = app
+        .http
+        .post(app.url("/v1/videos"))
+        .header("content-type", "multipart/form-data; boundary=x")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large");
+}
