@@ -69,6 +69,12 @@ pub async fn forward_family(
             .id_names()
             .filter_map(|name| request.match_info().get(name))
             .collect();
+        if let Some(odd) = path_ids.iter().find(|id| !is_object_id(id)) {
+            return Err(ApiError::invalid_request(
+                format!("`{odd}` is not an object id"),
+                None,
+            ));
+        }
         let probe = match &body {
             Body::Whole(bytes) if path_ids.is_empty() && !bytes.is_empty() => {
                 serde_json::from_slice::<Value>(bytes).ok()
@@ -121,6 +127,10 @@ pub async fn forward_passthrough(
     client: &awc::Client,
 ) -> Option<HttpResponse> {
     if !request.path().starts_with("/v1/") {
+        return None;
+    }
+    // `/v1/../admin` would leave `/v1` on the upstream, with the provider's key.
+    if request.path().split('/').any(is_dot_segment) {
         return None;
     }
     let endpoint = route::passthrough(&state.table)?;
@@ -215,6 +225,24 @@ async fn attempt_once(
     };
     attempt_headers(&mut response, 1, endpoint);
     response
+}
+
+/// Whether a path segment is an id OpenAI could have made (`file-abc`, `vs_1`,
+/// `ft:gpt-4o-mini:org::id` checkpoints): anything else (`..`, encoded slashes) could move the
+/// upstream URL off the family's path.
+fn is_object_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 512
+        && !is_dot_segment(id)
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':'))
+}
+
+/// `.` or `..`, also percent-encoded (`%2e%2E`).
+fn is_dot_segment(segment: &str) -> bool {
+    let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+    decoded == "." || decoded == ".."
 }
 
 /// The ids a JSON body references under `keys` (strings, or arrays of strings).
@@ -317,6 +345,21 @@ impl Stream for LimitedStream {
                 Poll::Ready(None)
             }
             other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_ids_cannot_leave_their_path() {
+        for id in ["file-abc", "vs_1", "ft:gpt-4o-mini:org::abc", "batch_6.1~x"] {
+            assert!(is_object_id(id), "{id}");
+        }
+        for id in ["", ".", "..", "%2e%2E", "a%2Fb", "a b", "a?b"] {
+            assert!(!is_object_id(id), "{id}");
         }
     }
 }

@@ -783,3 +783,41 @@ async fn a_chunked_upload_past_its_limit_is_cut_off_with_a_413() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "payload_too_large");
 }
+
+#[tokio::test]
+async fn ids_and_passthrough_paths_cannot_climb_out_of_v1() {
+    let upstream = StatefulUpstream::start("a").await;
+    let mut provider = family_provider("openai", &upstream, FAMILIES);
+    provider["openai"]["passthrough"] = json!(true);
+    let app = Spawn::new().file("openai.json", provider).start().await;
+
+    // Sent raw: HTTP clients resolve dot segments (encoded ones too) before sending.
+    let encoded_id = raw_status(app.port, "/v1/files/%2e%2e/content").await;
+    let dotted_id = raw_status(app.port, "/v1/files/../content").await;
+    let dotted_passthrough = raw_status(app.port, "/v1/x/%2E%2E/%2e%2e/admin").await;
+
+    assert_eq!(encoded_id, 400);
+    assert_eq!(dotted_id, 400);
+    assert_eq!(dotted_passthrough, 404);
+    assert!(upstream.seen().is_empty(), "{:?}", upstream.seen());
+}
+
+/// The status of `GET {path}` sent as written, byte for byte.
+async fn raw_status(port: u16, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("llmux answers within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
