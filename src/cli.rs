@@ -156,6 +156,14 @@ pub struct ServeArgs {
     /// (`provider/target_model` of the member that answered, never its address).
     #[arg(long, env = "LLMUX_UPSTREAM_HEADER", value_enum, default_value_t = UpstreamHeader::Off)]
     pub upstream_header: UpstreamHeader,
+    /// Browser origins allowed to call the API (CORS): a comma list
+    /// (`https://app.example.com,http://localhost:3000`) or `*` [default: none, CORS off].
+    #[arg(long, env = "LLMUX_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_cors_origin)]
+    pub cors_origins: Vec<String>,
+    /// Extra prefixes the same API is served under (`/inference` serves `/inference/v1/...`):
+    /// repeat the flag or give a comma list.
+    #[arg(long, env = "LLMUX_PATH_PREFIX", value_delimiter = ',', value_parser = parse_path_prefix)]
+    pub path_prefix: Vec<String>,
 }
 
 /// actix's default listen backlog (std's is 128).
@@ -200,6 +208,8 @@ impl ServeArgs {
             spool_dir: None,
             client_body_timeout: Duration::from_secs(30),
             upstream_header: UpstreamHeader::Off,
+            cors_origins: Vec::new(),
+            path_prefix: Vec::new(),
         }
     }
 
@@ -207,6 +217,46 @@ impl ServeArgs {
     pub fn spool_dir(&self) -> PathBuf {
         self.spool_dir.clone().unwrap_or_else(std::env::temp_dir)
     }
+}
+
+/// An origin as `--cors-origins` takes it: `*`, or `scheme://host[:port]` (no path).
+pub fn parse_cors_origin(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text == "*" {
+        return Ok(text.to_owned());
+    }
+    let uri: actix_web::http::Uri = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not an origin: use `https://app.example.com` or `*`"))?;
+    let plain = uri.scheme().is_some()
+        && uri.host().is_some()
+        && matches!(
+            uri.path_and_query().map(|p| p.as_str()),
+            None | Some("" | "/")
+        );
+    match plain && !text.ends_with('/') {
+        true => Ok(text.to_owned()),
+        false => Err(format!(
+            "`{text}` is not an origin: scheme and host only, like `https://app.example.com`"
+        )),
+    }
+}
+
+/// A path prefix as `--path-prefix` takes it: one leading slash, none trailing, no `?` or `#`.
+pub fn parse_path_prefix(text: &str) -> Result<String, String> {
+    let trimmed = text.trim().trim_matches('/');
+    if trimmed.is_empty() {
+        return Err("a path prefix names at least one path segment, like `/inference`".into());
+    }
+    if trimmed
+        .chars()
+        .any(|c| matches!(c, '?' | '#' | '{' | '}') || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "`{text}` is not a path prefix: use path characters only, like `/api`"
+        ));
+    }
+    Ok(format!("/{trimmed}"))
 }
 
 /// Checks a log filter when the flags are parsed, so a bad one is reported once, naming the flag.

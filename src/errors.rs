@@ -65,6 +65,11 @@ pub enum ApiError {
         echo(model)
     )]
     ImageNotFound { model: String, id: String },
+    #[error("No provider of this server serves the {family} family (/{path}). To serve it, add \"families\": [\"{family}\"] to a provider in a config file.")]
+    FamilyNotServed {
+        family: &'static str,
+        path: &'static str,
+    },
 }
 
 /// Longest client-sent text llmux echoes in an error or a log line.
@@ -144,6 +149,9 @@ impl ApiError {
             Self::Internal(_) => ("server_error", None, Some("internal_error")),
             Self::UnknownResponse { .. } => ("invalid_request_error", None, Some("not_found")),
             Self::ImageNotFound { .. } => ("invalid_request_error", None, Some("image_not_found")),
+            Self::FamilyNotServed { .. } => {
+                ("invalid_request_error", None, Some("family_not_served"))
+            }
         }
     }
 }
@@ -166,7 +174,7 @@ impl ResponseError for ApiError {
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::UnknownResponse { .. } => StatusCode::NOT_FOUND,
-            Self::ImageNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::ImageNotFound { .. } | Self::FamilyNotServed { .. } => StatusCode::NOT_FOUND,
         }
     }
 

@@ -5,13 +5,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_cors::Cors;
 use actix_web::dev::{Server, Service};
+use actix_web::middleware::Condition;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use futures_util::future::Either;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::api;
+use crate::api::prefix::PathPrefixes;
 use crate::cli::ServeArgs;
 use crate::config::load::process_env;
 use crate::config::watch::{ConfigWatch, LiveConfig, Scope};
@@ -198,7 +201,10 @@ impl Application {
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
             .max(1);
+        let cors_origins = args.cors_origins.clone();
+        let path_prefixes = args.path_prefix.clone();
         let server = HttpServer::new(move || {
+            let prefixes = PathPrefixes::new(&path_prefixes);
             App::new()
                 .app_data(server_state.clone())
                 .app_data(server_shared.clone())
@@ -206,6 +212,10 @@ impl Application {
                     Arc::clone(&tls),
                     connect_timeout,
                 )))
+                .wrap_fn(move |mut request, service| {
+                    prefixes.strip(&mut request);
+                    service.call(request)
+                })
                 .wrap_fn(move |request, service| {
                     let refused = header_limits.check(request.headers());
                     let response = match refused {
@@ -216,9 +226,13 @@ impl Application {
                     };
                     async move { Ok(response.await?.map_into_boxed_body()) }
                 })
+                .wrap(Condition::new(
+                    !cors_origins.is_empty(),
+                    cors(&cors_origins),
+                ))
                 .wrap_fn(accept::middleware)
                 .configure(api::configure)
-                .default_service(web::to(errors::unknown_route))
+                .default_service(web::to(api::unknown_or_passthrough))
         })
         // A client that closes its connection ends its request at once, even before the answer's
         // head: the handler is dropped, which cancels the upstream request (status 499).
@@ -391,4 +405,21 @@ fn upstream_client(tls: Arc<rustls::ClientConfig>, connect_timeout: Duration) ->
         .disable_redirects()
         .no_default_headers()
         .finish()
+}
+
+/// CORS for browser apps (`--cors-origins`): preflights answered for any method and for the
+/// headers browser SDKs send (`Authorization`, `OpenAI-Beta`, `x-stainless-*`, ...: any header
+/// asked for), and every answer's headers readable by the page (`x-request-id`, rate limits).
+fn cors(origins: &[String]) -> Cors {
+    let cors = Cors::default()
+        .allow_any_method()
+        .allow_any_header()
+        .expose_any_header()
+        .max_age(3600);
+    match origins.iter().any(|origin| origin == "*") {
+        true => cors.allow_any_origin(),
+        false => origins
+            .iter()
+            .fold(cors, |cors, origin| cors.allowed_origin(origin)),
+    }
 }

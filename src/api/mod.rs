@@ -4,31 +4,43 @@ pub mod health;
 pub mod images;
 pub mod metrics;
 pub mod models;
+pub mod prefix;
 pub mod responses;
 pub mod status;
 pub mod upload;
 
-use actix_web::{web, HttpRequest};
+use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::errors;
+use crate::errors::{self, ApiError};
 use crate::pipeline;
 use crate::pipeline::operation::Operation;
+use crate::routing::families::FAMILY_ROUTES;
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // Fixed paths first: `/v1/responses/compact` and `/v1/responses/input_tokens` are
     // operations, not ids of `/v1/responses/{id}`.
     for &operation in Operation::JSON {
-        cfg.service(
-            resource(&format!("/{}", operation.path())).route(web::post().to(
-                move |request: HttpRequest,
-                      payload: web::Payload,
-                      state: web::Data<AppState>,
-                      client: web::Data<awc::Client>| {
-                    pipeline::forward_json(operation, request, payload, state, client)
-                },
-            )),
-        );
+        let resource = resource(&format!("/{}", operation.path())).route(web::post().to(
+            move |request: HttpRequest,
+                  payload: web::Payload,
+                  state: web::Data<AppState>,
+                  client: web::Data<awc::Client>| {
+                pipeline::forward_json(operation, request, payload, state, client)
+            },
+        ));
+        // `GET /v1/chat/completions` lists stored chat completions: same URL, other method.
+        cfg.service(with_family_routes(resource, operation.path()));
+    }
+    // Model-less families (files, batches, ...): one resource per path, a route per method.
+    let mut family_paths: Vec<&'static str> = Vec::new();
+    for family_route in FAMILY_ROUTES {
+        let path = family_route.path;
+        let taken = Operation::JSON.iter().any(|o| o.path() == path);
+        if !taken && !family_paths.contains(&path) {
+            family_paths.push(path);
+            cfg.service(with_family_routes(resource(&format!("/{path}")), path));
+        }
     }
     for &operation in Operation::MULTIPART {
         cfg.service(
@@ -71,6 +83,40 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/status").route(web::get().to(status::page)))
     .service(resource("/status.json").route(web::get().to(status::report)))
     .service(resource("/metrics").route(web::get().to(metrics::scrape)));
+}
+
+/// `resource` with a route for each family route on `path`.
+fn with_family_routes(mut resource: actix_web::Resource, path: &str) -> actix_web::Resource {
+    for family_route in FAMILY_ROUTES.iter().filter(|r| r.path == path) {
+        let method = actix_web::http::Method::from_bytes(family_route.method.as_bytes())
+            .unwrap_or(actix_web::http::Method::GET);
+        resource = resource.route(web::method(method).to(
+            move |request: HttpRequest,
+                  payload: web::Payload,
+                  state: web::Data<AppState>,
+                  client: web::Data<awc::Client>| {
+                pipeline::family::forward_family(family_route, request, payload, state, client)
+            },
+        ));
+    }
+    resource
+}
+
+/// The app's default service: a path under `/v1` llmux has no route for goes to the
+/// passthrough provider when one is configured; anything else is a 404 `unknown_url`.
+pub async fn unknown_or_passthrough(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    client: web::Data<awc::Client>,
+) -> HttpResponse {
+    match pipeline::family::forward_passthrough(&request, payload, &state, &client).await {
+        Some(response) => response,
+        None => actix_web::ResponseError::error_response(&ApiError::UnknownRoute {
+            method: request.method().to_string(),
+            path: request.path().to_owned(),
+        }),
+    }
 }
 
 /// A URL of the map: any method it has no route for is a 405 in the OpenAI shape.

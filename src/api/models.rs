@@ -3,6 +3,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use crate::errors::ApiError;
+use crate::routing::families::RESERVED_MODEL_PREFIX;
 use crate::routing::table::ModelRoutes;
 use crate::state::AppState;
 
@@ -37,6 +38,8 @@ pub async fn list(request: HttpRequest, state: web::Data<AppState>) -> HttpRespo
         object: "list",
         data: models
             .iter()
+            // Families' routes (`@files`) are not models.
+            .filter(|m| !m.name.starts_with(RESERVED_MODEL_PREFIX))
             .filter(|m| state.admitter.may_see(headers, &m.name))
             .map(|m| model_object(m))
             .collect(),
@@ -53,6 +56,7 @@ pub async fn retrieve(
     let routes = state
         .table
         .lookup(&model)
+        .filter(|_| !model.starts_with(RESERVED_MODEL_PREFIX))
         .filter(|_| state.admitter.may_see(request.headers(), &model))
         .ok_or(ApiError::UnknownModel { model })?;
     Ok(HttpResponse::Ok().json(model_object(&routes)))

@@ -25,6 +25,7 @@ use crate::demo::settings::{
 use crate::routing::endpoint::{
     identity_of, join_url, normalize_path, Endpoint, UpstreamImageFormat, DEFAULT_MAX_RETRIES,
 };
+use crate::routing::families::{Family, FAMILIES_KEY, PASSTHROUGH_MODEL, PASSTHROUGH_PATH};
 use crate::secret::ApiKey;
 
 /// Timeouts when neither the endpoint nor its provider sets one (fast-openai-api-proxy's default).
@@ -222,7 +223,8 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                 "the key in this variable contains characters not allowed in an HTTP header".into(),
             );
         }
-        if provider.models.is_empty() {
+        let model_less = model_less_endpoints(provider, &provider_path, &mut report);
+        if provider.models.is_empty() && model_less.is_empty() {
             report.warn(
                 provider_path.clone(),
                 format!("provider `{provider_name}` declares no models"),
@@ -239,13 +241,17 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                     .map(|authority| (url, authority))
             });
         let prefix = provider.prefix.as_deref().unwrap_or("");
-        for (model_key, model) in &provider.models {
-            let model_path = {
-                let mut path = at("models");
-                path.push(Segment::Key(model_key.clone()));
-                path
-            };
-            let exposed: Arc<str> = Arc::from(format!("{prefix}{model_key}"));
+        let models = provider.models.iter().map(|(model_key, model)| {
+            let mut path = at("models");
+            path.push(Segment::Key(model_key.clone()));
+            (format!("{prefix}{model_key}"), path, model)
+        });
+        // Families and passthrough are routes of reserved table models (`@files`), no prefix.
+        let model_less = model_less
+            .iter()
+            .map(|(name, path, model)| (name.clone(), path.clone(), model));
+        for (exposed, model_path, model) in models.chain(model_less) {
+            let exposed: Arc<str> = Arc::from(exposed);
             if exposed.is_empty() {
                 report.error(model_path.clone(), "the exposed model name is empty".into());
             }
@@ -435,6 +441,60 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
         }
     }
     report.finish(Some(endpoints))
+}
+
+/// The routes a provider's `families` and `passthrough` keys add, as the models of the routing
+/// table that serve them (`@files` on `v1/files`, `@passthrough` on `v1`): the provider's own
+/// URL, key and adaptation settings, never probed by health checks.
+fn model_less_endpoints(
+    provider: &ProviderSchema,
+    provider_path: &[Segment],
+    report: &mut Report<'_>,
+) -> Vec<(String, Vec<Segment>, ModelSchema)> {
+    let mut models = Vec::new();
+    let endpoint = |path: &str, target: &str| ModelSchema {
+        endpoints: vec![EndpointSchema {
+            path: path.to_owned(),
+            target_model_name: target.to_owned(),
+            health_path: Some(None),
+            ..EndpointSchema::default()
+        }],
+    };
+    let mut at = provider_path.to_vec();
+    at.push(Segment::Key(FAMILIES_KEY.into()));
+    for (index, name) in provider.families.iter().flatten().enumerate() {
+        let mut item = at.clone();
+        item.push(Segment::Index(index));
+        match Family::named(name) {
+            Some(family) if !models.iter().any(|(m, _, _)| m == family.table_model()) => models
+                .push((
+                    family.table_model().to_owned(),
+                    item,
+                    endpoint(family.path(), family.name()),
+                )),
+            Some(_) => report.warn(item, format!("family `{name}` is listed twice")),
+            None => {
+                let known: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
+                report.error(
+                    item,
+                    format!(
+                        "`{name}` is not a family llmux serves: use one of {}",
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    if provider.passthrough == Some(true) {
+        let mut path = provider_path.to_vec();
+        path.push(Segment::Key("passthrough".into()));
+        models.push((
+            PASSTHROUGH_MODEL.to_owned(),
+            path,
+            endpoint(PASSTHROUGH_PATH, "passthrough"),
+        ));
+    }
+    models
 }
 
 /// The base URL and authority of a `builtin:demo` endpoint: the demo server's address (from
@@ -835,6 +895,60 @@ mod tests {
     }
   }
 }"#;
+
+    #[test]
+    fn families_and_passthrough_become_reserved_routes_with_the_provider_settings() {
+        let loaded = load(
+            r#"{"openai": {"api_key_variable": "SET_KEY", "target_base_url": "https://api.openai.com",
+                "families": ["files", "batches", "files"], "passthrough": true}}"#,
+        );
+        let endpoints = loaded.endpoints.as_ref().unwrap();
+        let routes: Vec<(&str, &str, &str)> = endpoints
+            .iter()
+            .map(|e| (&*e.exposed_model, &*e.path, &*e.provider))
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                ("@files", "v1/files", "openai"),
+                ("@batches", "v1/batches", "openai"),
+                ("@passthrough", "v1", "openai"),
+            ]
+        );
+        assert!(endpoints.iter().all(|e| e.authorization.is_some()));
+        assert!(endpoints.iter().all(|e| e.health_uri.is_none()));
+        assert_eq!(
+            endpoints[0]
+                .uri_for("v1/files/file-1/content")
+                .unwrap()
+                .to_string(),
+            "https://api.openai.com/v1/files/file-1/content"
+        );
+        let messages: Vec<String> = loaded
+            .problems
+            .iter()
+            .map(|p| format!("{} {}", p.json_path, p.message))
+            .collect();
+        assert!(
+            messages.iter().any(|m| m.contains("listed twice")),
+            "{messages:?}"
+        );
+        // A provider serving only families declares no models and is not warned about it.
+        assert!(
+            !messages.iter().any(|m| m.contains("declares no models")),
+            "{messages:?}"
+        );
+        // An unknown family is an error naming the known ones, at its place in the file.
+        let broken = load(r#"{"p": {"target_base_url": "http://h", "families": ["filez"]}}"#);
+        let error = broken.errors().next().expect("an error");
+        assert!(error.json_path.contains("families"), "{}", error.json_path);
+        assert!(
+            error.message.contains("`filez` is not a family"),
+            "{}",
+            error.message
+        );
+        assert!(error.message.contains("vector_stores"), "{}", error.message);
+    }
 
     #[test]
     fn the_seed_example_loads_unchanged_with_inherited_settings() {

@@ -32,6 +32,11 @@ pub struct ProviderSchema {
     pub max_retries: Option<u32>,
     /// Settings of a `builtin:demo` provider (src/demo); an endpoint's own keys win.
     pub demo: Option<crate::demo::settings::DemoSchema>,
+    /// The model-less families this provider serves (`["files", "batches"]`:
+    /// `pipeline::families::Family::name`).
+    pub families: Option<Vec<String>>,
+    /// Forward any method and path under `/v1` that llmux has no route for to this provider.
+    pub passthrough: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,7 +44,7 @@ pub struct ModelSchema {
     pub endpoints: Vec<EndpointSchema>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct EndpointSchema {
     pub path: String,
     pub target_model_name: String,
@@ -97,6 +102,8 @@ pub const PROVIDER_KEYS: &[&str] = &[
     "health_path",
     "max_retries",
     "demo",
+    "families",
+    "passthrough",
 ];
 pub const MODEL_KEYS: &[&str] = &["endpoints"];
 pub const ENDPOINT_KEYS: &[&str] = &[

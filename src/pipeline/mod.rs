@@ -19,6 +19,7 @@
 pub mod accept;
 pub mod admit;
 pub mod attempt;
+pub mod family;
 pub mod identify;
 pub mod operation;
 pub mod read;

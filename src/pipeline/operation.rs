@@ -2,6 +2,8 @@
 //! carry token usage and whether llmux may ask a stream for it. A new family (files, batches,
 //! realtime, ...) is a new variant here plus its route line in `api/mod.rs`.
 
+use crate::routing::families::FamilyRoute;
+
 /// What a request of an operation carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyKind {
@@ -11,6 +13,9 @@ pub enum BodyKind {
     Multipart,
     /// No body: the operation names what it works on in its URL.
     None,
+    /// Any body (or none), passed on as sent: streamed (uploads, passthrough) or, when it may
+    /// name ids to route by, read whole first (`pipeline::families::FamilyBody`).
+    Passed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,6 +39,10 @@ pub enum Operation {
     ResponsesDelete,
     ResponsesCancel,
     ResponsesInputItems,
+    /// A path of a model-less family (files, batches, ...): `pipeline::families`.
+    Family(&'static FamilyRoute),
+    /// Any other method and path under `/v1`, for providers with `"passthrough": true`.
+    Passthrough,
 }
 
 impl Operation {
@@ -79,6 +88,8 @@ impl Operation {
             Self::ResponsesRetrieve | Self::ResponsesDelete => "v1/responses/{id}",
             Self::ResponsesCancel => "v1/responses/{id}/cancel",
             Self::ResponsesInputItems => "v1/responses/{id}/input_items",
+            Self::Family(route) => route.path,
+            Self::Passthrough => "v1/*",
         }
     }
 
@@ -86,6 +97,8 @@ impl Operation {
         match self {
             Self::ImagesData | Self::ResponsesRetrieve | Self::ResponsesInputItems => "GET",
             Self::ResponsesDelete => "DELETE",
+            Self::Family(route) => route.method,
+            Self::Passthrough => "*",
             _ => "POST",
         }
     }
@@ -101,6 +114,7 @@ impl Operation {
             | Self::ResponsesDelete
             | Self::ResponsesCancel
             | Self::ResponsesInputItems => BodyKind::None,
+            Self::Family(_) | Self::Passthrough => BodyKind::Passed,
             _ => BodyKind::Json,
         }
     }

@@ -13,6 +13,9 @@ use super::operation::Operation;
 use crate::errors::ApiError;
 use crate::proxy::capture::{AnswerKind, CaptureResponseId};
 use crate::routing::endpoint::Endpoint;
+use crate::routing::families::{
+    Family, PASSTHROUGH_MODEL, PASSTHROUGH_PATH, RESERVED_MODEL_PREFIX,
+};
 use crate::routing::pool::Pool;
 use crate::routing::responses::same_upstream;
 use crate::routing::table::{ModelRoutes, RoutingTable};
@@ -55,9 +58,13 @@ pub async fn route(
     model: &str,
     previous_response_id: Option<&str>,
 ) -> Result<Routed, ApiError> {
-    let routes = table.lookup(model).ok_or_else(|| ApiError::UnknownModel {
-        model: model.to_owned(),
-    })?;
+    // Family and passthrough endpoints sit in the table under reserved names no client uses.
+    let routes = table
+        .lookup(model)
+        .filter(|_| !model.starts_with(RESERVED_MODEL_PREFIX))
+        .ok_or_else(|| ApiError::UnknownModel {
+            model: model.to_owned(),
+        })?;
     let position = |path: &str| routes.routes.iter().position(|r| &*r.path == path);
     let (route, upstream_path) = match position(operation.path()) {
         Some(route) => (route, None),
@@ -160,6 +167,94 @@ pub fn upstream_uri(member: &Endpoint, path: Option<&str>) -> Result<Uri, ApiErr
             .uri_for(path)
             .map_err(|e| ApiError::Internal(e.to_string())),
     }
+}
+
+/// What a model-less family request names to route it by.
+#[derive(Debug, Default)]
+pub struct FamilyTarget<'a> {
+    /// Ids in the path, then ids the body references, in order: the first one llmux knows the
+    /// owner of decides.
+    pub ids: Vec<&'a str>,
+    /// A creation's `model`: it goes to that model's provider when it serves the family.
+    pub model: Option<&'a str>,
+    /// Whether a request naming nothing llmux knows creates something (spread over the
+    /// family's providers) rather than lists (always the first provider: a list is one
+    /// provider's, since its cursors are that provider's ids).
+    pub creates: bool,
+}
+
+/// The endpoint serving a family request: the owner of the first known id, else the provider
+/// of the named model, else the pool's pick (creations) or its first member (lists and ids
+/// created elsewhere).
+pub async fn family(
+    table: &RoutingTable,
+    owners: &dyn IdOwners,
+    family: Family,
+    target: &FamilyTarget<'_>,
+) -> Result<Arc<Endpoint>, ApiError> {
+    let not_served = || ApiError::FamilyNotServed {
+        family: family.name(),
+        path: family.path(),
+    };
+    let routes = table.lookup(family.table_model()).ok_or_else(not_served)?;
+    let pool = routes.pool(family.path()).ok_or_else(not_served)?;
+    Ok(pick_member(table, owners, pool, target).await)
+}
+
+/// The endpoint of a provider with `"passthrough": true` (the first configured).
+pub fn passthrough(table: &RoutingTable) -> Option<Arc<Endpoint>> {
+    let routes = table.lookup(PASSTHROUGH_MODEL)?;
+    let pool = routes.pool(PASSTHROUGH_PATH)?;
+    pool.members().first().cloned()
+}
+
+/// The endpoint that created object `id` (a file, a batch, a response, ...), if llmux saw it
+/// created. The one place family routing reads the owner map, so moving it behind the replicas'
+/// shared store changes this function only.
+pub async fn owner_of(
+    owners: &dyn IdOwners,
+    table: &RoutingTable,
+    id: &str,
+) -> Option<Arc<Endpoint>> {
+    // Family ids share the Responses namespace: OpenAI's ids carry their kind (`file-`,
+    // `batch_`, `vs_`, `resp_`), so they never collide.
+    owners.owner(IdFamily::Responses, id, table).await
+}
+
+async fn pick_member(
+    table: &RoutingTable,
+    owners: &dyn IdOwners,
+    pool: &Pool,
+    target: &FamilyTarget<'_>,
+) -> Arc<Endpoint> {
+    let members = pool.members();
+    for id in &target.ids {
+        let Some(creator) = owner_of(owners, table, id).await else {
+            continue;
+        };
+        if let Some(member) = members.iter().find(|m| same_upstream(m, &creator)) {
+            return Arc::clone(member);
+        }
+    }
+    let model_member = target
+        .model
+        .filter(|model| !model.starts_with(RESERVED_MODEL_PREFIX))
+        .and_then(|model| table.lookup(model))
+        .and_then(|routes| {
+            routes.routes.iter().find_map(|route| {
+                route.pool.members().iter().find_map(|endpoint| {
+                    members
+                        .iter()
+                        .find(|m| same_upstream(m, endpoint) || m.provider == endpoint.provider)
+                })
+            })
+        });
+    if let Some(member) = model_member {
+        return Arc::clone(member);
+    }
+    // A pool is never empty (`Pool::new` refuses that).
+    let index = if target.creates { pool.select() } else { 0 };
+    Arc::clone(&members[index])
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! Routing does no IO.
 pub mod breaker;
 pub mod endpoint;
+pub mod families;
 pub mod pool;
 pub mod responses;
 pub mod table;

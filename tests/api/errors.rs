@@ -61,9 +61,10 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
         .await
         .unwrap();
     assert_openai_error(unknown, 404).await;
+    // GET lists stored chat completions (issue 14): PUT is the wrong method.
     let wrong_method = app
         .http
-        .get(app.url("/v1/chat/completions"))
+        .put(app.url("/v1/chat/completions"))
         .send()
         .await
         .unwrap();

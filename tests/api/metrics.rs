@@ -489,7 +489,8 @@ async fn every_request_is_counted_404s_405s_and_health_checks_included() {
     let app = spawn_app().await;
 
     assert_eq!(app.get("/no/such/url").await.status(), 404);
-    assert_eq!(app.get("/v1/chat/completions").await.status(), 405);
+    let wrong_method = app.http.put(app.url("/v1/chat/completions")).send();
+    assert_eq!(wrong_method.await.unwrap().status(), 405);
     assert_eq!(app.get("/health").await.status(), 200);
 
     let series = |path: &str, status: u16| {
