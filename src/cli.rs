@@ -78,6 +78,10 @@ pub struct ServeArgs {
     /// Time allowed to connect to an upstream, in seconds.
     #[arg(long, env = "LLMUX_CONNECT_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
     pub connect_timeout: Duration,
+    /// PEM bundle of CA certificates trusted for every upstream, on top of the built-in web roots
+    /// (a provider's `tls.ca_file` adds more for its own upstreams).
+    #[arg(long, env = "LLMUX_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
     /// How config dir changes are noticed: file events, polling (mounts without inotify), or
     /// only on SIGHUP.
     #[arg(long, env = "LLMUX_WATCH", value_enum, default_value_t = WatchMode::Notify)]
@@ -108,6 +112,9 @@ pub struct ServeArgs {
     /// How long an image stays in the image-data cache, in seconds.
     #[arg(long, env = "LLMUX_IMAGE_CACHE_TTL", default_value = "3600", value_parser = parse_seconds)]
     pub image_cache_ttl: Duration,
+    /// A realtime (WebSocket) session with no frame either way for this long is closed, in seconds.
+    #[arg(long, env = "LLMUX_REALTIME_IDLE_TIMEOUT", default_value = "300", value_parser = parse_seconds)]
+    pub realtime_idle_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -122,6 +129,7 @@ impl ServeArgs {
             workers: None,
             max_body_bytes: 32 * 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
+            upstream_ca_file: None,
             watch: WatchMode::Notify,
             health_cache_ttl: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
@@ -131,6 +139,7 @@ impl ServeArgs {
             max_upload_bytes: 100 * 1024 * 1024,
             image_cache_bytes: 512 * 1024 * 1024,
             image_cache_ttl: Duration::from_secs(3600),
+            realtime_idle_timeout: Duration::from_secs(300),
         }
     }
 }

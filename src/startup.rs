@@ -21,15 +21,19 @@ use crate::images::ImageCache;
 use crate::metrics::Metrics;
 use crate::proxy::headers::{request_id, RequestId, X_REQUEST_ID};
 use crate::proxy::retry::RetryPolicy;
+use crate::realtime::{Realtime, RealtimeSettings};
 use crate::routing::breaker::BreakerPolicy;
 use crate::routing::table::RoutingTable;
 use crate::state::AppState;
+use crate::upstream::Upstream;
 
 pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
     watch: ConfigWatch,
+    realtime: web::Data<Realtime>,
+    shutdown_grace: Duration,
 }
 
 /// Where provider keys are read from: the process environment in production, a map in tests.
@@ -51,6 +55,7 @@ impl Application {
                 args.config_dir.display()
             );
         }
+        let env_for_upstream = Arc::clone(&env);
         let table = Arc::new(RoutingTable::new());
         let live = Arc::new(LiveConfig::new(
             &args.config_dir,
@@ -75,6 +80,12 @@ impl Application {
         }
 
         let metrics = Arc::new(Metrics::new(Arc::clone(&table)));
+        let realtime = web::Data::new(Realtime::new(
+            RealtimeSettings {
+                idle_timeout: args.realtime_idle_timeout,
+            },
+            metrics.realtime.clone(),
+        ));
 
         let listener = TcpListener::bind((args.host.as_str(), args.port))
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;
@@ -109,16 +120,25 @@ impl Application {
             )),
             metrics,
         });
-        let tls = Arc::new(tls_config()?);
-        let connect_timeout = args.connect_timeout;
+        let upstream = Upstream::new(
+            args.connect_timeout,
+            args.upstream_ca_file.as_deref(),
+            &*env_for_upstream,
+        )
+        .map_err(|error| anyhow::anyhow!("upstream connectivity settings: {error}"))?;
+        if !upstream.proxy().is_empty() {
+            tracing::info!(proxy = ?upstream.proxy(), "upstream connections go through an egress proxy");
+        }
         let server_state = state.clone();
+        let server_realtime = realtime.clone();
         let mut server = HttpServer::new(move || {
+            // awc's client is not Send: each worker makes its own.
+            let clients = upstream.clients();
             App::new()
                 .app_data(server_state.clone())
-                .app_data(web::Data::new(upstream_client(
-                    Arc::clone(&tls),
-                    connect_timeout,
-                )))
+                .app_data(web::Data::new(clients.default_client()))
+                .app_data(web::Data::new(clients))
+                .app_data(server_realtime.clone())
                 .wrap_fn(|request, service| {
                     let id = request_id(request.headers());
                     request.extensions_mut().insert(RequestId(id.clone()));
@@ -147,6 +167,8 @@ impl Application {
             server: server.run(),
             state,
             watch,
+            realtime,
+            shutdown_grace: args.shutdown_grace,
         })
     }
 
@@ -156,6 +178,11 @@ impl Application {
 
     pub fn state(&self) -> web::Data<AppState> {
         self.state.clone()
+    }
+
+    /// The realtime sessions (tests close them as a shutdown would).
+    pub fn realtime(&self) -> web::Data<Realtime> {
+        self.realtime.clone()
     }
 
     /// Serves until the server stops; SIGHUP reloads the config meanwhile. The config watcher
@@ -180,6 +207,8 @@ impl Application {
             server,
             mut watch,
             state,
+            realtime,
+            shutdown_grace,
             ..
         } = self;
         let handle = server.handle();
@@ -199,6 +228,14 @@ impl Application {
             "shutting down: draining requests in flight (a second signal stops at once)"
         );
         let graceful = handle.stop(true);
+        // Realtime sessions never end by themselves: they get the grace, minus a moment to send
+        // their 1001 before actix cuts what is left.
+        let realtime_deadline =
+            shutdown_grace.saturating_sub((shutdown_grace / 4).min(Duration::from_secs(1)));
+        actix_web::rt::spawn(async move {
+            actix_web::rt::time::sleep(realtime_deadline).await;
+            realtime.close_all();
+        });
         tokio::select! {
             () = graceful => {
                 server.await??;
@@ -224,36 +261,4 @@ pub enum Shutdown {
 fn force() -> Shutdown {
     tracing::warn!("second signal: stopping at once, cutting requests in flight");
     Shutdown::Forced
-}
-
-/// rustls with the webpki roots and ring; ALPN offers HTTP/2 and HTTP/1.1.
-fn tls_config() -> anyhow::Result<rustls::ClientConfig> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
-}
-
-/// One client per worker (awc's client is not `Send`), with an unbounded keep-alive pool.
-fn upstream_client(tls: Arc<rustls::ClientConfig>, connect_timeout: Duration) -> awc::Client {
-    let connector = awc::Connector::new()
-        .rustls_0_23(tls)
-        .timeout(connect_timeout)
-        .handshake_timeout(connect_timeout)
-        .limit(0)
-        .conn_keep_alive(Duration::from_secs(60))
-        .conn_lifetime(Duration::from_secs(600));
-    awc::Client::builder()
-        .connector(connector)
-        .disable_timeout()
-        .disable_redirects()
-        .no_default_headers()
-        .finish()
 }

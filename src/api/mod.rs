@@ -11,6 +11,7 @@ pub mod upload;
 use actix_web::{web, HttpRequest};
 
 use crate::errors;
+use crate::realtime;
 use crate::state::AppState;
 
 /// OpenAI endpoints that take a JSON body with a `model` and are forwarded to its endpoint.
@@ -68,6 +69,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/v1/responses/{id}/input_items").route(web::get().to(responses::input_items)),
         )
+        .service(resource("/v1/realtime").route(web::get().to(realtime::connect)))
         .service(resource("/health").route(web::get().to(health::liveness)))
         .service(resource("/health/{model:.+}").route(web::get().to(health::model)))
         .service(resource("/ready").route(web::get().to(health::readiness)))
