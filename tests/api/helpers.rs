@@ -50,6 +50,12 @@ impl Spawn {
         self
     }
 
+    /// An environment variable llmux sees (provider keys, `HTTPS_PROXY`, ...).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
     pub fn args(mut self, edit: impl FnOnce(&mut ServeArgs) + 'static) -> Self {
         self.args = Box::new(edit);
         self

@@ -6,6 +6,7 @@
 )]
 mod adaptation;
 mod cli;
+mod connectivity;
 mod deploy;
 mod errors;
 mod forwarding;
@@ -19,4 +20,5 @@ mod pools;
 mod reload;
 mod shutdown;
 mod streaming;
+mod tls_mock;
 mod uploads;
