@@ -93,9 +93,12 @@ pub async fn relay(
     let shutting_down = *shutdown.borrow();
     if shutting_down {
         let reason = close(CloseCode::Away, "server shutting down");
-        let _ = upstream_sink
-            .send(Message::Close(Some(reason.clone())))
-            .await;
+        close_upstream(
+            &mut upstream_sink,
+            &mut upstream_stream,
+            Some(reason.clone()),
+        )
+        .await;
         let _ = client.close(Some(reason)).await;
         return Ending {
             ended_by: EndedBy::Shutdown,
@@ -111,7 +114,7 @@ pub async fn relay(
                 // A dropped sender means the application is gone: end the same way.
                 if changed.is_err() || *shutdown.borrow() {
                     let reason = close(CloseCode::Away, "server shutting down");
-                    let _ = upstream_sink.send(Message::Close(Some(reason.clone()))).await;
+                    close_upstream(&mut upstream_sink, &mut upstream_stream, Some(reason.clone())).await;
                     let _ = client.close(Some(reason)).await;
                     return Ending { ended_by: EndedBy::Shutdown, close_code: Some(1001), detail: None, tally };
                 }
@@ -123,14 +126,14 @@ pub async fn relay(
                     Some(Err(error)) => {
                         let reason = protocol_close(&error);
                         let code = u16::from(reason.code);
-                        let _ = upstream_sink.send(Message::Close(Some(reason.clone()))).await;
+                        close_upstream(&mut upstream_sink, &mut upstream_stream, Some(reason.clone())).await;
                         let _ = client.close(Some(reason)).await;
                         return Ending { ended_by: EndedBy::Error, close_code: Some(code), detail: Some(format!("client: {error}")), tally };
                     }
                     None => {
                         // The client's connection is gone without a close frame.
                         let reason = close(CloseCode::Away, "client disconnected");
-                        let _ = upstream_sink.send(Message::Close(Some(reason))).await;
+                        close_upstream(&mut upstream_sink, &mut upstream_stream, Some(reason)).await;
                         return Ending { ended_by: EndedBy::Client, close_code: None, detail: Some("client disconnected without a close frame".into()), tally };
                     }
                 };
@@ -180,7 +183,7 @@ pub async fn relay(
                     Some(Ok(frame)) => frame,
                     Some(Err(error)) => {
                         let reason = close(CloseCode::Error, "upstream protocol error");
-                        let _ = upstream_sink.send(Message::Close(Some(protocol_close(&error)))).await;
+                        close_upstream(&mut upstream_sink, &mut upstream_stream, Some(protocol_close(&error))).await;
                         let _ = client.close(Some(reason)).await;
                         return Ending { ended_by: EndedBy::Error, close_code: Some(1011), detail: Some(format!("upstream: {error}")), tally };
                     }
@@ -198,7 +201,7 @@ pub async fn relay(
                             Ok(text) => client.text(text).await,
                             Err(_) => {
                                 let reason = close(CloseCode::Invalid, "upstream sent text that is not UTF-8");
-                                let _ = upstream_sink.send(Message::Close(Some(reason.clone()))).await;
+                                close_upstream(&mut upstream_sink, &mut upstream_stream, Some(reason.clone())).await;
                                 let _ = client.close(Some(reason)).await;
                                 return Ending { ended_by: EndedBy::Error, close_code: Some(1007), detail: Some("upstream sent invalid UTF-8".into()), tally };
                             }
@@ -224,6 +227,7 @@ pub async fn relay(
                     Frame::Close(reason) => {
                         from_upstream.close.inc();
                         let code = reason.as_ref().map(|r| u16::from(r.code));
+                        // The answer to the upstream's close: it ends the upstream leg.
                         let _ = upstream_sink.send(Message::Close(reason.clone())).await;
                         let _ = client.close(reason).await;
                         return Ending { ended_by: EndedBy::Upstream, close_code: code, detail: None, tally };
@@ -231,13 +235,13 @@ pub async fn relay(
                 };
                 if sent.is_err() {
                     let reason = close(CloseCode::Away, "client disconnected");
-                    let _ = upstream_sink.send(Message::Close(Some(reason))).await;
+                    close_upstream(&mut upstream_sink, &mut upstream_stream, Some(reason)).await;
                     return Ending { ended_by: EndedBy::Client, close_code: None, detail: Some("client gone".into()), tally };
                 }
             }
             () = &mut idle => {
                 let reason = close(CloseCode::Normal, "idle timeout");
-                let _ = upstream_sink.send(Message::Close(Some(reason.clone()))).await;
+                close_upstream(&mut upstream_sink, &mut upstream_stream, Some(reason.clone())).await;
                 let _ = client.close(Some(reason)).await;
                 return Ending { ended_by: EndedBy::IdleTimeout, close_code: Some(1000), detail: None, tally };
             }
@@ -277,6 +281,19 @@ fn item_len(item: &Item) -> usize {
         | Item::FirstBinary(bytes)
         | Item::Continue(bytes)
         | Item::Last(bytes) => bytes.len(),
+    }
+}
+
+/// Sends a close upstream and reads on until the upstream's answer (or the socket ends), at most
+/// `CLOSE_WAIT`: dropping the socket right after the close could lose it, and RFC 6455 lets the
+/// side that closes first wait for the answer.
+async fn close_upstream<K, S>(sink: &mut K, upstream: &mut S, reason: Option<CloseReason>)
+where
+    K: futures_util::Sink<Message> + Unpin,
+    S: futures_util::Stream<Item = Result<Frame, ProtocolError>> + Unpin,
+{
+    if sink.send(Message::Close(reason)).await.is_ok() {
+        await_close(upstream).await;
     }
 }
 

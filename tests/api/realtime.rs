@@ -1,0 +1,383 @@
+//! Realtime over WebSocket (issue 15): a real WebSocket client (tokio-tungstenite) through llmux to
+//! an in-process WebSocket upstream.
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::helpers::{Spawn, TestApp, PROVIDER_KEY};
+use crate::ws_mock::{audio_frame, WsMock};
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Provider `rt` serving `m` (target `target-m`) and `refusing` (target `refused-target`) on
+/// v1/realtime at `url`.
+pub fn realtime_provider(url: &str) -> Value {
+    json!({"rt": {
+        "api_key_variable": "TEST_PROVIDER_KEY",
+        "target_base_url": url,
+        "request_timeout": 5,
+        "models": {
+            "m": {"endpoints": [{"path": "v1/realtime", "target_model_name": "target-m"}]},
+            "refusing": {"endpoints": [{"path": "v1/realtime", "target_model_name": "refused-target"}]},
+            "chat-only": {"endpoints": [{"path": "v1/chat/completions", "target_model_name": "c"}]}
+        }
+    }})
+}
+
+async fn spawn_realtime(mock: &WsMock) -> TestApp {
+    Spawn::new()
+        .file("rt.json", realtime_provider(&mock.url))
+        .start()
+        .await
+}
+
+/// Opens `/v1/realtime?model=…` on `port`, with extra handshake headers.
+async fn connect(
+    port: u16,
+    model: &str,
+    headers: &[(&str, &str)],
+) -> Result<
+    (
+        Client,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    WsError,
+> {
+    let mut request = format!("ws://127.0.0.1:{port}/v1/realtime?model={model}")
+        .into_client_request()
+        .unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(request),
+    )
+    .await
+    .expect("the handshake finishes within 10s")
+}
+
+/// The next frame, at most 5 s away.
+async fn next(client: &mut Client) -> Message {
+    tokio::time::timeout(Duration::from_secs(5), client.next())
+        .await
+        .expect("a frame within 5s")
+        .expect("the socket is open")
+        .expect("a valid frame")
+}
+
+fn text_event(index: usize) -> String {
+    json!({"type": "input_audio_buffer.append", "seq": index}).to_string()
+}
+
+#[tokio::test]
+async fn interleaved_audio_and_text_frames_pass_both_ways_in_order_one_by_one() {
+    let mock = WsMock::start().await;
+    let app = spawn_realtime(&mock).await;
+    let (mut client, _) = connect(app.port, "m", &[("authorization", "Bearer sk-client")])
+        .await
+        .unwrap();
+
+    // Lockstep: each frame must come back before the next is sent, so a relay that held frames
+    // back (for a batch, a timer or a buffer to fill) would stall here.
+    let mut sent = Vec::new();
+    for index in 0..40 {
+        let message = match index % 2 {
+            0 => Message::binary(audio_frame(index)),
+            _ => Message::text(text_event(index)),
+        };
+        sent.push(message.clone());
+        client.send(message.clone()).await.unwrap();
+        assert_eq!(
+            next(&mut client).await,
+            message,
+            "frame {index} echoed as sent"
+        );
+    }
+    let received: Vec<Message> = mock
+        .frames()
+        .into_iter()
+        .map(|(kind, bytes)| match kind {
+            "binary" => Message::binary(bytes),
+            _ => Message::text(String::from_utf8(bytes).unwrap()),
+        })
+        .collect();
+    assert_eq!(received, sent, "the upstream got every frame, in order");
+
+    // The upstream streams 20 frames 25 ms apart: they arrive as spaced as they were sent.
+    client.send(Message::text("stream:20:25")).await.unwrap();
+    let mut arrivals = Vec::new();
+    for index in 0..20 {
+        let frame = next(&mut client).await;
+        arrivals.push(Instant::now());
+        match index % 2 {
+            0 => assert_eq!(frame, Message::binary(audio_frame(index))),
+            _ => assert_eq!(
+                frame.into_text().unwrap().as_str(),
+                json!({"type": "response.audio_transcript.delta", "seq": index}).to_string()
+            ),
+        }
+    }
+    let spread = arrivals[19] - arrivals[0];
+    // 19 gaps of 25 ms were slept upstream: bunched frames would arrive within a few ms.
+    assert!(
+        spread >= Duration::from_millis(19 * 25 / 2),
+        "frames bunched: {spread:?}"
+    );
+    let bunched = arrivals
+        .windows(2)
+        .filter(|w| w[1] - w[0] < Duration::from_millis(3))
+        .count();
+    assert!(
+        bunched <= 4,
+        "{bunched} of 19 frames arrived less than 3 ms after the previous one"
+    );
+}
+
+#[tokio::test]
+async fn the_client_key_stays_here_and_the_provider_key_and_target_model_go_upstream() {
+    let mock = WsMock::start().await;
+    let app = spawn_realtime(&mock).await;
+    let (mut client, response) = connect(
+        app.port,
+        "m",
+        &[
+            (
+                "sec-websocket-protocol",
+                "realtime, openai-insecure-api-key.sk-client-browser, openai-beta.realtime-v1",
+            ),
+            ("openai-beta", "realtime=v1"),
+            ("cookie", "session=client-cookie"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "realtime");
+    client.send(Message::text("hello")).await.unwrap();
+    assert_eq!(next(&mut client).await, Message::text("hello"));
+
+    let (uri, headers) = mock.handshakes().remove(0);
+    assert_eq!(uri, "/v1/realtime?model=target-m");
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(
+        header("authorization"),
+        Some(&*format!("Bearer {PROVIDER_KEY}"))
+    );
+    let offered: Vec<&str> = header("sec-websocket-protocol")
+        .unwrap()
+        .split(',')
+        .map(str::trim)
+        .collect();
+    assert_eq!(offered, ["realtime", "openai-beta.realtime-v1"]);
+    assert_eq!(header("openai-beta"), Some("realtime=v1"));
+    assert!(header("x-request-id").is_some());
+    assert_eq!(header("cookie"), None);
+    assert!(
+        headers.iter().all(|(_, v)| !v.contains("sk-client")),
+        "the client's key went upstream: {headers:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_close_from_the_client_reaches_the_upstream_with_its_code_and_reason() {
+    let mock = WsMock::start().await;
+    let app = spawn_realtime(&mock).await;
+    let (mut client, _) = connect(app.port, "m", &[]).await.unwrap();
+    client.send(Message::text("hi")).await.unwrap();
+    next(&mut client).await;
+
+    client
+        .close(Some(CloseFrame {
+            code: CloseCode::Library(4000),
+            reason: "user hung up".into(),
+        }))
+        .await
+        .unwrap();
+    // The close is answered with the same code.
+    match next(&mut client).await {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 4000),
+        other => panic!("expected a close, got {other:?}"),
+    }
+    mock.wait_for("the upstream close", |m| !m.closes().is_empty())
+        .await;
+    assert_eq!(mock.closes(), [(4000, "user hung up".to_owned())]);
+
+    // The session is counted once it ended.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = app
+            .http
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("llmux_realtime_sessions_total{ended_by=\"client\"} 1") {
+            assert!(
+                metrics.contains(
+                    "llmux_realtime_frames_total{direction=\"client_to_upstream\",kind=\"text\"} 1"
+                ),
+                "{metrics}"
+            );
+            assert!(
+                metrics.contains("llmux_realtime_bytes_total{direction=\"upstream_to_client\"} 2"),
+                "{metrics}"
+            );
+            assert!(
+                metrics.contains("llmux_realtime_sessions_active 0"),
+                "{metrics}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no session in the metrics: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_close_from_the_upstream_reaches_the_client_with_its_code_and_reason() {
+    let mock = WsMock::start().await;
+    let app = spawn_realtime(&mock).await;
+    let (mut client, _) = connect(app.port, "m", &[]).await.unwrap();
+
+    client.send(Message::text("close-me")).await.unwrap();
+
+    match next(&mut client).await {
+        Message::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 4001);
+            assert_eq!(frame.reason.as_str(), "done");
+        }
+        other => panic!("expected a close, got {other:?}"),
+    }
+    mock.wait_for("the upstream session to end", |m| m.ended() == 1)
+        .await;
+}
+
+#[tokio::test]
+async fn an_upstream_refusing_the_handshake_is_an_openai_error_before_the_upgrade() {
+    let mock = WsMock::start().await;
+    let app = spawn_realtime(&mock).await;
+
+    let refused = connect(app.port, "refusing", &[]).await.unwrap_err();
+
+    let WsError::Http(response) = refused else {
+        panic!("expected an HTTP answer, got {refused:?}");
+    };
+    assert_eq!(response.status().as_u16(), 403);
+    let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "upstream_refused_session", "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("rt"),
+        "{body}"
+    );
+    assert_eq!(mock.opened(), 0);
+}
+
+#[tokio::test]
+async fn bad_realtime_requests_get_openai_errors() {
+    let mock = WsMock::start().await;
+    let app = spawn_realtime(&mock).await;
+    let status_of = |error: WsError| match error {
+        WsError::Http(response) => {
+            let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+            assert!(body["error"]["message"].is_string(), "{body}");
+            response.status().as_u16()
+        }
+        other => panic!("expected an HTTP answer, got {other:?}"),
+    };
+    assert_eq!(
+        status_of(connect(app.port, "nope", &[]).await.unwrap_err()),
+        404
+    );
+    assert_eq!(
+        status_of(connect(app.port, "chat-only", &[]).await.unwrap_err()),
+        404
+    );
+    assert_eq!(
+        status_of(connect(app.port, "", &[]).await.unwrap_err()),
+        400
+    );
+    // A plain GET is not an upgrade.
+    let plain = app
+        .http
+        .get(app.url("/v1/realtime?model=m"))
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::assert_openai_error(plain, 400).await;
+    assert!(mock.handshakes().is_empty(), "no upstream was bothered");
+
+    // An upstream that is not there: 502 naming the provider.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port())
+    };
+    let app = Spawn::new()
+        .file("rt.json", realtime_provider(&dead))
+        .start()
+        .await;
+    assert_eq!(
+        status_of(connect(app.port, "m", &[]).await.unwrap_err()),
+        502
+    );
+}
+
+#[tokio::test]
+async fn pings_are_answered_and_an_idle_session_is_closed() {
+    let mock = WsMock::start().await;
+    let app = Spawn::new()
+        .file("rt.json", realtime_provider(&mock.url))
+        .args(|args| args.realtime_idle_timeout = Duration::from_millis(600))
+        .start()
+        .await;
+    let (mut client, _) = connect(app.port, "m", &[]).await.unwrap();
+
+    client
+        .send(Message::Ping("are you there".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut client).await,
+        Message::Pong("are you there".into())
+    );
+    // llmux answers the ping itself: each leg is its own connection.
+    assert!(mock.frames().is_empty());
+
+    let started = Instant::now();
+    match next(&mut client).await {
+        Message::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 1000);
+            assert_eq!(frame.reason.as_str(), "idle timeout");
+        }
+        other => panic!("expected a close, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+    mock.wait_for("the upstream close", |m| !m.closes().is_empty())
+        .await;
+    assert_eq!(mock.closes(), [(1000, "idle timeout".to_owned())]);
+}
