@@ -17,6 +17,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start-up: boxing the settings buys nothing"
+)]
 pub enum Command {
     /// Serve the OpenAI-compatible API (the default).
     Serve(ServeArgs),

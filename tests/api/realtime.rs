@@ -381,3 +381,163 @@ async fn pings_are_answered_and_an_idle_session_is_closed() {
         .await;
     assert_eq!(mock.closes(), [(1000, "idle timeout".to_owned())]);
 }
+
+/// Starts the `llmux` binary on a free port with `dir` as config dir; returns it and its port,
+/// read from the "llmux listening" log line.
+async fn start_binary(
+    dir: &std::path::Path,
+    extra_env: &[(&str, &str)],
+) -> (tokio::process::Child, u16) {
+    use tokio::io::AsyncBufReadExt;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_llmux"));
+    command
+        .args(["--port", "0", "--workers", "1", "--config-dir"])
+        .arg(dir)
+        .env("TEST_PROVIDER_KEY", PROVIDER_KEY)
+        .env("LLMUX_LOG", "warn,llmux::startup=info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let Ok(log) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if log["msg"]
+                .as_str()
+                .is_some_and(|m| m.contains("llmux listening"))
+            {
+                return log["port"].as_u64().unwrap() as u16;
+            }
+        }
+        panic!("llmux exited before listening");
+    })
+    .await
+    .expect("llmux listens within 20s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, port)
+}
+
+fn config_dir_for(mock: &WsMock) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rt.json"),
+        realtime_provider(&mock.url).to_string(),
+    )
+    .unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn sigterm_closes_open_sessions_with_1001_when_the_grace_ends() {
+    let mock = WsMock::start().await;
+    let dir = config_dir_for(&mock);
+    let (mut child, port) = start_binary(dir.path(), &[("LLMUX_SHUTDOWN_GRACE", "2")]).await;
+    let (mut client, _) = connect(port, "m", &[]).await.unwrap();
+    client.send(Message::text("hi")).await.unwrap();
+    next(&mut client).await;
+
+    let pid = child.id().unwrap();
+    let signalled = Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+
+    // The session keeps working during the grace…
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next(&mut client).await, Message::text("still here"));
+    // …and is closed with 1001 before it ends (2 s grace: at 1.5 s).
+    match next(&mut client).await {
+        Message::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 1001);
+            assert_eq!(frame.reason.as_str(), "server shutting down");
+        }
+        other => panic!("expected a close, got {other:?}"),
+    }
+    let closed_after = signalled.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(1200) && closed_after < Duration::from_millis(2500),
+        "{closed_after:?}"
+    );
+    mock.wait_for("the upstream close", |m| !m.closes().is_empty())
+        .await;
+    assert_eq!(mock.closes(), [(1001, "server shutting down".to_owned())]);
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("llmux exits")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// Resident memory of a process, in bytes.
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[tokio::test]
+async fn five_hundred_concurrent_sessions_stay_within_bounded_memory() {
+    const SESSIONS: usize = 500;
+    let mock = WsMock::start().await;
+    let dir = config_dir_for(&mock);
+    let (child, port) = start_binary(dir.path(), &[]).await;
+    let pid = child.id().unwrap();
+    // One session first, so what is measured is the cost of sessions, not of the first one.
+    let (mut warm, _) = connect(port, "m", &[]).await.unwrap();
+    warm.send(Message::binary(audio_frame(0))).await.unwrap();
+    next(&mut warm).await;
+    let before = rss_of(pid);
+
+    let started = Instant::now();
+    let mut clients = Vec::with_capacity(SESSIONS);
+    for batch in 0..SESSIONS / 50 {
+        let opened = futures_util::future::join_all((0..50).map(|i| async move {
+            let (mut client, _) = connect(port, "m", &[]).await.unwrap();
+            let frame = Message::binary(audio_frame(batch * 50 + i));
+            client.send(frame.clone()).await.unwrap();
+            assert_eq!(next(&mut client).await, frame);
+            client
+        }))
+        .await;
+        clients.extend(opened);
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "opening sessions takes over 60s"
+        );
+    }
+    mock.wait_for("every upstream session", |m| m.opened() == SESSIONS + 1)
+        .await;
+    let during = rss_of(pid);
+    let per_session = during.saturating_sub(before) / SESSIONS as u64;
+    eprintln!(
+        "realtime memory: llmux RSS {:.1} MiB with 1 session, {:.1} MiB with {} ({} KiB per session); opened in {:?}",
+        before as f64 / 1048576.0,
+        during as f64 / 1048576.0,
+        SESSIONS + 1,
+        per_session / 1024,
+        started.elapsed()
+    );
+    // Every session still relays.
+    for (index, client) in clients.iter_mut().enumerate().step_by(50) {
+        client.send(Message::text(text_event(index))).await.unwrap();
+        assert_eq!(next(client).await, Message::text(text_event(index)));
+    }
+    assert!(per_session < 256 * 1024, "{per_session} bytes per session");
+
+    for mut client in clients {
+        client.close(None).await.unwrap();
+    }
+    mock.wait_for("every upstream session to end", |m| m.ended() == SESSIONS)
+        .await;
+    drop(warm);
+}

@@ -19,10 +19,13 @@ use serde_json::json;
 /// A frame the mock received: `("text", bytes)`, `("binary", bytes)`, `("ping", ..)`.
 pub type Received = (&'static str, Vec<u8>);
 
+/// A handshake the mock received: path + query, and its headers.
+pub type Handshake = (String, Vec<(String, String)>);
+
 #[derive(Default)]
 struct WsState {
     /// Path + query and headers of every handshake.
-    handshakes: Mutex<Vec<(String, Vec<(String, String)>)>>,
+    handshakes: Mutex<Vec<Handshake>>,
     frames: Mutex<Vec<Received>>,
     /// Close code and reason of every close frame received.
     closes: Mutex<Vec<(u16, String)>>,
@@ -65,7 +68,7 @@ impl WsMock {
         }
     }
 
-    pub fn handshakes(&self) -> Vec<(String, Vec<(String, String)>)> {
+    pub fn handshakes(&self) -> Vec<Handshake> {
         self.state.handshakes.lock().unwrap().clone()
     }
 
