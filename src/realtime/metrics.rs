@@ -14,7 +14,8 @@ const SESSION_SECONDS_BUCKETS: &[f64] = &[
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SessionLabels {
-    /// `client`, `upstream`, `idle_timeout`, `shutdown`, `error`, or `refused` (no session).
+    /// `client`, `upstream`, `idle_timeout`, `shutdown`, `error`, or `refused`: no session was
+    /// opened (a bad request, an unknown model, or the upstream handshake failed).
     pub ended_by: &'static str,
 }
 
@@ -55,7 +56,7 @@ impl RealtimeMetrics {
         };
         registry.register(
             "llmux_realtime_sessions",
-            "Realtime WebSocket sessions, by what ended them (refused: the upstream handshake failed)",
+            "Realtime WebSocket sessions, by what ended them (refused: none was opened, for a bad request, an unknown model or a failed upstream handshake)",
             metrics.sessions.clone(),
         );
         registry.register(

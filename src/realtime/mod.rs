@@ -167,7 +167,6 @@ async fn open(
         endpoint: endpoint.cloned(),
     };
     // Admission (client keys) lands with the pipeline: the credential is read here, never sent on.
-    let _ = &credential;
     let endpoint = route(state, &model).map_err(|error| refuse(error, None))?;
     let uri = upstream_uri(&endpoint).map_err(|error| refuse(error, Some(&endpoint)))?;
     let mut upstream = clients

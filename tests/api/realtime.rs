@@ -382,6 +382,33 @@ async fn pings_are_answered_and_an_idle_session_is_closed() {
     assert_eq!(mock.closes(), [(1000, "idle timeout".to_owned())]);
 }
 
+#[tokio::test]
+async fn a_wss_upstream_behind_a_private_ca_and_the_egress_proxy_relays_frames() {
+    let pki = crate::tls_mock::TestPki::new("realtime");
+    let mock = WsMock::start_tls(&pki.server("realtime-backend")).await;
+    let proxy = crate::tls_mock::ConnectProxy::start().await;
+    let mut config = realtime_provider(&mock.url);
+    config["rt"]["tls"] = json!({"ca_file": pki.ca_file});
+    let app = Spawn::new()
+        .file("rt.json", config)
+        .env("HTTPS_PROXY", &proxy.url)
+        .start()
+        .await;
+    let (mut client, _) = connect(app.port, "m", &[]).await.unwrap();
+
+    for index in 0..6 {
+        let message = match index % 2 {
+            0 => Message::binary(audio_frame(index)),
+            _ => Message::text(text_event(index)),
+        };
+        client.send(message.clone()).await.unwrap();
+        assert_eq!(next(&mut client).await, message);
+    }
+    // The WebSocket offered HTTP/1.1 only (none opens over h2) and went through one tunnel.
+    assert_eq!(proxy.tunnels(), 1);
+    assert_eq!(mock.handshakes()[0].0, "/v1/realtime?model=target-m");
+}
+
 /// Starts the `llmux` binary on a free port with `dir` as config dir; returns it and its port,
 /// read from the "llmux listening" log line.
 async fn start_binary(

@@ -88,6 +88,16 @@ impl TestPki {
     }
 }
 
+/// A rustls server config presenting `server` (no client certificate asked).
+pub fn server_config(server: &Issued) -> rustls::ServerConfig {
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![server.cert.clone()], server.key.clone_key())
+        .unwrap()
+}
+
 /// What the HTTPS mock saw.
 #[derive(Default)]
 struct Seen {

@@ -42,6 +42,15 @@ pub struct WsMock {
 
 impl WsMock {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// The same behind TLS with `server`'s certificate (`https://…`: llmux opens `wss://`).
+    pub async fn start_tls(server: &crate::tls_mock::Issued) -> Self {
+        Self::start_with(Some(server)).await
+    }
+
+    async fn start_with(tls: Option<&crate::tls_mock::Issued>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(WsState::default());
@@ -55,14 +64,20 @@ impl WsMock {
         .max_connections(10_000)
         .backlog(2048)
         .shutdown_timeout(0)
-        .disable_signals()
-        .listen(listener)
+        .disable_signals();
+        let server = match tls {
+            None => server.listen(listener),
+            Some(issued) => {
+                server.listen_rustls_0_23(listener, crate::tls_mock::server_config(issued))
+            }
+        }
         .unwrap()
         .run();
         let handle = server.handle();
         tokio::spawn(server);
+        let scheme = if tls.is_some() { "https" } else { "http" };
         Self {
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             state,
             handle,
         }
