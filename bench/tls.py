@@ -16,6 +16,7 @@ system, /proc/PID/stat) over the run, divided by the requests completed, is its 
 Every process started here is killed by PID; every load is bounded in time.
 """
 import json
+import shutil
 import os
 import re
 import signal
@@ -137,8 +138,7 @@ def measure(work, target):
     return result
 
 
-def main():
-    work = tempfile.mkdtemp(prefix="llmux-bench-tls-")
+def main(work):
     with open(os.path.join(work, "post.lua"), "w") as f:
         f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
         f.write(f"wrk.body = {json.dumps(CHAT_BODY)}\n")
@@ -152,8 +152,7 @@ def main():
     location / {{ default_type application/json; return 200 '{answer}'; }}
   }}
   server {{
-    listen 127.0.0.1:{h2_port} ssl backlog=4096;
-    http2 on;
+    listen 127.0.0.1:{h2_port} ssl http2 backlog=4096;
     ssl_certificate {cert}; ssl_certificate_key {key};
     location / {{ default_type application/json; return 200 '{answer}'; }}
   }}""")
@@ -172,7 +171,8 @@ def main():
       proxy_set_header Connection "";
       proxy_ssl_verify on;
       proxy_ssl_trusted_certificate {ca};
-      proxy_ssl_name 127.0.0.1;
+      proxy_ssl_name localhost;
+      proxy_ssl_server_name on;
       proxy_ssl_session_reuse on;
       proxy_buffering off;
       proxy_request_buffering off;
@@ -190,7 +190,8 @@ def main():
             json.dump({"tls-bench": {"target_base_url": f"https://127.0.0.1:{port}", "models": {
                 "bench": {"endpoints": [{"path": "v1/chat/completions", "target_model_name": "bench-target"}]}}}}, f)
         listen = free_port()
-        llmux = spawn([os.path.join(ROOT, "target", "release", "llmux"), "--port", str(listen), "--workers", "1",
+        binary = os.environ.get("LLMUX_BENCH_BIN", os.path.join(ROOT, "target", "release", "llmux"))
+        llmux = spawn([binary, "--port", str(listen), "--workers", "1",
                        "--log", "warn", "--config-dir", config, "--upstream-ca-file", ca], PROXY_CPU,
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(listen)
@@ -221,6 +222,8 @@ def main():
               f"llmux (h2 upstream)/nginx (HTTP/1.1, h2 not available to it): {ratio('llmux h2', 'nginx h1'):.2f}"]
     report = "\n".join(lines)
     print(report)
+    if "LLMUX_BENCH_BIN" in os.environ:
+        return
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     with open(os.path.join(ROOT, "bench", "results", f"tls-{stamp}.md"), "w") as f:
@@ -228,7 +231,9 @@ def main():
 
 
 if __name__ == "__main__":
+    work_dir = tempfile.mkdtemp(prefix="llmux-bench-tls-")
     try:
-        main()
+        main(work_dir)
     finally:
         stop_all()
+        shutil.rmtree(work_dir, ignore_errors=True)
