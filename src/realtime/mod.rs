@@ -11,18 +11,24 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::{StatusCode, Uri};
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse};
 use awc::error::WsClientError;
 use tokio::sync::watch;
 
 use crate::errors::ApiError;
-use crate::proxy::headers::{request_id, RequestId, X_REQUEST_ID};
+use crate::pipeline::admit::AdmitRequest;
+use crate::pipeline::identify::model_of_query;
+use crate::pipeline::operation::Operation;
+use crate::pipeline::record::{AccessLog, Outcome};
+use crate::pipeline::route;
+use crate::pipeline::url_encode;
+use crate::proxy::headers::X_REQUEST_ID;
 use crate::routing::endpoint::Endpoint;
 use crate::secret::ApiKey;
 use crate::state::AppState;
 use crate::upstream::UpstreamClients;
 use metrics::{RealtimeMetrics, SessionLabels, CLIENT_TO_UPSTREAM, UPSTREAM_TO_CLIENT};
-use relay::{relay, Legs};
+use relay::{relay, EndedBy, Legs};
 
 /// The OpenAI path of realtime sessions.
 pub const PATH: &str = "v1/realtime";
@@ -78,7 +84,9 @@ impl Realtime {
     }
 }
 
-/// `GET /v1/realtime?model=…` with a WebSocket upgrade.
+/// `GET /v1/realtime?model=…` with a WebSocket upgrade: identify (the query's model), admit,
+/// route, then the upstream handshake and the upgrade in place of attempt and respond. The
+/// request's record travels with the session and is written when it ends: one line per session.
 pub async fn connect(
     request: HttpRequest,
     payload: web::Payload,
@@ -86,25 +94,13 @@ pub async fn connect(
     clients: web::Data<UpstreamClients>,
     realtime: web::Data<Realtime>,
 ) -> HttpResponse {
-    let started = Instant::now();
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .map_or_else(|| request_id(request.headers()), |id| id.0.clone());
-    match open(
-        &request,
-        payload,
-        &state,
-        &clients,
-        &realtime,
-        started,
-        &request_id,
-    )
-    .await
-    {
-        Ok(response) => response,
-        Err(refusal) => {
-            let status = refusal.error.status_code().as_u16();
+    let mut log = AccessLog::of_request(&request, Operation::Realtime, &state.metrics);
+    match open(&request, payload, &state, &clients, &realtime, &mut log).await {
+        Ok((response, legs)) => {
+            start_session(legs, log, &realtime);
+            response
+        }
+        Err(error) => {
             realtime
                 .metrics
                 .sessions
@@ -112,33 +108,7 @@ pub async fn connect(
                     ended_by: "refused",
                 })
                 .inc();
-            tracing::info!(
-                request_id = request_id.to_str().unwrap_or(""),
-                model = refusal.model.as_deref().unwrap_or(""),
-                upstream = refusal.endpoint.as_ref().map_or("", |e| e.identity()),
-                status,
-                error = %refusal.error,
-                took_ms = started.elapsed().as_secs_f64() * 1000.0,
-                "realtime session refused"
-            );
-            refusal.error.error_response()
-        }
-    }
-}
-
-/// A refused session: the error and what was known by then, for the log line.
-struct Refusal {
-    error: ApiError,
-    model: Option<String>,
-    endpoint: Option<Arc<Endpoint>>,
-}
-
-impl From<ApiError> for Refusal {
-    fn from(error: ApiError) -> Self {
-        Self {
-            error,
-            model: None,
-            endpoint: None,
+            log.reject(error)
         }
     }
 }
@@ -149,9 +119,8 @@ async fn open(
     state: &AppState,
     clients: &UpstreamClients,
     realtime: &Realtime,
-    started: Instant,
-    request_id: &HeaderValue,
-) -> Result<HttpResponse, Refusal> {
+    log: &mut AccessLog,
+) -> Result<(HttpResponse, Legs), ApiError> {
     // Not an upgrade (or a malformed one): nothing to relay, and no upstream is bothered.
     actix_http::ws::verify_handshake(request.head()).map_err(|error| {
         ApiError::invalid_request(
@@ -159,16 +128,42 @@ async fn open(
             None,
         )
     })?;
-    let model = model_of(request.query_string())?;
+    // identify: the model is the query's.
+    let model = model_of_query(request.query_string())?;
+    log.model = Some(model.as_str().into());
+    // admit: a key sent as the subprotocol is shown to admission as the Authorization it stands
+    // for; neither ever goes upstream.
     let (credential, subprotocols) = credential_of(request.headers());
-    let refuse = |error: ApiError, endpoint: Option<&Arc<Endpoint>>| Refusal {
-        error,
-        model: Some(model.clone()),
-        endpoint: endpoint.cloned(),
+    let admitted_headers = match &credential {
+        ClientCredential::Subprotocol(key) => {
+            let mut headers = request.headers().clone();
+            if let Ok(value) = HeaderValue::from_str(&format!("Bearer {}", key.expose())) {
+                headers.insert(header::AUTHORIZATION, value);
+            }
+            Some(headers)
+        }
+        _ => None,
     };
-    // Admission (client keys) lands with the pipeline: the credential is read here, never sent on.
-    let endpoint = route(state, &model).map_err(|error| refuse(error, None))?;
-    let uri = upstream_uri(&endpoint).map_err(|error| refuse(error, Some(&endpoint)))?;
+    log.admission = Some(state.admitter.admit(&AdmitRequest {
+        operation: Operation::Realtime,
+        model: &model,
+        headers: admitted_headers.as_ref().unwrap_or(request.headers()),
+        body: &[],
+    })?);
+    // route: the pool of the model's v1/realtime route picks the member (no retries: a
+    // session is stateful, and a refused handshake is the client's answer).
+    let routed = route::route(
+        &state.table,
+        &state.responses,
+        Operation::Realtime,
+        &model,
+        None,
+    )?;
+    let pool = routed.pool();
+    let endpoint = Arc::clone(&pool.members()[pool.select()]);
+    log.endpoint = Some(Arc::clone(&endpoint));
+    log.attempts = 1;
+    let uri = upstream_uri(&endpoint)?;
     let mut upstream = clients
         .websocket_for_endpoint(&endpoint)
         .ws(uri)
@@ -178,7 +173,7 @@ async fn open(
             upstream = upstream.header(name.clone(), value.clone());
         }
     }
-    upstream = upstream.set_header(X_REQUEST_ID.clone(), request_id.clone());
+    upstream = upstream.set_header(X_REQUEST_ID.clone(), log.request_id.clone());
     let mut extra = actix_web::http::header::HeaderMap::new();
     endpoint.apply_upstream_headers(&mut extra);
     for (name, value) in &extra {
@@ -190,24 +185,16 @@ async fn open(
     let connected = tokio::time::timeout(endpoint.request_timeout, upstream.connect()).await;
     let (upstream_response, upstream_socket) = match connected {
         Ok(Ok(connected)) => connected,
-        Ok(Err(error)) => return Err(refuse(handshake_error(&endpoint, error), Some(&endpoint))),
+        Ok(Err(error)) => return Err(handshake_error(&endpoint, error)),
         Err(_) => {
-            return Err(refuse(
-                ApiError::UpstreamTimeout {
-                    provider: endpoint.provider.to_string(),
-                    timeout: endpoint.request_timeout,
-                },
-                Some(&endpoint),
-            ))
+            return Err(ApiError::UpstreamTimeout {
+                provider: endpoint.provider.to_string(),
+                timeout: endpoint.request_timeout,
+            })
         }
     };
-    let (mut response, session, client_stream) =
-        actix_ws::handle(request, payload).map_err(|error| {
-            refuse(
-                ApiError::invalid_request(error.to_string(), None),
-                Some(&endpoint),
-            )
-        })?;
+    let (mut response, session, client_stream) = actix_ws::handle(request, payload)
+        .map_err(|error| ApiError::invalid_request(error.to_string(), None))?;
     // The subprotocol the upstream chose, when the client offered it (never the key one).
     if let Some(chosen) = upstream_response
         .headers()
@@ -229,74 +216,44 @@ async fn open(
         from_client: realtime.metrics.direction(CLIENT_TO_UPSTREAM),
         from_upstream: realtime.metrics.direction(UPSTREAM_TO_CLIENT),
     };
+    Ok((response, legs))
+}
+
+/// Runs the relay on this worker; the request's record (and its admission) lives as long as the
+/// session and is written when it ends: one line per session.
+fn start_session(legs: Legs, mut log: AccessLog, realtime: &Realtime) {
     let metrics = realtime.metrics.clone();
     let shutdown = realtime.shutdown.subscribe();
     let idle_timeout = realtime.settings.idle_timeout;
-    let request_id = request_id.to_str().unwrap_or("").to_owned();
-    let client = request.peer_addr();
-    let credential_kind = match credential {
-        ClientCredential::None => "none",
-        ClientCredential::Authorization(_) => "authorization",
-        ClientCredential::Subprotocol(_) => "subprotocol",
-    };
+    log.status = Some(StatusCode::SWITCHING_PROTOCOLS.as_u16());
+    log.stream = true;
+    log.first_byte = Some(log.started.elapsed());
     metrics.active.inc();
-    let handshake_ms = started.elapsed().as_secs_f64() * 1000.0;
     actix_web::rt::spawn(async move {
         let opened = Instant::now();
-        let ending = relay(legs, idle_timeout, shutdown).await;
-        let duration = opened.elapsed();
+        let summary = relay(legs, idle_timeout, shutdown).await;
         metrics.active.dec();
-        metrics.duration.observe(duration.as_secs_f64());
+        metrics.duration.observe(opened.elapsed().as_secs_f64());
         metrics
             .sessions
             .get_or_create(&SessionLabels {
-                ended_by: ending.ended_by.as_str(),
+                ended_by: summary.ended_by.as_str(),
             })
             .inc();
-        tracing::info!(
-            request_id,
-            client = client.map(|c| c.to_string()).unwrap_or_default(),
-            model,
-            upstream = endpoint.identity(),
-            credential = credential_kind,
-            handshake_ms,
-            duration_ms = duration.as_secs_f64() * 1000.0,
-            ended_by = ending.ended_by.as_str(),
-            close_code = ending.close_code,
-            detail = ending.detail.as_deref(),
-            frames_from_client = ending.tally.frames_from_client,
-            frames_from_upstream = ending.tally.frames_from_upstream,
-            bytes_from_client = ending.tally.bytes_from_client,
-            bytes_from_upstream = ending.tally.bytes_from_upstream,
-            "realtime session"
-        );
+        log.bytes = summary.tally.bytes_from_upstream;
+        log.outcome = match summary.ended_by {
+            EndedBy::Error => Outcome::UpstreamBodyError,
+            _ => Outcome::Ok,
+        };
+        log.realtime = Some(summary);
+        drop(log);
     });
-    Ok(response)
 }
 
 /// Client headers the upstream may see: the Realtime beta header and the user agent. The key,
 /// cookies and the client's own handshake headers stay here.
 static FORWARDED_HEADERS: [HeaderName; 2] =
     [HeaderName::from_static("openai-beta"), header::USER_AGENT];
-
-/// The `model` query parameter.
-fn model_of(query: &str) -> Result<String, ApiError> {
-    let model = web::Query::<ModelQuery>::from_query(query)
-        .ok()
-        .and_then(|q| q.into_inner().model)
-        .filter(|m| !m.is_empty());
-    model.ok_or_else(|| {
-        ApiError::invalid_request(
-            "/v1/realtime needs the model as a query parameter: /v1/realtime?model=…",
-            Some("model"),
-        )
-    })
-}
-
-#[derive(serde::Deserialize)]
-struct ModelQuery {
-    model: Option<String>,
-}
 
 /// The client's key (from `Authorization` or the key subprotocol) and the other subprotocols it
 /// offered, in order, which go upstream.
@@ -333,26 +290,10 @@ pub fn credential_of(
     (credential, subprotocols)
 }
 
-/// The endpoint of `model` on `v1/realtime`, picked by its pool.
-fn route(state: &AppState, model: &str) -> Result<Arc<Endpoint>, ApiError> {
-    let routes = state
-        .table
-        .lookup(model)
-        .ok_or_else(|| ApiError::UnknownModel {
-            model: model.to_owned(),
-        })?;
-    let pool = routes.pool(PATH).ok_or_else(|| ApiError::ModelNotOnPath {
-        model: model.to_owned(),
-        path: PATH.to_owned(),
-        served: routes.served_paths(),
-    })?;
-    Ok(Arc::clone(pool.pick()))
-}
-
 /// `ws(s)://…/v1/realtime?model=<target>`: the endpoint's URL with the scheme a WebSocket takes
 /// and the target model replacing the client's.
 fn upstream_uri(endpoint: &Endpoint) -> Result<Uri, ApiError> {
-    let query = format!("model={}", encode_query_value(&endpoint.target_model_name));
+    let query = format!("model={}", url_encode(&endpoint.target_model_name));
     let uri = endpoint
         .uri_with_query(PATH, Some(&query))
         .map_err(|error| ApiError::Internal(format!("the realtime URL does not parse: {error}")))?;
@@ -366,20 +307,6 @@ fn upstream_uri(endpoint: &Endpoint) -> Result<Uri, ApiError> {
     };
     text.parse()
         .map_err(|error| ApiError::Internal(format!("the realtime URL does not parse: {error}")))
-}
-
-/// Percent-encodes a query value (model names are mostly safe; `:` `/` and spaces are not).
-fn encode_query_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(char::from(byte));
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
 }
 
 /// The upstream did not take the WebSocket: its status when it answered one (4xx/5xx passed
@@ -471,7 +398,7 @@ mod tests {
 
     #[test]
     fn query_values_are_percent_encoded() {
-        assert_eq!(encode_query_value("gpt-4o-realtime"), "gpt-4o-realtime");
-        assert_eq!(encode_query_value("org/model:v1 x"), "org%2Fmodel%3Av1%20x");
+        assert_eq!(url_encode("gpt-4o-realtime"), "gpt-4o-realtime");
+        assert_eq!(url_encode("org/model:v1 x"), "org%2Fmodel%3Av1%20x");
     }
 }

@@ -54,7 +54,7 @@ pub struct Tally {
 
 /// How a relay ended.
 #[derive(Debug)]
-pub struct Ending {
+pub struct SessionSummary {
     pub ended_by: EndedBy,
     /// The close code the session ended with (the one passed on, or the one llmux sent).
     pub close_code: Option<u16>,
@@ -77,7 +77,7 @@ pub async fn relay(
     legs: Legs,
     idle_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
-) -> Ending {
+) -> SessionSummary {
     let Legs {
         mut client,
         mut client_stream,
@@ -100,7 +100,7 @@ pub async fn relay(
         )
         .await;
         let _ = client.close(Some(reason)).await;
-        return Ending {
+        return SessionSummary {
             ended_by: EndedBy::Shutdown,
             close_code: Some(1001),
             detail: None,
@@ -116,7 +116,7 @@ pub async fn relay(
                     let reason = close(CloseCode::Away, "server shutting down");
                     close_upstream(&mut upstream_sink, &mut upstream_stream, Some(reason.clone())).await;
                     let _ = client.close(Some(reason)).await;
-                    return Ending { ended_by: EndedBy::Shutdown, close_code: Some(1001), detail: None, tally };
+                    return SessionSummary { ended_by: EndedBy::Shutdown, close_code: Some(1001), detail: None, tally };
                 }
             }
             message = client_stream.next() => {
@@ -128,13 +128,13 @@ pub async fn relay(
                         let code = u16::from(reason.code);
                         close_upstream(&mut upstream_sink, &mut upstream_stream, Some(reason.clone())).await;
                         let _ = client.close(Some(reason)).await;
-                        return Ending { ended_by: EndedBy::Error, close_code: Some(code), detail: Some(format!("client: {error}")), tally };
+                        return SessionSummary { ended_by: EndedBy::Error, close_code: Some(code), detail: Some(format!("client: {error}")), tally };
                     }
                     None => {
                         // The client's connection is gone without a close frame.
                         let reason = close(CloseCode::Away, "client disconnected");
                         close_upstream(&mut upstream_sink, &mut upstream_stream, Some(reason)).await;
-                        return Ending { ended_by: EndedBy::Client, close_code: None, detail: Some("client disconnected without a close frame".into()), tally };
+                        return SessionSummary { ended_by: EndedBy::Client, close_code: None, detail: Some("client disconnected without a close frame".into()), tally };
                     }
                 };
                 tally.frames_from_client += 1;
@@ -167,14 +167,14 @@ pub async fn relay(
                         // The client's close is answered with its own code, as RFC 6455 asks.
                         let _ = client.close(reason).await;
                         await_close(&mut upstream_stream).await;
-                        return Ending { ended_by: EndedBy::Client, close_code: code, detail: None, tally };
+                        return SessionSummary { ended_by: EndedBy::Client, close_code: code, detail: None, tally };
                     }
                     Message::Nop => continue,
                 };
                 if let Err(error) = upstream_sink.send(outgoing).await {
                     let reason = close(CloseCode::Error, "upstream connection lost");
                     let _ = client.close(Some(reason)).await;
-                    return Ending { ended_by: EndedBy::Error, close_code: Some(1011), detail: Some(format!("sending upstream: {error}")), tally };
+                    return SessionSummary { ended_by: EndedBy::Error, close_code: Some(1011), detail: Some(format!("sending upstream: {error}")), tally };
                 }
             }
             frame = upstream_stream.next() => {
@@ -185,12 +185,12 @@ pub async fn relay(
                         let reason = close(CloseCode::Error, "upstream protocol error");
                         close_upstream(&mut upstream_sink, &mut upstream_stream, Some(protocol_close(&error))).await;
                         let _ = client.close(Some(reason)).await;
-                        return Ending { ended_by: EndedBy::Error, close_code: Some(1011), detail: Some(format!("upstream: {error}")), tally };
+                        return SessionSummary { ended_by: EndedBy::Error, close_code: Some(1011), detail: Some(format!("upstream: {error}")), tally };
                     }
                     None => {
                         let reason = close(CloseCode::Error, "upstream connection lost");
                         let _ = client.close(Some(reason)).await;
-                        return Ending { ended_by: EndedBy::Upstream, close_code: Some(1011), detail: Some("upstream disconnected without a close frame".into()), tally };
+                        return SessionSummary { ended_by: EndedBy::Upstream, close_code: Some(1011), detail: Some("upstream disconnected without a close frame".into()), tally };
                     }
                 };
                 tally.frames_from_upstream += 1;
@@ -203,7 +203,7 @@ pub async fn relay(
                                 let reason = close(CloseCode::Invalid, "upstream sent text that is not UTF-8");
                                 close_upstream(&mut upstream_sink, &mut upstream_stream, Some(reason.clone())).await;
                                 let _ = client.close(Some(reason)).await;
-                                return Ending { ended_by: EndedBy::Error, close_code: Some(1007), detail: Some("upstream sent invalid UTF-8".into()), tally };
+                                return SessionSummary { ended_by: EndedBy::Error, close_code: Some(1007), detail: Some("upstream sent invalid UTF-8".into()), tally };
                             }
                         }
                     }
@@ -230,20 +230,20 @@ pub async fn relay(
                         // The answer to the upstream's close: it ends the upstream leg.
                         let _ = upstream_sink.send(Message::Close(reason.clone())).await;
                         let _ = client.close(reason).await;
-                        return Ending { ended_by: EndedBy::Upstream, close_code: code, detail: None, tally };
+                        return SessionSummary { ended_by: EndedBy::Upstream, close_code: code, detail: None, tally };
                     }
                 };
                 if sent.is_err() {
                     let reason = close(CloseCode::Away, "client disconnected");
                     close_upstream(&mut upstream_sink, &mut upstream_stream, Some(reason)).await;
-                    return Ending { ended_by: EndedBy::Client, close_code: None, detail: Some("client gone".into()), tally };
+                    return SessionSummary { ended_by: EndedBy::Client, close_code: None, detail: Some("client gone".into()), tally };
                 }
             }
             () = &mut idle => {
                 let reason = close(CloseCode::Normal, "idle timeout");
                 close_upstream(&mut upstream_sink, &mut upstream_stream, Some(reason.clone())).await;
                 let _ = client.close(Some(reason)).await;
-                return Ending { ended_by: EndedBy::IdleTimeout, close_code: Some(1000), detail: None, tally };
+                return SessionSummary { ended_by: EndedBy::IdleTimeout, close_code: Some(1000), detail: None, tally };
             }
         }
     }

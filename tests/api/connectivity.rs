@@ -398,3 +398,27 @@ fn an_unusable_global_ca_file_stops_start_up_with_its_name() {
     let error = Upstream::new(Duration::from_secs(1), None, &proxy_env).unwrap_err();
     assert!(error.contains("HTTPS_PROXY"), "{error}");
 }
+
+#[tokio::test]
+async fn provider_tls_settings_serve_requests_and_health_probes_end_to_end() {
+    let pki = TestPki::new("e2e");
+    let mock = TlsMock::start_with(&pki.server("e2e-backend"), Some(&pki)).await;
+    let client = pki.client("llmux-e2e");
+    let mut config = tls_provider(
+        &mock.url,
+        Some(json!({
+            "ca_file": pki.ca_file,
+            "client_cert_file": client.cert_file,
+            "client_key_file": client.key_file,
+        })),
+    );
+    config["tls-p"]["health_path"] = json!("v1/models");
+    let app = Spawn::new().file("p.json", config).start().await;
+
+    // The attempt stage picks the provider's client: its CA and its client certificate.
+    assert_eq!(chat(&app).await.unwrap(), "HTTP/2.0");
+    let health = app.http.get(app.url("/health/m")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["endpoints"][0]["status"], "up", "{health}");
+}

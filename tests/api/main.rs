@@ -5,20 +5,26 @@
     reason = "test support code fails the test by panicking"
 )]
 mod adaptation;
+mod check;
 mod cli;
 mod connectivity;
 mod deploy;
 mod errors;
 mod forwarding;
+mod harness;
 mod health;
 mod helpers;
 mod images;
+mod limits;
+mod logs;
 mod metrics;
 mod mock;
 mod models;
 mod pools;
+mod prometheus;
 mod realtime;
 mod reload;
+mod reload_stall;
 mod shutdown;
 mod streaming;
 mod tls_mock;

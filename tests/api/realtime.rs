@@ -464,7 +464,11 @@ fn config_dir_for(mock: &WsMock) -> tempfile::TempDir {
 async fn sigterm_closes_open_sessions_with_1001_when_the_grace_ends() {
     let mock = WsMock::start().await;
     let dir = config_dir_for(&mock);
-    let (mut child, port) = start_binary(dir.path(), &[("LLMUX_SHUTDOWN_GRACE", "2")]).await;
+    let (mut child, port) = start_binary(
+        dir.path(),
+        &[("LLMUX_SHUTDOWN_GRACE", "2"), ("LLMUX_DRAIN_DELAY", "0")],
+    )
+    .await;
     let (mut client, _) = connect(port, "m", &[]).await.unwrap();
     client.send(Message::text("hi")).await.unwrap();
     next(&mut client).await;
@@ -567,4 +571,92 @@ async fn five_hundred_concurrent_sessions_stay_within_bounded_memory() {
     mock.wait_for("every upstream session to end", |m| m.ended() == SESSIONS)
         .await;
     drop(warm);
+}
+
+#[tokio::test]
+async fn client_secrets_are_routed_on_session_model_and_forwarded_with_the_target_model() {
+    let app = Spawn::new()
+        .file("rt.json", realtime_provider("{UPSTREAM}"))
+        .start()
+        .await;
+    app.upstream.push(crate::helpers::Reply::json(
+        200,
+        json!({"value": "ek_test", "expires_at": 1, "session": {"type": "realtime", "model": "target-m"}}),
+    ));
+    let body = r#"{"expires_after": {"anchor": "created_at", "seconds": 600}, "session": {"type": "realtime", "model": "m", "voice": "marin"}}"#;
+
+    let response = app
+        .http
+        .post(app.url("/v1/realtime/client_secrets"))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-client")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["value"], "ek_test");
+    let upstream = app.upstream.last_request();
+    assert_eq!(upstream.uri, "/v1/realtime/client_secrets");
+    assert_eq!(
+        upstream.header("authorization"),
+        Some(&*format!("Bearer {PROVIDER_KEY}"))
+    );
+    // Only session.model changed, byte for byte.
+    assert_eq!(
+        std::str::from_utf8(&upstream.body).unwrap(),
+        body.replace(r#""model": "m""#, r#""model": "target-m""#)
+    );
+
+    let missing = app
+        .post_json(
+            "/v1/realtime/client_secrets",
+            json!({"session": {"type": "realtime"}}),
+        )
+        .await;
+    let error = crate::helpers::assert_openai_error(missing, 400).await;
+    assert_eq!(error["param"], "session.model");
+}
+
+#[tokio::test]
+async fn calls_send_the_sdp_offer_unchanged_and_return_the_sdp_answer() {
+    let app = Spawn::new()
+        .file("rt.json", realtime_provider("{UPSTREAM}"))
+        .start()
+        .await;
+    app.upstream.push(crate::helpers::Reply::Raw {
+        status: 201,
+        content_type: "application/sdp".into(),
+        body: "v=0\r\no=- answer\r\n".into(),
+        headers: vec![("location".into(), "/v1/realtime/calls/rtc_123".into())],
+    });
+    let offer = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\n";
+
+    let response = app
+        .http
+        .post(app.url("/v1/realtime/calls?model=m"))
+        .header("content-type", "application/sdp")
+        .body(offer)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["location"], "/v1/realtime/calls/rtc_123");
+    assert_eq!(response.text().await.unwrap(), "v=0\r\no=- answer\r\n");
+    let upstream = app.upstream.last_request();
+    assert_eq!(upstream.uri, "/v1/realtime/calls?model=target-m");
+    assert_eq!(upstream.header("content-type"), Some("application/sdp"));
+    assert_eq!(&upstream.body[..], offer.as_bytes());
+
+    let no_model = app
+        .http
+        .post(app.url("/v1/realtime/calls"))
+        .body(offer)
+        .send()
+        .await
+        .unwrap();
+    crate::helpers::assert_openai_error(no_model, 400).await;
 }
