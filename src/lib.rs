@@ -3,6 +3,7 @@ pub mod api;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod errors;
 pub mod health;
 pub mod healthcheck;

@@ -32,6 +32,8 @@ pub struct ProviderSchema {
     pub max_retries: Option<u32>,
     /// TLS to this provider's upstreams: extra CA roots, the system store, a client certificate.
     pub tls: Option<TlsSchema>,
+    /// Settings of a `builtin:demo` provider (src/demo); an endpoint's own keys win.
+    pub demo: Option<crate::demo::settings::DemoSchema>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,6 +67,8 @@ pub struct EndpointSchema {
     /// `b64_json`: the upstream only answers images as base64; llmux asks for that and serves
     /// URLs from its image-data cache to clients that want URLs.
     pub upstream_image_format: Option<String>,
+    /// Settings of a `builtin:demo` endpoint (src/demo), over its provider's.
+    pub demo: Option<crate::demo::settings::DemoSchema>,
     /// Replaces the provider's `tls` as a whole.
     pub tls: Option<TlsSchema>,
 }
@@ -112,6 +116,7 @@ pub const PROVIDER_KEYS: &[&str] = &[
     "health_path",
     "max_retries",
     "tls",
+    "demo",
 ];
 pub const MODEL_KEYS: &[&str] = &["endpoints"];
 pub const ENDPOINT_KEYS: &[&str] = &[
@@ -134,6 +139,7 @@ pub const ENDPOINT_KEYS: &[&str] = &[
     "max_retries",
     "upstream_image_format",
     "tls",
+    "demo",
 ];
 
 /// The adaptation settings of a provider or an endpoint, side by side for merging.
