@@ -17,12 +17,14 @@ use tokio::sync::watch;
 
 use crate::errors::ApiError;
 use crate::pipeline::admit::AdmitRequest;
+use crate::pipeline::attempt::record_breaker;
 use crate::pipeline::identify::model_of_query;
 use crate::pipeline::operation::Operation;
 use crate::pipeline::record::{AccessLog, Outcome};
 use crate::pipeline::route;
 use crate::pipeline::url_encode;
 use crate::proxy::headers::X_REQUEST_ID;
+use crate::routing::breaker::Verdict;
 use crate::routing::endpoint::Endpoint;
 use crate::secret::ApiKey;
 use crate::state::AppState;
@@ -183,16 +185,32 @@ async fn open(
         upstream = upstream.protocols(subprotocols.iter().map(String::as_str));
     }
     let connected = tokio::time::timeout(endpoint.request_timeout, upstream.connect()).await;
-    let (upstream_response, upstream_socket) = match connected {
-        Ok(Ok(connected)) => connected,
-        Ok(Err(error)) => return Err(handshake_error(&endpoint, error)),
-        Err(_) => {
-            return Err(ApiError::UpstreamTimeout {
-                provider: endpoint.provider.to_string(),
-                timeout: endpoint.request_timeout,
-            })
-        }
+    let connected = match connected {
+        Ok(Ok(connected)) => Ok(connected),
+        Ok(Err(error)) => Err(handshake_error(&endpoint, error)),
+        Err(_) => Err(ApiError::UpstreamTimeout {
+            provider: endpoint.provider.to_string(),
+            timeout: endpoint.request_timeout,
+        }),
     };
+    // The member's circuit breaker learns from handshakes as from attempts: unreachable, timed
+    // out or a 5xx counts against it; a 429 says nothing about its health.
+    let verdict = match &connected {
+        Ok(_) => Verdict::Healthy,
+        Err(ApiError::UpstreamRefusedSession {
+            upstream_status: 429,
+            ..
+        }) => Verdict::Neutral,
+        Err(ApiError::UpstreamRefusedSession {
+            upstream_status, ..
+        }) if *upstream_status >= 500 => Verdict::Failed,
+        Err(ApiError::UpstreamUnreachable { .. } | ApiError::UpstreamTimeout { .. }) => {
+            Verdict::Failed
+        }
+        Err(_) => Verdict::Healthy,
+    };
+    record_breaker(pool, &endpoint, verdict, &state.retry, log);
+    let (upstream_response, upstream_socket) = connected?;
     let (mut response, session, client_stream) = actix_ws::handle(request, payload)
         .map_err(|error| ApiError::invalid_request(error.to_string(), None))?;
     // The subprotocol the upstream chose, when the client offered it (never the key one).

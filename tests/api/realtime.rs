@@ -335,12 +335,24 @@ async fn bad_realtime_requests_get_openai_errors() {
     };
     let app = Spawn::new()
         .file("rt.json", realtime_provider(&dead))
+        .args(|args| args.eject_after = 1)
         .start()
         .await;
     assert_eq!(
         status_of(connect(app.port, "m", &[]).await.unwrap_err()),
         502
     );
+    // The failed handshake counted against the member, as a failed attempt does.
+    let health: Value = app
+        .http
+        .get(app.url("/health/m"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["endpoints"][0]["ejected"], true, "{health}");
 }
 
 #[tokio::test]
