@@ -144,6 +144,7 @@ fn check_loads_100000_models_in_linear_time() {
 
     assert_eq!(output.status.code(), Some(0));
     assert!(stdout.ends_with("1 files, 100000 routes, 0 errors, 0 warnings\n"));
-    // Quadratic loading takes minutes here even in release; linear takes seconds in debug.
-    assert!(took < Duration::from_secs(60), "took {took:?}");
+    // Quadratic loading takes many minutes here (100k models); linear takes seconds in debug, so
+    // the bound holds on a loaded machine and still catches the regression.
+    assert!(took < Duration::from_secs(240), "took {took:?}");
 }

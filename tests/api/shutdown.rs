@@ -66,7 +66,9 @@ async fn sigterm_lets_a_slow_stream_finish_refuses_new_connections_and_exits_0()
     )
     .unwrap();
     let Binary {
-        mut child, port, ..
+        mut child,
+        port,
+        lines,
     } = start_binary(dir.path(), 20).await;
     let http = reqwest::Client::new();
     let response = http
@@ -102,7 +104,12 @@ async fn sigterm_lets_a_slow_stream_finish_refuses_new_connections_and_exits_0()
     // The stream in flight completes.
     while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), body.next())
         .await
-        .unwrap()
+        .unwrap_or_else(|_| {
+            panic!(
+                "no chunk for 10 s after {received:?}; llmux logged {:#?}",
+                lines.lock().unwrap()
+            )
+        })
     {
         received.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
     }
