@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::watch::WatchMode;
+use crate::pipeline::attempt::UpstreamHeader;
 
 #[derive(Debug, Parser)]
 #[command(name = "llmux", version, about, args_conflicts_with_subcommands = true)]
@@ -142,6 +143,14 @@ pub struct ServeArgs {
     /// Directory for spooled upload parts [default: the system temp dir].
     #[arg(long, env = "LLMUX_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
+    /// Longest a client may stay silent while sending a request body (JSON or upload), in
+    /// seconds: then 408.
+    #[arg(long, env = "LLMUX_CLIENT_BODY_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub client_body_timeout: Duration,
+    /// What the `x-llmux-upstream` answer header shows: `off` (no header), or `name`
+    /// (`provider/target_model` of the member that answered, never its address).
+    #[arg(long, env = "LLMUX_UPSTREAM_HEADER", value_enum, default_value_t = UpstreamHeader::Off)]
+    pub upstream_header: UpstreamHeader,
 }
 
 /// actix's default listen backlog (std's is 128).
@@ -183,6 +192,8 @@ impl ServeArgs {
             max_headers: DEFAULT_MAX_HEADERS,
             drain_delay: Duration::from_secs(5),
             spool_dir: None,
+            client_body_timeout: Duration::from_secs(30),
+            upstream_header: UpstreamHeader::Off,
         }
     }
 

@@ -22,9 +22,12 @@ pub enum ApiError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("The model `{model}` does not exist or you do not have access to it. GET /v1/models lists the models this server offers.")]
+    #[error("The model `{}` does not exist or you do not have access to it. GET /v1/models lists the models this server offers.", echo(model))]
     UnknownModel { model: String },
-    #[error("The model `{model}` is not served on /{path}. It serves: {served}.")]
+    #[error(
+        "The model `{}` is not served on /{path}. It serves: {served}.",
+        echo(model)
+    )]
     ModelNotOnPath {
         model: String,
         path: String,
@@ -40,6 +43,12 @@ pub enum ApiError {
     HeadersTooLarge { max_bytes: usize, max_count: usize },
     #[error("Could not read the request body: {0}")]
     BadPayload(String),
+    #[error(
+        "/{path} does not take protocol upgrades (WebSocket): send it as a plain HTTP request."
+    )]
+    UpgradeNotSupported { path: &'static str },
+    #[error("The client sent nothing of the request body for {}s (--client-body-timeout).", timeout.as_secs_f64())]
+    ClientBodyTimeout { timeout: Duration },
     #[error("The upstream of provider `{provider}` could not be reached: {cause}")]
     UpstreamUnreachable { provider: String, cause: String },
     #[error("The upstream of provider `{provider}` refused the realtime session (HTTP {upstream_status}).")]
@@ -57,8 +66,28 @@ pub enum ApiError {
         "No response with id '{id}' was created through this server (or it was forgotten since)."
     )]
     UnknownResponse { id: String },
-    #[error("The image `{id}` of model `{model}` does not exist or has expired.")]
+    #[error(
+        "The image `{}` of model `{}` does not exist or has expired.",
+        echo(id),
+        echo(model)
+    )]
     ImageNotFound { model: String, id: String },
+}
+
+/// Longest client-sent text llmux echoes in an error or a log line.
+pub const MAX_ECHO_BYTES: usize = 256;
+
+/// `text` as llmux echoes it: cut to `MAX_ECHO_BYTES` (at a character boundary) with an ellipsis
+/// (issue 20: a 1 MB model name gave a 1 MB error body and a 1 MB log line).
+pub fn echo(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_ECHO_BYTES {
+        return text.into();
+    }
+    let mut end = MAX_ECHO_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
 }
 
 #[derive(Serialize)]
@@ -106,6 +135,12 @@ impl ApiError {
                 ("invalid_request_error", None, Some("payload_too_large"))
             }
             Self::BadPayload(_) => ("invalid_request_error", None, Some("bad_payload")),
+            Self::UpgradeNotSupported { .. } => {
+                ("invalid_request_error", None, Some("upgrade_not_supported"))
+            }
+            Self::ClientBodyTimeout { .. } => {
+                ("invalid_request_error", None, Some("request_timeout"))
+            }
             Self::HeadersTooLarge { .. } => {
                 ("invalid_request_error", None, Some("headers_too_large"))
             }
@@ -126,13 +161,15 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::InvalidRequest { .. } | Self::InvalidJson { .. } | Self::BadPayload(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidRequest { .. }
+            | Self::InvalidJson { .. }
+            | Self::BadPayload(_)
+            | Self::UpgradeNotSupported { .. } => StatusCode::BAD_REQUEST,
             Self::UnknownModel { .. } | Self::ModelNotOnPath { .. } | Self::UnknownRoute { .. } => {
                 StatusCode::NOT_FOUND
             }
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::ClientBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
@@ -239,5 +276,19 @@ mod tests {
         .to_string();
         assert!(message.contains("`gpt-9`"));
         assert!(message.contains("GET /v1/models"));
+    }
+
+    #[test]
+    fn echoes_of_client_text_are_cut_at_a_character_boundary() {
+        assert_eq!(echo("gpt-4o"), "gpt-4o");
+        let long = "é".repeat(1000);
+        let cut = echo(&long);
+        assert!(cut.len() <= MAX_ECHO_BYTES + "…".len(), "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        let message = ApiError::UnknownModel {
+            model: "m".repeat(1 << 20),
+        }
+        .to_string();
+        assert!(message.len() < 512, "{}", message.len());
     }
 }

@@ -171,6 +171,8 @@ impl Application {
             metrics,
             spool_dir: args.spool_dir(),
             started_at: std::time::SystemTime::now(),
+            client_body_timeout: args.client_body_timeout,
+            upstream_header: args.upstream_header,
         });
         let upstream = Upstream::new(
             args.connect_timeout,

@@ -2,13 +2,14 @@
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::watch::LiveConfig;
 use crate::health::HealthProbes;
 use crate::images::ImageCache;
 use crate::metrics::Metrics;
 use crate::pipeline::admit::Admitter;
-use crate::pipeline::attempt::RetryPolicy;
+use crate::pipeline::attempt::{RetryPolicy, UpstreamHeader};
 use crate::routing::responses::ResponseOwners;
 use crate::routing::table::RoutingTable;
 
@@ -39,4 +40,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Where upload parts before `model` are spooled (`--spool-dir`, default the temp dir).
     pub spool_dir: PathBuf,
+    /// Longest silence of a client mid-body (JSON and uploads) before a 408
+    /// (`--client-body-timeout`).
+    pub client_body_timeout: Duration,
+    /// What `x-llmux-upstream` shows (`--upstream-header`).
+    pub upstream_header: UpstreamHeader,
 }

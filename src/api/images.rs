@@ -48,7 +48,7 @@ pub async fn data(
         }
         Ok(Found::Upstream(response, endpoint)) => {
             let mut response = respond(response, &endpoint, log);
-            attempt_headers(&mut response, 1, &endpoint);
+            attempt_headers(&mut response, 1, &endpoint, state.upstream_header);
             response
         }
         Err(error) => {

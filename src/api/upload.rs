@@ -9,7 +9,6 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::load::DEFAULT_TIMEOUT;
 use crate::errors::ApiError;
 use crate::pipeline::admit::AdmitRequest;
 use crate::pipeline::attempt::{attempt_headers, classify, client_for, record_breaker};
@@ -18,7 +17,7 @@ use crate::pipeline::record::{AccessLog, Outcome};
 use crate::pipeline::route;
 use crate::proxy::forward::{respond, send, upstream_request};
 use crate::proxy::image_answer;
-use crate::proxy::multipart::Upload;
+use crate::proxy::multipart::{Upload, UpstreamStalled};
 use crate::proxy::rewrite::ImagesAnswer;
 use crate::state::AppState;
 use crate::upstream::UpstreamClients;
@@ -32,10 +31,16 @@ pub async fn upload(
 ) -> HttpResponse {
     let mut log = AccessLog::of_request(&request, operation, &state.metrics);
     let prepared = async {
-        // No route is known while the first parts arrive: a client silent mid-upload for the
-        // default request timeout fails the upload (400).
-        let upload =
-            Upload::start(&request, payload, state.max_upload_bytes, DEFAULT_TIMEOUT).await?;
+        crate::pipeline::read::refuse_upgrade(&request, operation)?;
+        // A client silent mid-upload for `--client-body-timeout` fails the upload (408).
+        let upload = Upload::start(
+            &request,
+            payload,
+            state.max_upload_bytes,
+            state.client_body_timeout,
+            &state.spool_dir,
+        )
+        .await?;
         log.model = Some(upload.model.as_str().into());
         log.admission = Some(state.admitter.admit(&AdmitRequest {
             operation,
@@ -71,13 +76,21 @@ pub async fn upload(
     upstream
         .headers_mut()
         .insert(header::CONTENT_TYPE, body.content_type);
+    let request_id = log.request_id().to_owned();
     let sending = send(upstream, &endpoint, BodyStream::new(body.stream), &mut log);
     // The request timeout runs from the moment the whole body is sent.
+    // An upstream that stops reading the body for that long fails at once (the producer's
+    // bound).
     let answered = async {
-        if body.sent.await.is_ok() {
-            tokio::time::sleep(endpoint.request_timeout).await;
-        } else {
-            std::future::pending::<()>().await;
+        match body.sent.await {
+            Ok(Ok(())) => tokio::time::sleep(endpoint.request_timeout).await,
+            Ok(Err(UpstreamStalled)) => tracing::warn!(
+                request_id,
+                member = %endpoint.identity(),
+                timeout_s = endpoint.request_timeout.as_secs_f64(),
+                "the upstream stopped reading the upload"
+            ),
+            Err(_) => std::future::pending::<()>().await,
         }
     };
     let sent = tokio::select! {
@@ -123,7 +136,7 @@ pub async fn upload(
             actix_web::ResponseError::error_response(&error)
         }
     };
-    attempt_headers(&mut response, 1, &endpoint);
+    attempt_headers(&mut response, 1, &endpoint, state.upstream_header);
     response
 }
 

@@ -32,12 +32,25 @@ use crate::upstream::UpstreamClients;
 
 pub const X_LLMUX_ATTEMPTS: HeaderName = HeaderName::from_static("x-llmux-attempts");
 pub const X_LLMUX_UPSTREAM: HeaderName = HeaderName::from_static("x-llmux-upstream");
+/// Honoured by the OpenAI SDKs: `false` stops their own retries (issue 20: llmux's 3 attempts
+/// times the SDK's 3 made 9 upstream calls).
+pub const X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
 
 /// First backoff ceiling; doubles every retry up to `BACKOFF_CAP`.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(2);
 /// The most of a retried error answer's body read to keep its connection; the rest is dropped.
 const DISCARD_LIMIT: usize = 1024 * 1024;
+
+/// What `x-llmux-upstream` shows (`--upstream-header`): nothing by default, since the upstream
+/// identity maps the private topology for any client (issue 20); `name` shows the member as
+/// `provider/target_model`, never its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum UpstreamHeader {
+    #[default]
+    Off,
+    Name,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -110,7 +123,7 @@ pub async fn forward_with_retries(
     let sticky = outbound.routed.sticky;
     let mut index = sticky.unwrap_or_else(|| pool.select());
     let first = &pool.members()[index];
-    let deadline = Instant::now() + first.request_timeout;
+    let deadline = later_by(Instant::now(), first.request_timeout);
     let max_retries = first.max_retries;
     let mut attempt: u32 = 1;
     loop {
@@ -145,7 +158,8 @@ pub async fn forward_with_retries(
         let error = result.as_ref().err().map(ToString::to_string);
         if attempt > max_retries {
             tracing::warn!(request_id = log.request_id(), attempt, member = %member.identity(), outcome, error, "upstream attempt failed; no retries left");
-            return finish(result, &member, attempt, log, Some(answer), state).await;
+            let response = finish(result, &member, attempt, log, Some(answer), state).await;
+            return gave_up(response, attempt);
         }
         let next = match sticky {
             Some(sticky) => sticky,
@@ -160,10 +174,16 @@ pub async fn forward_with_retries(
             return finish(result, &member, attempt, log, Some(answer), state).await;
         }
         let wait = asked.unwrap_or_else(|| backoff(attempt));
-        if Instant::now() + wait >= deadline {
-            tracing::warn!(request_id = log.request_id(), attempt, member = %member.identity(), outcome, error, wait_ms = wait.as_millis() as u64, "upstream attempt failed; no time left to retry");
-            return finish(result, &member, attempt, log, Some(answer), state).await;
-        }
+        // Checked: the wait comes from the upstream (issue 20: `Instant + Duration` panics on
+        // overflow).
+        let wake = Instant::now()
+            .checked_add(wait)
+            .filter(|wake| *wake < deadline);
+        let Some(wake) = wake else {
+            tracing::warn!(request_id = log.request_id(), attempt, member = %member.identity(), outcome, error, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "upstream attempt failed; no time left to retry");
+            let response = finish(result, &member, attempt, log, Some(answer), state).await;
+            return gave_up(response, attempt);
+        };
         tracing::warn!(request_id = log.request_id(), attempt, member = %member.identity(), outcome, error, wait_ms = wait.as_millis() as u64, next = %pool.members()[next].identity(), "upstream attempt failed; retrying");
         if let Some(metrics) = &log.metrics {
             match &result {
@@ -174,10 +194,29 @@ pub async fn forward_with_retries(
         if let Ok(response) = result {
             discard(response, deadline).await;
         }
-        tokio::time::sleep_until(Instant::now() + wait).await;
+        tokio::time::sleep_until(wake).await;
         index = next;
         attempt += 1;
     }
+}
+
+/// `start + duration`, or a time too far to ever be reached when that overflows.
+fn later_by(start: Instant, duration: Duration) -> Instant {
+    start
+        .checked_add(duration)
+        .unwrap_or_else(|| start + Duration::from_secs(86_400 * 365))
+}
+
+/// The answer once llmux retried a failure and gave up: `x-should-retry: false`, so the client's
+/// SDK does not multiply the attempts llmux already made. A first attempt that was not retried
+/// (`max_retries: 0`) leaves the client's retries alone.
+fn gave_up(mut response: HttpResponse, attempts: u32) -> HttpResponse {
+    if attempts > 1 {
+        response
+            .headers_mut()
+            .insert(X_SHOULD_RETRY, HeaderValue::from_static("false"));
+    }
+    response
 }
 
 fn describe(result: &Result<UpstreamResponse, ApiError>) -> String {
@@ -236,7 +275,7 @@ async fn finish(
             error.error_response()
         }
     };
-    attempt_headers(&mut response, attempts, member);
+    attempt_headers(&mut response, attempts, member, state.upstream_header);
     response
 }
 
@@ -273,11 +312,20 @@ async fn respond_with(
     response
 }
 
-/// `x-llmux-attempts` and `x-llmux-upstream` on every forwarded request's answer.
-pub fn attempt_headers(response: &mut HttpResponse, attempts: u32, member: &Endpoint) {
+/// `x-llmux-attempts` on every forwarded request's answer, and `x-llmux-upstream` when `shown`.
+pub fn attempt_headers(
+    response: &mut HttpResponse,
+    attempts: u32,
+    member: &Endpoint,
+    shown: UpstreamHeader,
+) {
     let headers = response.headers_mut();
     headers.insert(X_LLMUX_ATTEMPTS, HeaderValue::from(attempts));
-    headers.insert(X_LLMUX_UPSTREAM, member.identity.clone());
+    // An upstream's own header of that name would tell what llmux does not.
+    headers.remove(X_LLMUX_UPSTREAM);
+    if shown == UpstreamHeader::Name {
+        headers.insert(X_LLMUX_UPSTREAM, member.public_identity());
+    }
 }
 
 /// Reads a retried answer's body to its end (bounded in size and time) so its connection can
@@ -309,13 +357,13 @@ pub fn requested_wait(status: StatusCode, headers: &HeaderMap) -> Option<Duratio
             .map(str::trim)
     };
     if let Some(millis) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        if let Ok(wait) = Duration::try_from_secs_f64(millis / 1000.0) {
+        if let Some(wait) = seconds(millis / 1000.0) {
             return Some(wait);
         }
     }
     if let Some(value) = text("retry-after") {
-        if let Ok(seconds) = value.parse::<f64>() {
-            return Duration::try_from_secs_f64(seconds).ok();
+        if let Ok(number) = value.parse::<f64>() {
+            return seconds(number);
         }
         if let Ok(date) = value.parse::<HttpDate>() {
             let at: SystemTime = date.into();
@@ -335,12 +383,23 @@ pub fn requested_wait(status: StatusCode, headers: &HeaderMap) -> Option<Duratio
         .max()
 }
 
+/// A number of seconds an upstream asked for, saturated: a wait too long for `Duration`
+/// (`Retry-After: 1e20`) is the longest wait, which no `--max-retry-wait` allows, so the answer
+/// goes back to the client (issue 20: it was dropped and llmux retried at once). Negative waits
+/// are no wait; NaN is no answer.
+fn seconds(number: f64) -> Option<Duration> {
+    if number.is_nan() {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(number.max(0.0)).unwrap_or(Duration::MAX))
+}
+
 /// A Go-style duration as OpenAI writes rate-limit resets (`1s`, `6m0s`, `1h2m3.5s`, `20ms`), or
 /// plain seconds.
 fn parse_reset(text: &str) -> Option<Duration> {
     let text = text.trim();
-    if let Ok(seconds) = text.parse::<f64>() {
-        return Duration::try_from_secs_f64(seconds).ok();
+    if let Ok(number) = text.parse::<f64>() {
+        return seconds(number);
     }
     let mut total = 0.0f64;
     let mut rest = text;
@@ -361,7 +420,7 @@ fn parse_reset(text: &str) -> Option<Duration> {
         total += number * scale;
         rest = &rest[unit_end..];
     }
-    Duration::try_from_secs_f64(total).ok()
+    seconds(total)
 }
 
 #[cfg(test)]
@@ -415,6 +474,15 @@ mod tests {
         // On other statuses the rate-limit resets say nothing about this failure.
         check(500, &[("x-ratelimit-reset-tokens", "6m0s")], None);
         check(429, &[("retry-after", "soon")], None);
+        // Issue 20: waits too long for a `Duration` saturate (and so exceed any allowed wait).
+        check(429, &[("retry-after", "1e20")], Some(Duration::MAX));
+        check(429, &[("retry-after-ms", "1e300")], Some(Duration::MAX));
+        check(
+            429,
+            &[("x-ratelimit-reset-tokens", "99999999999999999999h")],
+            Some(Duration::MAX),
+        );
+        check(429, &[("retry-after", "-5")], Some(Duration::ZERO));
         check(429, &[], None);
         let in_a_minute = HttpDate::from(SystemTime::now() + secs(60)).to_string();
         let mut map = HeaderMap::new();

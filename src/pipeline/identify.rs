@@ -217,4 +217,93 @@ mod tests {
         check_error("{\"model\": \"a\", \"model\": \"b\"}", "duplicate");
         check_error("{\"model\": \"a\"} trailing", "parse");
     }
+
+    mod properties {
+        use super::*;
+        use crate::proxy::json::splice;
+        use bytes::Bytes;
+        use proptest::prelude::*;
+
+        /// A JSON value as text: strings with any characters (escaped by serde), numbers,
+        /// literals, arrays and objects, a few levels deep.
+        fn value() -> impl Strategy<Value = String> {
+            let leaf = prop_oneof![
+                any::<String>().prop_map(|s| serde_json::to_string(&s).unwrap()),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(|f| f.to_string()),
+                Just("true".to_owned()),
+                Just("null".to_owned()),
+            ];
+            leaf.prop_recursive(3, 16, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4)
+                        .prop_map(|items| format!("[{}]", items.join(", "))),
+                    prop::collection::vec(("[a-z]{1,3}", inner), 0..3).prop_map(|members| {
+                        let members: Vec<String> = members
+                            .iter()
+                            .map(|(k, v)| format!("\"{k}\":{v}"))
+                            .collect();
+                        format!("{{{}}}", members.join(","))
+                    }),
+                ]
+            })
+        }
+
+        /// A request body: other members around a string `model`, with any whitespace.
+        fn body() -> impl Strategy<Value = (String, String)> {
+            (
+                prop::collection::vec(("[a-z_]{1,12}", value()), 0..5),
+                any::<String>().prop_filter("a model", |m| !m.is_empty()),
+                any::<prop::sample::Index>(),
+                prop::sample::select(vec!["", " ", "\n  ", "\t"]),
+            )
+                .prop_map(|(others, model, at, space)| {
+                    let mut members: Vec<String> = others
+                        .into_iter()
+                        .filter(|(key, _)| {
+                            key != "model"
+                                && key != "stream"
+                                && key != "stream_options"
+                                && key != "previous_response_id"
+                        })
+                        .map(|(key, value)| format!("{space}\"{key}\"{space}:{space}{value}"))
+                        .collect();
+                    let model_json = serde_json::to_string(&model).unwrap();
+                    let at = at.index(members.len() + 1);
+                    members.insert(at, format!("{space}\"model\"{space}:{space}{model_json}"));
+                    (format!("{{{}{space}}}", members.join(",")), model)
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// Issue 20: the probe finds the model wherever it is, and splicing a new model at
+            /// its span keeps every other byte of the body.
+            #[test]
+            fn splicing_the_probed_model_keeps_every_other_byte(
+                (text, model) in body(),
+                replacement in any::<String>().prop_filter("a model", |m| !m.is_empty()),
+            ) {
+                let body = Bytes::from(text);
+                let identity = identify(&body).unwrap();
+                prop_assert_eq!(identity.model.as_ref(), model.as_str());
+                let span = identity.model_span.clone();
+                let new = serde_json::to_string(&replacement).unwrap();
+                let out = splice(&body, span.clone(), &new);
+                prop_assert_eq!(&out[..span.start], &body[..span.start]);
+                prop_assert_eq!(&out[span.start..span.start + new.len()], new.as_bytes());
+                prop_assert_eq!(&out[span.start + new.len()..], &body[span.end..]);
+                let again = identify(&out).unwrap();
+                prop_assert_eq!(again.model.as_ref(), replacement.as_str());
+            }
+
+            /// The probe never panics, whatever the bytes.
+            #[test]
+            fn the_probe_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+                let _ = identify(&bytes);
+            }
+        }
+    }
 }

@@ -62,7 +62,14 @@ async fn prepare(
     state: &AppState,
     log: &mut AccessLog,
 ) -> Result<Outbound, ApiError> {
-    let body = read::json_body(request, payload, state.max_body_bytes).await?;
+    read::refuse_upgrade(request, operation)?;
+    let body = read::json_body(
+        request,
+        payload,
+        state.max_body_bytes,
+        state.client_body_timeout,
+    )
+    .await?;
     let identity = match operation {
         Operation::RealtimeClientSecrets => identify_session_model(&body)?,
         _ => identify(&body)?,
@@ -128,7 +135,13 @@ pub async fn forward_raw(
 ) -> HttpResponse {
     let mut log = AccessLog::of_request(&request, operation, &state.metrics);
     let prepared = async {
-        let body = read::json_body(&request, payload, state.max_body_bytes).await?;
+        let body = read::json_body(
+            &request,
+            payload,
+            state.max_body_bytes,
+            state.client_body_timeout,
+        )
+        .await?;
         let model = model_of_query(request.query_string())?;
         log.model = Some(model.as_str().into());
         log.admission = Some(state.admitter.admit(&AdmitRequest {
@@ -157,7 +170,7 @@ pub async fn forward_raw(
     let mut response = forward(&client, &request, &endpoint, uri, body, log)
         .await
         .unwrap_or_else(|error| actix_web::ResponseError::error_response(&error));
-    attempt::attempt_headers(&mut response, 1, &endpoint);
+    attempt::attempt_headers(&mut response, 1, &endpoint, state.upstream_header);
     response
 }
 
@@ -235,6 +248,6 @@ pub async fn forward_by_response_id(
     if operation == Operation::ResponsesDelete && response.status().is_success() {
         state.responses.forget(&id);
     }
-    attempt::attempt_headers(&mut response, 1, &endpoint);
+    attempt::attempt_headers(&mut response, 1, &endpoint, state.upstream_header);
     response
 }

@@ -1,19 +1,44 @@
 //! read: the request body, bounded. JSON bodies are read whole up to `--max-body-bytes` (413
 //! before reading when `Content-Length` announces more); multipart bodies are streamed by
-//! `proxy::multipart`, which reads only up to the `model` field before routing.
+//! `proxy::multipart`, which reads only up to the `model` field before routing. A client silent
+//! mid-body for `--client-body-timeout` gets a 408 (issue 20: a stalled body kept the request
+//! open indefinitely).
+use std::time::Duration;
+
 use actix_web::http::header;
 use actix_web::{web, HttpRequest};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use crate::errors::ApiError;
+use crate::pipeline::operation::Operation;
+
+/// Refuses a protocol upgrade (WebSocket) on an endpoint that takes a body: the body of such a
+/// request is the upgraded stream, which never ends, so reading it waited forever (issue 20:
+/// no answer at all). Answered at once, before any body is read.
+pub fn refuse_upgrade(request: &HttpRequest, operation: Operation) -> Result<(), ApiError> {
+    // actix reads the body of a request with `Upgrade: websocket` as the upgraded stream; other
+    // upgrades (`h2c`) keep their body and are served as plain HTTP/1.1.
+    let websocket = request
+        .headers()
+        .get_all(header::UPGRADE)
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.trim().eq_ignore_ascii_case("websocket"));
+    match websocket {
+        true => Err(ApiError::UpgradeNotSupported {
+            path: operation.path(),
+        }),
+        false => Ok(()),
+    }
+}
 
 /// Reads the whole body, refusing anything over `limit` bytes before reading it when the client
-/// announced its length.
+/// announced its length, and a client silent for `idle_timeout` between chunks.
 pub async fn json_body(
     request: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
+    idle_timeout: Duration,
 ) -> Result<Bytes, ApiError> {
     let announced = request
         .headers()
@@ -24,7 +49,14 @@ pub async fn json_body(
         return Err(ApiError::PayloadTooLarge { limit });
     }
     let mut body = BytesMut::with_capacity(announced.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let next = tokio::time::timeout(idle_timeout, payload.next()).await;
+        let Some(chunk) = next.map_err(|_| ApiError::ClientBodyTimeout {
+            timeout: idle_timeout,
+        })?
+        else {
+            break;
+        };
         let chunk = chunk.map_err(|e| ApiError::BadPayload(e.to_string()))?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::PayloadTooLarge { limit });

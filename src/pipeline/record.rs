@@ -13,7 +13,7 @@ use crate::proxy::headers::request_id;
 
 use super::admit::Admission;
 use super::operation::Operation;
-use crate::errors::ApiError;
+use crate::errors::{echo, ApiError};
 use crate::metrics::{Metrics, RequestRecord};
 use crate::proxy::usage::{Usage, UsageReader};
 use crate::realtime::relay::SessionSummary;
@@ -167,7 +167,8 @@ impl Drop for AccessLog {
             request_id = self.request_id(),
             method = self.method,
             path = self.path,
-            model = self.model.as_deref().unwrap_or(""),
+            // Cut: the model name is the client's text.
+            model = &*echo(self.model.as_deref().unwrap_or("")),
             provider = endpoint.map_or("", |e| &*e.provider),
             target_model = endpoint.map_or("", |e| &*e.target_model_name),
             upstream_host = endpoint.map_or("", |e| &*e.upstream_host),

@@ -102,10 +102,26 @@ pub fn by_response_id(
     owners: &ResponseOwners,
     id: &str,
 ) -> Result<Arc<Endpoint>, ApiError> {
+    if !is_plain_path_segment(id) {
+        return Err(ApiError::invalid_request(
+            "A response id is a plain URL path segment: up to 256 letters, digits, `-`, `_`, `.` or `~`, and neither `.` nor `..`.",
+            None,
+        ));
+    }
     let remembered = owners
         .creator(id)
         .ok_or_else(|| ApiError::UnknownResponse { id: id.to_owned() })?;
     Ok(current(table, &remembered))
+}
+
+/// Whether `id` (decoded from the URL) goes back into an upstream URL path as one segment, as
+/// it is (issue 20: `.` and `..` reached the upstream as `/v1/responses/..`).
+pub fn is_plain_path_segment(id: &str) -> bool {
+    !matches!(id, "" | "." | "..")
+        && id.len() <= 256
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
 }
 
 /// The response tap that remembers which endpoint created the response a successful Responses
@@ -136,5 +152,31 @@ pub fn upstream_uri(member: &Endpoint, path: Option<&str>) -> Result<Uri, ApiErr
         Some(path) => member
             .uri_for(path)
             .map_err(|e| ApiError::Internal(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_ids_that_are_not_plain_path_segments_are_refused() {
+        for id in ["resp_1", "resp-abc.def~2", "a..b"] {
+            assert!(is_plain_path_segment(id), "{id}");
+        }
+        let long = "a".repeat(257);
+        for id in [
+            "",
+            ".",
+            "..",
+            "../admin",
+            "a/b",
+            "a%2Fb",
+            "a b",
+            "é",
+            long.as_str(),
+        ] {
+            assert!(!is_plain_path_segment(id), "{id}");
+        }
     }
 }

@@ -8,8 +8,10 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use awc::error::{ConnectError, SendRequestError};
 use bytes::Bytes;
 
+use super::decode::{Coding, Decoded};
 use super::headers::{copy_request_headers, copy_response_headers, X_REQUEST_ID};
 use super::stream::ResponseStream;
+use super::usage::UsageReader;
 use crate::errors::ApiError;
 use crate::pipeline::record::{AccessLog, Outcome};
 use crate::routing::endpoint::Endpoint;
@@ -87,15 +89,13 @@ pub async fn attempt(
     log: &AccessLog,
     timeout: std::time::Duration,
 ) -> Result<UpstreamResponse, ApiError> {
+    // The budget may be shorter than the endpoint's timeout when retries used part of it; the
+    // 504 still names the configured `request_timeout` (issue 20: "within 0.999997212s").
     let upstream = upstream_request(client, request, endpoint, uri, log).timeout(timeout);
-    upstream.send_body(body).await.map_err(|error| {
-        let mut error = upstream_error(endpoint, error);
-        // The budget may be shorter than the endpoint's timeout when retries used part of it.
-        if let ApiError::UpstreamTimeout { timeout: t, .. } = &mut error {
-            *t = timeout;
-        }
-        error
-    })
+    upstream
+        .send_body(body)
+        .await
+        .map_err(|error| upstream_error(endpoint, error))
 }
 
 /// The upstream's answer as the client's response, its body streamed through as it arrives.
@@ -121,10 +121,37 @@ pub fn respond(
             .and_then(|v| v.parse::<u64>().ok()),
     };
     log.stream = event_stream;
-    let body = ResponseStream::new(response.take_payload(), endpoint.request_timeout, log);
-    match length {
-        Some(length) => builder.body(SizedStream::new(length, body)),
-        None => builder.streaming(body),
+    // llmux removes the usage event it asked for: it must read the stream, so an encoded one is
+    // decoded and goes out as identity.
+    let strips = log
+        .usage
+        .as_ref()
+        .is_some_and(UsageReader::strips_usage_event);
+    let coding = response.headers().get(header::CONTENT_ENCODING);
+    let decode = match (event_stream && strips, coding) {
+        (true, Some(value)) => match Coding::of(value) {
+            Some(coding) => Some(coding),
+            None => {
+                tracing::warn!(request_id = log.request_id(), provider = %endpoint.provider, encoding = ?value, "the upstream encoded a stream llmux cannot decode although asked for identity; llmux's usage event reaches the client");
+                None
+            }
+        },
+        _ => None,
+    };
+    let timeout = endpoint.request_timeout;
+    let payload = response.take_payload();
+    match (decode, length) {
+        (Some(coding), _) => {
+            let body = ResponseStream::new(Decoded::new(payload, coding), timeout, log);
+            let mut response = builder.streaming(body);
+            response.headers_mut().remove(header::CONTENT_ENCODING);
+            response
+        }
+        (None, Some(length)) => {
+            let body = ResponseStream::new(payload, timeout, log);
+            builder.body(SizedStream::new(length, body))
+        }
+        (None, None) => builder.streaming(ResponseStream::new(payload, timeout, log)),
     }
 }
 

@@ -2,6 +2,9 @@
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The provider's own request id, kept for support tickets with the provider (llmux's request
+/// id takes `x-request-id`).
+pub static X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
 
 /// Request headers a client sends that never reach the upstream. Credentials (the client's
 /// Authorization is for llmux, not for the provider), connection management, and headers llmux
@@ -28,8 +31,11 @@ const DROPPED_REQUEST: &[&str] = &[
     "x-request-id",
 ];
 
-/// Response headers that describe the upstream connection, not the answer.
+/// Response headers that describe the upstream connection, not the answer, and `server`, which
+/// maps the private topology for anyone (issue 20). The upstream's `x-request-id` is renamed, not
+/// dropped (`copy_response_headers`).
 const DROPPED_RESPONSE: &[&str] = &[
+    "server",
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -73,9 +79,13 @@ pub fn keep_response_header(headers: &HeaderMap, name: &HeaderName) -> bool {
     !DROPPED_RESPONSE.contains(&name.as_str()) && !named_by_connection(headers, name)
 }
 
-/// Copies the upstream response headers that go back to the client.
+/// Copies the upstream response headers that go back to the client; the upstream's
+/// `x-request-id` becomes `x-upstream-request-id`.
 pub fn copy_response_headers(from: &HeaderMap, to: &mut actix_web::HttpResponseBuilder) {
     let has_connection = from.contains_key(header::CONNECTION);
+    if let Some(id) = from.get(&X_REQUEST_ID) {
+        to.insert_header((X_UPSTREAM_REQUEST_ID.clone(), id.clone()));
+    }
     for (name, value) in from.iter() {
         let kept = match has_connection {
             true => keep_response_header(from, name),
@@ -164,6 +174,27 @@ mod tests {
             .collect();
         kept.sort_unstable();
         assert_eq!(kept, ["content-type", "x-ratelimit-remaining-requests"]);
+    }
+
+    #[test]
+    fn the_upstream_server_header_stays_behind_and_its_request_id_is_renamed() {
+        // Issue 20: `server` mapped the topology; the provider's request id was lost.
+        let from = map(&[
+            ("server", "uvicorn"),
+            ("x-request-id", "req_provider_1"),
+            ("content-type", "application/json"),
+        ]);
+        let mut builder = actix_web::HttpResponse::Ok();
+        copy_response_headers(&from, &mut builder);
+        let response = builder.finish();
+        let headers = response.headers();
+        assert!(!headers.contains_key("server"));
+        assert!(!headers.contains_key("x-request-id"));
+        assert_eq!(
+            headers.get("x-upstream-request-id").unwrap(),
+            "req_provider_1"
+        );
+        assert_eq!(headers.get("content-type").unwrap(), "application/json");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The answers of every /v1/images/* request: a successful JSON answer is read whole, URLs of the
 //! upstream's image-data endpoint become this instance's, and (for `b64_json` endpoints whose
 //! client wants URLs) base64 images are cached and answered as URLs.
+use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::Arc;
 
 use actix_web::http::header;
@@ -8,10 +10,11 @@ use actix_web::{HttpResponse, ResponseError};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
-use serde_json::Value;
+use serde::Deserialize;
 
 use super::forward::{is_event_stream, respond, UpstreamResponse};
 use super::headers::copy_response_headers;
+use super::json::{apply, elements, find, members};
 use super::rewrite::ImagesAnswer;
 use crate::errors::ApiError;
 use crate::images::{image_url, ImageCache, IMAGE_DATA_PATH};
@@ -62,7 +65,7 @@ pub async fn answer(
         _ => None,
     };
     let model = &endpoint.exposed_model;
-    let body = rewrite_images(&body, base_url, model, cache).map_or(body, Bytes::from);
+    let body = rewrite_images(&body, base_url, model, cache).unwrap_or(body);
     let mut builder = HttpResponse::build(status);
     copy_response_headers(response.headers(), &mut builder);
     log.first_byte = Some(log.started.elapsed());
@@ -74,46 +77,77 @@ pub async fn answer(
 /// Rewrites the `data[]` of an images answer: URLs `{base_url}/v1/images/data/{id}` become
 /// `{base_url}/v1/images/data/{model}/{id}`, and with a cache, `b64_json` images are stored and
 /// answered as URLs. `None` when nothing changed.
+///
+/// By span, like the request rewrites (issue 20: parsing the whole answer into a tree cost 4x a
+/// 106 MB answer): only the spans of `data[]`'s `url` and `b64_json` members are replaced, every
+/// other byte stays as the upstream sent it, and without a cache an answer that does not contain
+/// the upstream's image-data URL is not parsed at all.
 pub fn rewrite_images(
-    body: &[u8],
+    body: &Bytes,
     base_url: &str,
     model: &str,
     cache: Option<&ImageCache>,
-) -> Option<Vec<u8>> {
-    let mut answer: Value = serde_json::from_slice(body).ok()?;
+) -> Option<Bytes> {
     let prefix = format!("{base_url}/{IMAGE_DATA_PATH}/");
-    let mut changed = false;
-    for image in answer.get_mut("data")?.as_array_mut()?.iter_mut() {
-        let Some(image) = image.as_object_mut() else {
+    if cache.is_none() && memchr::memmem::find(body, prefix.as_bytes()).is_none() {
+        return None;
+    }
+    let top = members(body, 0..body.len()).ok()?;
+    let data = find(&top, "data")?;
+    let mut edits: Vec<(Range<usize>, String)> = Vec::new();
+    for image in elements(body, data.value.clone()).ok()? {
+        if body.get(image.start) != Some(&b'{') {
+            continue;
+        }
+        let Ok(fields) = members(body, image) else {
             continue;
         };
-        let upstream_id = image
-            .get("url")
-            .and_then(Value::as_str)
-            .and_then(|url| url.strip_prefix(&prefix))
-            .filter(|id| !id.is_empty() && !id.contains('/'))
-            .map(str::to_owned);
-        if let Some(id) = upstream_id {
-            image.insert("url".into(), image_url(base_url, model, &id).into());
-            changed = true;
+        let url = find(&fields, "url");
+        let upstream_id = url
+            .and_then(|member| string_at(body, member.value.clone()))
+            .and_then(|url| url.strip_prefix(&prefix).map(str::to_owned))
+            .filter(|id| !id.is_empty() && !id.contains('/'));
+        if let (Some(id), Some(member)) = (upstream_id, url) {
+            edits.push((
+                member.value.clone(),
+                json_string(&image_url(base_url, model, &id)),
+            ));
         }
         let Some(cache) = cache else { continue };
-        let decoded = image
-            .get("b64_json")
-            .and_then(Value::as_str)
-            .and_then(|b64| STANDARD.decode(b64.trim()).ok());
+        // An image with both keeps its `b64_json`: replacing it would repeat `url`.
+        let Some(b64) = find(&fields, "b64_json").filter(|_| url.is_none()) else {
+            continue;
+        };
+        let decoded =
+            string_at(body, b64.value.clone()).and_then(|text| STANDARD.decode(text.trim()).ok());
         if let Some(id) = decoded.and_then(|bytes| cache.insert_new(model, Bytes::from(bytes))) {
-            image.remove("b64_json");
-            image.insert("url".into(), image_url(base_url, model, &id).into());
-            changed = true;
+            let url = json_string(&image_url(base_url, model, &id));
+            edits.push((b64.span.clone(), format!("\"url\":{url}")));
         }
     }
-    changed.then(|| serde_json::to_vec(&answer).ok()).flatten()
+    if edits.is_empty() {
+        return None;
+    }
+    Some(apply(body, edits))
+}
+
+/// The JSON string at `span` (borrowed when it has no escapes, as base64 never has).
+fn string_at(body: &[u8], span: Range<usize>) -> Option<Cow<'_, str>> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    serde_json::from_slice::<Text<'_>>(&body[span])
+        .ok()
+        .map(|text| text.0)
+}
+
+fn json_string(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use std::time::Duration;
 
     #[test]
@@ -125,7 +159,7 @@ mod tests {
             {"b64_json": STANDARD.encode(b"\x89PNG\r\n\x1a\nxx"), "revised_prompt": "p"}
         ]});
         let out = rewrite_images(
-            body.to_string().as_bytes(),
+            &Bytes::from(body.to_string()),
             "http://llmux:8000",
             "m",
             Some(&cache),
@@ -146,6 +180,35 @@ mod tests {
         assert_eq!(out["data"][2]["revised_prompt"], "p");
         let untouched =
             serde_json::json!({"data": [{"url": "https://elsewhere/x.png"}]}).to_string();
-        assert!(rewrite_images(untouched.as_bytes(), "http://llmux:8000", "m", None).is_none());
+        assert!(rewrite_images(&Bytes::from(untouched), "http://llmux:8000", "m", None).is_none());
+    }
+
+    #[test]
+    fn image_answers_are_rewritten_by_span_keeping_every_other_byte() {
+        // Issue 20: the answer was parsed into a tree and re-serialized.
+        let body = Bytes::from_static(
+            br#"{ "created" : 1.50, "data":[{"revised_prompt":"a \u0063at","url":"http://l/v1/images/data/abc"}], "z":0 }"#,
+        );
+        let out = rewrite_images(&body, "http://l", "m", None).unwrap();
+        assert_eq!(
+            &out[..],
+            br#"{ "created" : 1.50, "data":[{"revised_prompt":"a \u0063at","url":"http://l/v1/images/data/m/abc"}], "z":0 }"#
+        );
+        let cache = ImageCache::new(1024, Duration::from_secs(60));
+        let b64 = Bytes::from(format!(
+            r#"{{"data":[{{"b64_json": "{}", "n":1}}]}}"#,
+            STANDARD.encode(b"\x89PNG\r\n\x1a\nxx")
+        ));
+        let out = String::from_utf8(
+            rewrite_images(&b64, "http://l", "m", Some(&cache))
+                .unwrap()
+                .to_vec(),
+        )
+        .unwrap();
+        assert!(
+            out.starts_with(r#"{"data":[{"url":"http://l/v1/images/data/m/"#),
+            "{out}"
+        );
+        assert!(out.ends_with(r#"", "n":1}]}"#), "{out}");
     }
 }

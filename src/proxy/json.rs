@@ -63,6 +63,18 @@ pub fn members(body: &[u8], object: Range<usize>) -> Result<Vec<Member>, ApiErro
     Ok(out)
 }
 
+/// The spans of the elements of the array at `array` (a span of `body`), in order.
+pub fn elements(body: &[u8], array: Range<usize>) -> Result<Vec<Range<usize>>, ApiError> {
+    let raw: Vec<&RawValue> =
+        serde_json::from_slice(&body[array]).map_err(|source| ApiError::InvalidJson { source })?;
+    raw.into_iter()
+        .map(|element| {
+            span_of(body, element.get())
+                .ok_or_else(|| ApiError::Internal("element outside the body".into()))
+        })
+        .collect()
+}
+
 pub fn find<'m>(members: &'m [Member], key: &str) -> Option<&'m Member> {
     members.iter().find(|m| m.key == key)
 }

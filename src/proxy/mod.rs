@@ -1,9 +1,11 @@
 //! The toolkit the pipeline stages use: JSON bodies and their rewrites, multipart uploads, header
 //! hygiene, the upstream call, and the response stream with its taps.
 pub mod capture;
+pub mod decode;
 pub mod forward;
 pub mod headers;
 pub mod image_answer;
+pub mod interim;
 pub mod json;
 pub mod multipart;
 pub mod rewrite;

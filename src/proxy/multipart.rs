@@ -6,6 +6,7 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -32,6 +33,11 @@ const CHANNEL_CHUNKS: usize = 8;
 const MAX_TEXT_FIELD: usize = 4096;
 /// Read size when replaying a spool file.
 const REPLAY_CHUNK: usize = 256 * 1024;
+/// Most parts an upload may have: each part before `model` costs bookkeeping until the route is
+/// known (issue 20: 1M tiny parts cost +143 MB and 86 s). OpenAI's uploads have a few dozen.
+pub const MAX_PARTS: usize = 1000;
+/// Longest part name kept for `drop_params` while spooling (longer names are refused).
+const MAX_PART_NAME: usize = 256;
 
 /// An upload whose `model` has been read; the rest of the client's body is still streaming in.
 pub struct Upload {
@@ -40,6 +46,8 @@ pub struct Upload {
     boundary: String,
     spool: Spool,
     limit: u64,
+    /// Parts read so far, bounded by `MAX_PARTS`.
+    parts: usize,
 }
 
 /// The body of the upstream request.
@@ -48,9 +56,15 @@ pub struct UpstreamBody {
     pub content_type: HeaderValue,
     pub stream: Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>>>>,
     pub outcome: Rc<RefCell<UploadOutcome>>,
-    /// Resolves once the whole body was handed to the upstream connection.
-    pub sent: oneshot::Receiver<()>,
+    /// Resolves once the whole body was handed to the upstream connection, or with
+    /// `UpstreamStalled` when the upstream stopped reading it.
+    pub sent: oneshot::Receiver<Result<(), UpstreamStalled>>,
 }
+
+/// The upstream read nothing of the body for its `request_timeout` (issue 20: an upstream that
+/// accepts and never reads hung the upload past every bound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamStalled;
 
 /// What the body producer learned, read by the handler once the upstream answered.
 #[derive(Default)]
@@ -68,6 +82,7 @@ impl Upload {
         payload: web::Payload,
         limit: u64,
         idle_timeout: Duration,
+        spool_dir: &Path,
     ) -> Result<Self, ApiError> {
         let content_type = request
             .headers()
@@ -97,8 +112,9 @@ impl Upload {
             model: String::new(),
             multipart,
             boundary: format!("llmux-{}", new_id()),
-            spool: Spool::default(),
+            spool: Spool::new(spool_dir),
             limit,
+            parts: 0,
         };
         loop {
             let Some(mut field) = upload.next_field().await? else {
@@ -121,6 +137,12 @@ impl Upload {
                         .push(Item::ResponseFormat { head, value });
                 }
                 name => {
+                    if name.is_some_and(|name| name.len() > MAX_PART_NAME) {
+                        return Err(ApiError::invalid_request(
+                            format!("A part name is longer than {MAX_PART_NAME} bytes."),
+                            None,
+                        ));
+                    }
                     upload.spool.start_field(name);
                     upload
                         .spool
@@ -163,7 +185,10 @@ impl Upload {
             };
             match body.produce(self, &target_model).await {
                 Ok(()) => {
-                    let _ = sent.send(());
+                    let _ = sent.send(Ok(()));
+                }
+                Err(Stop::Stalled) => {
+                    let _ = sent.send(Err(UpstreamStalled));
                 }
                 Err(Stop::Client(error)) => {
                     let message = error.to_string();
@@ -183,10 +208,21 @@ impl Upload {
 
     async fn next_field(&mut self) -> Result<Option<Field<'static>>, ApiError> {
         let limit = self.limit;
-        self.multipart
+        let field = self
+            .multipart
             .next_field()
             .await
-            .map_err(|e| client_error(e, limit))
+            .map_err(|e| client_error(e, limit))?;
+        if field.is_some() {
+            self.parts += 1;
+            if self.parts > MAX_PARTS {
+                return Err(ApiError::invalid_request(
+                    format!("The multipart body has more than {MAX_PARTS} parts."),
+                    None,
+                ));
+            }
+        }
+        Ok(field)
     }
 }
 
@@ -195,6 +231,8 @@ enum Stop {
     Client(ApiError),
     /// The upstream request went away; nothing more to send.
     Closed,
+    /// The upstream took nothing for `request_timeout`.
+    Stalled,
 }
 
 impl From<ApiError> for Stop {
@@ -310,18 +348,26 @@ impl Producer {
         self.send(Bytes::from(format!("{sent}\r\n"))).await
     }
 
+    /// Hands `chunk` to the upstream connection. The channel is full only while the upstream
+    /// does not read: waiting longer than the endpoint's `request_timeout` for room stops the
+    /// upload.
     async fn send(&mut self, chunk: Bytes) -> Result<(), Stop> {
-        self.sender.send(Ok(chunk)).await.map_err(|_| Stop::Closed)
+        let timeout = self.endpoint.request_timeout;
+        match tokio::time::timeout(timeout, self.sender.send(Ok(chunk))).await {
+            Ok(sent) => sent.map_err(|_| Stop::Closed),
+            Err(_) => Err(Stop::Stalled),
+        }
     }
 }
 
 /// Parts before `model`, in the order they came: rendered bytes (in memory, then in a temp file
-/// that is deleted when closed) and `response_format` values kept apart so they can be rewritten.
-#[derive(Default)]
+/// in `--spool-dir` that is deleted when closed) and `response_format` values kept apart so they
+/// can be rewritten.
 struct Spool {
     items: Vec<Item>,
     memory: BytesMut,
     file: Option<File>,
+    dir: PathBuf,
 }
 
 enum Item {
@@ -337,6 +383,15 @@ enum Item {
 }
 
 impl Spool {
+    fn new(dir: &Path) -> Self {
+        Self {
+            items: Vec::new(),
+            memory: BytesMut::new(),
+            file: None,
+            dir: dir.to_owned(),
+        }
+    }
+
     /// Starts a field: what `write` adds until the next one belongs to it.
     fn start_field(&mut self, name: Option<&str>) {
         self.items.push(Item::Raw {
@@ -361,25 +416,39 @@ impl Spool {
             Some(file) => file,
             None => {
                 // Anonymous: the OS removes it when the last handle closes, whatever happens.
-                let file = tempfile::tempfile()
-                    .map_err(|e| ApiError::Internal(format!("cannot create a spool file: {e}")))?;
+                let file = tempfile::tempfile_in(&self.dir)
+                    .map_err(|error| spool_failed(&self.dir, "create", &error))?;
                 let memory = std::mem::take(&mut self.memory).freeze();
-                write_chunk(file, memory).await?
+                write_chunk(file, memory, &self.dir).await?
             }
         };
-        self.file = Some(write_chunk(file, chunk).await?);
+        self.file = Some(write_chunk(file, chunk, &self.dir).await?);
         Ok(())
     }
 }
 
-async fn write_chunk(file: File, chunk: Bytes) -> Result<File, ApiError> {
+/// A spool file that cannot be made or written is the operator's to fix, not the client's: an
+/// error line says what to do (issue 20: a read-only `/tmp` was only an access-log line); the
+/// client gets a 500 without the path.
+fn spool_failed(dir: &Path, doing: &str, error: &std::io::Error) -> ApiError {
+    tracing::error!(
+        spool_dir = %dir.display(),
+        %error,
+        "cannot {doing} an upload spool file: make --spool-dir (LLMUX_SPOOL_DIR) a writable directory with free space (in Kubernetes, an emptyDir volume); uploads whose file part comes before `model` fail until then"
+    );
+    ApiError::Internal(
+        "This server could not store the upload's parts before `model` (its log says why). Sending `model` first avoids storing them.".into(),
+    )
+}
+
+async fn write_chunk(file: File, chunk: Bytes, dir: &Path) -> Result<File, ApiError> {
     web::block(move || {
         let mut file = file;
         file.write_all(&chunk).map(|()| file)
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Internal(format!("cannot write the spool file: {e}")))
+    .map_err(|error| spool_failed(dir, "write", &error))
 }
 
 /// Reads up to `length` bytes (at most one replay chunk) from the spool file.
@@ -411,10 +480,7 @@ fn pump(
                 Ok(Some(chunk)) => chunk.map_err(|e| std::io::Error::other(e.to_string())),
                 Err(_) => Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    format!(
-                        "the client sent nothing for {}s",
-                        idle_timeout.as_secs_f64()
-                    ),
+                    ClientSilent(idle_timeout),
                 )),
             };
             let failed = chunk.is_err();
@@ -425,6 +491,11 @@ fn pump(
     });
     receive(receiver)
 }
+
+/// The pump's error when the client went silent: `client_error` makes it a 408.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent nothing for {}s", .0.as_secs_f64())]
+struct ClientSilent(Duration);
 
 fn receive<T: Send + 'static>(
     receiver: mpsc::Receiver<T>,
@@ -507,7 +578,16 @@ fn client_error(error: multer::Error, limit: u64) -> ApiError {
         multer::Error::StreamSizeExceeded { .. } | multer::Error::FieldSizeExceeded { .. } => {
             too_large(limit)
         }
-        multer::Error::StreamReadFailed(error) => ApiError::BadPayload(error.to_string()),
+        multer::Error::StreamReadFailed(error) => {
+            let silent = error
+                .downcast_ref::<std::io::Error>()
+                .and_then(|error| error.get_ref())
+                .and_then(|inner| inner.downcast_ref::<ClientSilent>());
+            match silent {
+                Some(ClientSilent(timeout)) => ApiError::ClientBodyTimeout { timeout: *timeout },
+                None => ApiError::BadPayload(error.to_string()),
+            }
+        }
         other => {
             ApiError::invalid_request(format!("The multipart body is malformed: {other}."), None)
         }
@@ -534,5 +614,144 @@ mod tests {
             .contains("Content-Disposition: form-data; name=\"file\"; filename=\"a b.wav\"\r\n"));
         assert!(text.contains("Content-Type: audio/wav\r\n"));
         assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    mod properties {
+        use super::*;
+        use crate::routing::endpoint::tests::endpoint;
+        use actix_web::FromRequest;
+        use proptest::prelude::*;
+
+        const BOUNDARY: &str = "prop-boundary-5f3a9c2e1b7d4086";
+
+        /// (name, file name, content) of each part, `model` included.
+        type Parts = Vec<(String, Option<String>, Vec<u8>)>;
+
+        fn render(parts: &Parts) -> Vec<u8> {
+            let mut body = Vec::new();
+            for (name, file_name, content) in parts {
+                body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+                let disposition = match file_name {
+                    Some(file) => format!("form-data; name=\"{name}\"; filename=\"{file}\""),
+                    None => format!("form-data; name=\"{name}\""),
+                };
+                body.extend_from_slice(
+                    format!("Content-Disposition: {disposition}\r\n\r\n").as_bytes(),
+                );
+                body.extend_from_slice(content);
+                body.extend_from_slice(b"\r\n");
+            }
+            body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+            body
+        }
+
+        /// Runs the rewriter on `chunks` and parses what the upstream would get.
+        fn rewrite(chunks: Vec<Bytes>) -> Result<Parts, String> {
+            actix_web::rt::System::new().block_on(async move {
+                let (request, _) = actix_web::test::TestRequest::default()
+                    .insert_header((
+                        header::CONTENT_TYPE,
+                        format!("multipart/form-data; boundary={BOUNDARY}"),
+                    ))
+                    .to_http_parts();
+                let stream = futures_util::stream::iter(
+                    chunks
+                        .into_iter()
+                        .map(Ok::<_, actix_web::error::PayloadError>),
+                );
+                let boxed: actix_http::BoxedPayloadStream = Box::pin(stream);
+                let mut payload = actix_web::dev::Payload::from(boxed);
+                let payload = web::Payload::from_request(&request, &mut payload)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let upload = Upload::start(
+                    &request,
+                    payload,
+                    1 << 24,
+                    Duration::from_secs(5),
+                    &std::env::temp_dir(),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                let endpoint = Arc::new(endpoint(
+                    "f.json",
+                    "m",
+                    "v1/audio/transcriptions",
+                    "target-m",
+                ));
+                let body = upload.into_body(&endpoint);
+                let boundary = body
+                    .content_type
+                    .to_str()
+                    .ok()
+                    .and_then(|v| multer::parse_boundary(v).ok())
+                    .ok_or("no boundary")?;
+                let sent: Vec<Result<Bytes, std::io::Error>> = body.stream.collect().await;
+                let mut parsed = Multipart::new(futures_util::stream::iter(sent), boundary);
+                let mut parts = Vec::new();
+                while let Some(field) = parsed.next_field().await.map_err(|e| e.to_string())? {
+                    let name = field.name().unwrap_or("").to_owned();
+                    let file_name = field.file_name().map(str::to_owned);
+                    let content = field.bytes().await.map_err(|e| e.to_string())?;
+                    parts.push((name, file_name, content.to_vec()));
+                }
+                Ok(parts)
+            })
+        }
+
+        fn parts() -> impl Strategy<Value = Parts> {
+            let part = (
+                prop::sample::select(vec![
+                    "file",
+                    "prompt",
+                    "language",
+                    "timestamp_granularities[]",
+                ]),
+                prop::option::of("[a-z]{1,8}\\.wav"),
+                prop::collection::vec(any::<u8>(), 0..3000),
+            )
+                .prop_map(|(name, file, content)| (name.to_owned(), file, content));
+            (
+                prop::collection::vec(part, 0..4),
+                any::<prop::sample::Index>(),
+            )
+                .prop_map(|(mut parts, at)| {
+                    let at = at.index(parts.len() + 1);
+                    parts.insert(at, ("model".into(), None, b"m".to_vec()));
+                    parts
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+            /// Issue 20: every part reaches the upstream as sent (only `model` becomes the
+            /// target), however the client's body is split into chunks.
+            #[test]
+            fn parts_survive_any_split_of_the_input(
+                parts in parts(),
+                cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+            ) {
+                let body = render(&parts);
+                let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(body.len() + 1)).collect();
+                cuts.sort_unstable();
+                let mut chunks = Vec::new();
+                let mut from = 0;
+                for cut in cuts {
+                    chunks.push(Bytes::copy_from_slice(&body[from..cut]));
+                    from = cut;
+                }
+                chunks.push(Bytes::copy_from_slice(&body[from..]));
+                let received = rewrite(chunks).map_err(TestCaseError::fail)?;
+                let expected: Parts = parts
+                    .into_iter()
+                    .map(|(name, file, content)| match name.as_str() {
+                        "model" => (name, file, b"target-m".to_vec()),
+                        _ => (name, file, content),
+                    })
+                    .collect();
+                prop_assert_eq!(received, expected);
+            }
+        }
     }
 }

@@ -47,4 +47,65 @@ mod tests {
         );
         assert_eq!(event_data(b"data: [DONE]\n\n"), None);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Frames `chunks` as a stream consumer does: the incomplete tail waits for more.
+        fn frame(chunks: &[&[u8]]) -> (Vec<Vec<u8>>, Vec<u8>) {
+            let mut pending = Vec::new();
+            let mut events = Vec::new();
+            for chunk in chunks {
+                pending.extend_from_slice(chunk);
+                while let Some(end) = event_end(&pending) {
+                    events.push(pending.drain(..end).collect());
+                }
+            }
+            (events, pending)
+        }
+
+        fn stream() -> impl Strategy<Value = Vec<u8>> {
+            let event = (
+                prop::sample::select(vec!["\n", "\r\n"]),
+                prop::option::of("[a-z]{1,8}"),
+                "[ -~]{0,40}",
+            )
+                .prop_map(|(newline, name, data)| {
+                    let name = name
+                        .map(|n| format!("event: {n}{newline}"))
+                        .unwrap_or_default();
+                    format!("{name}data: {{\"d\":\"{data}\"}}{newline}{newline}")
+                });
+            prop::collection::vec(event, 0..8).prop_map(|events| events.concat().into_bytes())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// Issue 20: any split of the byte stream gives the same events.
+            #[test]
+            fn any_split_of_the_stream_gives_the_same_events(
+                bytes in stream(),
+                cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+            ) {
+                let (whole, rest) = frame(&[&bytes]);
+                let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+                cuts.sort_unstable();
+                let mut chunks = Vec::new();
+                let mut from = 0;
+                for cut in cuts {
+                    chunks.push(&bytes[from..cut]);
+                    from = cut;
+                }
+                chunks.push(&bytes[from..]);
+                let (split, split_rest) = frame(&chunks);
+                prop_assert_eq!(&split, &whole);
+                prop_assert_eq!(split_rest, rest);
+                prop_assert_eq!(whole.concat(), bytes.clone());
+                let data: Vec<_> = whole.iter().map(|e| event_data(e)).collect();
+                prop_assert!(data.iter().all(Option::is_some));
+            }
+        }
+    }
 }

@@ -137,6 +137,11 @@ impl UsageReader {
         }
     }
 
+    /// Whether llmux asked for the usage event itself and removes it from the client's stream.
+    pub fn strips_usage_event(&self) -> bool {
+        self.strip_usage_event
+    }
+
     /// Whether this answer is read: successful answers on paths that count tokens.
     pub fn begin(&mut self, status: u16, event_stream: bool) -> bool {
         self.event_stream = event_stream;

@@ -128,6 +128,16 @@ impl Endpoint {
         self.identity.to_str().unwrap_or("")
     }
 
+    /// `provider/target_model`: `identity()` without the address, what clients may see in
+    /// `x-llmux-upstream` (`--upstream-header name`).
+    pub fn public_identity(&self) -> HeaderValue {
+        let identity = self.identity.as_bytes();
+        // The host never holds an `@` (credentials in URLs are refused at load).
+        let end = memchr::memrchr(b'@', identity).unwrap_or(identity.len());
+        HeaderValue::from_bytes(&identity[..end])
+            .unwrap_or_else(|_| HeaderValue::from_static("upstream"))
+    }
+
     /// The upstream URI for a path other than the endpoint's own, on the same base URL.
     pub fn uri_for(&self, path: &str) -> Result<Uri, actix_web::http::uri::InvalidUri> {
         self.uri_with_query(path, None)
@@ -244,6 +254,7 @@ pub(crate) mod tests {
     #[test]
     fn identity_names_provider_model_and_host_without_credentials() {
         assert_eq!(endpoint_with_weight(1.0).identity(), "p/t@127.0.0.1:1");
+        assert_eq!(endpoint_with_weight(1.0).public_identity(), "p/t");
     }
 
     #[test]

@@ -14,6 +14,8 @@ use std::pin::Pin;
 use actix_service::Service;
 use actix_tls::connect::{ConnectError, ConnectInfo, Connection, Connector, ConnectorService};
 use actix_web::http::Uri;
+
+use crate::proxy::interim::SkipInterim;
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -226,7 +228,7 @@ impl ProxyConnector {
 const MAX_PROXY_HEAD: usize = 8 * 1024;
 
 impl Service<ConnectInfo<Uri>> for ProxyConnector {
-    type Response = Connection<Uri, TcpStream>;
+    type Response = Connection<Uri, SkipInterim<TcpStream>>;
     type Error = ConnectError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>>>>;
 
@@ -239,8 +241,15 @@ impl Service<ConnectInfo<Uri>> for ProxyConnector {
             .proxy
             .for_uri(info.request(), &target_host, target_port)
             .cloned();
+        // Interim 1xx answers are skipped on plain-HTTP bytes only (`proxy::interim`): under TLS
+        // they are ciphertext.
+        let plain = !matches!(info.request().scheme_str(), Some("https" | "wss"));
         let Some(proxy) = proxy else {
-            return Box::pin(self.direct.call(info));
+            let connecting = self.direct.call(info);
+            return Box::pin(async move {
+                let (io, uri) = connecting.await?.into_parts();
+                Ok(Connection::new(uri, SkipInterim::new(io, plain)))
+            });
         };
         let uri = info.request().clone();
         // awc bounds the whole call with the connect timeout.
@@ -260,7 +269,7 @@ impl Service<ConnectInfo<Uri>> for ProxyConnector {
             tunnel(&mut stream, &proxy, &target_host, target_port)
                 .await
                 .map_err(ConnectError::Io)?;
-            Ok(Connection::new(uri, stream))
+            Ok(Connection::new(uri, SkipInterim::new(stream, plain)))
         })
     }
 }

@@ -43,7 +43,8 @@ async fn generate(app: &TestApp, body: Value) -> Value {
     assert_eq!(response.status(), 200);
     // Issue 12: image generations go through the attempt loop and say so.
     assert_eq!(response.headers()["x-llmux-attempts"], "1");
-    assert!(response.headers().contains_key("x-llmux-upstream"));
+    // Issue 20: the upstream identity only when `--upstream-header name` asks for it.
+    assert!(!response.headers().contains_key("x-llmux-upstream"));
     response.json().await.unwrap()
 }
 

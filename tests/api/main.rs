@@ -12,6 +12,7 @@ mod demo;
 mod deploy;
 mod errors;
 mod forwarding;
+mod hardening;
 mod harness;
 mod health;
 mod helpers;

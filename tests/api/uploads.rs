@@ -209,7 +209,8 @@ async fn every_part_keeps_its_order_name_filename_and_content_type_with_repeated
     assert_eq!(response.status(), 200);
     // Issue 12: uploads answer with the attempt headers like every forwarded request.
     assert_eq!(response.headers()["x-llmux-attempts"], "1");
-    assert!(response.headers().contains_key("x-llmux-upstream"));
+    // Issue 20: the upstream identity only when `--upstream-header name` asks for it.
+    assert!(!response.headers().contains_key("x-llmux-upstream"));
     let upload = app.upstream.uploads().pop().unwrap();
     assert!(upload
         .content_type
