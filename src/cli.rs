@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// Time allowed to connect to an upstream, in seconds.
     #[arg(long, env = "LLMUX_CONNECT_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
     pub connect_timeout: Duration,
+    /// PEM bundle of CA certificates trusted for every upstream, on top of the built-in web roots
+    /// (a provider's `tls.ca_file` adds more for its own upstreams).
+    #[arg(long, env = "LLMUX_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
     /// How config dir changes are noticed: file events, polling (mounts without inotify), or
     /// only on SIGHUP.
     #[arg(long, env = "LLMUX_WATCH", value_enum, default_value_t = WatchMode::Notify)]
@@ -125,6 +129,9 @@ pub struct ServeArgs {
     /// admit them).
     #[arg(long, env = "LLMUX_REDIS_FAIL_CLOSED")]
     pub redis_fail_closed: bool,
+    /// A realtime (WebSocket) session with no frame either way for this long is closed, in seconds.
+    #[arg(long, env = "LLMUX_REALTIME_IDLE_TIMEOUT", default_value = "300", value_parser = parse_seconds)]
+    pub realtime_idle_timeout: Duration,
     /// Connections the kernel queues for llmux before refusing new ones (the listen backlog).
     #[arg(long, env = "LLMUX_BACKLOG", default_value_t = DEFAULT_BACKLOG)]
     pub backlog: u32,
@@ -187,6 +194,7 @@ impl ServeArgs {
             workers: None,
             max_body_bytes: 32 * 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
+            upstream_ca_file: None,
             watch: WatchMode::Notify,
             health_cache_ttl: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
@@ -199,6 +207,7 @@ impl ServeArgs {
             redis_url: None,
             redis_timeout: crate::shared::DEFAULT_REDIS_TIMEOUT,
             redis_fail_closed: false,
+            realtime_idle_timeout: Duration::from_secs(300),
             backlog: DEFAULT_BACKLOG,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: Duration::from_secs(5),

@@ -51,6 +51,13 @@ pub enum ApiError {
     ClientBodyTimeout { timeout: Duration },
     #[error("The upstream of provider `{provider}` could not be reached: {cause}")]
     UpstreamUnreachable { provider: String, cause: String },
+    #[error("The upstream of provider `{provider}` refused the realtime session (HTTP {upstream_status}).")]
+    UpstreamRefusedSession {
+        provider: String,
+        /// The upstream's status when it is a 4xx or 5xx, 502 otherwise.
+        status: StatusCode,
+        upstream_status: u16,
+    },
     #[error("The upstream of provider `{provider}` did not answer within {}s.", timeout.as_secs_f64())]
     UpstreamTimeout { provider: String, timeout: Duration },
     #[error("Internal error: {0}")]
@@ -146,6 +153,9 @@ impl ApiError {
                 ("upstream_error", None, Some("upstream_unreachable"))
             }
             Self::UpstreamTimeout { .. } => ("upstream_error", None, Some("upstream_timeout")),
+            Self::UpstreamRefusedSession { .. } => {
+                ("upstream_error", None, Some("upstream_refused_session"))
+            }
             Self::Internal(_) => ("server_error", None, Some("internal_error")),
             Self::UnknownResponse { .. } => ("invalid_request_error", None, Some("not_found")),
             Self::ImageNotFound { .. } => ("invalid_request_error", None, Some("image_not_found")),
@@ -172,6 +182,7 @@ impl ResponseError for ApiError {
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamRefusedSession { status, .. } => *status,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::UnknownResponse { .. } => StatusCode::NOT_FOUND,
             Self::ImageNotFound { .. } | Self::FamilyNotServed { .. } => StatusCode::NOT_FOUND,

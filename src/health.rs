@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::routing::endpoint::Endpoint;
 use crate::routing::table::ModelRoutes;
+use crate::upstream::UpstreamClients;
 
 /// What one probe found. Messages name the URL's failure, never a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,7 +205,7 @@ pub enum EndpointStatus {
 /// Probes every endpoint of the model concurrently (one request per distinct URL) and sums up.
 pub async fn check_model(
     probes: &Arc<HealthProbes>,
-    client: &awc::Client,
+    clients: &UpstreamClients,
     routes: &ModelRoutes,
 ) -> ModelHealth {
     let endpoints: Vec<&Arc<Endpoint>> = routes
@@ -224,7 +225,9 @@ pub async fn check_model(
                 ejected: endpoint.is_ejected(),
             };
         };
-        let result = probes.probe(client, uri, endpoint).await;
+        let result = probes
+            .probe(&clients.for_endpoint(endpoint), uri, endpoint)
+            .await;
         EndpointHealth {
             provider: endpoint.provider.to_string(),
             path: endpoint.path.to_string(),

@@ -210,6 +210,8 @@ pub struct Metrics {
     endpoint_state: Arc<EndpointState>,
     unknown_model: Arc<str>,
     no_provider: Arc<str>,
+    /// Realtime WebSocket sessions (`realtime::metrics`).
+    pub realtime: crate::realtime::metrics::RealtimeMetrics,
 }
 
 /// Upstream attempt outcomes, all exported from the start so rates exist before the first error.
@@ -307,8 +309,10 @@ impl Metrics {
         });
         registry.register_collector(Box::new(Arc::clone(&endpoint_state)));
         registry.register_collector(Box::new(ProcessCollector));
+        let realtime = crate::realtime::metrics::RealtimeMetrics::register(&mut registry);
         registry.register_collector(Box::new(BuildInfo));
         Self {
+            realtime,
             registry,
             requests,
             duration,

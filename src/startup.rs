@@ -25,13 +25,14 @@ use crate::metrics::Metrics;
 use crate::pipeline::accept;
 use crate::pipeline::admit::Admitter;
 use crate::pipeline::attempt::RetryPolicy;
-use crate::proxy::interim::SkipInterimConnector;
+use crate::realtime::{Realtime, RealtimeSettings};
 use crate::routing::breaker::BreakerPolicy;
 use crate::routing::table::RoutingTable;
 use crate::shared::connection::RedisHealthMetrics;
 use crate::shared::{SharedSettings, SharedState};
 use crate::state::AppState;
 use crate::traces::Traces;
+use crate::upstream::Upstream;
 
 pub struct Application {
     port: u16,
@@ -39,6 +40,8 @@ pub struct Application {
     state: web::Data<AppState>,
     shared: web::Data<SharedState>,
     watch: ConfigWatch,
+    realtime: web::Data<Realtime>,
+    shutdown_grace: Duration,
     drain_delay: Duration,
     /// The built-in demo backend (src/demo): serves while the application does.
     demo: Server,
@@ -114,6 +117,7 @@ impl Application {
         let demo = demo::start().context("starting the built-in demo backend")?;
         let env = demo::env_with_demo_url(env, demo.url.clone());
         crate::proxy::usage::warm_up_tokenizer();
+        let env_for_upstream = Arc::clone(&env);
         let table = Arc::new(RoutingTable::new());
         let live = Arc::new(LiveConfig::new(
             &args.config_dir,
@@ -154,6 +158,12 @@ impl Application {
         let metrics = Arc::new(metrics);
         let shared = web::Data::new(shared);
         let traces = Traces::from_env(&*env).context("configuring OpenTelemetry traces")?;
+        let realtime = web::Data::new(Realtime::new(
+            RealtimeSettings {
+                idle_timeout: args.realtime_idle_timeout,
+            },
+            metrics.realtime.clone(),
+        ));
 
         let listener = bind(&args.host, args.port, args.backlog)
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;
@@ -189,8 +199,15 @@ impl Application {
             upstream_header: args.upstream_header,
             traces,
         });
-        let tls = Arc::new(tls_config()?);
-        let connect_timeout = args.connect_timeout;
+        let upstream = Upstream::new(
+            args.connect_timeout,
+            args.upstream_ca_file.as_deref(),
+            &*env_for_upstream,
+        )
+        .map_err(|error| anyhow::anyhow!("upstream connectivity settings: {error}"))?;
+        if !upstream.proxy().is_empty() {
+            tracing::info!(proxy = ?upstream.proxy(), "upstream connections go through an egress proxy");
+        }
         let server_state = state.clone();
         let server_shared = shared.clone();
         let header_limits = HeaderLimits {
@@ -203,15 +220,16 @@ impl Application {
             .max(1);
         let cors_origins = args.cors_origins.clone();
         let path_prefixes = args.path_prefix.clone();
+        let server_realtime = realtime.clone();
         let server = HttpServer::new(move || {
             let prefixes = PathPrefixes::new(&path_prefixes);
+            // awc's client is not Send: each worker makes its own.
+            let clients = upstream.clients();
             App::new()
                 .app_data(server_state.clone())
                 .app_data(server_shared.clone())
-                .app_data(web::Data::new(upstream_client(
-                    Arc::clone(&tls),
-                    connect_timeout,
-                )))
+                .app_data(web::Data::new(clients))
+                .app_data(server_realtime.clone())
                 .wrap_fn(move |mut request, service| {
                     prefixes.strip(&mut request);
                     service.call(request)
@@ -262,6 +280,8 @@ impl Application {
             state,
             shared,
             watch,
+            realtime,
+            shutdown_grace: args.shutdown_grace,
             drain_delay: args.drain_delay,
             demo: demo.server,
         })
@@ -278,6 +298,11 @@ impl Application {
     /// The state shared with other replicas (in memory without `--redis-url`).
     pub fn shared(&self) -> web::Data<SharedState> {
         self.shared.clone()
+    }
+
+    /// The realtime sessions (tests close them as a shutdown would).
+    pub fn realtime(&self) -> web::Data<Realtime> {
+        self.realtime.clone()
     }
 
     /// Serves until the server stops; SIGHUP reloads the config meanwhile. The config watcher
@@ -310,6 +335,8 @@ impl Application {
             server,
             mut watch,
             state,
+            realtime,
+            shutdown_grace,
             demo,
             ..
         } = self;
@@ -342,6 +369,14 @@ impl Application {
         }
         tracing::info!("drain delay over: closing the listener");
         let graceful = handle.stop(true);
+        // Realtime sessions never end by themselves: they get the grace, minus a moment to send
+        // their 1001 before actix cuts what is left.
+        let realtime_deadline =
+            shutdown_grace.saturating_sub((shutdown_grace / 4).min(Duration::from_secs(1)));
+        actix_web::rt::spawn(async move {
+            actix_web::rt::time::sleep(realtime_deadline).await;
+            realtime.close_all();
+        });
         tokio::select! {
             () = graceful => {
                 server.await??;
@@ -372,41 +407,6 @@ fn force() -> Shutdown {
     tracing::warn!("second signal: stopping at once, cutting requests in flight");
     Shutdown::Forced
 }
-
-/// rustls with the webpki roots and ring; ALPN offers HTTP/2 and HTTP/1.1.
-fn tls_config() -> anyhow::Result<rustls::ClientConfig> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
-}
-
-/// One client per worker (awc's client is not `Send`), with an unbounded keep-alive pool; its
-/// connections skip interim (1xx) responses.
-fn upstream_client(tls: Arc<rustls::ClientConfig>, connect_timeout: Duration) -> awc::Client {
-    let connector = awc::Connector::new()
-        .connector(SkipInterimConnector::default())
-        .rustls_0_23(tls)
-        .timeout(connect_timeout)
-        .handshake_timeout(connect_timeout)
-        .limit(0)
-        .conn_keep_alive(Duration::from_secs(60))
-        .conn_lifetime(Duration::from_secs(600));
-    awc::Client::builder()
-        .connector(connector)
-        .disable_timeout()
-        .disable_redirects()
-        .no_default_headers()
-        .finish()
-}
-
 /// CORS for browser apps (`--cors-origins`): preflights answered for any method and for the
 /// headers browser SDKs send (`Authorization`, `OpenAI-Beta`, `x-stainless-*`, ...: any header
 /// asked for), and every answer's headers readable by the page (`x-request-id`, rate limits).

@@ -9,6 +9,7 @@ use crate::errors::ApiError;
 use crate::health::{check_model, EndpointStatus, ModelStatus};
 use crate::shared::SharedState;
 use crate::state::AppState;
+use crate::upstream::UpstreamClients;
 
 /// Always 200 while the process serves; with `--redis-url` it also says whether Redis answers
 /// (`"redis": "up"` or `"down"`): Redis is never a reason to restart or take traffic away.
@@ -43,14 +44,14 @@ fn not_ready(reason: &str) -> HttpResponse {
 pub async fn model(
     model: web::Path<String>,
     state: web::Data<AppState>,
-    client: web::Data<awc::Client>,
+    clients: web::Data<UpstreamClients>,
 ) -> Result<HttpResponse, ApiError> {
     let model = model.into_inner();
     let routes = state
         .table
         .lookup(&model)
         .ok_or(ApiError::UnknownModel { model })?;
-    let health = check_model(&state.health, &client, &routes).await;
+    let health = check_model(&state.health, &clients, &routes).await;
     // Probed endpoints, in the order check_model reports them, feed llmux_endpoint_up.
     let endpoints = routes.routes.iter().flat_map(|route| route.pool.members());
     for (endpoint, checked) in endpoints.zip(&health.endpoints) {

@@ -16,6 +16,7 @@ use crate::pipeline::record::{AccessLog, Outcome};
 use crate::proxy::forward::{respond, send, upstream_request, UpstreamResponse};
 use crate::routing::endpoint::Endpoint;
 use crate::state::AppState;
+use crate::upstream::UpstreamClients;
 
 /// GET /v1/images/data/{model}/{id}: from the cache, or fetched from the model's
 /// `v1/images/data` endpoint (fast-openai-api-proxy's flow) and cached.
@@ -23,7 +24,7 @@ pub async fn data(
     request: HttpRequest,
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
-    client: web::Data<awc::Client>,
+    clients: web::Data<UpstreamClients>,
 ) -> HttpResponse {
     let (model, id) = path.into_inner();
     let mut log = AccessLog::of_request(&request, Operation::ImagesData, &state.metrics);
@@ -38,7 +39,7 @@ pub async fn data(
         Ok(admission) => log.admission = Some(admission),
         Err(error) => return log.reject(error),
     }
-    match find_image(&request, &model, &id, &state, &client, &mut log).await {
+    match find_image(&request, &model, &id, &state, &clients, &mut log).await {
         Ok(Found::Image(image)) => {
             let response = serve(&request, image);
             log.status = Some(response.status().as_u16());
@@ -71,7 +72,7 @@ async fn find_image(
     model: &str,
     id: &str,
     state: &AppState,
-    client: &awc::Client,
+    clients: &UpstreamClients,
     log: &mut AccessLog,
 ) -> Result<Found, ApiError> {
     let not_found = || ApiError::ImageNotFound {
@@ -99,8 +100,8 @@ async fn find_image(
         .map_err(|_| not_found())?;
     log.endpoint = Some(Arc::clone(&endpoint));
     log.attempts = 1;
-    let client = client_for(client, &endpoint);
-    let upstream = upstream_request(client, request, &endpoint, uri, log);
+    let client = client_for(clients, &endpoint);
+    let upstream = upstream_request(&client, request, &endpoint, uri, log);
     let mut response = send(upstream, &endpoint, (), log).await?;
     if !response.status().is_success() {
         return Ok(Found::Upstream(response, endpoint));

@@ -14,8 +14,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use crate::errors::{self, ApiError};
 use crate::pipeline;
 use crate::pipeline::operation::Operation;
+use crate::realtime;
 use crate::routing::families::FAMILY_ROUTES;
 use crate::state::AppState;
+use crate::upstream::UpstreamClients;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // Fixed paths first: `/v1/responses/compact` and `/v1/responses/input_tokens` are
@@ -25,8 +27,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             move |request: HttpRequest,
                   payload: web::Payload,
                   state: web::Data<AppState>,
-                  client: web::Data<awc::Client>| {
-                pipeline::forward_json(operation, request, payload, state, client)
+                  clients: web::Data<UpstreamClients>| {
+                pipeline::forward_json(operation, request, payload, state, clients)
             },
         ));
         // `GET /v1/chat/completions` lists stored chat completions: same URL, other method.
@@ -48,8 +50,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 move |request: HttpRequest,
                       payload: web::Payload,
                       state: web::Data<AppState>,
-                      client: web::Data<awc::Client>| {
-                    upload::upload(operation, request, payload, state, client)
+                      clients: web::Data<UpstreamClients>| {
+                    upload::upload(operation, request, payload, state, clients)
                 },
             )),
         );
@@ -68,6 +70,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         resource("/v1/responses/{id}/input_items").route(web::get().to(responses::input_items)),
     )
+    .service(resource("/v1/realtime").route(web::get().to(realtime::connect)))
+    .service(resource("/v1/realtime/calls").route(web::post().to(
+        |request: HttpRequest,
+         payload: web::Payload,
+         state: web::Data<AppState>,
+         clients: web::Data<UpstreamClients>| {
+            pipeline::forward_raw(Operation::RealtimeCalls, request, payload, state, clients)
+        },
+    )))
     .service(
         resource("/health")
             .route(web::get().to(health::liveness))
@@ -94,8 +105,8 @@ fn with_family_routes(mut resource: actix_web::Resource, path: &str) -> actix_we
             move |request: HttpRequest,
                   payload: web::Payload,
                   state: web::Data<AppState>,
-                  client: web::Data<awc::Client>| {
-                pipeline::family::forward_family(family_route, request, payload, state, client)
+                  clients: web::Data<UpstreamClients>| {
+                pipeline::family::forward_family(family_route, request, payload, state, clients)
             },
         ));
     }
@@ -108,9 +119,9 @@ pub async fn unknown_or_passthrough(
     request: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-    client: web::Data<awc::Client>,
+    clients: web::Data<UpstreamClients>,
 ) -> HttpResponse {
-    match pipeline::family::forward_passthrough(&request, payload, &state, &client).await {
+    match pipeline::family::forward_passthrough(&request, payload, &state, &clients).await {
         Some(response) => response,
         None => actix_web::ResponseError::error_response(&ApiError::UnknownRoute {
             method: request.method().to_string(),

@@ -5,39 +5,40 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use crate::pipeline;
 use crate::pipeline::operation::Operation;
 use crate::state::AppState;
+use crate::upstream::UpstreamClients;
 
 /// GET /v1/responses/{id}.
 pub async fn retrieve(
     request: HttpRequest,
     state: web::Data<AppState>,
-    client: web::Data<awc::Client>,
+    clients: web::Data<UpstreamClients>,
 ) -> HttpResponse {
-    pipeline::forward_by_response_id(Operation::ResponsesRetrieve, request, state, client).await
+    pipeline::forward_by_response_id(Operation::ResponsesRetrieve, request, state, clients).await
 }
 
 /// DELETE /v1/responses/{id}: the id is forgotten once the upstream deleted it.
 pub async fn delete(
     request: HttpRequest,
     state: web::Data<AppState>,
-    client: web::Data<awc::Client>,
+    clients: web::Data<UpstreamClients>,
 ) -> HttpResponse {
-    pipeline::forward_by_response_id(Operation::ResponsesDelete, request, state, client).await
+    pipeline::forward_by_response_id(Operation::ResponsesDelete, request, state, clients).await
 }
 
 /// POST /v1/responses/{id}/cancel.
 pub async fn cancel(
     request: HttpRequest,
     state: web::Data<AppState>,
-    client: web::Data<awc::Client>,
+    clients: web::Data<UpstreamClients>,
 ) -> HttpResponse {
-    pipeline::forward_by_response_id(Operation::ResponsesCancel, request, state, client).await
+    pipeline::forward_by_response_id(Operation::ResponsesCancel, request, state, clients).await
 }
 
 /// GET /v1/responses/{id}/input_items.
 pub async fn input_items(
     request: HttpRequest,
     state: web::Data<AppState>,
-    client: web::Data<awc::Client>,
+    clients: web::Data<UpstreamClients>,
 ) -> HttpResponse {
-    pipeline::forward_by_response_id(Operation::ResponsesInputItems, request, state, client).await
+    pipeline::forward_by_response_id(Operation::ResponsesInputItems, request, state, clients).await
 }

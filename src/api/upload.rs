@@ -20,13 +20,14 @@ use crate::proxy::image_answer;
 use crate::proxy::multipart::{Upload, UpstreamStalled};
 use crate::proxy::rewrite::ImagesAnswer;
 use crate::state::AppState;
+use crate::upstream::UpstreamClients;
 
 pub async fn upload(
     operation: Operation,
     request: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-    client: web::Data<awc::Client>,
+    clients: web::Data<UpstreamClients>,
 ) -> HttpResponse {
     let mut log = AccessLog::of_request(&request, operation, &state.metrics);
     let prepared = async {
@@ -70,8 +71,9 @@ pub async fn upload(
     let outcome = body.outcome;
     // awc's timeout would also bound the upload itself; the request timeout starts once the
     // whole body is sent (a silent client is bounded by the pump's idle timeout instead).
-    let client = client_for(&client, &endpoint);
-    let mut upstream = upstream_request(client, &request, &endpoint, uri, &log).timeout(NO_TIMEOUT);
+    let client = client_for(&clients, &endpoint);
+    let mut upstream =
+        upstream_request(&client, &request, &endpoint, uri, &log).timeout(NO_TIMEOUT);
     upstream
         .headers_mut()
         .insert(header::CONTENT_TYPE, body.content_type);

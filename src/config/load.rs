@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::adapt::{self, Finding, Sources};
 use super::locate::{display_path, locate, position_of, Position, Segment};
 use super::schema::{
-    ConfigFile, EndpointSchema, ModelSchema, ProviderSchema, ENDPOINT_KEYS, MODEL_KEYS,
+    ConfigFile, EndpointSchema, ModelSchema, ProviderSchema, TlsSchema, ENDPOINT_KEYS, MODEL_KEYS,
     PROVIDER_KEYS,
 };
 use crate::demo::settings::{
@@ -27,6 +27,7 @@ use crate::routing::endpoint::{
 };
 use crate::routing::families::{Family, FAMILIES_KEY, PASSTHROUGH_MODEL, PASSTHROUGH_PATH};
 use crate::secret::ApiKey;
+use crate::upstream::tls::{TlsFiles, TlsSettings};
 
 /// Timeouts when neither the endpoint nor its provider sets one (fast-openai-api-proxy's default).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -240,6 +241,10 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                     .base_url(url, at("target_base_url"))
                     .map(|authority| (url, authority))
             });
+        let provider_tls = provider
+            .tls
+            .as_ref()
+            .map(|tls| report.tls(file, tls, at("tls")));
         let prefix = provider.prefix.as_deref().unwrap_or("");
         let models = provider.models.iter().map(|(model_key, model)| {
             let mut path = at("models");
@@ -403,6 +408,16 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                         }
                     }
                 };
+                let tls = match (&endpoint.tls, &provider_tls) {
+                    (Some(tls), _) => match report.tls(file, tls, field("tls")) {
+                        Some(settings) => Some(settings),
+                        None => continue,
+                    },
+                    (None, Some(Some(settings))) => Some(Arc::clone(settings)),
+                    // The provider's settings are broken: already reported.
+                    (None, Some(None)) => continue,
+                    (None, None) => None,
+                };
                 let identity =
                     identity_of(provider_name, &endpoint.target_model_name, &upstream_uri);
                 endpoints.push(Endpoint {
@@ -435,6 +450,7 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                     max_retries,
                     breaker: Default::default(),
                     upstream_image_format,
+                    tls,
                     identity,
                 });
             }
@@ -623,6 +639,35 @@ impl Report<'_> {
                     path,
                     format!("a timeout must be a positive number of seconds, not {seconds}"),
                 );
+                None
+            }
+        }
+    }
+
+    /// Reads the files of a `tls` object (paths relative to the config file's dir); each problem
+    /// is an error at its key.
+    fn tls(
+        &mut self,
+        file: &Path,
+        tls: &TlsSchema,
+        path: Vec<Segment>,
+    ) -> Option<Arc<TlsSettings>> {
+        let dir = file.parent().unwrap_or(Path::new("."));
+        let resolve = |name: &Option<String>| name.as_ref().map(|name| dir.join(name));
+        let files = TlsFiles {
+            ca_file: resolve(&tls.ca_file),
+            use_system_roots: tls.use_system_roots,
+            client_cert_file: resolve(&tls.client_cert_file),
+            client_key_file: resolve(&tls.client_key_file),
+        };
+        match TlsSettings::read(&files) {
+            Ok(settings) => Some(Arc::new(settings)),
+            Err(problems) => {
+                for problem in problems {
+                    let mut at = path.clone();
+                    at.push(Segment::Key(problem.key.to_owned()));
+                    self.error(at, problem.message);
+                }
                 None
             }
         }

@@ -30,6 +30,8 @@ pub struct ProviderSchema {
     #[serde(default, deserialize_with = "present")]
     pub health_path: Option<Option<String>>,
     pub max_retries: Option<u32>,
+    /// TLS to this provider's upstreams: extra CA roots, the system store, a client certificate.
+    pub tls: Option<TlsSchema>,
     /// Settings of a `builtin:demo` provider (src/demo); an endpoint's own keys win.
     pub demo: Option<crate::demo::settings::DemoSchema>,
     /// The model-less families this provider serves (`["files", "batches"]`:
@@ -72,6 +74,23 @@ pub struct EndpointSchema {
     pub upstream_image_format: Option<String>,
     /// Settings of a `builtin:demo` endpoint (src/demo), over its provider's.
     pub demo: Option<crate::demo::settings::DemoSchema>,
+    /// Replaces the provider's `tls` as a whole.
+    pub tls: Option<TlsSchema>,
+}
+
+/// The `tls` object of a provider or an endpoint. Relative paths are relative to the config file's
+/// dir. There is deliberately no key to skip certificate verification.
+#[derive(Debug, Deserialize)]
+pub struct TlsSchema {
+    /// PEM bundle of CA certificates trusted in addition to the built-in web roots.
+    pub ca_file: Option<String>,
+    /// Also trust the operating system's certificate store.
+    #[serde(default)]
+    pub use_system_roots: bool,
+    /// PEM certificate chain presented to upstreams that ask for a client certificate.
+    pub client_cert_file: Option<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `client_cert_file`.
+    pub client_key_file: Option<String>,
 }
 
 /// Tells a key set to `null` (`Some(None)`) from a missing key (`None`, through `#[serde(default)]`).
@@ -101,6 +120,7 @@ pub const PROVIDER_KEYS: &[&str] = &[
     "model_field",
     "health_path",
     "max_retries",
+    "tls",
     "demo",
     "families",
     "passthrough",
@@ -125,6 +145,7 @@ pub const ENDPOINT_KEYS: &[&str] = &[
     "weight",
     "max_retries",
     "upstream_image_format",
+    "tls",
     "demo",
 ];
 

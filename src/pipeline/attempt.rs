@@ -28,6 +28,7 @@ use crate::routing::breaker::{now_ms, BreakerPolicy, Transition, Verdict};
 use crate::routing::endpoint::Endpoint;
 use crate::routing::pool::Pool;
 use crate::state::AppState;
+use crate::upstream::UpstreamClients;
 
 pub const X_LLMUX_ATTEMPTS: HeaderName = HeaderName::from_static("x-llmux-attempts");
 pub const X_LLMUX_UPSTREAM: HeaderName = HeaderName::from_static("x-llmux-upstream");
@@ -68,10 +69,11 @@ pub struct Outbound {
     pub model_span: Range<usize>,
 }
 
-/// The upstream client for `endpoint`: the one place that chooses it (one per worker today;
-/// a client per provider TLS profile plugs in here).
-pub fn client_for<'c>(clients: &'c awc::Client, _endpoint: &Endpoint) -> &'c awc::Client {
-    clients
+/// The upstream client for `endpoint`: the one place that chooses it. One per TLS profile per
+/// worker (`upstream::UpstreamClients`): the endpoint's CA bundle and client certificate, or the
+/// default client; each has its own keep-alive pool.
+pub fn client_for(clients: &UpstreamClients, endpoint: &Endpoint) -> awc::Client {
+    clients.for_endpoint(endpoint)
 }
 
 /// How one attempt ended, classified once: whether another attempt may follow, what the
@@ -110,7 +112,7 @@ pub fn classify(result: &Result<UpstreamResponse, ApiError>) -> Classified {
 /// upstream answer passed through, or llmux's own error, with `x-llmux-attempts` and
 /// `x-llmux-upstream` naming the last member tried.
 pub async fn forward_with_retries(
-    clients: &awc::Client,
+    clients: &UpstreamClients,
     request: &HttpRequest,
     outbound: Outbound,
     state: &AppState,
@@ -150,7 +152,7 @@ pub async fn forward_with_retries(
             trace.start_attempt(&member, outbound.operation.path(), attempt);
         }
         log.upstream_begin();
-        let result = send_attempt(client, request, &member, uri, body, &log, timeout).await;
+        let result = send_attempt(&client, request, &member, uri, body, &log, timeout).await;
         let classified = classify(&result);
         if let Some(trace) = log.trace.as_mut() {
             let (status, outcome) = match &result {

@@ -30,6 +30,7 @@ use crate::proxy::forward::{respond, send, upstream_request, UpstreamResponse};
 use crate::routing::endpoint::Endpoint;
 use crate::routing::families::{FamilyBody, FamilyRoute, PASSTHROUGH_MODEL};
 use crate::state::AppState;
+use crate::upstream::UpstreamClients;
 
 /// A call of a family route.
 pub async fn forward_family(
@@ -37,7 +38,7 @@ pub async fn forward_family(
     request: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-    client: web::Data<awc::Client>,
+    clients: web::Data<UpstreamClients>,
 ) -> HttpResponse {
     let operation = Operation::Family(family_route);
     let mut log = AccessLog::of_request(&request, operation, &state.metrics);
@@ -111,7 +112,7 @@ pub async fn forward_family(
         Ok(prepared) => prepared,
         Err(error) => return log.reject(error),
     };
-    let response = attempt_once(&client, &request, &endpoint, body, &state, log).await;
+    let response = attempt_once(&clients, &request, &endpoint, body, &state, log).await;
     let success = response.status().is_success();
     // A creation's answer names the new object: later calls naming its id come back here.
     if success && family_route.method == "POST" && path_id_count == 0 {
@@ -139,7 +140,7 @@ pub async fn forward_passthrough(
     request: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
-    client: &awc::Client,
+    clients: &UpstreamClients,
 ) -> Option<HttpResponse> {
     if !request.path().starts_with("/v1/") {
         return None;
@@ -165,7 +166,17 @@ pub async fn forward_passthrough(
         Ok(body) => body,
         Err(error) => return Some(log.reject(error)),
     };
-    Some(attempt_once(client, request, &endpoint, Body::Streamed(body), state, log).await)
+    Some(
+        attempt_once(
+            clients,
+            request,
+            &endpoint,
+            Body::Streamed(body),
+            state,
+            log,
+        )
+        .await,
+    )
 }
 
 enum Body {
@@ -176,7 +187,7 @@ enum Body {
 /// The one attempt of a family or passthrough call: to `endpoint`, at the request's own path
 /// and query, the breaker fed with its outcome.
 async fn attempt_once(
-    clients: &awc::Client,
+    clients: &UpstreamClients,
     request: &HttpRequest,
     endpoint: &Arc<Endpoint>,
     body: Body,
@@ -190,7 +201,7 @@ async fn attempt_once(
         Err(error) => return log.reject(ApiError::Internal(error.to_string())),
     };
     let client = client_for(clients, endpoint);
-    let upstream = upstream_request(client, request, endpoint, uri, &log);
+    let upstream = upstream_request(&client, request, endpoint, uri, &log);
     let (sent, overflow) = match body {
         Body::Whole(bytes) => (send(upstream, endpoint, bytes, &mut log).await, None),
         Body::Streamed(body) => {

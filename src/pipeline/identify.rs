@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::errors::ApiError;
-use crate::proxy::json::span_of;
+use crate::proxy::json::{find, members, span_of};
 
 /// What the probe found in a request body.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,6 +40,59 @@ struct Probe<'a> {
 
 fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(deserializer).map(Some)
+}
+
+/// `POST /v1/realtime/client_secrets`: the model is the body's `session.model` (its span is what
+/// the attempt rewrites); nothing else of the body matters to the stages.
+pub fn identify_session_model(body: &[u8]) -> Result<Identity<'_>, ApiError> {
+    let missing = || {
+        ApiError::invalid_request(
+            "You must provide session.model: a string naming one of the models GET /v1/models lists.",
+            Some("session.model"),
+        )
+    };
+    let top = members(body, 0..body.len())?;
+    let session = find(&top, "session").ok_or_else(missing)?;
+    if body.get(session.value.start) != Some(&b'{') {
+        return Err(missing());
+    }
+    let inner = members(body, session.value.clone())?;
+    let model = find(&inner, "model").ok_or_else(missing)?;
+    let raw = std::str::from_utf8(&body[model.value.clone()]).map_err(|_| missing())?;
+    if !raw.starts_with('"') {
+        return Err(missing());
+    }
+    let decoded = decode_string(raw)?;
+    if decoded.is_empty() {
+        return Err(missing());
+    }
+    Ok(Identity {
+        model: Cow::Owned(decoded.into_owned()),
+        model_span: model.value.clone(),
+        stream: false,
+        stream_options: None,
+        previous_response_id: None,
+    })
+}
+
+/// The `model` query parameter of the operations that name their model in the URL
+/// (`/v1/realtime`, `/v1/realtime/calls`).
+pub fn model_of_query(query: &str) -> Result<String, ApiError> {
+    let model = actix_web::web::Query::<ModelQuery>::from_query(query)
+        .ok()
+        .and_then(|q| q.into_inner().model)
+        .filter(|m| !m.is_empty());
+    model.ok_or_else(|| {
+        ApiError::invalid_request(
+            "This URL needs the model as a query parameter: ?model=…",
+            Some("model"),
+        )
+    })
+}
+
+#[derive(Deserialize)]
+struct ModelQuery {
+    model: Option<String>,
 }
 
 /// Validates that `body` is a JSON object with a string `model` and reads what the stages need.

@@ -31,7 +31,7 @@ use bytes::Bytes;
 
 use self::admit::AdmitRequest;
 use self::attempt::{forward_with_retries, Outbound};
-use self::identify::identify;
+use self::identify::{identify, identify_session_model, model_of_query};
 use self::operation::Operation;
 use self::record::AccessLog;
 use crate::errors::ApiError;
@@ -39,6 +39,7 @@ use crate::proxy::forward::forward;
 use crate::proxy::usage::{ask_for_usage, UsageReader};
 use crate::shared::owners::IdFamily;
 use crate::state::AppState;
+use crate::upstream::UpstreamClients;
 
 /// A JSON operation: read, identify, admit, route, then the attempt loop answers.
 pub async fn forward_json(
@@ -46,11 +47,11 @@ pub async fn forward_json(
     request: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-    client: web::Data<awc::Client>,
+    clients: web::Data<UpstreamClients>,
 ) -> HttpResponse {
     let mut log = AccessLog::of_request(&request, operation, &state.metrics);
     match prepare(operation, &request, payload, &state, &mut log).await {
-        Ok(outbound) => forward_with_retries(&client, &request, outbound, &state, log).await,
+        Ok(outbound) => forward_with_retries(&clients, &request, outbound, &state, log).await,
         Err(error) => log.reject(error),
     }
 }
@@ -71,7 +72,10 @@ async fn prepare(
         state.client_body_timeout,
     )
     .await?;
-    let identity = identify(&body)?;
+    let identity = match operation {
+        Operation::RealtimeClientSecrets => identify_session_model(&body)?,
+        _ => identify(&body)?,
+    };
     log.model = Some(identity.model.as_ref().into());
     log.admission = Some(state.admitter.admit(&AdmitRequest {
         operation,
@@ -122,13 +126,92 @@ async fn prepare(
     })
 }
 
+/// An operation whose body is forwarded unchanged and whose model is the `model` query parameter
+/// (`POST /v1/realtime/calls?model=…`: SDP or multipart in, SDP out): read (bounded), identify
+/// from the query, admit, route, one attempt with the target model in the query.
+pub async fn forward_raw(
+    operation: Operation,
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    clients: web::Data<UpstreamClients>,
+) -> HttpResponse {
+    let mut log = AccessLog::of_request(&request, operation, &state.metrics);
+    let prepared = async {
+        let body = read::json_body(
+            &request,
+            payload,
+            state.max_body_bytes,
+            state.client_body_timeout,
+        )
+        .await?;
+        let model = model_of_query(request.query_string())?;
+        log.model = Some(model.as_str().into());
+        log.admission = Some(state.admitter.admit(&AdmitRequest {
+            operation,
+            model: &model,
+            headers: request.headers(),
+            body: &[],
+        })?);
+        let routed = route::route(&state.table, &*state.responses, operation, &model, None).await?;
+        let pool = routed.pool();
+        let endpoint = std::sync::Arc::clone(&pool.members()[pool.select()]);
+        let query = with_target_model(request.query_string(), &endpoint.target_model_name);
+        let uri = endpoint
+            .uri_with_query(operation.path(), Some(&query))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok::<_, ApiError>((endpoint, uri, body))
+    }
+    .await;
+    let (endpoint, uri, body) = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => return log.reject(error),
+    };
+    log.endpoint = Some(std::sync::Arc::clone(&endpoint));
+    log.attempts = 1;
+    let client = attempt::client_for(&clients, &endpoint);
+    let mut response = forward(&client, &request, &endpoint, uri, body, log)
+        .await
+        .unwrap_or_else(|error| actix_web::ResponseError::error_response(&error));
+    attempt::attempt_headers(&mut response, 1, &endpoint, state.upstream_header);
+    response
+}
+
+/// The client's query with its `model` parameter naming `target` instead (other parameters kept).
+fn with_target_model(query: &str, target: &str) -> String {
+    let target: String = url_encode(target);
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair == "model" || pair.starts_with("model=") {
+            true => format!("model={target}"),
+            false => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Percent-encodes a query value.
+pub fn url_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(char::from(byte));
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
 /// A call on a stored response `{id}` (no body: none of them takes one): route by the id to its
 /// creator, admit for that model, one attempt (the response lives on that upstream only).
 pub async fn forward_by_response_id(
     operation: Operation,
     request: HttpRequest,
     state: web::Data<AppState>,
-    client: web::Data<awc::Client>,
+    clients: web::Data<UpstreamClients>,
 ) -> HttpResponse {
     let mut log = AccessLog::of_request(&request, operation, &state.metrics);
     let id = request
@@ -164,8 +247,8 @@ pub async fn forward_by_response_id(
     if let Some(trace) = log.trace.as_mut() {
         trace.start_attempt(&endpoint, operation.path(), 1);
     }
-    let client = attempt::client_for(&client, &endpoint);
-    let mut response = forward(client, &request, &endpoint, uri, Bytes::new(), log)
+    let client = attempt::client_for(&clients, &endpoint);
+    let mut response = forward(&client, &request, &endpoint, uri, Bytes::new(), log)
         .await
         .unwrap_or_else(|error| actix_web::ResponseError::error_response(&error));
     if operation == Operation::ResponsesDelete && response.status().is_success() {

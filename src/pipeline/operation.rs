@@ -16,6 +16,8 @@ pub enum BodyKind {
     /// Any body (or none), passed on as sent: streamed (uploads, passthrough) or, when it may
     /// name ids to route by, read whole first (`pipeline::families::FamilyBody`).
     Passed,
+    /// Any body, read whole and forwarded unchanged; the model is in the URL.
+    Raw,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,6 +45,12 @@ pub enum Operation {
     Family(&'static FamilyRoute),
     /// Any other method and path under `/v1`, for providers with `"passthrough": true`.
     Passthrough,
+    /// GET /v1/realtime?model=…: a WebSocket session (`realtime/`), routed on the query's model.
+    Realtime,
+    /// POST /v1/realtime/client_secrets: routed on the body's `session.model`.
+    RealtimeClientSecrets,
+    /// POST /v1/realtime/calls?model=…: SDP (or multipart) in, SDP out, routed on the query's model.
+    RealtimeCalls,
 }
 
 impl Operation {
@@ -57,6 +65,7 @@ impl Operation {
         Self::Responses,
         Self::ResponsesInputTokens,
         Self::ResponsesCompact,
+        Self::RealtimeClientSecrets,
     ];
 
     /// The operations that take a multipart/form-data body with a `model` field.
@@ -90,12 +99,18 @@ impl Operation {
             Self::ResponsesInputItems => "v1/responses/{id}/input_items",
             Self::Family(route) => route.path,
             Self::Passthrough => "v1/*",
+            Self::Realtime => "v1/realtime",
+            Self::RealtimeClientSecrets => "v1/realtime/client_secrets",
+            Self::RealtimeCalls => "v1/realtime/calls",
         }
     }
 
     pub const fn method(self) -> &'static str {
         match self {
-            Self::ImagesData | Self::ResponsesRetrieve | Self::ResponsesInputItems => "GET",
+            Self::ImagesData
+            | Self::ResponsesRetrieve
+            | Self::ResponsesInputItems
+            | Self::Realtime => "GET",
             Self::ResponsesDelete => "DELETE",
             Self::Family(route) => route.method,
             Self::Passthrough => "*",
@@ -113,7 +128,10 @@ impl Operation {
             | Self::ResponsesRetrieve
             | Self::ResponsesDelete
             | Self::ResponsesCancel
-            | Self::ResponsesInputItems => BodyKind::None,
+            | Self::ResponsesInputItems
+            | Self::Realtime => BodyKind::None,
+            // Read whole (bounded by --max-body-bytes) and forwarded as it came: SDP or multipart.
+            Self::RealtimeCalls => BodyKind::Raw,
             Self::Family(_) | Self::Passthrough => BodyKind::Passed,
             _ => BodyKind::Json,
         }
@@ -152,6 +170,8 @@ impl Operation {
     pub const fn parent(self) -> Option<Operation> {
         match self {
             Self::ResponsesInputTokens | Self::ResponsesCompact => Some(Self::Responses),
+            // The realtime REST calls go to the upstream of the model's WebSocket route.
+            Self::RealtimeClientSecrets | Self::RealtimeCalls => Some(Self::Realtime),
             _ => None,
         }
     }

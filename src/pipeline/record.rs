@@ -16,6 +16,7 @@ use super::operation::Operation;
 use crate::errors::{echo, ApiError};
 use crate::metrics::{Metrics, RequestRecord};
 use crate::proxy::usage::{Usage, UsageReader};
+use crate::realtime::relay::SessionSummary;
 use crate::routing::endpoint::Endpoint;
 use crate::traces::{Finished, RequestTrace};
 
@@ -86,6 +87,8 @@ pub struct AccessLog {
     pub upstream_wait: Duration,
     /// Set while an upstream call is outstanding.
     upstream_since: Option<Instant>,
+    /// What a realtime session did (`GET /v1/realtime`), written in the same line.
+    pub realtime: Option<SessionSummary>,
 }
 
 impl AccessLog {
@@ -137,6 +140,7 @@ impl AccessLog {
             trace: None,
             upstream_wait: Duration::ZERO,
             upstream_since: None,
+            realtime: None,
         }
     }
 
@@ -206,6 +210,12 @@ impl Drop for AccessLog {
             outcome = self.outcome.as_str(),
             client = self.client.map(|c| c.to_string()),
             attempts = self.attempts,
+            session_ended_by = self.realtime.as_ref().map(|r| r.ended_by.as_str()),
+            close_code = self.realtime.as_ref().and_then(|r| r.close_code),
+            close_detail = self.realtime.as_ref().and_then(|r| r.detail.as_deref()),
+            frames_from_client = self.realtime.as_ref().map(|r| r.tally.frames_from_client),
+            frames_from_upstream = self.realtime.as_ref().map(|r| r.tally.frames_from_upstream),
+            bytes_from_client = self.realtime.as_ref().map(|r| r.tally.bytes_from_client),
             "request"
         );
         if let Some(trace) = self.trace.take() {

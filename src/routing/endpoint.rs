@@ -8,6 +8,7 @@ use actix_web::http::Uri;
 
 use super::breaker::Breaker;
 use crate::secret::ApiKey;
+use crate::upstream::tls::TlsSettings;
 
 /// Further attempts after the first when neither the endpoint nor its provider sets `max_retries`.
 pub const DEFAULT_MAX_RETRIES: u32 = 2;
@@ -68,6 +69,8 @@ pub struct Endpoint {
     pub identity: HeaderValue,
     /// How the upstream is asked for images (`upstream_image_format`).
     pub upstream_image_format: UpstreamImageFormat,
+    /// The provider's (or the endpoint's own) `tls` settings; `None`: the default client.
+    pub tls: Option<Arc<TlsSettings>>,
 }
 
 /// The `upstream_image_format` endpoint option.
@@ -109,6 +112,7 @@ impl Endpoint {
             && self.weight == other.weight
             && self.max_retries == other.max_retries
             && self.upstream_image_format == other.upstream_image_format
+            && self.tls == other.tls
     }
 
     /// The upstream URI for a path other than the endpoint's own, on the same base URL. A path
@@ -242,6 +246,7 @@ pub(crate) mod tests {
             max_retries: 2,
             breaker: Default::default(),
             upstream_image_format: Default::default(),
+            tls: None,
             identity: actix_web::http::header::HeaderValue::from_static("p/t@127.0.0.1:1"),
         }
     }
