@@ -1,4 +1,5 @@
 //! llmux: one OpenAI-compatible URL in front of many model backends, routed by JSON config files.
+pub mod access;
 pub mod api;
 pub mod check;
 pub mod cli;
