@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::access::AccessMode;
 use crate::config::watch::WatchMode;
 
 #[derive(Debug, Parser)]
@@ -24,6 +25,27 @@ pub enum Command {
     Check(CheckArgs),
     /// GET /health on a running llmux (for container HEALTHCHECKs); exit 0 when it answers 200, 1 otherwise.
     Healthcheck(HealthcheckArgs),
+    /// Client keys for access control.
+    Keys(KeysArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysCommand {
+    /// Mint a key: prints it once, and the entry (with its SHA-256 only) to paste into a key file.
+    New {
+        /// The key's name, shown in logs and metrics [default: key-<digest prefix>].
+        #[arg(long)]
+        name: Option<String>,
+        /// The owner its quotas are counted for [default: key:<name>].
+        #[arg(long)]
+        owner: Option<String>,
+    },
 }
 
 impl Cli {
@@ -108,6 +130,13 @@ pub struct ServeArgs {
     /// How long an image stays in the image-data cache, in seconds.
     #[arg(long, env = "LLMUX_IMAGE_CACHE_TTL", default_value = "3600", value_parser = parse_seconds)]
     pub image_cache_ttl: Duration,
+    /// Whether proxied requests need a client key: `auto` turns on with the first key file
+    /// loaded and stays on.
+    #[arg(long, env = "LLMUX_ACCESS_CONTROL", value_enum, default_value_t = AccessMode::Auto)]
+    pub access_control: AccessMode,
+    /// Put the quota decision trace on every answer (`on`), not only on admins' requests.
+    #[arg(long, env = "LLMUX_QUOTA_DECISION_TRACE", default_value = "off", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub quota_decision_trace: bool,
 }
 
 impl ServeArgs {
@@ -131,7 +160,18 @@ impl ServeArgs {
             max_upload_bytes: 100 * 1024 * 1024,
             image_cache_bytes: 512 * 1024 * 1024,
             image_cache_ttl: Duration::from_secs(3600),
+            access_control: AccessMode::Auto,
+            quota_decision_trace: false,
         }
+    }
+}
+
+/// Parses `on`/`off` (also `true`/`false`, `1`/`0`, `yes`/`no`).
+pub fn parse_switch(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" | "" => Ok(false),
+        _ => Err(format!("`{text}` is not on or off")),
     }
 }
 
@@ -167,6 +207,28 @@ mod tests {
         assert!(
             matches!(cli.into_command(), Command::Check(a) if a.config_dir == std::path::Path::new("/x"))
         );
+        let cli = Cli::try_parse_from(["llmux", "keys", "new", "--name", "n"]).unwrap();
+        assert!(matches!(
+            cli.into_command(),
+            Command::Keys(KeysArgs { command: KeysCommand::New { name: Some(n), owner: None } }) if n == "n"
+        ));
+        let cli = Cli::try_parse_from([
+            "llmux",
+            "--access-control",
+            "on",
+            "--quota-decision-trace",
+            "on",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.into_command(),
+            Command::Serve(ServeArgs {
+                access_control: AccessMode::On,
+                quota_decision_trace: true,
+                ..
+            })
+        ));
+        assert!(parse_switch("maybe").is_err());
         assert!(parse_seconds("0").is_err());
         assert!(parse_seconds("abc").is_err());
     }

@@ -11,6 +11,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::access;
 use crate::api;
 use crate::cli::ServeArgs;
 use crate::config::load::process_env;
@@ -52,11 +53,11 @@ impl Application {
             );
         }
         let table = Arc::new(RoutingTable::new());
-        let live = Arc::new(LiveConfig::new(
-            &args.config_dir,
-            Arc::clone(&table),
-            Arc::clone(&env),
-        ));
+        let key_files = Arc::new(access::reload::KeyFiles::new(Arc::default()));
+        let live = Arc::new(
+            LiveConfig::new(&args.config_dir, Arc::clone(&table), Arc::clone(&env))
+                .with_access(Arc::clone(&key_files)),
+        );
         // Start-up and the watcher load through the same code.
         let started = std::time::Instant::now();
         let summary = live
@@ -70,6 +71,7 @@ impl Application {
             took_ms = started.elapsed().as_secs_f64() * 1000.0,
             "config loaded"
         );
+        let access = Arc::new(access::startup::access_control(&args, &key_files, &*env)?);
         if table.route_count() == 0 {
             tracing::warn!(config_dir = %args.config_dir.display(), "no routes loaded: every model will answer 404");
         }
@@ -108,6 +110,7 @@ impl Application {
                 args.image_cache_ttl,
             )),
             metrics,
+            access,
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crate::access::admit::AccessControl;
 use crate::config::watch::LiveConfig;
 use crate::health::HealthProbes;
 use crate::images::ImageCache;
@@ -36,4 +37,6 @@ pub struct AppState {
     pub images: Arc<ImageCache>,
     /// This application's Prometheus registry (one per app: tests run many in one process).
     pub metrics: Arc<Metrics>,
+    /// Client keys, limits and the admin token (the admit stage).
+    pub access: Arc<AccessControl>,
 }

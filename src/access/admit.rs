@@ -366,13 +366,14 @@ impl AccessControl {
         self.admin.as_ref()
     }
 
-    /// Whether requests need a key now: `on`, or `auto` once a key file (or, later, the admin
-    /// API) was configured.
+    /// Whether requests need a key now: `on`, or `auto` once any key source (a key file; the
+    /// admin API's database) put a section in the table. An admin token alone protects
+    /// `/admin/*` without turning client keys on.
     pub fn enabled(&self) -> bool {
         match self.mode {
             AccessMode::On => true,
             AccessMode::Off => false,
-            AccessMode::Auto => self.table.ever_configured() || self.admin.is_some(),
+            AccessMode::Auto => self.table.ever_configured(),
         }
     }
 
@@ -432,7 +433,7 @@ impl AccessControl {
         };
         let wants_trace = self.wants_trace(headers);
         if charges.is_empty() {
-            let trace = wants_trace.then(|| DecisionTrace {
+            let trace = wants_trace.then_some(DecisionTrace {
                 allowed: true,
                 source: if exempted {
                     TraceSource::OverrideExempt
@@ -839,7 +840,6 @@ mod tests {
         let admission = admit(&off, &HeaderMap::new(), &chat("m")).unwrap();
         assert!(admission.caller.is_none());
         let mut auto = control(&keys(""), AccessMode::Auto);
-        auto.admin = None;
         auto.table = Arc::new(AccessTable::new());
         assert!(admit(&auto, &HeaderMap::new(), &chat("m")).is_ok());
         let on = control(&keys(""), AccessMode::On);

@@ -6,14 +6,17 @@ pub mod admit;
 pub mod file;
 pub mod key;
 pub mod limits;
+pub mod listing;
 pub mod quota;
+pub mod reload;
+pub mod startup;
 pub mod store;
 pub mod table;
 
 /// `--access-control`: whether requests need a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AccessMode {
-    /// On as soon as a key file (or an admin token) is configured, and from then on until restart.
+    /// On as soon as a key file is loaded, and from then on until restart.
     Auto,
     /// Every proxied request needs a key, even with no key file (all are then refused).
     On,

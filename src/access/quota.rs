@@ -44,10 +44,6 @@ pub struct Override {
 }
 
 impl Policy {
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one per field of the file's entry"
-    )]
     pub fn new(
         api_path: &str,
         model: &str,

@@ -4,6 +4,7 @@
     clippy::expect_used,
     reason = "test support code fails the test by panicking"
 )]
+mod access;
 mod adaptation;
 mod cli;
 mod deploy;
