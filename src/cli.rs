@@ -137,6 +137,10 @@ pub struct ServeArgs {
     /// Put the quota decision trace on every answer (`on`), not only on admins' requests.
     #[arg(long, env = "LLMUX_QUOTA_DECISION_TRACE", default_value = "off", value_parser = parse_switch, action = clap::ArgAction::Set)]
     pub quota_decision_trace: bool,
+    /// Comma-separated key names that get their own `key` label in metrics; every other key is
+    /// `other` [default: the first 100 key names in name order].
+    #[arg(long, env = "LLMUX_KEY_METRICS_LABELS")]
+    pub key_metrics_labels: Option<String>,
 }
 
 impl ServeArgs {
@@ -162,6 +166,7 @@ impl ServeArgs {
             image_cache_ttl: Duration::from_secs(3600),
             access_control: AccessMode::Auto,
             quota_decision_trace: false,
+            key_metrics_labels: None,
         }
     }
 }

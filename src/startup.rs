@@ -53,7 +53,9 @@ impl Application {
             );
         }
         let table = Arc::new(RoutingTable::new());
-        let key_files = Arc::new(access::reload::KeyFiles::new(Arc::default()));
+        let key_files = Arc::new(access::reload::KeyFiles::new(Arc::new(
+            access::table::AccessTable::with_labels(access::startup::label_set(&args)),
+        )));
         let live = Arc::new(
             LiveConfig::new(&args.config_dir, Arc::clone(&table), Arc::clone(&env))
                 .with_access(Arc::clone(&key_files)),

@@ -520,8 +520,10 @@ impl Report<'_> {
             Some(owner) if !owner.is_empty() => owner.to_owned(),
             _ => format!("key:{}", key.name),
         };
+        let name: Arc<str> = key.name.into();
         Some(KeyEntry {
-            name: key.name.into(),
+            metric_label: Arc::clone(&name),
+            name,
             owner: owner.into(),
             digest,
             expires_at,

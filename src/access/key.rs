@@ -138,6 +138,9 @@ pub struct KeyEntry {
     pub allowed_operations: Option<Box<[Box<str>]>>,
     pub limits: KeyLimits,
     pub source: KeySource,
+    /// The `key` label of its metrics: its name, or `other` beyond the table's label set
+    /// (bounded cardinality). Set by the table when it publishes.
+    pub metric_label: Arc<str>,
 }
 
 impl KeyEntry {

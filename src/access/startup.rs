@@ -9,6 +9,7 @@ use super::admin::AdminToken;
 use super::admit::AccessControl;
 use super::reload::KeyFiles;
 use super::store::MemoryStore;
+use super::table::LabelSet;
 use super::AccessMode;
 use crate::cli::ServeArgs;
 
@@ -53,6 +54,21 @@ pub fn access_control(
         );
     }
     Ok(access)
+}
+
+/// `--key-metrics-labels`: the names given, or the default.
+pub fn label_set(args: &ServeArgs) -> LabelSet {
+    match &args.key_metrics_labels {
+        None => LabelSet::FirstNames,
+        Some(names) => LabelSet::Names(
+            names
+                .split(',')
+                .map(str::trim)
+                .filter(|name| !name.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ),
+    }
 }
 
 fn is_loopback(host: &str) -> bool {

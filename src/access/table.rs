@@ -2,7 +2,7 @@
 //! snapshot, looked up by digest in O(1) without allocation or IO. Each source (a config file;
 //! later a database) is replaced as a unit and keeps its last good version when a new one
 //! conflicts with another source (a duplicate key digest, policy or override names both places).
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,9 +70,25 @@ pub struct Conflict {
     pub message: String,
 }
 
+/// The metrics label of keys outside the label set.
+pub const OTHER_LABEL: &str = "other";
+/// Without a configured label set, this many key names (in name order) get their own label.
+pub const DEFAULT_KEY_LABELS: usize = 100;
+
+/// Which key names get their own metrics label.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LabelSet {
+    /// The first [`DEFAULT_KEY_LABELS`] names in name order.
+    #[default]
+    FirstNames,
+    /// Exactly these names (`--key-metrics-labels`).
+    Names(BTreeSet<String>),
+}
+
 /// Every source's last good section and the merged snapshot.
 #[derive(Default)]
 pub struct AccessTable {
+    labels: LabelSet,
     sources: Mutex<BTreeMap<SourceId, Arc<AccessSection>>>,
     snapshot: RwLock<Arc<AccessSnapshot>>,
     /// Set by the first section ever loaded: `--access-control auto` turns on then, and stays on.
@@ -82,6 +98,13 @@ pub struct AccessTable {
 impl AccessTable {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub fn with_labels(labels: LabelSet) -> Self {
+        Self {
+            labels,
+            ..Self::default()
+        }
     }
 
     /// The current snapshot: one read lock and an `Arc` clone.
@@ -145,9 +168,24 @@ impl AccessTable {
             keys: HashMap::with_capacity_and_hasher(key_count, Default::default()),
             ..Default::default()
         };
+        let labelled: BTreeSet<&str> = match &self.labels {
+            LabelSet::Names(names) => names.iter().map(String::as_str).collect(),
+            LabelSet::FirstNames => sources
+                .values()
+                .flat_map(|s| s.keys.iter().map(|k| &*k.name))
+                .collect::<BTreeSet<&str>>()
+                .into_iter()
+                .take(DEFAULT_KEY_LABELS)
+                .collect(),
+        };
+        let other: Arc<str> = Arc::from(OTHER_LABEL);
         for section in sources.values() {
             for key in &section.keys {
-                snapshot.keys.insert(key.digest, Arc::new(key.clone()));
+                let mut key = key.clone();
+                if !labelled.contains(&*key.name) {
+                    key.metric_label = Arc::clone(&other);
+                }
+                snapshot.keys.insert(key.digest, Arc::new(key));
             }
             snapshot.policies.extend(section.policies.iter().cloned());
             for entry in &section.overrides {
@@ -279,6 +317,7 @@ mod tests {
                 file: Arc::from(Path::new(file)),
                 position: None,
             },
+            metric_label: name.into(),
         }
     }
 
@@ -360,6 +399,44 @@ mod tests {
                 section(vec![key("a", "same", "a.json")]),
             )
             .unwrap();
+    }
+
+    #[test]
+    fn metrics_labels_are_bounded_by_the_label_set() {
+        let table = AccessTable::with_labels(LabelSet::Names(BTreeSet::from(["b".to_owned()])));
+        table
+            .replace_file(
+                Path::new("a.json"),
+                section(vec![key("a", "ka", "a.json"), key("b", "kb", "a.json")]),
+            )
+            .unwrap();
+        let label = |secret: &str| {
+            table
+                .snapshot()
+                .key(&KeyDigest::of(secret))
+                .unwrap()
+                .metric_label
+                .to_string()
+        };
+        assert_eq!(label("ka"), "other");
+        assert_eq!(label("kb"), "b");
+        let table = AccessTable::new();
+        let keys = (0..DEFAULT_KEY_LABELS + 1)
+            .map(|i| key(&format!("k{i:03}"), &format!("s{i}"), "a.json"))
+            .collect();
+        table
+            .replace_file(Path::new("a.json"), section(keys))
+            .unwrap();
+        let snapshot = table.snapshot();
+        let others = snapshot
+            .keys()
+            .filter(|k| &*k.metric_label == OTHER_LABEL)
+            .count();
+        assert_eq!(others, 1);
+        assert_eq!(
+            &*snapshot.key(&KeyDigest::of("s100")).unwrap().metric_label,
+            OTHER_LABEL
+        );
     }
 
     #[test]
