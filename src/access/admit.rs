@@ -74,11 +74,77 @@ pub struct Refusal {
     pub trace: Option<DecisionTrace>,
 }
 
+/// A refused request: why, and who (when the key was recognised), for the log line and metrics.
+#[derive(Debug)]
+pub struct Rejection {
+    pub denial: Denial,
+    pub caller: Option<Caller>,
+}
+
+impl Rejection {
+    fn anonymous(denial: Denial) -> Self {
+        Self {
+            denial,
+            caller: None,
+        }
+    }
+}
+
+impl Denial {
+    /// A short reason for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MissingKey | Self::UnknownKey => "invalid_api_key",
+            Self::KeyExpired => "expired",
+            Self::KeyDisabled => "disabled",
+            Self::ModelNotAllowed => "model",
+            Self::OperationNotAllowed => "operation",
+            Self::RateLimited(_) => "rate_limited",
+            Self::StoreUnavailable(_) => "store_unavailable",
+        }
+    }
+}
+
 /// Who is calling, for the log line and metrics: never the key.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub name: Arc<str>,
     pub owner: Arc<str>,
+    /// Its `key` label in metrics (bounded: the name or `other`).
+    pub metric_label: Arc<str>,
+}
+
+impl Caller {
+    fn of(entry: &KeyEntry) -> Self {
+        Self {
+            name: Arc::clone(&entry.name),
+            owner: Arc::clone(&entry.owner),
+            metric_label: Arc::clone(&entry.metric_label),
+        }
+    }
+}
+
+/// A recognised key, for decisions that are not admissions (which models it may see).
+#[derive(Debug, Clone)]
+pub struct KeyView(Arc<KeyEntry>);
+
+impl KeyView {
+    pub fn may_use_model(&self, model: &str) -> bool {
+        self.0.may_use_model(model)
+    }
+
+    pub fn caller(&self) -> Caller {
+        Caller::of(&self.0)
+    }
+}
+
+/// The entry of the key `headers` present.
+fn identify_key<'s>(
+    snapshot: &'s AccessSnapshot,
+    headers: &HeaderMap,
+) -> Result<&'s Arc<KeyEntry>, Denial> {
+    let key = presented_key(headers).ok_or(Denial::MissingKey)?;
+    snapshot.key(&KeyDigest::of(key)).ok_or(Denial::UnknownKey)
 }
 
 /// The `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` values: the tightest request
@@ -402,15 +468,45 @@ impl AccessControl {
         headers: &HeaderMap,
         request: &AdmitRequest<'_>,
         now: SystemTime,
-    ) -> Result<Admission, Denial> {
+    ) -> Result<Admission, Rejection> {
         if !self.enabled() {
             return Ok(Admission::open());
         }
-        let key = presented_key(headers).ok_or(Denial::MissingKey)?;
         let snapshot = self.table.snapshot();
-        let entry = snapshot
-            .key(&KeyDigest::of(key))
-            .ok_or(Denial::UnknownKey)?;
+        let entry = identify_key(&snapshot, headers).map_err(Rejection::anonymous)?;
+        self.admit_key(headers, request, now, &snapshot, entry)
+            .await
+            .map_err(|denial| Rejection {
+                denial,
+                caller: Some(Caller::of(entry)),
+            })
+    }
+
+    /// The caller of a request that names no model (`GET /v1/models`): `Ok(None)` when access
+    /// control is off; the key's entry otherwise, refused when missing, unknown, expired or disabled.
+    pub fn caller(&self, headers: &HeaderMap) -> Result<Option<KeyView>, Denial> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let snapshot = self.table.snapshot();
+        let entry = identify_key(&snapshot, headers)?;
+        if entry.disabled {
+            return Err(Denial::KeyDisabled);
+        }
+        if entry.is_expired((unix_ms(SystemTime::now()) / 1000) as i64) {
+            return Err(Denial::KeyExpired);
+        }
+        Ok(Some(KeyView(Arc::clone(entry))))
+    }
+
+    async fn admit_key(
+        &self,
+        headers: &HeaderMap,
+        request: &AdmitRequest<'_>,
+        now: SystemTime,
+        snapshot: &AccessSnapshot,
+        entry: &Arc<KeyEntry>,
+    ) -> Result<Admission, Denial> {
         let now_ms = unix_ms(now);
         if entry.disabled {
             return Err(Denial::KeyDisabled);
@@ -426,11 +522,8 @@ impl AccessControl {
         if !entry.may_do(request.operation) {
             return Err(Denial::OperationNotAllowed);
         }
-        let (charges, infos, exempted) = charges_for(&snapshot, entry, request, now_ms);
-        let caller = Caller {
-            name: Arc::clone(&entry.name),
-            owner: Arc::clone(&entry.owner),
-        };
+        let (charges, infos, exempted) = charges_for(snapshot, entry, request, now_ms);
+        let caller = Caller::of(entry);
         let wants_trace = self.wants_trace(headers);
         if charges.is_empty() {
             let trace = wants_trace.then_some(DecisionTrace {
@@ -809,6 +902,7 @@ mod tests {
     ) -> Result<Admission, Denial> {
         futures_util::FutureExt::now_or_never(control.admit(headers, request, now()))
             .expect("the memory store answers at once")
+            .map_err(|rejection| rejection.denial)
     }
 
     fn keys(entries: &str) -> String {

@@ -7,6 +7,7 @@ pub mod file;
 pub mod key;
 pub mod limits;
 pub mod listing;
+pub mod metrics;
 pub mod quota;
 pub mod reload;
 pub mod startup;
