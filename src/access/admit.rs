@@ -386,6 +386,16 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .filter(|key| !key.is_empty())
 }
 
+/// The outcome of [`AccessControl::check_admin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminCheck {
+    Allowed,
+    /// No admin token is configured (503).
+    NotConfigured,
+    /// Missing or wrong admin token (401).
+    Unauthorized,
+}
+
 /// Access control as the server runs it: the mode, the key table, the counters, the admin token.
 pub struct AccessControl {
     mode: AccessMode,
@@ -440,6 +450,16 @@ impl AccessControl {
             AccessMode::On => true,
             AccessMode::Off => false,
             AccessMode::Auto => self.table.ever_configured(),
+        }
+    }
+
+    /// Whether a request to `/admin/*` may pass: 503 when no admin token is configured, 401
+    /// without the right one.
+    pub fn check_admin(&self, headers: &HeaderMap) -> AdminCheck {
+        match (&self.admin, self.is_admin(headers)) {
+            (None, _) => AdminCheck::NotConfigured,
+            (Some(_), true) => AdminCheck::Allowed,
+            (Some(_), false) => AdminCheck::Unauthorized,
         }
     }
 
@@ -829,6 +849,26 @@ fn decisive_index(readings: &[Reading], admitted: bool) -> usize {
         .map_or(0, |(i, _)| i)
 }
 
+/// The most output tokens a JSON request body allows (`max_tokens`, `max_completion_tokens` or
+/// `max_output_tokens`), for the token estimate. Reads only those members.
+pub fn max_output_tokens(body: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Limits {
+        max_tokens: Option<u64>,
+        max_completion_tokens: Option<u64>,
+        max_output_tokens: Option<u64>,
+    }
+    let limits: Limits = serde_json::from_slice(body).ok()?;
+    [
+        limits.max_tokens,
+        limits.max_completion_tokens,
+        limits.max_output_tokens,
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
@@ -1138,10 +1178,75 @@ mod tests {
     }
 
     #[test]
+    fn output_limits_are_read_from_any_of_their_names() {
+        let check = |body: &str, expected: Option<u64>| {
+            assert_eq!(max_output_tokens(body.as_bytes()), expected, "{body}");
+        };
+        check(r#"{"model":"m","max_tokens":50,"messages":[]}"#, Some(50));
+        check(r#"{"max_completion_tokens":7}"#, Some(7));
+        check(r#"{"input":"x","max_output_tokens":9}"#, Some(9));
+        check(r#"{"model":"m"}"#, None);
+        check("not json", None);
+    }
+
+    #[test]
+    fn a_rejection_names_the_recognised_caller_only() {
+        let file = keys(&format!(
+            r#"{{"name": "off", "owner_id": "o", "key_sha256": "{}", "disabled": true}}"#,
+            digest("k-off")
+        ));
+        let control = control(&file, AccessMode::On);
+        let rejection = |key: &str| {
+            futures_util::FutureExt::now_or_never(control.admit(&bearer(key), &chat("m"), now()))
+                .unwrap()
+                .unwrap_err()
+        };
+        let known = rejection("k-off");
+        assert!(matches!(known.denial, Denial::KeyDisabled));
+        assert_eq!(
+            known.caller.map(|c| c.name.to_string()).as_deref(),
+            Some("off")
+        );
+        assert!(rejection("k-unknown").caller.is_none());
+    }
+
+    #[test]
+    fn an_override_may_use_its_own_window_and_token_limits_apply_too() {
+        let file = format!(
+            r#"{{"keys": [{{"name": "a", "owner_id": "alice", "key_sha256": "{}"}}],
+              "quota_policies": [{{"api_path": "/v1/chat/completions", "window_type": "minute", "request_limit": 1, "token_limit": 1000}}],
+              "quota_overrides": [{{"api_path": "/v1/chat/completions", "owner_id": "alice", "window_type": "day", "request_limit": 3}}]}}"#,
+            digest("ka")
+        );
+        let control = control(&file, AccessMode::On);
+        let admitted = (0..5)
+            .filter(|_| admit(&control, &bearer("ka"), &chat("m")).is_ok())
+            .count();
+        assert_eq!(
+            admitted, 3,
+            "the override's 3 a day replace the policy's 1 a minute"
+        );
+    }
+
+    #[test]
     fn admin_credentials_are_bearer_tokens_checked_in_constant_time() {
         let control = control(&keys(""), AccessMode::On);
         assert!(control.is_admin(&bearer("admin-secret")));
         assert!(!control.is_admin(&bearer("admin-secre")));
         assert!(!control.is_admin(&HeaderMap::new()));
+        assert_eq!(
+            control.check_admin(&bearer("admin-secret")),
+            AdminCheck::Allowed
+        );
+        assert_eq!(
+            control.check_admin(&bearer("llmux_k")),
+            AdminCheck::Unauthorized
+        );
+        let mut without = control;
+        without.admin = None;
+        assert_eq!(
+            without.check_admin(&bearer("admin-secret")),
+            AdminCheck::NotConfigured
+        );
     }
 }
