@@ -98,7 +98,7 @@ def main():
         keys.append({"name": f"key-{i}", "owner_id": f"owner-{i % 1000}",
                      "key_sha256": hashlib.sha256(key.encode()).hexdigest(),
                      "allowed_models": ["bench", "other-*"],
-                     "requests_per_minute": 1_000_000_000, "tokens_per_minute": 1_000_000_000})
+                     "requests_per_minute": 1_000_000_000})
     dirs = {}
     for name in ("off", "on"):
         configs = os.path.join(work, name)
