@@ -10,6 +10,7 @@ pub mod health;
 pub mod healthcheck;
 pub mod images;
 pub mod metrics;
+pub mod pipeline;
 pub mod proxy;
 pub mod routing;
 pub mod secret;

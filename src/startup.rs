@@ -5,8 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::{Server, Service};
-use actix_web::HttpMessage;
+use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
@@ -20,8 +19,9 @@ use crate::errors;
 use crate::health::HealthProbes;
 use crate::images::ImageCache;
 use crate::metrics::Metrics;
-use crate::proxy::headers::{request_id, RequestId, X_REQUEST_ID};
-use crate::proxy::retry::RetryPolicy;
+use crate::pipeline::accept;
+use crate::pipeline::admit::Admitter;
+use crate::pipeline::attempt::RetryPolicy;
 use crate::routing::breaker::BreakerPolicy;
 use crate::routing::table::RoutingTable;
 use crate::state::AppState;
@@ -91,10 +91,8 @@ impl Application {
             .to_owned();
         let state = web::Data::new(AppState {
             table,
-            config_dir: args.config_dir.clone(),
             base_url,
             max_body_bytes: args.max_body_bytes,
-            env,
             live: Arc::clone(&live),
             responses: Arc::default(),
             health: Arc::new(HealthProbes::new(args.health_cache_ttl)),
@@ -111,6 +109,7 @@ impl Application {
                 args.image_cache_bytes,
                 args.image_cache_ttl,
             )),
+            admitter: Admitter::default(),
             metrics,
             access,
         });
@@ -124,19 +123,13 @@ impl Application {
                     Arc::clone(&tls),
                     connect_timeout,
                 )))
-                .wrap_fn(|request, service| {
-                    let id = request_id(request.headers());
-                    request.extensions_mut().insert(RequestId(id.clone()));
-                    let response = service.call(request);
-                    async move {
-                        let mut response = response.await?;
-                        response.headers_mut().insert(X_REQUEST_ID.clone(), id);
-                        Ok(response)
-                    }
-                })
+                .wrap_fn(accept::middleware)
                 .configure(api::configure)
                 .default_service(web::to(errors::unknown_route))
         })
+        // A client that closes its connection ends its request at once, even before the answer's
+        // head: the handler is dropped, which cancels the upstream request (status 499).
+        .h1_allow_half_closed(false)
         // Signals are the binary's business (`run_until_signalled`): tests start many apps in one process.
         .disable_signals()
         .shutdown_timeout(args.shutdown_grace.as_secs().max(1))

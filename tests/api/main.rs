@@ -10,6 +10,7 @@ mod cli;
 mod deploy;
 mod errors;
 mod forwarding;
+mod harness;
 mod health;
 mod helpers;
 mod images;

@@ -471,3 +471,22 @@ fn metric_names_are_found_in_promql() {
         ["llmux_request_duration_seconds_bucket", "process_open_fds"]
     );
 }
+
+#[tokio::test]
+async fn every_request_is_counted_404s_405s_and_health_checks_included() {
+    // Issue 12: only proxied requests were recorded; the accept stage records every request.
+    let app = spawn_app().await;
+
+    assert_eq!(app.get("/no/such/url").await.status(), 404);
+    assert_eq!(app.get("/v1/chat/completions").await.status(), 405);
+    assert_eq!(app.get("/health").await.status(), 200);
+
+    let series = |path: &str, status: u16| {
+        format!(
+            r#"llmux_requests_total{{model="unknown",provider="none",path="{path}",status="{status}"}}"#
+        )
+    };
+    assert_metric(&app, &series("unmatched", 404), 1.0).await;
+    assert_metric(&app, &series("v1/chat/completions", 405), 1.0).await;
+    assert_metric(&app, &series("health", 200), 1.0).await;
+}
