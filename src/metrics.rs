@@ -196,6 +196,8 @@ pub struct Metrics {
     config_errors: Gauge,
     image_cache_bytes: Gauge,
     endpoint_state: Arc<EndpointState>,
+    /// Per client key (access control), in the same registry.
+    pub access: crate::access::metrics::AccessMetrics,
     unknown_model: Arc<str>,
     no_provider: Arc<str>,
 }
@@ -288,7 +290,9 @@ impl Metrics {
         });
         registry.register_collector(Box::new(Arc::clone(&endpoint_state)));
         registry.register_collector(Box::new(ProcessCollector));
+        let access = crate::access::metrics::AccessMetrics::register(&mut registry);
         Self {
+            access,
             registry,
             requests,
             duration,

@@ -109,9 +109,8 @@ impl Application {
                 args.image_cache_bytes,
                 args.image_cache_ttl,
             )),
-            admitter: Admitter::default(),
+            admitter: Admitter::new(access, metrics.access.clone()),
             metrics,
-            access,
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;

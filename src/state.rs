@@ -2,7 +2,6 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::access::admit::AccessControl;
 use crate::config::watch::LiveConfig;
 use crate::health::HealthProbes;
 use crate::images::ImageCache;
@@ -35,6 +34,4 @@ pub struct AppState {
     pub admitter: Admitter,
     /// This application's Prometheus registry (one per app: tests run many in one process).
     pub metrics: Arc<Metrics>,
-    /// Client keys, limits and the admin token (the admit stage).
-    pub access: Arc<AccessControl>,
 }

@@ -70,6 +70,8 @@ pub enum Denial {
 #[derive(Debug)]
 pub struct Refusal {
     pub retry_after: Duration,
+    /// The limit that needs the longest wait (`requests_per_minute`, `request_limit`, ...).
+    pub limit_name: &'static str,
     pub headers: RateLimitHeaders,
     pub trace: Option<DecisionTrace>,
 }
@@ -597,6 +599,7 @@ impl AccessControl {
         if !acquired.admitted {
             return Err(Denial::RateLimited(Box::new(Refusal {
                 retry_after: acquired.readings[decisive].retry_after,
+                limit_name: infos[decisive].limit_name,
                 headers: headers_out,
                 trace,
             })));

@@ -64,12 +64,19 @@ async fn prepare(
     let body = read::json_body(request, payload, state.max_body_bytes).await?;
     let identity = identify(&body)?;
     log.model = Some(identity.model.as_ref().into());
-    log.admission = Some(state.admitter.admit(&AdmitRequest {
-        operation,
-        model: &identity.model,
-        headers: request.headers(),
-        body: &body,
-    })?);
+    state
+        .admitter
+        .admit(
+            request,
+            log,
+            &AdmitRequest {
+                operation,
+                model: &identity.model,
+                headers: request.headers(),
+                body: &body,
+            },
+        )
+        .await?;
     let routed = route::route(
         &state.table,
         &state.responses,
@@ -131,20 +138,28 @@ pub async fn forward_by_response_id(
         Operation::ResponsesInputItems => "/input_items",
         _ => "",
     };
-    let prepared =
-        route::by_response_id(&state.table, &state.responses, &id).and_then(|endpoint| {
-            log.model = Some(endpoint.exposed_model.as_ref().into());
-            log.admission = Some(state.admitter.admit(&AdmitRequest {
-                operation,
-                model: &endpoint.exposed_model,
-                headers: request.headers(),
-                body: &[],
-            })?);
-            let uri = endpoint
-                .uri_with_query(&format!("v1/responses/{id}{suffix}"), request.uri().query())
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            Ok((endpoint, uri))
-        });
+    let prepared = async {
+        let endpoint = route::by_response_id(&state.table, &state.responses, &id)?;
+        log.model = Some(endpoint.exposed_model.as_ref().into());
+        state
+            .admitter
+            .admit(
+                &request,
+                &mut log,
+                &AdmitRequest {
+                    operation,
+                    model: &endpoint.exposed_model,
+                    headers: request.headers(),
+                    body: &[],
+                },
+            )
+            .await?;
+        let uri = endpoint
+            .uri_with_query(&format!("v1/responses/{id}{suffix}"), request.uri().query())
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok::<_, ApiError>((endpoint, uri))
+    }
+    .await;
     let (endpoint, uri) = match prepared {
         Ok(prepared) => prepared,
         Err(error) => return log.reject(error),

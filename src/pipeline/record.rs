@@ -12,6 +12,7 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use crate::proxy::headers::request_id;
 
 use super::admit::Admission;
+use crate::access::admit::Caller;
 use super::operation::Operation;
 use crate::errors::ApiError;
 use crate::metrics::{Metrics, RequestRecord};
@@ -78,6 +79,8 @@ pub struct AccessLog {
     pub usage: Option<UsageReader>,
     /// What the admit stage granted; settled with the real usage when the line is written.
     pub admission: Option<Admission>,
+    /// The client key's name and owner (never the key), when access control recognised one.
+    pub caller: Option<Caller>,
 }
 
 impl AccessLog {
@@ -126,6 +129,7 @@ impl AccessLog {
             metrics: None,
             usage: None,
             admission: None,
+            caller: None,
         }
     }
 
@@ -152,7 +156,7 @@ impl Drop for AccessLog {
         let usage: Option<Usage> = self.usage.as_mut().and_then(UsageReader::finish);
         let first_token = self.usage.as_ref().and_then(UsageReader::first_token);
         if let Some(admission) = self.admission.as_mut() {
-            admission.settle(usage.as_ref());
+            admission.settle(usage.as_ref(), self.outcome);
         }
         let duration = self.started.elapsed();
         let endpoint = self.endpoint.as_deref();
@@ -179,6 +183,8 @@ impl Drop for AccessLog {
             outcome = self.outcome.as_str(),
             client = self.client.map(|c| c.to_string()),
             attempts = self.attempts,
+            key_name = self.caller.as_ref().map(|c| &*c.name),
+            key_owner = self.caller.as_ref().map(|c| &*c.owner),
             "request"
         );
         if let Some(metrics) = &self.metrics {

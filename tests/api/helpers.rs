@@ -52,6 +52,12 @@ impl Spawn {
         self
     }
 
+    /// Sets a variable of the environment llmux reads (provider keys, the admin token).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
     pub fn args(mut self, edit: impl FnOnce(&mut ServeArgs) + 'static) -> Self {
         self.args = Box::new(edit);
         self

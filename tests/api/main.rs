@@ -6,6 +6,7 @@
 )]
 mod access;
 mod adaptation;
+mod admission;
 mod cli;
 mod deploy;
 mod errors;
