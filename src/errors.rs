@@ -61,7 +61,9 @@ pub enum ApiError {
         retry_after: Duration,
         limit: &'static str,
     },
-    #[error("The admin API needs an admin token: set LLMUX_ADMIN_TOKEN or LLMUX_ADMIN_TOKEN_FILE.")]
+    #[error(
+        "The admin API needs an admin token: set LLMUX_ADMIN_TOKEN or LLMUX_ADMIN_TOKEN_FILE."
+    )]
     AdminNotConfigured,
     #[error("Access control could not check this request's limits: {0}")]
     AccessUnavailable(String),
@@ -263,11 +265,19 @@ mod tests {
             limit: "requests_per_minute",
         };
         assert_eq!(
-            limited.error_response().headers().get("retry-after").unwrap(),
+            limited
+                .error_response()
+                .headers()
+                .get("retry-after")
+                .unwrap(),
             "2"
         );
         check(limited, 429, Some("rate_limit_exceeded"));
-        check(ApiError::AdminNotConfigured, 503, Some("admin_not_configured"));
+        check(
+            ApiError::AdminNotConfigured,
+            503,
+            Some("admin_not_configured"),
+        );
     }
 
     #[test]

@@ -40,7 +40,10 @@ where
         let mut response = response.await?;
         response.headers_mut().insert(X_REQUEST_ID.clone(), id);
         // The admit stage's rate-limit headers (and decision trace), on answers and refusals alike.
-        let answer_headers = response.request().extensions_mut().remove::<AnswerHeaders>();
+        let answer_headers = response
+            .request()
+            .extensions_mut()
+            .remove::<AnswerHeaders>();
         if let Some(AnswerHeaders(pairs)) = answer_headers {
             for (name, value) in pairs {
                 response.headers_mut().insert(name, value);

@@ -16,8 +16,8 @@ use actix_web::{HttpMessage, HttpRequest};
 use super::operation::Operation;
 use super::record::{AccessLog, Outcome};
 use crate::access::admit::{
-    self as access_admit, max_output_tokens, AccessControl, AdminCheck, Denial,
-    KeyView, RateLimitHeaders, DECISION_HEADER,
+    self as access_admit, max_output_tokens, AccessControl, AdminCheck, Denial, KeyView,
+    RateLimitHeaders, DECISION_HEADER,
 };
 use crate::access::metrics::AccessMetrics;
 use crate::errors::ApiError;
@@ -188,7 +188,6 @@ impl Admitter {
             }),
         }
     }
-
 }
 
 impl Admission {

@@ -12,8 +12,8 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use crate::proxy::headers::request_id;
 
 use super::admit::Admission;
-use crate::access::admit::Caller;
 use super::operation::Operation;
+use crate::access::admit::Caller;
 use crate::errors::ApiError;
 use crate::metrics::{Metrics, RequestRecord};
 use crate::proxy::usage::{Usage, UsageReader};

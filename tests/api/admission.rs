@@ -2,17 +2,13 @@
 //! limits and their headers, the admin credential, the decision trace, live key-file edits.
 use std::time::{Duration, Instant};
 
-use async_openai::types::{
-    ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs,
-};
+use async_openai::types::{ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::helpers::{
-    assert_openai_error, eventually, provider_file, Binary, Reply, Spawn, TestApp,
+    assert_openai_error, eventually, provider_file, Binary, Reply, Spawn, TestApp, ADMIN_TOKEN,
 };
-
-const ADMIN_TOKEN: &str = "admin-token-for-tests";
 
 fn digest(key: &str) -> String {
     Sha256::digest(key.as_bytes())
@@ -42,11 +38,14 @@ async fn spawn_with(access: Value) -> TestApp {
             provider_file(
                 "mock",
                 "",
-                &[("m", "target-m"), ("openai/gpt-4o", "gpt-4o"), ("llama-3", "llama")],
+                &[
+                    ("m", "target-m"),
+                    ("openai/gpt-4o", "gpt-4o"),
+                    ("llama-3", "llama"),
+                ],
             ),
         )
         .file("keys.json", access)
-        .env("LLMUX_ADMIN_TOKEN", ADMIN_TOKEN)
         .start()
         .await
 }
@@ -93,7 +92,10 @@ async fn a_missing_or_unknown_key_gets_401_invalid_api_key() {
     let error = assert_openai_error(unknown, 401).await;
     assert_eq!(error["code"], "invalid_api_key");
     assert!(
-        !error["message"].as_str().unwrap().contains("llmux_not_configured"),
+        !error["message"]
+            .as_str()
+            .unwrap()
+            .contains("llmux_not_configured"),
         "{error}"
     );
     assert!(app.upstream.requests().is_empty(), "nothing went upstream");
@@ -112,7 +114,12 @@ async fn the_openai_sdk_and_the_azure_header_both_present_keys() {
             .into()])
         .build()
         .unwrap();
-    let answer = app.openai_as("llmux_good").chat().create(request).await.unwrap();
+    let answer = app
+        .openai_as("llmux_good")
+        .chat()
+        .create(request)
+        .await
+        .unwrap();
     assert_eq!(answer.model, "target-m");
 
     let azure = app
@@ -129,16 +136,26 @@ async fn the_openai_sdk_and_the_azure_header_both_present_keys() {
 #[tokio::test]
 async fn an_expired_or_disabled_key_gets_401_saying_so() {
     let app = spawn_with(key_file(vec![
-        entry("old", "llmux_old", json!({"expires_at": "2020-01-01T00:00:00Z"})),
+        entry(
+            "old",
+            "llmux_old",
+            json!({"expires_at": "2020-01-01T00:00:00Z"}),
+        ),
         entry("off", "llmux_off", json!({"disabled": true})),
     ]))
     .await;
 
     let expired = assert_openai_error(app.chat_as("llmux_old", "m").await, 401).await;
     assert_eq!(expired["code"], "invalid_api_key");
-    assert!(expired["message"].as_str().unwrap().contains("expired"), "{expired}");
+    assert!(
+        expired["message"].as_str().unwrap().contains("expired"),
+        "{expired}"
+    );
     let disabled = assert_openai_error(app.chat_as("llmux_off", "m").await, 401).await;
-    assert!(disabled["message"].as_str().unwrap().contains("disabled"), "{disabled}");
+    assert!(
+        disabled["message"].as_str().unwrap().contains("disabled"),
+        "{disabled}"
+    );
 }
 
 #[tokio::test]
@@ -159,8 +176,14 @@ async fn a_forbidden_model_gets_the_same_404_as_a_model_that_does_not_exist() {
     assert_eq!(forbidden["code"], "model_not_found");
     assert_eq!(forbidden["type"], unknown["type"]);
     assert_eq!(
-        forbidden["message"].as_str().unwrap().replace("llama-3", "X"),
-        unknown["message"].as_str().unwrap().replace("no-such-model", "X")
+        forbidden["message"]
+            .as_str()
+            .unwrap()
+            .replace("llama-3", "X"),
+        unknown["message"]
+            .as_str()
+            .unwrap()
+            .replace("no-such-model", "X")
     );
 }
 
@@ -246,7 +269,10 @@ async fn over_a_limit_gets_429_with_retry_after_and_every_answer_has_rate_limit_
 
     let refused = app.chat_as("llmux_k", "m").await;
     assert_eq!(header(&refused, "retry-after"), Some("30"));
-    assert_eq!(header(&refused, "x-ratelimit-remaining-requests"), Some("0"));
+    assert_eq!(
+        header(&refused, "x-ratelimit-remaining-requests"),
+        Some("0")
+    );
     let error = assert_openai_error(refused, 429).await;
     assert_eq!(error["code"], "rate_limit_exceeded");
     assert_eq!(app.upstream.requests().len(), 2);
@@ -282,7 +308,12 @@ async fn fifty_concurrent_clients_against_a_100_per_minute_key_get_exactly_100_a
     });
     let mut statuses = Vec::new();
     for client in clients.collect::<Vec<_>>() {
-        statuses.extend(tokio::time::timeout(Duration::from_secs(30), client).await.unwrap().unwrap());
+        statuses.extend(
+            tokio::time::timeout(Duration::from_secs(30), client)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
     }
     let elapsed = started.elapsed();
 
@@ -407,9 +438,18 @@ async fn an_upload_counts_against_the_request_quota() {
 
 #[tokio::test]
 async fn the_client_key_never_reaches_the_upstream() {
-    let app = spawn_with(key_file(vec![entry("k", "llmux_secret_client_key", json!({}))])).await;
+    let app = spawn_with(key_file(vec![entry(
+        "k",
+        "llmux_secret_client_key",
+        json!({}),
+    )]))
+    .await;
 
-    app.chat_as("llmux_secret_client_key", "m").await.text().await.unwrap();
+    app.chat_as("llmux_secret_client_key", "m")
+        .await
+        .text()
+        .await
+        .unwrap();
     app.http
         .post(app.url("/v1/embeddings"))
         .header("api-key", "llmux_secret_client_key")
@@ -427,7 +467,10 @@ async fn the_client_key_never_reaches_the_upstream() {
             Some(format!("Bearer {}", crate::helpers::PROVIDER_KEY).as_str())
         );
         for (name, value) in &request.headers {
-            assert!(!value.contains("llmux_secret_client_key"), "{name}: {value}");
+            assert!(
+                !value.contains("llmux_secret_client_key"),
+                "{name}: {value}"
+            );
             assert!(!value.contains(ADMIN_TOKEN), "{name}: {value}");
         }
     }
@@ -461,12 +504,16 @@ async fn admin_endpoints_need_the_admin_token() {
 async fn without_an_admin_token_admin_endpoints_answer_503_saying_why() {
     let app = Spawn::new()
         .file("provider.json", provider_file("mock", "", &[("m", "t")]))
+        .without_env("LLMUX_ADMIN_TOKEN")
         .start()
         .await;
 
     let error = assert_openai_error(app.get("/admin/config").await, 503).await;
     assert!(
-        error["message"].as_str().unwrap().contains("LLMUX_ADMIN_TOKEN"),
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("LLMUX_ADMIN_TOKEN"),
         "{error}"
     );
 }
@@ -492,7 +539,9 @@ async fn the_decision_trace_is_for_admins_only_and_a_client_cannot_ask_for_it() 
     assert!(header(&client, "x-foap-quota-decision").is_none());
     let wrong = with_header("x-llmux-admin-token", "guess").await.unwrap();
     assert!(header(&wrong, "x-llmux-quota-decision").is_none());
-    let admin = with_header("x-llmux-admin-token", ADMIN_TOKEN).await.unwrap();
+    let admin = with_header("x-llmux-admin-token", ADMIN_TOKEN)
+        .await
+        .unwrap();
     let trace = header(&admin, "x-llmux-quota-decision").unwrap();
     assert!(trace.starts_with("source=policy;allowed=true;"), "{trace}");
     assert!(trace.contains("remaining=7"), "{trace}");
@@ -530,7 +579,11 @@ async fn key_file_edits_are_live_within_two_seconds() {
     ]));
     wait_for("llmux_b", 404, "an edited key's models to apply").await;
     // A broken edit keeps the last good version.
-    std::fs::write(app.config_dir.path().join("keys.json"), "{\"llmux_access\": {\"keys\": [").unwrap();
+    std::fs::write(
+        app.config_dir.path().join("keys.json"),
+        "{\"llmux_access\": {\"keys\": [",
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(status_of("llmux_a")().await, Some(200));
     // Disabled.
@@ -540,7 +593,11 @@ async fn key_file_edits_are_live_within_two_seconds() {
     ]));
     wait_for("llmux_a", 401, "a disabled key to be refused").await;
     // Removed.
-    app.write_keys(key_file(vec![entry("a", "llmux_a", json!({"disabled": true}))]));
+    app.write_keys(key_file(vec![entry(
+        "a",
+        "llmux_a",
+        json!({"disabled": true}),
+    )]));
     wait_for("llmux_b", 401, "a removed key to be refused").await;
 }
 
@@ -548,18 +605,28 @@ async fn key_file_edits_are_live_within_two_seconds() {
 async fn no_key_or_digest_shows_in_logs_errors_admin_config_or_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = crate::helpers::MockUpstream::start().await;
-    let provider = provider_file("mock", "", &[("m", "t")]).to_string().replace("{UPSTREAM}", &upstream.url);
+    let provider = provider_file("mock", "", &[("m", "t")])
+        .to_string()
+        .replace("{UPSTREAM}", &upstream.url);
     std::fs::write(dir.path().join("provider.json"), provider).unwrap();
     let key = "llmux_K3y_that_must_never_be_seen";
     std::fs::write(
         dir.path().join("keys.json"),
-        key_file(vec![entry("visible-name", key, json!({"requests_per_minute": 1}))]).to_string(),
+        key_file(vec![entry(
+            "visible-name",
+            key,
+            json!({"requests_per_minute": 1}),
+        )])
+        .to_string(),
     )
     .unwrap();
     let binary = Binary::start(
         dir.path(),
         &["--log", "debug"],
-        &[("LLMUX_ADMIN_TOKEN", ADMIN_TOKEN), ("TEST_PROVIDER_KEY", "sk-upstream")],
+        &[
+            ("LLMUX_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("TEST_PROVIDER_KEY", "sk-upstream"),
+        ],
     )
     .await;
     let http = reqwest::Client::new();
@@ -605,9 +672,16 @@ async fn no_key_or_digest_shows_in_logs_errors_admin_config_or_metrics() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("llmux_client_refusals_total{key=\"visible-name\",reason=\"rate_limited\"} 1"),
+        metrics.contains(
+            "llmux_client_refusals_total{key=\"visible-name\",reason=\"rate_limited\"} 1"
+        ),
         "{metrics}"
     );
     let lines = binary.lines_with("\"key_name\":\"visible-name\"");
-    assert!(lines.iter().any(|l| l.contains("\"key_owner\":\"key:visible-name\"")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"key_owner\":\"key:visible-name\"")),
+        "{lines:?}"
+    );
 }
