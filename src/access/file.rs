@@ -14,7 +14,9 @@ use super::key::{KeyDigest, KeyEntry, KeyLimits, KeySource, Patterns, OPERATIONS
 use super::limits::Window;
 use super::quota::{normalize_api_path, Override, Policy};
 use crate::config::load::{Problem, Severity};
-use crate::config::locate::{display_path, locate, position_of, Position, Segment};
+use crate::config::locate::{
+    display_path, element_positions, locate, position_of, Position, Segment,
+};
 
 /// The reserved top-level key of a config file that holds access control.
 pub const ACCESS_SECTION: &str = "llmux_access";
@@ -160,6 +162,7 @@ pub fn parse_section(file: &Path, text: &str) -> FileSection {
         file,
         text,
         problems: Vec::new(),
+        elements: Default::default(),
     };
     // Provider files never mention the section: they are not parsed a second time.
     if !text.contains(ACCESS_SECTION) {
@@ -258,6 +261,8 @@ struct Report<'a> {
     file: &'a Path,
     text: &'a str,
     problems: Vec<Problem>,
+    /// Positions of the elements of each list (keys, policies, overrides), found in one pass.
+    elements: std::collections::HashMap<String, Vec<Position>>,
 }
 
 fn at(path: &[Segment], key: &str) -> Vec<Segment> {
@@ -287,6 +292,11 @@ impl Report<'_> {
     }
 
     fn position(&self, path: &[Segment]) -> Option<Position> {
+        if let [_, Segment::Key(list), Segment::Index(index)] = path {
+            if let Some(position) = self.elements.get(list).and_then(|p| p.get(*index)) {
+                return Some(*position);
+            }
+        }
         locate(self.text, path).or_else(|| Some(position_of(self.text, 0)))
     }
 
@@ -331,10 +341,22 @@ impl Report<'_> {
     }
 
     fn validate(&mut self, schema: AccessSchema) -> AccessSection {
+        for list in SECTION_KEYS {
+            let path = [
+                Segment::Key(ACCESS_SECTION.into()),
+                Segment::Key((*list).into()),
+            ];
+            if let Some(positions) = element_positions(self.text, &path) {
+                self.elements.insert((*list).to_owned(), positions);
+            }
+        }
         let mut section = AccessSection::default();
+        let mut seen: std::collections::HashMap<KeyDigest, usize> =
+            std::collections::HashMap::with_capacity(schema.keys.len());
         for (index, key) in schema.keys.into_iter().enumerate() {
             if let Some(entry) = self.key(index, key) {
-                if let Some(first) = section.keys.iter().find(|k| k.digest == entry.digest) {
+                if let Some(&first) = seen.get(&entry.digest) {
+                    let first: &KeyEntry = &section.keys[first];
                     let message = format!(
                         "key `{}` has the same key_sha256 as key `{}` at {}",
                         entry.name, first.name, first.source
@@ -342,6 +364,7 @@ impl Report<'_> {
                     self.error(at(&item("keys", index), "key_sha256"), message);
                     continue;
                 }
+                seen.insert(entry.digest, section.keys.len());
                 section.keys.push(entry);
             }
         }
@@ -782,6 +805,28 @@ mod tests {
             1,
             "EOF",
         );
+    }
+
+    #[test]
+    fn a_large_key_file_loads_in_one_pass() {
+        // Quadratic work (a scan or a duplicate search per entry) would take minutes here.
+        let keys: Vec<String> = (0..20_000)
+            .map(|i| {
+                format!(
+                    "{{\"name\": \"k{i}\", \"key_sha256\": \"{}\"}}",
+                    KeyDigest::of(&format!("key-{i}")).to_hex()
+                )
+            })
+            .collect();
+        let text = format!(
+            "{{\"llmux_access\": {{\"keys\": [\n{}]}}}}",
+            keys.join(",\n")
+        );
+        let started = std::time::Instant::now();
+        let section = section(&text);
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        assert_eq!(section.keys.len(), 20_000);
+        assert_eq!(section.keys[19_999].source.to_string(), "keys.json:20001:1");
     }
 
     #[test]
