@@ -818,15 +818,26 @@ mod tests {
                 )
             })
             .collect();
-        let text = format!(
-            "{{\"llmux_access\": {{\"keys\": [\n{}]}}}}",
-            keys.join(",\n")
-        );
-        let started = std::time::Instant::now();
-        let section = section(&text);
-        assert!(started.elapsed() < std::time::Duration::from_secs(10));
-        assert_eq!(section.keys.len(), 20_000);
-        assert_eq!(section.keys[19_999].source.to_string(), "keys.json:20001:1");
+        for separator in [",\n", ","] {
+            // One entry per line, and everything on one line (as `json.dump` writes it).
+            let text = format!(
+                "{{\"llmux_access\": {{\"keys\": [\n{}]}}}}",
+                keys.join(separator)
+            );
+            let started = std::time::Instant::now();
+            let section = section(&text);
+            assert!(started.elapsed() < std::time::Duration::from_secs(10));
+            assert_eq!(section.keys.len(), 20_000);
+            let last = section.keys[19_999].source.to_string();
+            let expected = if separator == ",\n" {
+                "keys.json:20001:1".to_owned()
+            } else {
+                let line_start = text.find('\n').unwrap() + 1;
+                let column = text.rfind("{\"name\"").unwrap() - line_start + 1;
+                format!("keys.json:2:{column}")
+            };
+            assert_eq!(last, expected);
+        }
     }
 
     #[test]

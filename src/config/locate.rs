@@ -108,23 +108,22 @@ pub fn element_positions(text: &str, path: &[Segment]) -> Option<Vec<Position>> 
             _ => break,
         }
     }
-    // Offsets grow: count lines incrementally.
+    // Offsets grow: count lines and columns (in characters) incrementally.
     let bytes = text.as_bytes();
-    let (mut line, mut line_start, mut counted) = (1, 0, 0);
+    let (mut line, mut column, mut counted) = (1, 1, 0);
     let positions = offsets
         .into_iter()
         .map(|offset| {
-            for (i, byte) in bytes[counted..offset].iter().enumerate() {
+            for byte in &bytes[counted..offset] {
                 if *byte == b'\n' {
                     line += 1;
-                    line_start = counted + i + 1;
+                    column = 1;
+                } else if byte & 0xC0 != 0x80 {
+                    // Not a UTF-8 continuation byte: a new character.
+                    column += 1;
                 }
             }
             counted = offset;
-            let column = String::from_utf8_lossy(&bytes[line_start..offset])
-                .chars()
-                .count()
-                + 1;
             Position { line, column }
         })
         .collect();
