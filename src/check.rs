@@ -2,6 +2,7 @@
 use std::io::Write;
 use std::path::Path;
 
+use crate::access;
 use crate::config::load::{load_file, process_env, scan_dir, Severity};
 use crate::routing::table::RoutingTable;
 
@@ -89,6 +90,14 @@ pub fn run(config_dir: &Path, out: &mut impl Write) -> std::io::Result<bool> {
     writeln!(out, "{}", line(&header.map(str::to_owned)))?;
     for row in &rows {
         writeln!(out, "{}", line(row))?;
+    }
+    // Access control: the keys of every `llmux_access` section (never a key or a full digest).
+    let (key_rows, key_problems) = access::listing::check_dir(config_dir);
+    ok &= key_problems.iter().all(|p| p.severity != Severity::Error);
+    problems.extend(key_problems);
+    if !key_rows.is_empty() {
+        writeln!(out)?;
+        access::listing::write_table(&key_rows, out)?;
     }
     let errors = problems
         .iter()

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::access::AccessMode;
 use crate::config::watch::WatchMode;
 use crate::pipeline::attempt::UpstreamHeader;
 
@@ -29,6 +30,27 @@ pub enum Command {
     Check(CheckArgs),
     /// GET /health on a running llmux (for container HEALTHCHECKs); exit 0 when it answers 200, 1 otherwise.
     Healthcheck(HealthcheckArgs),
+    /// Client keys for access control.
+    Keys(KeysArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysCommand {
+    /// Mint a key: prints it once, and the entry (with its SHA-256 only) to paste into a key file.
+    New {
+        /// The key's name, shown in logs and metrics [default: key-<digest prefix>].
+        #[arg(long)]
+        name: Option<String>,
+        /// The owner its quotas are counted for [default: key:<name>].
+        #[arg(long)]
+        owner: Option<String>,
+    },
 }
 
 impl Cli {
@@ -171,6 +193,17 @@ pub struct ServeArgs {
     /// repeat the flag or give a comma list.
     #[arg(long, env = "LLMUX_PATH_PREFIX", value_delimiter = ',', value_parser = parse_path_prefix)]
     pub path_prefix: Vec<String>,
+    /// Whether proxied requests need a client key: `auto` turns on with the first key file
+    /// loaded and stays on.
+    #[arg(long, env = "LLMUX_ACCESS_CONTROL", value_enum, default_value_t = AccessMode::Auto)]
+    pub access_control: AccessMode,
+    /// Put the quota decision trace on every answer (`on`), not only on admins' requests.
+    #[arg(long, env = "LLMUX_QUOTA_DECISION_TRACE", default_value = "off", value_parser = parse_switch, action = clap::ArgAction::Set)]
+    pub quota_decision_trace: bool,
+    /// Comma-separated key names that get their own `key` label in metrics; every other key is
+    /// `other` [default: the first 100 key names in name order].
+    #[arg(long, env = "LLMUX_KEY_METRICS_LABELS")]
+    pub key_metrics_labels: Option<String>,
 }
 
 /// actix's default listen backlog (std's is 128).
@@ -219,6 +252,9 @@ impl ServeArgs {
             upstream_header: UpstreamHeader::Off,
             cors_origins: Vec::new(),
             path_prefix: Vec::new(),
+            access_control: AccessMode::Auto,
+            quota_decision_trace: false,
+            key_metrics_labels: None,
         }
     }
 
@@ -276,6 +312,16 @@ pub fn parse_log_filter(text: &str) -> Result<String, String> {
 }
 
 /// Parses a positive number of seconds (`10`, `0.5`), at most [`MAX_FLAG_DURATION`].
+/// Parses `on`/`off` (also `true`/`false`, `1`/`0`, `yes`/`no`).
+pub fn parse_switch(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" | "" => Ok(false),
+        _ => Err(format!("`{text}` is not on or off")),
+    }
+}
+
+/// Parses a positive number of seconds (`10`, `0.5`).
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     match parse_seconds_or_zero(text)? {
         Duration::ZERO => Err(format!("`{text}` must be a positive number of seconds")),
@@ -320,6 +366,28 @@ mod tests {
         assert!(
             matches!(cli.into_command(), Command::Check(a) if a.config_dir == std::path::Path::new("/x"))
         );
+        let cli = Cli::try_parse_from(["llmux", "keys", "new", "--name", "n"]).unwrap();
+        assert!(matches!(
+            cli.into_command(),
+            Command::Keys(KeysArgs { command: KeysCommand::New { name: Some(n), owner: None } }) if n == "n"
+        ));
+        let cli = Cli::try_parse_from([
+            "llmux",
+            "--access-control",
+            "on",
+            "--quota-decision-trace",
+            "on",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.into_command(),
+            Command::Serve(ServeArgs {
+                access_control: AccessMode::On,
+                quota_decision_trace: true,
+                ..
+            })
+        ));
+        assert!(parse_switch("maybe").is_err());
         assert!(parse_seconds("0").is_err());
         assert!(parse_seconds("abc").is_err());
         assert!(parse_seconds("NaN").is_err());

@@ -77,6 +77,23 @@ pub enum ApiError {
         family: &'static str,
         path: &'static str,
     },
+    /// A missing, unknown, expired or disabled client key (access control); never names the key.
+    #[error("{reason}")]
+    InvalidApiKey { reason: &'static str },
+    #[error("This API key may not call {operation}.")]
+    PermissionDenied { operation: &'static str },
+    /// Over a limit: `Retry-After` (whole seconds, at least 1) goes with it.
+    #[error("Rate limit reached ({limit}). Please try again in {}s.", retry_after_seconds(*retry_after))]
+    RateLimited {
+        retry_after: Duration,
+        limit: &'static str,
+    },
+    #[error(
+        "The admin API needs an admin token: set LLMUX_ADMIN_TOKEN or LLMUX_ADMIN_TOKEN_FILE."
+    )]
+    AdminNotConfigured,
+    #[error("Access control could not check this request's limits: {0}")]
+    AccessUnavailable(String),
 }
 
 /// Longest client-sent text llmux echoes in an error or a log line.
@@ -93,6 +110,11 @@ pub fn echo(text: &str) -> std::borrow::Cow<'_, str> {
         end -= 1;
     }
     format!("{}…", &text[..end]).into()
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+pub fn retry_after_seconds(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
 #[derive(Serialize)]
@@ -162,6 +184,13 @@ impl ApiError {
             Self::FamilyNotServed { .. } => {
                 ("invalid_request_error", None, Some("family_not_served"))
             }
+            Self::InvalidApiKey { .. } => ("invalid_request_error", None, Some("invalid_api_key")),
+            Self::PermissionDenied { .. } => {
+                ("invalid_request_error", None, Some("permission_denied"))
+            }
+            Self::RateLimited { .. } => ("requests", None, Some("rate_limit_exceeded")),
+            Self::AdminNotConfigured => ("server_error", None, Some("admin_not_configured")),
+            Self::AccessUnavailable(_) => ("server_error", None, Some("access_unavailable")),
         }
     }
 }
@@ -186,6 +215,12 @@ impl ResponseError for ApiError {
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::UnknownResponse { .. } => StatusCode::NOT_FOUND,
             Self::ImageNotFound { .. } | Self::FamilyNotServed { .. } => StatusCode::NOT_FOUND,
+            Self::InvalidApiKey { .. } => StatusCode::UNAUTHORIZED,
+            Self::PermissionDenied { .. } => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::AdminNotConfigured | Self::AccessUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -200,9 +235,12 @@ impl ResponseError for ApiError {
             },
         };
         let json = serde_json::to_vec(&body).unwrap_or_default();
-        HttpResponse::build(self.status_code())
-            .insert_header((header::CONTENT_TYPE, "application/json"))
-            .body(json)
+        let mut response = HttpResponse::build(self.status_code());
+        response.insert_header((header::CONTENT_TYPE, "application/json"));
+        if let Self::RateLimited { retry_after, .. } = self {
+            response.insert_header((header::RETRY_AFTER, retry_after_seconds(*retry_after)));
+        }
+        response.body(json)
     }
 }
 
@@ -273,6 +311,34 @@ mod tests {
             },
             504,
             Some("upstream_timeout"),
+        );
+        check(
+            ApiError::InvalidApiKey { reason: "x" },
+            401,
+            Some("invalid_api_key"),
+        );
+        check(
+            ApiError::PermissionDenied { operation: "chat" },
+            403,
+            Some("permission_denied"),
+        );
+        let limited = ApiError::RateLimited {
+            retry_after: Duration::from_millis(1200),
+            limit: "requests_per_minute",
+        };
+        assert_eq!(
+            limited
+                .error_response()
+                .headers()
+                .get("retry-after")
+                .unwrap(),
+            "2"
+        );
+        check(limited, 429, Some("rate_limit_exceeded"));
+        check(
+            ApiError::AdminNotConfigured,
+            503,
+            Some("admin_not_configured"),
         );
     }
 

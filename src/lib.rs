@@ -1,7 +1,9 @@
 //! llmux: one OpenAI-compatible URL in front of many model backends, routed by JSON config files.
+pub mod access;
 pub mod api;
 pub mod check;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod errors;

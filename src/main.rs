@@ -21,6 +21,9 @@ fn main() -> anyhow::Result<()> {
                 }
             })
         }
+        Command::Keys(args) => {
+            llmux::commands::keys::run(&args.command, &mut std::io::stdout().lock())
+        }
         Command::Healthcheck(args) => {
             match llmux::healthcheck::run(&args.host, args.port, args.timeout) {
                 Ok(()) => std::process::exit(0),

@@ -208,6 +208,8 @@ pub struct Metrics {
     config_errors: Gauge,
     image_cache_bytes: Gauge,
     endpoint_state: Arc<EndpointState>,
+    /// Per client key (access control), in the same registry.
+    pub access: crate::access::metrics::AccessMetrics,
     unknown_model: Arc<str>,
     no_provider: Arc<str>,
     /// Realtime WebSocket sessions (`realtime::metrics`).
@@ -310,9 +312,11 @@ impl Metrics {
         registry.register_collector(Box::new(Arc::clone(&endpoint_state)));
         registry.register_collector(Box::new(ProcessCollector));
         let realtime = crate::realtime::metrics::RealtimeMetrics::register(&mut registry);
+        let access = crate::access::metrics::AccessMetrics::register(&mut registry);
         registry.register_collector(Box::new(BuildInfo));
         Self {
             realtime,
+            access,
             registry,
             requests,
             duration,

@@ -13,6 +13,7 @@ use anyhow::Context;
 use futures_util::future::Either;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::access;
 use crate::api;
 use crate::api::prefix::PathPrefixes;
 use crate::cli::ServeArgs;
@@ -119,11 +120,13 @@ impl Application {
         crate::proxy::usage::warm_up_tokenizer();
         let env_for_upstream = Arc::clone(&env);
         let table = Arc::new(RoutingTable::new());
-        let live = Arc::new(LiveConfig::new(
-            &args.config_dir,
-            Arc::clone(&table),
-            Arc::clone(&env),
-        ));
+        let key_files = Arc::new(access::reload::KeyFiles::new(Arc::new(
+            access::table::AccessTable::with_labels(access::startup::label_set(&args)),
+        )));
+        let live = Arc::new(
+            LiveConfig::new(&args.config_dir, Arc::clone(&table), Arc::clone(&env))
+                .with_access(Arc::clone(&key_files)),
+        );
         // Start-up and the watcher load through the same code.
         let started = std::time::Instant::now();
         let summary = live
@@ -137,6 +140,7 @@ impl Application {
             took_ms = started.elapsed().as_secs_f64() * 1000.0,
             "config loaded"
         );
+        let access = Arc::new(access::startup::access_control(&args, &key_files, &*env)?);
         if table.route_count() == 0 {
             tracing::warn!(config_dir = %args.config_dir.display(), "no routes loaded: every model will answer 404");
         }
@@ -191,7 +195,7 @@ impl Application {
             },
             max_upload_bytes: args.max_upload_bytes,
             images: Arc::clone(&shared.images),
-            admitter: Admitter::default(),
+            admitter: Admitter::new(access, metrics.access.clone()),
             metrics,
             spool_dir: args.spool_dir(),
             started_at: std::time::SystemTime::now(),

@@ -2,7 +2,9 @@
 //! as their variable's name and whether it is set, never their value.
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use actix_web::{web, HttpResponse};
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::{web, Error, HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::config::load::{Problem, Severity};
@@ -10,6 +12,32 @@ use crate::config::watch::FileStatus;
 use crate::errors::ApiError;
 use crate::routing::endpoint::Endpoint;
 use crate::state::AppState;
+
+/// The middleware in front of `/admin/*`: the admin token or an OpenAI-shaped refusal.
+pub fn gate<S, B>(
+    request: ServiceRequest,
+    service: &S,
+) -> impl std::future::Future<Output = Result<ServiceResponse<EitherBody<B>>, Error>> + 'static
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+    S::Future: 'static,
+    B: MessageBody + 'static,
+{
+    let verdict = match request.app_data::<web::Data<AppState>>() {
+        Some(state) => state.admitter.admin(request.headers()),
+        None => Err(crate::errors::ApiError::AdminNotConfigured),
+    };
+    let outcome = match verdict {
+        Ok(()) => Ok(service.call(request)),
+        Err(error) => Err(request.into_response(error.error_response())),
+    };
+    async move {
+        match outcome {
+            Ok(future) => Ok(future.await?.map_into_left_body()),
+            Err(refused) => Ok(refused.map_into_right_body()),
+        }
+    }
+}
 
 #[derive(Serialize)]
 struct ConfigReport {

@@ -29,15 +29,21 @@ pub async fn data(
     let (model, id) = path.into_inner();
     let mut log = AccessLog::of_request(&request, Operation::ImagesData, &state.metrics);
     log.model = Some(model.as_str().into());
-    let admitted = state.admitter.admit(&AdmitRequest {
-        operation: Operation::ImagesData,
-        model: &model,
-        headers: request.headers(),
-        body: &[],
-    });
-    match admitted {
-        Ok(admission) => log.admission = Some(admission),
-        Err(error) => return log.reject(error),
+    let admitted = state
+        .admitter
+        .admit(
+            &request,
+            &mut log,
+            &AdmitRequest {
+                operation: Operation::ImagesData,
+                model: &model,
+                headers: request.headers(),
+                body: &[],
+            },
+        )
+        .await;
+    if let Err(error) = admitted {
+        return log.reject(error);
     }
     match find_image(&request, &model, &id, &state, &clients, &mut log).await {
         Ok(Found::Image(image)) => {

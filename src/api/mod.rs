@@ -87,7 +87,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(resource("/health/{model:.+}").route(web::get().to(health::model)))
     .service(resource("/ready").route(web::get().to(health::readiness)))
-    .service(resource("/admin/config").route(web::get().to(admin::config)))
+    // Everything under /admin needs the admin token (503 when none is configured).
+    .service(
+        web::scope("/admin")
+            .wrap_fn(admin::gate)
+            .service(resource("/config").route(web::get().to(admin::config))),
+    )
     // The status page shows what /admin/config does: access control guards it with the
     // admin credential (seam: these three routes, next to /admin/config).
     .service(resource("/").route(web::get().to(status::page)))

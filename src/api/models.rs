@@ -3,6 +3,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use crate::errors::ApiError;
+use crate::pipeline::admit::Admitter;
 use crate::routing::families::RESERVED_MODEL_PREFIX;
 use crate::routing::table::ModelRoutes;
 use crate::state::AppState;
@@ -31,19 +32,22 @@ fn model_object(routes: &ModelRoutes) -> ModelObject<'_> {
 }
 
 /// The models the caller may use (the admit stage decides which).
-pub async fn list(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub async fn list(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = state.admitter.caller(request.headers())?;
     let models = state.table.models();
-    let headers = request.headers();
-    HttpResponse::Ok().json(ModelList {
+    Ok(HttpResponse::Ok().json(ModelList {
         object: "list",
         data: models
             .iter()
             // Families' routes (`@files`) are not models.
             .filter(|m| !m.name.starts_with(RESERVED_MODEL_PREFIX))
-            .filter(|m| state.admitter.may_see(headers, &m.name))
+            .filter(|m| Admitter::may_see(caller.as_ref(), &m.name))
             .map(|m| model_object(m))
             .collect(),
-    })
+    }))
 }
 
 /// A model the caller may not use does not exist for it (no enumeration).
@@ -53,11 +57,12 @@ pub async fn retrieve(
     model: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let model = model.into_inner();
+    let caller = state.admitter.caller(request.headers())?;
     let routes = state
         .table
         .lookup(&model)
         .filter(|_| !model.starts_with(RESERVED_MODEL_PREFIX))
-        .filter(|_| state.admitter.may_see(request.headers(), &model))
+        .filter(|_| Admitter::may_see(caller.as_ref(), &model))
         .ok_or(ApiError::UnknownModel { model })?;
     Ok(HttpResponse::Ok().json(model_object(&routes)))
 }

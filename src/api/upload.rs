@@ -42,12 +42,19 @@ pub async fn upload(
         )
         .await?;
         log.model = Some(upload.model.as_str().into());
-        log.admission = Some(state.admitter.admit(&AdmitRequest {
-            operation,
-            model: &upload.model,
-            headers: request.headers(),
-            body: &[],
-        })?);
+        state
+            .admitter
+            .admit(
+                &request,
+                &mut log,
+                &AdmitRequest {
+                    operation,
+                    model: &upload.model,
+                    headers: request.headers(),
+                    body: &[],
+                },
+            )
+            .await?;
         let routed = route::route(
             &state.table,
             &*state.responses,

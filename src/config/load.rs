@@ -542,7 +542,15 @@ impl Report<'_> {
         let mut unknown: Vec<Vec<Segment>> = Vec::new();
         let mut deserializer = serde_json::Deserializer::from_str(text);
         let parsed: Result<ConfigFile, _> = {
-            let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(segments_of(&path));
+            let mut on_unknown = |path: serde_ignored::Path<'_>| {
+                let segments = segments_of(&path);
+                // The access section is skipped here on purpose (crate::access::file reads it).
+                if segments.first()
+                    != Some(&Segment::Key(crate::access::file::ACCESS_SECTION.into()))
+                {
+                    unknown.push(segments);
+                }
+            };
             let ignoring = serde_ignored::Deserializer::new(&mut deserializer, &mut on_unknown);
             serde_path_to_error::deserialize(ignoring)
         };

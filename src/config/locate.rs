@@ -74,6 +74,62 @@ pub fn locate(text: &str, path: &[Segment]) -> Option<Position> {
     Some(position_of(text, scanner.at))
 }
 
+/// The positions of every element of the array at `path`, in one pass over the text (a file of
+/// 100,000 key entries must not be scanned once per entry). `None` when `path` is not an array.
+pub fn element_positions(text: &str, path: &[Segment]) -> Option<Vec<Position>> {
+    let mut scanner = Scanner {
+        bytes: text.as_bytes(),
+        at: 0,
+    };
+    scanner.skip_whitespace();
+    for segment in path {
+        match segment {
+            Segment::Key(key) => {
+                scanner.find_member(key)?;
+            }
+            Segment::Index(index) => scanner.find_element(*index)?,
+        }
+    }
+    if scanner.peek()? != b'[' {
+        return None;
+    }
+    scanner.at += 1;
+    let mut offsets = Vec::new();
+    loop {
+        scanner.skip_whitespace();
+        if scanner.peek()? == b']' {
+            break;
+        }
+        offsets.push(scanner.at);
+        scanner.skip_value()?;
+        scanner.skip_whitespace();
+        match scanner.peek()? {
+            b',' => scanner.at += 1,
+            _ => break,
+        }
+    }
+    // Offsets grow: count lines and columns (in characters) incrementally.
+    let bytes = text.as_bytes();
+    let (mut line, mut column, mut counted) = (1, 1, 0);
+    let positions = offsets
+        .into_iter()
+        .map(|offset| {
+            for byte in &bytes[counted..offset] {
+                if *byte == b'\n' {
+                    line += 1;
+                    column = 1;
+                } else if byte & 0xC0 != 0x80 {
+                    // Not a UTF-8 continuation byte: a new character.
+                    column += 1;
+                }
+            }
+            counted = offset;
+            Position { line, column }
+        })
+        .collect();
+    Some(positions)
+}
+
 pub fn position_of(text: &str, offset: usize) -> Position {
     let before = &text.as_bytes()[..offset.min(text.len())];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
@@ -281,6 +337,24 @@ mod tests {
             ],
             None,
         );
+    }
+
+    #[test]
+    fn element_positions_match_locate() {
+        let path = [
+            key("openAI"),
+            key("models"),
+            key("gpt-4o"),
+            key("endpoints"),
+        ];
+        let positions = element_positions(TEXT, &path).unwrap();
+        assert_eq!(positions.len(), 2);
+        for (index, position) in positions.iter().enumerate() {
+            let mut element = path.to_vec();
+            element.push(Segment::Index(index));
+            assert_eq!(Some(*position), locate(TEXT, &element));
+        }
+        assert_eq!(element_positions(TEXT, &[key("openAI")]), None);
     }
 
     #[test]

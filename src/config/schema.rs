@@ -3,10 +3,37 @@
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-/// One config file: provider name -> provider, in file order.
-#[derive(Debug, Deserialize)]
-#[serde(transparent)]
+/// One config file: provider name -> provider, in file order. The reserved top-level member
+/// `llmux_access` is access control's (`access::file` reads it): it is skipped here.
+#[derive(Debug)]
 pub struct ConfigFile(pub IndexMap<String, ProviderSchema>);
+
+impl<'de> Deserialize<'de> for ConfigFile {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Providers;
+        impl<'de> serde::de::Visitor<'de> for Providers {
+            type Value = ConfigFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ConfigFile, A::Error> {
+                let mut providers = IndexMap::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if name == crate::access::file::ACCESS_SECTION {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    } else {
+                        providers.insert(name, map.next_value::<ProviderSchema>()?);
+                    }
+                }
+                Ok(ConfigFile(providers))
+            }
+        }
+        deserializer.deserialize_map(Providers)
+    }
+}
 
 #[derive(Debug, Deserialize)]
 pub struct ProviderSchema {

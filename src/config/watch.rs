@@ -16,6 +16,7 @@ use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 
 use super::load::{parse_file, scan_dir, Problem, Severity};
+use crate::access::reload::KeyFiles;
 use crate::routing::endpoint::Endpoint;
 use crate::routing::table::RoutingTable;
 use crate::startup::EnvSource;
@@ -62,6 +63,8 @@ pub struct LiveConfig {
     /// What `status()` answers: replaced at the end of each reload, so `/admin/config` and
     /// `/metrics` never wait for one.
     published: RwLock<Arc<ConfigStatus>>,
+    /// Access control's key files: each file read (and each that went) is handed over too.
+    access: Option<Arc<KeyFiles>>,
 }
 
 /// What a reload did, for its summary line.
@@ -140,7 +143,14 @@ impl LiveConfig {
             env,
             state: Mutex::new(state),
             published,
+            access: None,
         }
+    }
+
+    /// Also hands every file read to access control (its `llmux_access` section).
+    pub fn with_access(mut self, access: Arc<KeyFiles>) -> Self {
+        self.access = Some(access);
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -196,7 +206,10 @@ impl LiveConfig {
             }
             let previous = state.files.remove(&path);
             summary.files_read += 1;
-            let load = parse_file(&path, &text, &*self.env);
+            let mut load = parse_file(&path, &text, &*self.env);
+            if let Some(access) = &self.access {
+                load.problems.extend(access.file_read(&path, &text));
+            }
             for problem in &load.problems {
                 log_problem(problem);
             }
@@ -234,6 +247,9 @@ impl LiveConfig {
         for file in gone {
             state.files.remove(&file);
             self.table.remove_file(&file);
+            if let Some(access) = &self.access {
+                access.file_removed(&file);
+            }
             summary.files_removed += 1;
         }
 

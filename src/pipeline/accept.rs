@@ -11,6 +11,7 @@ use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::{web, Error, HttpMessage};
 
+use super::admit::AnswerHeaders;
 use super::operation::Operation;
 use super::record::{AccessLog, Outcome};
 use crate::proxy::headers::{request_id, X_REQUEST_ID};
@@ -41,6 +42,16 @@ where
     async move {
         let mut response = response.await?;
         response.headers_mut().insert(X_REQUEST_ID.clone(), id);
+        // The admit stage's rate-limit headers (and decision trace), on answers and refusals alike.
+        let answer_headers = response
+            .request()
+            .extensions_mut()
+            .remove::<AnswerHeaders>();
+        if let Some(AnswerHeaders(pairs)) = answer_headers {
+            for (name, value) in pairs {
+                response.headers_mut().insert(name, value);
+            }
+        }
         record_unrecorded(&response);
         Ok(response)
     }

@@ -1,19 +1,33 @@
 //! admit: the one place that decides whether a caller may make a request, run once the model and
-//! the caller are known (after identify, before route). Today it admits everything; client keys
-//! (`Authorization: Bearer` / `api-key` in `AdmitRequest::headers`), allowed models and quotas
-//! plug in here and nowhere else. The `Admission` it returns travels in the request's record
-//! until the record is written: `settle` gets the real token usage the usage tap read, and
-//! dropping it is where a concurrency slot would be released.
-use actix_web::http::header::HeaderMap;
+//! the caller are known (after identify, before route). Client keys (`Authorization: Bearer` /
+//! `api-key` in `AdmitRequest::headers`), allowed models and operations and every limit are
+//! decided by `access::admit::AccessControl`; this stage maps its answers to `ApiError`s, puts
+//! the rate-limit headers (and the decision trace) where the accept middleware adds them to the
+//! answer, and counts per-key metrics. The `Admission` it returns travels in the request's
+//! record until the record is written: `settle` gets the real token usage the usage tap read
+//! (or gives the request back when no upstream answered), and dropping it releases concurrency
+//! slots.
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::{HttpMessage, HttpRequest};
 
 use super::operation::Operation;
+use super::record::{AccessLog, Outcome};
+use crate::access::admit::{
+    self as access_admit, max_output_tokens, AccessControl, AdminCheck, Denial, KeyView,
+    RateLimitHeaders, DECISION_HEADER,
+};
+use crate::access::metrics::AccessMetrics;
 use crate::errors::ApiError;
 use crate::proxy::usage::{count_tokens, request_text, Usage};
 
-/// Who decides admissions: built once, shared by every worker (`AppState::admitter`). Holds
-/// nothing today; client keys and quota counters will live here.
-#[derive(Debug, Default)]
-pub struct Admitter {}
+/// Who decides admissions: built once, shared by every worker (`AppState::admitter`).
+pub struct Admitter {
+    access: Arc<AccessControl>,
+    metrics: AccessMetrics,
+}
 
 /// What admission knows about a request.
 #[derive(Debug, Clone, Copy)]
@@ -36,34 +50,226 @@ impl AdmitRequest<'_> {
             false => 0,
         }
     }
+
+    /// The tokens reserved before the request: a quarter of the body's bytes (a cheap upper
+    /// bound of its prompt; the real usage replaces it) plus the output the body allows.
+    pub fn token_reservation(&self) -> u64 {
+        let input = self.body.len() as u64 / 4;
+        input + max_output_tokens(self.body).unwrap_or(0)
+    }
+}
+
+/// Headers the accept middleware adds to the request's answer: the rate-limit headers of the
+/// tightest limits and, for admins, the decision trace.
+#[derive(Debug, Clone, Default)]
+pub struct AnswerHeaders(pub Vec<(HeaderName, HeaderValue)>);
+
+impl AnswerHeaders {
+    fn of(headers: &RateLimitHeaders, trace: Option<String>) -> Self {
+        let mut out: Vec<(HeaderName, HeaderValue)> = headers
+            .pairs()
+            .into_iter()
+            .filter_map(|(name, value)| {
+                Some((
+                    HeaderName::from_static(name),
+                    HeaderValue::from_str(&value).ok()?,
+                ))
+            })
+            .collect();
+        if let Some(value) = trace.and_then(|t| HeaderValue::from_str(&t).ok()) {
+            out.push((HeaderName::from_static(DECISION_HEADER), value));
+        }
+        Self(out)
+    }
 }
 
 /// An admitted request. Lives until the request's record is written.
 #[derive(Debug)]
 pub struct Admission {
     pub operation: Operation,
+    pub grant: access_admit::Admission,
+    metrics: AccessMetrics,
 }
 
 impl Admitter {
-    /// Admits `request` or says why not (`ApiError::InvalidApiKey`, `UnknownModel` for a model
-    /// the key may not use, `RateLimited`, ... once those rules exist).
-    pub fn admit(&self, request: &AdmitRequest<'_>) -> Result<Admission, ApiError> {
-        Ok(Admission {
-            operation: request.operation,
-        })
+    pub fn new(access: Arc<AccessControl>, metrics: AccessMetrics) -> Self {
+        Self { access, metrics }
     }
 
-    /// Whether the caller sending `headers` may see `model` in `GET /v1/models` (and
-    /// `/v1/models/{model}`): a model it may not use does not exist for it.
-    pub fn may_see(&self, _headers: &HeaderMap, _model: &str) -> bool {
-        true
+    pub fn access(&self) -> &AccessControl {
+        &self.access
+    }
+
+    /// Admits `admit` or says why not; records the caller in `log` either way and the decision's
+    /// headers in `request`'s extensions (for the accept middleware to add to the answer).
+    pub async fn admit(
+        &self,
+        request: &HttpRequest,
+        log: &mut AccessLog,
+        admit: &AdmitRequest<'_>,
+    ) -> Result<(), ApiError> {
+        // Image-data URLs are capabilities (128 random bits, handed out in image answers) that
+        // browsers load without credentials.
+        if admit.operation == Operation::ImagesData {
+            return Ok(());
+        }
+        let path = format!("/{}", admit.operation.path());
+        let estimate = || admit.token_reservation();
+        let decision = self
+            .access
+            .admit(
+                admit.headers,
+                &access_admit::AdmitRequest {
+                    operation: operation_name(admit.operation),
+                    path: &path,
+                    model: Some(admit.model),
+                    token_estimate: &estimate,
+                },
+                SystemTime::now(),
+            )
+            .await;
+        match decision {
+            Ok(grant) => {
+                if let Some(caller) = &grant.caller {
+                    self.metrics.admitted(&caller.metric_label);
+                }
+                let trace = grant.trace.as_ref().map(ToString::to_string);
+                if !grant.headers.pairs().is_empty() || trace.is_some() {
+                    request
+                        .extensions_mut()
+                        .insert(AnswerHeaders::of(&grant.headers, trace));
+                }
+                log.caller = grant.caller.clone();
+                log.admission = Some(Admission {
+                    operation: admit.operation,
+                    grant,
+                    metrics: self.metrics.clone(),
+                });
+                Ok(())
+            }
+            Err(rejection) => {
+                self.metrics.refused(
+                    rejection.caller.as_ref().map(|c| &c.metric_label),
+                    &rejection.denial,
+                );
+                log.caller = rejection.caller;
+                if let Denial::RateLimited(refusal) = &rejection.denial {
+                    let trace = refusal.trace.as_ref().map(ToString::to_string);
+                    request
+                        .extensions_mut()
+                        .insert(AnswerHeaders::of(&refusal.headers, trace));
+                }
+                Err(error_of(rejection.denial, admit.model, admit.operation))
+            }
+        }
+    }
+
+    /// The key `headers` present, for listings that are not admissions (`GET /v1/models`):
+    /// `Ok(None)` when access control is off.
+    pub fn caller(&self, headers: &HeaderMap) -> Result<Option<KeyView>, ApiError> {
+        self.access
+            .caller(headers)
+            .map_err(|denial| error_of(denial, "", Operation::ChatCompletions))
+    }
+
+    /// Whether the caller may see `model` in `GET /v1/models` (and `/v1/models/{model}`): a
+    /// model it may not use does not exist for it.
+    pub fn may_see(caller: Option<&KeyView>, model: &str) -> bool {
+        caller.is_none_or(|key| key.may_use_model(model))
+    }
+
+    /// The gate of `/admin/*`: the admin token, 503 when none is configured.
+    pub fn admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        match self.access.check_admin(headers) {
+            AdminCheck::Allowed => Ok(()),
+            AdminCheck::NotConfigured => Err(ApiError::AdminNotConfigured),
+            AdminCheck::Unauthorized => Err(ApiError::InvalidApiKey {
+                reason: "This endpoint needs the admin token as `Authorization: Bearer TOKEN`.",
+            }),
+        }
     }
 }
 
 impl Admission {
     /// Called once by the record stage with the usage the answer reported (or llmux estimated),
-    /// `None` when there was none (an error, a client gone before the answer).
-    pub fn settle(&mut self, _usage: Option<&Usage>) {}
+    /// `None` when there was none. A request no upstream answered, or that llmux refused after
+    /// admission (an unknown route), is given back.
+    pub fn settle(&mut self, usage: Option<&Usage>, outcome: Outcome) {
+        match (usage, outcome) {
+            (_, Outcome::Rejected | Outcome::UpstreamUnreachable | Outcome::UpstreamTimeout) => {
+                self.grant.refund();
+            }
+            (Some(usage), _) => {
+                self.grant.settle_tokens(usage.prompt + usage.completion);
+                if let Some(caller) = &self.grant.caller {
+                    self.metrics
+                        .tokens(&caller.metric_label, usage.prompt, usage.completion);
+                }
+            }
+            // No usage (an answer without one, a client gone): the reservation stands.
+            (None, _) => {}
+        }
+    }
+}
+
+/// The name keys' `allowed_operations` use for an operation.
+pub fn operation_name(operation: Operation) -> &'static str {
+    match operation {
+        Operation::ChatCompletions => "chat",
+        Operation::Completions => "completions",
+        Operation::Embeddings => "embeddings",
+        Operation::Moderations => "moderations",
+        Operation::AudioSpeech => "audio_speech",
+        Operation::AudioTranscriptions => "audio_transcriptions",
+        Operation::AudioTranslations => "audio_translations",
+        Operation::ImagesGenerations
+        | Operation::ImagesEdits
+        | Operation::ImagesVariations
+        | Operation::ImagesData => "images",
+        Operation::Responses
+        | Operation::ResponsesInputTokens
+        | Operation::ResponsesCompact
+        | Operation::ResponsesRetrieve
+        | Operation::ResponsesDelete
+        | Operation::ResponsesCancel
+        | Operation::ResponsesInputItems => "responses",
+        // Families go by their config name (`files`, `batches`, ...), as in `"families"`.
+        Operation::Family(route) => route.family.name(),
+        Operation::Passthrough => "passthrough",
+        Operation::Realtime | Operation::RealtimeClientSecrets | Operation::RealtimeCalls => {
+            "realtime"
+        }
+    }
+}
+
+/// What the client sees for each denial.
+fn error_of(denial: Denial, model: &str, operation: Operation) -> ApiError {
+    match denial {
+        Denial::MissingKey => ApiError::InvalidApiKey {
+            reason: "You didn't provide an API key. Send it as `Authorization: Bearer KEY` (or `api-key: KEY`).",
+        },
+        Denial::UnknownKey => ApiError::InvalidApiKey {
+            reason: "Incorrect API key provided.",
+        },
+        Denial::KeyExpired => ApiError::InvalidApiKey {
+            reason: "This API key has expired.",
+        },
+        Denial::KeyDisabled => ApiError::InvalidApiKey {
+            reason: "This API key is disabled.",
+        },
+        // The same answer as a model that does not exist: no enumeration.
+        Denial::ModelNotAllowed => ApiError::UnknownModel {
+            model: model.to_owned(),
+        },
+        Denial::OperationNotAllowed => ApiError::PermissionDenied {
+            operation: operation_name(operation),
+        },
+        Denial::RateLimited(refusal) => ApiError::RateLimited {
+            retry_after: refusal.retry_after,
+            limit: refusal.limit_name,
+        },
+        Denial::StoreUnavailable(error) => ApiError::AccessUnavailable(error.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -71,18 +277,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_request_is_admitted_and_estimates_count_the_prompt() {
+    fn estimates_count_the_prompt_and_reserve_the_allowed_output() {
         let headers = HeaderMap::new();
-        let body = br#"{"model":"m","messages":[{"role":"user","content":"Hello there"}]}"#;
+        let body =
+            br#"{"model":"m","max_tokens":100,"messages":[{"role":"user","content":"Hello there"}]}"#;
         let request = AdmitRequest {
             operation: Operation::ChatCompletions,
             model: "m",
             headers: &headers,
             body,
         };
-        let admitter = Admitter::default();
-        assert!(admitter.admit(&request).is_ok());
         assert!(request.estimated_prompt_tokens() > 0);
-        assert!(admitter.may_see(&headers, "m"));
+        assert_eq!(request.token_reservation(), body.len() as u64 / 4 + 100);
+        assert!(Admitter::may_see(None, "m"));
+    }
+
+    #[test]
+    fn every_operation_has_an_access_name() {
+        for operation in Operation::JSON.iter().chain(Operation::MULTIPART) {
+            let name = operation_name(*operation);
+            assert!(
+                crate::access::key::OPERATIONS.contains(&name),
+                "{operation:?}: {name}"
+            );
+        }
     }
 }

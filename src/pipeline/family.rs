@@ -45,6 +45,7 @@ pub async fn forward_family(
     let model = family_route.family.table_model();
     log.model = Some(model.into());
     let prepared = async {
+        read::refuse_upgrade(&request, operation)?;
         let body = match family_route.body {
             FamilyBody::Json => Body::Whole(
                 read::json_body(
@@ -63,15 +64,22 @@ pub async fn forward_family(
                 Body::Streamed(Limited::start(&request, payload, limit)?)
             }
         };
-        log.admission = Some(state.admitter.admit(&AdmitRequest {
-            operation,
-            model,
-            headers: request.headers(),
-            body: match &body {
-                Body::Whole(bytes) => bytes,
-                Body::Streamed(_) => &[],
-            },
-        })?);
+        state
+            .admitter
+            .admit(
+                &request,
+                &mut log,
+                &AdmitRequest {
+                    operation,
+                    model,
+                    headers: request.headers(),
+                    body: match &body {
+                        Body::Whole(bytes) => bytes,
+                        Body::Streamed(_) => &[],
+                    },
+                },
+            )
+            .await?;
         let path_ids: Vec<&str> = family_route
             .id_names()
             .filter_map(|name| request.match_info().get(name))
@@ -153,15 +161,23 @@ pub async fn forward_passthrough(
     let mut log = AccessLog::of_request(request, Operation::Passthrough, &state.metrics);
     log.method = static_method(request.method());
     log.model = Some(PASSTHROUGH_MODEL.into());
-    let prepared = Limited::start(request, payload, state.max_upload_bytes).and_then(|body| {
-        log.admission = Some(state.admitter.admit(&AdmitRequest {
-            operation: Operation::Passthrough,
-            model: PASSTHROUGH_MODEL,
-            headers: request.headers(),
-            body: &[],
-        })?);
-        Ok(body)
-    });
+    let prepared = match Limited::start(request, payload, state.max_upload_bytes) {
+        Ok(body) => state
+            .admitter
+            .admit(
+                request,
+                &mut log,
+                &AdmitRequest {
+                    operation: Operation::Passthrough,
+                    model: PASSTHROUGH_MODEL,
+                    headers: request.headers(),
+                    body: &[],
+                },
+            )
+            .await
+            .map(|()| body),
+        Err(error) => Err(error),
+    };
     let body = match prepared {
         Ok(body) => body,
         Err(error) => return Some(log.reject(error)),

@@ -77,12 +77,19 @@ async fn prepare(
         _ => identify(&body)?,
     };
     log.model = Some(identity.model.as_ref().into());
-    log.admission = Some(state.admitter.admit(&AdmitRequest {
-        operation,
-        model: &identity.model,
-        headers: request.headers(),
-        body: &body,
-    })?);
+    state
+        .admitter
+        .admit(
+            request,
+            log,
+            &AdmitRequest {
+                operation,
+                model: &identity.model,
+                headers: request.headers(),
+                body: &body,
+            },
+        )
+        .await?;
     let routed = route::route(
         &state.table,
         &*state.responses,
@@ -147,12 +154,19 @@ pub async fn forward_raw(
         .await?;
         let model = model_of_query(request.query_string())?;
         log.model = Some(model.as_str().into());
-        log.admission = Some(state.admitter.admit(&AdmitRequest {
-            operation,
-            model: &model,
-            headers: request.headers(),
-            body: &[],
-        })?);
+        state
+            .admitter
+            .admit(
+                &request,
+                &mut log,
+                &AdmitRequest {
+                    operation,
+                    model: &model,
+                    headers: request.headers(),
+                    body: &[],
+                },
+            )
+            .await?;
         let routed = route::route(&state.table, &*state.responses, operation, &model, None).await?;
         let pool = routed.pool();
         let endpoint = std::sync::Arc::clone(&pool.members()[pool.select()]);
@@ -224,20 +238,28 @@ pub async fn forward_by_response_id(
         Operation::ResponsesInputItems => "/input_items",
         _ => "",
     };
-    let found = route::by_response_id(&state.table, &*state.responses, &id).await;
-    let prepared = found.and_then(|endpoint| {
+    let prepared = async {
+        let endpoint = route::by_response_id(&state.table, &*state.responses, &id).await?;
         log.model = Some(endpoint.exposed_model.as_ref().into());
-        log.admission = Some(state.admitter.admit(&AdmitRequest {
-            operation,
-            model: &endpoint.exposed_model,
-            headers: request.headers(),
-            body: &[],
-        })?);
+        state
+            .admitter
+            .admit(
+                &request,
+                &mut log,
+                &AdmitRequest {
+                    operation,
+                    model: &endpoint.exposed_model,
+                    headers: request.headers(),
+                    body: &[],
+                },
+            )
+            .await?;
         let uri = endpoint
             .uri_with_query(&format!("v1/responses/{id}{suffix}"), request.uri().query())
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok((endpoint, uri))
-    });
+        Ok::<_, ApiError>((endpoint, uri))
+    }
+    .await;
     let (endpoint, uri) = match prepared {
         Ok(prepared) => prepared,
         Err(error) => return log.reject(error),

@@ -13,6 +13,7 @@ use crate::proxy::headers::request_id;
 
 use super::admit::Admission;
 use super::operation::Operation;
+use crate::access::admit::Caller;
 use crate::errors::{echo, ApiError};
 use crate::metrics::{Metrics, RequestRecord};
 use crate::proxy::usage::{Usage, UsageReader};
@@ -89,6 +90,8 @@ pub struct AccessLog {
     upstream_since: Option<Instant>,
     /// What a realtime session did (`GET /v1/realtime`), written in the same line.
     pub realtime: Option<SessionSummary>,
+    /// The client key's name and owner (never the key), when access control recognised one.
+    pub caller: Option<Caller>,
 }
 
 impl AccessLog {
@@ -137,6 +140,7 @@ impl AccessLog {
             metrics: None,
             usage: None,
             admission: None,
+            caller: None,
             trace: None,
             upstream_wait: Duration::ZERO,
             upstream_since: None,
@@ -181,7 +185,7 @@ impl Drop for AccessLog {
         let usage: Option<Usage> = self.usage.as_mut().and_then(UsageReader::finish);
         let first_token = self.usage.as_ref().and_then(UsageReader::first_token);
         if let Some(admission) = self.admission.as_mut() {
-            admission.settle(usage.as_ref());
+            admission.settle(usage.as_ref(), self.outcome);
         }
         self.upstream_end();
         let duration = self.started.elapsed();
@@ -216,6 +220,8 @@ impl Drop for AccessLog {
             frames_from_client = self.realtime.as_ref().map(|r| r.tally.frames_from_client),
             frames_from_upstream = self.realtime.as_ref().map(|r| r.tally.frames_from_upstream),
             bytes_from_client = self.realtime.as_ref().map(|r| r.tally.bytes_from_client),
+            key_name = self.caller.as_ref().map(|c| &*c.name),
+            key_owner = self.caller.as_ref().map(|c| &*c.owner),
             "request"
         );
         if let Some(trace) = self.trace.take() {

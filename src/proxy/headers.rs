@@ -15,6 +15,8 @@ const DROPPED_REQUEST: &[&str] = &[
     "cookie",
     "x-api-key",
     "api-key",
+    // access control: the admin token asking for the decision trace.
+    "x-llmux-admin-token",
     "openai-organization",
     "openai-project",
     "host",
@@ -135,6 +137,7 @@ mod tests {
         let from = map(&[
             ("authorization", "Bearer client-token"),
             ("cookie", "a=b"),
+            ("x-llmux-admin-token", "admin"),
             ("connection", "keep-alive, x-secret-hop"),
             ("x-secret-hop", "1"),
             ("content-type", "application/json"),

@@ -146,12 +146,19 @@ async fn open(
         }
         _ => None,
     };
-    log.admission = Some(state.admitter.admit(&AdmitRequest {
-        operation: Operation::Realtime,
-        model: &model,
-        headers: admitted_headers.as_ref().unwrap_or(request.headers()),
-        body: &[],
-    })?);
+    state
+        .admitter
+        .admit(
+            request,
+            log,
+            &AdmitRequest {
+                operation: Operation::Realtime,
+                model: &model,
+                headers: admitted_headers.as_ref().unwrap_or(request.headers()),
+                body: &[],
+            },
+        )
+        .await?;
     // route: the pool of the model's v1/realtime route picks the member (no retries: a
     // session is stateful, and a refused handshake is the client's answer).
     let routed = route::route(

@@ -500,7 +500,9 @@ async fn a_300_mb_file_upload_streams_through_the_server_with_bounded_memory() {
         peak_kib as f64 / 1024.0,
     );
     assert!(
-        growth_mb < 32.0,
+        // Bounded: a copy of the file would be 300 MB; socket and allocator buffers at full
+        // loopback speed (about 150 MB/s) take a few tens.
+        growth_mb < 64.0,
         "the server's RSS grew by {growth_mb:.1} MB"
     );
 }
@@ -676,7 +678,7 @@ async fn passthrough_forwards_unknown_v1_paths_only_when_a_provider_opts_in() {
     assert_eq!(body["error"]["code"], "unknown_url");
     // The stateful upstream has no such route: its own 404 comes back, as an answer.
     assert_eq!(forwarded.status(), 404);
-    assert!(forwarded.headers().contains_key("x-llmux-upstream"));
+    assert!(forwarded.headers().contains_key("x-llmux-attempts"));
     let seen = upstream.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].method, "PUT");
@@ -737,8 +739,8 @@ async fn stored_chat_completions_share_their_url_with_chat_completions() {
     let listed = app.get("/v1/chat/completions?limit=2").await;
     let messages = app.get("/v1/chat/completions/chatcmpl-1/messages").await;
 
-    assert!(listed.headers().contains_key("x-llmux-upstream"));
-    assert!(messages.headers().contains_key("x-llmux-upstream"));
+    assert!(listed.headers().contains_key("x-llmux-attempts"));
+    assert!(messages.headers().contains_key("x-llmux-attempts"));
     let requests = app.upstream.requests();
     let seen: Vec<(&str, &str)> = requests
         .iter()

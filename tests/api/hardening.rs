@@ -264,7 +264,7 @@ async fn an_upload_to_an_upstream_that_never_reads_fails_after_the_request_timeo
 async fn a_websocket_upgrade_on_a_json_endpoint_is_answered_400_at_once() {
     // Issue 20: no answer at all (the body of an upgrade is the upgraded stream).
     let app = spawn_app().await;
-    let request = b"GET /v1/chat/completions HTTP/1.1\r\nHost: llmux\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let request = b"GET /v1/embeddings HTTP/1.1\r\nHost: llmux\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
     let (answer, _) = raw_exchange(&app, request, Duration::from_secs(5)).await;
     // GET is not a method of this URL: the 405 comes at once too.
     assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");

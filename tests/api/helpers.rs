@@ -20,6 +20,9 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
     }
 });
 
+/// The admin token apps started by `Spawn` have (`/admin/*` needs it).
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
+
 /// The key provider configs in tests read from `TEST_PROVIDER_KEY`.
 pub const PROVIDER_KEY: &str = "sk-upstream-secret";
 
@@ -42,7 +45,10 @@ impl Spawn {
     pub fn new() -> Self {
         Self {
             files: Vec::new(),
-            env: HashMap::from([("TEST_PROVIDER_KEY".to_owned(), PROVIDER_KEY.to_owned())]),
+            env: HashMap::from([
+                ("TEST_PROVIDER_KEY".to_owned(), PROVIDER_KEY.to_owned()),
+                ("LLMUX_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()),
+            ]),
             args: Box::new(|_| {}),
         }
     }
@@ -55,6 +61,12 @@ impl Spawn {
     /// Sets a variable of the environment llmux reads (keys, `OTEL_*`).
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Unsets a variable (`LLMUX_ADMIN_TOKEN`, set by default).
+    pub fn without_env(mut self, name: &str) -> Self {
+        self.env.remove(name);
         self
     }
 

@@ -4,7 +4,9 @@
     clippy::expect_used,
     reason = "test support code fails the test by panicking"
 )]
+mod access;
 mod adaptation;
+mod admission;
 mod check;
 mod cli;
 mod connectivity;

@@ -34,7 +34,13 @@ async fn chat(app: &TestApp, model: &str) -> Result<String, u16> {
 }
 
 async fn admin_config(app: &TestApp) -> Value {
-    let response = app.http.get(app.url("/admin/config")).send().await.unwrap();
+    let response = app
+        .http
+        .get(app.url("/admin/config"))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()
 }

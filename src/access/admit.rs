@@ -1,0 +1,1255 @@
+//! Admission: who is calling (the client key), may they (model, operation), and do the limits
+//! let them through. Every limit that applies must pass, all or nothing (a refused request uses
+//! nothing). The limits, in the order they are gathered (the order only decides which one the
+//! decision trace names when several are equally tight):
+//!
+//! 1. the key's `max_concurrent_requests`;
+//! 2. the key's `requests_per_minute`, `requests_per_hour`, `requests_per_day`;
+//! 3. the key's `tokens_per_minute`, `tokens_per_day`, `monthly_token_budget`;
+//! 4. every quota policy whose path and model patterns match, in file-name then file order, on the
+//!    owner's counter (`enforce_per_user`, the default) or one global counter; when the owner
+//!    has active overrides for the policy's (path, model), those replace it: `exempt` skips it,
+//!    otherwise each override's own limit applies on the owner's counter.
+//!
+//! A refusal names the limit that needs the longest wait (`retry_after`): the request fits only
+//! once all do. Tokens are reserved with the caller's estimate (capped at each limit, so that a
+//! large request can pass a full bucket) and settled from real usage by the record stage.
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::http::header::{HeaderMap, AUTHORIZATION};
+use smallvec::SmallVec;
+
+use super::admin::AdminToken;
+use super::key::{KeyDigest, KeyEntry};
+use super::limits::{openai_duration, Measure, Reading, Rule, Window};
+use super::store::{Adjustment, Charge, CounterKey, CounterStore, KeyLimit, StoreError};
+use super::table::{AccessSnapshot, AccessTable};
+use super::AccessMode;
+
+/// A request header carrying the admin token on a proxied request: the answer then carries the
+/// decision trace. It never goes upstream (proxy::headers drops it with the other credentials).
+pub const ADMIN_TRACE_HEADER: &str = "x-llmux-admin-token";
+/// The decision trace's answer header.
+pub const DECISION_HEADER: &str = "x-llmux-quota-decision";
+
+/// What the pipeline knows when it asks.
+pub struct AdmitRequest<'a> {
+    /// The operation's name (`chat`, `embeddings`, ...), as keys' `allowed_operations` list them.
+    pub operation: &'a str,
+    /// The request path, normalised (`/v1/chat/completions`).
+    pub path: &'a str,
+    /// The model asked for, when the operation names one.
+    pub model: Option<&'a str>,
+    /// Tokens the request may use (input size + `max_tokens`); called only when a token limit applies.
+    pub token_estimate: &'a dyn Fn() -> u64,
+}
+
+/// Why a request is refused. The API layer renders each as an OpenAI error.
+#[derive(Debug)]
+pub enum Denial {
+    /// No key presented (401 `invalid_api_key`).
+    MissingKey,
+    /// A key nobody configured (401 `invalid_api_key`).
+    UnknownKey,
+    /// 401, saying the key expired.
+    KeyExpired,
+    /// 401, saying the key is disabled.
+    KeyDisabled,
+    /// The key may not use this model: the same 404 as a model that does not exist.
+    ModelNotAllowed,
+    /// The key may not call this operation.
+    OperationNotAllowed,
+    /// Over a limit (429 `rate_limit_exceeded` + Retry-After).
+    RateLimited(Box<Refusal>),
+    /// The limit store could not be asked: refused rather than let through unlimited (503).
+    StoreUnavailable(StoreError),
+}
+
+/// A 429's details.
+#[derive(Debug)]
+pub struct Refusal {
+    pub retry_after: Duration,
+    /// The limit that needs the longest wait (`requests_per_minute`, `request_limit`, ...).
+    pub limit_name: &'static str,
+    pub headers: RateLimitHeaders,
+    pub trace: Option<DecisionTrace>,
+}
+
+/// A refused request: why, and who (when the key was recognised), for the log line and metrics.
+#[derive(Debug)]
+pub struct Rejection {
+    pub denial: Denial,
+    pub caller: Option<Caller>,
+}
+
+impl Rejection {
+    fn anonymous(denial: Denial) -> Self {
+        Self {
+            denial,
+            caller: None,
+        }
+    }
+}
+
+impl Denial {
+    /// A short reason for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MissingKey | Self::UnknownKey => "invalid_api_key",
+            Self::KeyExpired => "expired",
+            Self::KeyDisabled => "disabled",
+            Self::ModelNotAllowed => "model",
+            Self::OperationNotAllowed => "operation",
+            Self::RateLimited(_) => "rate_limited",
+            Self::StoreUnavailable(_) => "store_unavailable",
+        }
+    }
+}
+
+/// Who is calling, for the log line and metrics: never the key.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: Arc<str>,
+    pub owner: Arc<str>,
+    /// Its `key` label in metrics (bounded: the name or `other`).
+    pub metric_label: Arc<str>,
+}
+
+impl Caller {
+    fn of(entry: &KeyEntry) -> Self {
+        Self {
+            name: Arc::clone(&entry.name),
+            owner: Arc::clone(&entry.owner),
+            metric_label: Arc::clone(&entry.metric_label),
+        }
+    }
+}
+
+/// A recognised key, for decisions that are not admissions (which models it may see).
+#[derive(Debug, Clone)]
+pub struct KeyView(Arc<KeyEntry>);
+
+impl KeyView {
+    pub fn may_use_model(&self, model: &str) -> bool {
+        self.0.may_use_model(model)
+    }
+
+    pub fn caller(&self) -> Caller {
+        Caller::of(&self.0)
+    }
+}
+
+/// The entry of the key `headers` present.
+fn identify_key<'s>(
+    snapshot: &'s AccessSnapshot,
+    headers: &HeaderMap,
+) -> Result<&'s Arc<KeyEntry>, Denial> {
+    let key = presented_key(headers).ok_or(Denial::MissingKey)?;
+    snapshot.key(&KeyDigest::of(key)).ok_or(Denial::UnknownKey)
+}
+
+/// The `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` values: the tightest request
+/// limit and the tightest token limit that applied (none when no such limit applies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimitHeaders {
+    pub requests: Option<Reading>,
+    pub tokens: Option<Reading>,
+}
+
+impl RateLimitHeaders {
+    /// Header names and values, OpenAI's way (`x-ratelimit-reset-requests: 6m0s`).
+    pub fn pairs(&self) -> SmallVec<[(&'static str, String); 6]> {
+        let mut pairs = SmallVec::new();
+        if let Some(reading) = self.requests {
+            pairs.push(("x-ratelimit-limit-requests", reading.limit.to_string()));
+            pairs.push((
+                "x-ratelimit-remaining-requests",
+                reading.remaining.to_string(),
+            ));
+            pairs.push(("x-ratelimit-reset-requests", openai_duration(reading.reset)));
+        }
+        if let Some(reading) = self.tokens {
+            pairs.push(("x-ratelimit-limit-tokens", reading.limit.to_string()));
+            pairs.push((
+                "x-ratelimit-remaining-tokens",
+                reading.remaining.to_string(),
+            ));
+            pairs.push(("x-ratelimit-reset-tokens", openai_duration(reading.reset)));
+        }
+        pairs
+    }
+}
+
+/// Which kind of limit decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceSource {
+    /// No limit applied.
+    None,
+    /// One of the key's own limits.
+    Key,
+    Policy,
+    Override,
+    /// An exempt override skipped a policy and no other limit applied.
+    OverrideExempt,
+}
+
+impl TraceSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Key => "key",
+            Self::Policy => "policy",
+            Self::Override => "override",
+            Self::OverrideExempt => "override-exempt",
+        }
+    }
+}
+
+/// What decided, for the `x-llmux-quota-decision` header. Holds only the caller's own limits
+/// and the policies' patterns: never an owner id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionTrace {
+    pub allowed: bool,
+    pub source: TraceSource,
+    /// `requests_per_minute`, `request_limit`, ...
+    pub limit_name: Option<&'static str>,
+    pub window: Option<Window>,
+    pub limit: Option<u64>,
+    pub remaining: Option<u64>,
+    pub retry_after: Duration,
+    /// For policies and overrides: their path and model patterns.
+    pub api_path: Option<Arc<str>>,
+    pub model: Option<Arc<str>>,
+    /// `owner` or `global` for policies.
+    pub bucket: Option<&'static str>,
+    /// How many limits applied.
+    pub checked: usize,
+}
+
+impl std::fmt::Display for DecisionTrace {
+    /// `;`-joined `name=value` fields, empty ones left out (fast-openai-api-proxy's shape).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "source={};allowed={}", self.source.name(), self.allowed)?;
+        if let Some(name) = self.limit_name {
+            write!(f, ";limit_name={name}")?;
+        }
+        if let Some(window) = self.window {
+            write!(f, ";window={}", window.name())?;
+        }
+        if let Some(limit) = self.limit {
+            write!(f, ";limit={limit}")?;
+        }
+        if let Some(remaining) = self.remaining {
+            write!(f, ";remaining={remaining}")?;
+        }
+        if let Some(api_path) = &self.api_path {
+            write!(f, ";api_path={api_path}")?;
+        }
+        if let Some(model) = &self.model {
+            write!(f, ";model={model}")?;
+        }
+        if let Some(bucket) = self.bucket {
+            write!(f, ";bucket={bucket}")?;
+        }
+        write!(
+            f,
+            ";checked={};retry_after={}",
+            self.checked,
+            self.retry_after.as_secs_f64().ceil() as u64
+        )
+    }
+}
+
+/// An admitted request: who, the headers for its answer, and what it holds until it ends
+/// (concurrency slots, token reservations). Kept in the request context until the record stage.
+pub struct Admission {
+    /// `None` when access control is off.
+    pub caller: Option<Caller>,
+    pub headers: RateLimitHeaders,
+    /// Present when the answer should carry it (admin credential, or enabled server-wide).
+    pub trace: Option<DecisionTrace>,
+    held: Option<Held>,
+}
+
+struct Held {
+    store: Arc<dyn CounterStore>,
+    /// Token charges and what each counter holds for this request now.
+    tokens: SmallVec<[(CounterKey, Rule, u64); 4]>,
+    requests: SmallVec<[(CounterKey, Rule); 4]>,
+    slots: SmallVec<[(CounterKey, Rule); 1]>,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("caller", &self.caller)
+            .field("headers", &self.headers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Admission {
+    /// What a request gets when access control is off.
+    pub fn open() -> Self {
+        Self {
+            caller: None,
+            headers: RateLimitHeaders::default(),
+            trace: None,
+            held: None,
+        }
+    }
+
+    /// Whether any token limit applies (then the record stage should settle real usage).
+    pub fn counts_tokens(&self) -> bool {
+        self.held
+            .as_ref()
+            .is_some_and(|held| !held.tokens.is_empty())
+    }
+
+    /// Settles the token counters to `used` (input + output), replacing the estimate. May be
+    /// called again as a stream reports more.
+    pub fn settle_tokens(&mut self, used: u64) {
+        let Some(held) = &mut self.held else { return };
+        let now = unix_ms(SystemTime::now());
+        let adjustments: SmallVec<[Adjustment; 4]> = held
+            .tokens
+            .iter_mut()
+            .filter(|(_, _, charged)| *charged != used)
+            .map(|(counter, rule, charged)| {
+                let delta = used as i64 - *charged as i64;
+                *charged = used;
+                Adjustment {
+                    counter: counter.clone(),
+                    rule: *rule,
+                    delta,
+                }
+            })
+            .collect();
+        if !adjustments.is_empty() {
+            held.store.adjust(now, &adjustments);
+        }
+    }
+
+    /// Gives back the request and its token reservation: llmux could not serve it (no upstream
+    /// answered), so the client should not pay for it.
+    pub fn refund(&mut self) {
+        self.settle_tokens(0);
+        let Some(held) = &mut self.held else { return };
+        let adjustments: SmallVec<[Adjustment; 4]> = held
+            .requests
+            .drain(..)
+            .map(|(counter, rule)| Adjustment {
+                counter,
+                rule,
+                delta: -1,
+            })
+            .collect();
+        if !adjustments.is_empty() {
+            held.store.adjust(unix_ms(SystemTime::now()), &adjustments);
+        }
+    }
+}
+
+impl Drop for Admission {
+    /// Releases the concurrency slots: when the answer's last byte went, or the client left.
+    fn drop(&mut self) {
+        let Some(held) = &mut self.held else { return };
+        if held.slots.is_empty() {
+            return;
+        }
+        let adjustments: SmallVec<[Adjustment; 1]> = held
+            .slots
+            .drain(..)
+            .map(|(counter, rule)| Adjustment {
+                counter,
+                rule,
+                delta: -1,
+            })
+            .collect();
+        held.store.adjust(unix_ms(SystemTime::now()), &adjustments);
+    }
+}
+
+/// The client key a request presents: `Authorization: Bearer KEY` (OpenAI SDKs) or `api-key`
+/// (Azure SDKs).
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let (scheme, key) = value.trim().split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| key.trim())
+            .filter(|key| !key.is_empty());
+    }
+    headers
+        .get("api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|key| !key.is_empty())
+}
+
+/// The outcome of [`AccessControl::check_admin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminCheck {
+    Allowed,
+    /// No admin token is configured (503).
+    NotConfigured,
+    /// Missing or wrong admin token (401).
+    Unauthorized,
+}
+
+/// Access control as the server runs it: the mode, the key table, the counters, the admin token.
+pub struct AccessControl {
+    mode: AccessMode,
+    table: Arc<AccessTable>,
+    store: Arc<dyn CounterStore>,
+    admin: Option<AdminToken>,
+    /// `LLMUX_QUOTA_DECISION_TRACE=on`: every answer carries the trace.
+    trace_all: bool,
+}
+
+/// What one limit is, beside its charge: for the headers and the trace.
+#[derive(Debug, Clone)]
+struct ChargeInfo {
+    measure: Measure,
+    source: TraceSource,
+    limit_name: &'static str,
+    window: Option<Window>,
+    target: Option<(Arc<str>, Arc<str>)>,
+    bucket: Option<&'static str>,
+}
+
+impl AccessControl {
+    pub fn new(
+        mode: AccessMode,
+        table: Arc<AccessTable>,
+        store: Arc<dyn CounterStore>,
+        admin: Option<AdminToken>,
+        trace_all: bool,
+    ) -> Self {
+        Self {
+            mode,
+            table,
+            store,
+            admin,
+            trace_all,
+        }
+    }
+
+    pub fn table(&self) -> &Arc<AccessTable> {
+        &self.table
+    }
+
+    pub fn admin_token(&self) -> Option<&AdminToken> {
+        self.admin.as_ref()
+    }
+
+    /// Whether requests need a key now: `on`, or `auto` once any key source (a key file; the
+    /// admin API's database) put a section in the table. An admin token alone protects
+    /// `/admin/*` without turning client keys on.
+    pub fn enabled(&self) -> bool {
+        match self.mode {
+            AccessMode::On => true,
+            AccessMode::Off => false,
+            AccessMode::Auto => self.table.ever_configured(),
+        }
+    }
+
+    /// Whether a request to `/admin/*` may pass: 503 when no admin token is configured, 401
+    /// without the right one.
+    pub fn check_admin(&self, headers: &HeaderMap) -> AdminCheck {
+        match (&self.admin, self.is_admin(headers)) {
+            (None, _) => AdminCheck::NotConfigured,
+            (Some(_), true) => AdminCheck::Allowed,
+            (Some(_), false) => AdminCheck::Unauthorized,
+        }
+    }
+
+    /// Whether `headers` carry the admin token as `Authorization: Bearer`.
+    pub fn is_admin(&self, headers: &HeaderMap) -> bool {
+        let presented = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        matches!((&self.admin, presented), (Some(admin), Some(token)) if admin.verify(token))
+    }
+
+    fn wants_trace(&self, headers: &HeaderMap) -> bool {
+        self.trace_all
+            || match (&self.admin, headers.get(ADMIN_TRACE_HEADER)) {
+                (Some(admin), Some(value)) => value.to_str().is_ok_and(|v| admin.verify(v.trim())),
+                _ => false,
+            }
+    }
+
+    /// Decides on one request. `now` is the wall clock (calendar windows are UTC).
+    pub async fn admit(
+        &self,
+        headers: &HeaderMap,
+        request: &AdmitRequest<'_>,
+        now: SystemTime,
+    ) -> Result<Admission, Rejection> {
+        if !self.enabled() {
+            return Ok(Admission::open());
+        }
+        let snapshot = self.table.snapshot();
+        let entry = identify_key(&snapshot, headers).map_err(Rejection::anonymous)?;
+        self.admit_key(headers, request, now, &snapshot, entry)
+            .await
+            .map_err(|denial| Rejection {
+                denial,
+                caller: Some(Caller::of(entry)),
+            })
+    }
+
+    /// The caller of a request that names no model (`GET /v1/models`): `Ok(None)` when access
+    /// control is off; the key's entry otherwise, refused when missing, unknown, expired or disabled.
+    pub fn caller(&self, headers: &HeaderMap) -> Result<Option<KeyView>, Denial> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let snapshot = self.table.snapshot();
+        let entry = identify_key(&snapshot, headers)?;
+        if entry.disabled {
+            return Err(Denial::KeyDisabled);
+        }
+        if entry.is_expired((unix_ms(SystemTime::now()) / 1000) as i64) {
+            return Err(Denial::KeyExpired);
+        }
+        Ok(Some(KeyView(Arc::clone(entry))))
+    }
+
+    async fn admit_key(
+        &self,
+        headers: &HeaderMap,
+        request: &AdmitRequest<'_>,
+        now: SystemTime,
+        snapshot: &AccessSnapshot,
+        entry: &Arc<KeyEntry>,
+    ) -> Result<Admission, Denial> {
+        let now_ms = unix_ms(now);
+        if entry.disabled {
+            return Err(Denial::KeyDisabled);
+        }
+        if entry.is_expired((now_ms / 1000) as i64) {
+            return Err(Denial::KeyExpired);
+        }
+        if let Some(model) = request.model {
+            if !entry.may_use_model(model) {
+                return Err(Denial::ModelNotAllowed);
+            }
+        }
+        if !entry.may_do(request.operation) {
+            return Err(Denial::OperationNotAllowed);
+        }
+        let (charges, infos, exempted) = charges_for(snapshot, entry, request, now_ms);
+        let caller = Caller::of(entry);
+        let wants_trace = self.wants_trace(headers);
+        if charges.is_empty() {
+            let trace = wants_trace.then_some(DecisionTrace {
+                allowed: true,
+                source: if exempted {
+                    TraceSource::OverrideExempt
+                } else {
+                    TraceSource::None
+                },
+                limit_name: None,
+                window: None,
+                limit: None,
+                remaining: None,
+                retry_after: Duration::ZERO,
+                api_path: None,
+                model: None,
+                bucket: None,
+                checked: 0,
+            });
+            return Ok(Admission {
+                caller: Some(caller),
+                headers: RateLimitHeaders::default(),
+                trace,
+                held: None,
+            });
+        }
+        let acquired = self
+            .store
+            .acquire(now_ms, &charges)
+            .await
+            .map_err(Denial::StoreUnavailable)?;
+        let headers_out = tightest(&infos, &acquired.readings, acquired.admitted);
+        let decisive = decisive_index(&acquired.readings, acquired.admitted);
+        let trace = wants_trace.then(|| {
+            let info = &infos[decisive];
+            let reading = acquired.readings[decisive];
+            DecisionTrace {
+                allowed: acquired.admitted,
+                source: info.source,
+                limit_name: Some(info.limit_name),
+                window: info.window,
+                limit: Some(reading.limit),
+                remaining: Some(reading.remaining),
+                retry_after: reading.retry_after,
+                api_path: info.target.as_ref().map(|(path, _)| Arc::clone(path)),
+                model: info.target.as_ref().map(|(_, model)| Arc::clone(model)),
+                bucket: info.bucket,
+                checked: charges.len(),
+            }
+        });
+        if !acquired.admitted {
+            return Err(Denial::RateLimited(Box::new(Refusal {
+                retry_after: acquired.readings[decisive].retry_after,
+                limit_name: infos[decisive].limit_name,
+                headers: headers_out,
+                trace,
+            })));
+        }
+        let mut held = Held {
+            store: Arc::clone(&self.store),
+            tokens: SmallVec::new(),
+            requests: SmallVec::new(),
+            slots: SmallVec::new(),
+        };
+        for (charge, info) in charges.into_iter().zip(&infos) {
+            match info.measure {
+                Measure::Tokens => held.tokens.push((charge.counter, charge.rule, charge.cost)),
+                Measure::Requests => held.requests.push((charge.counter, charge.rule)),
+                Measure::Concurrent => held.slots.push((charge.counter, charge.rule)),
+            }
+        }
+        Ok(Admission {
+            caller: Some(caller),
+            headers: headers_out,
+            trace,
+            held: Some(held),
+        })
+    }
+}
+
+type Charges = (
+    SmallVec<[Charge; 8]>,
+    SmallVec<[ChargeInfo; 8]>,
+    /* an exempt override skipped a policy */ bool,
+);
+
+/// Every limit that applies to this request, in the documented order.
+fn charges_for(
+    snapshot: &AccessSnapshot,
+    entry: &KeyEntry,
+    request: &AdmitRequest<'_>,
+    now_ms: u64,
+) -> Charges {
+    let mut charges = SmallVec::new();
+    let mut infos = SmallVec::new();
+    let mut estimate: Option<u64> = None;
+    let mut tokens = |limit: u64| {
+        let estimate = *estimate.get_or_insert_with(|| (request.token_estimate)());
+        estimate.min(limit)
+    };
+    let limits = &entry.limits;
+    let key_limits: [(Option<u64>, KeyLimit, Measure, Option<Window>); 7] = [
+        (
+            limits.max_concurrent_requests,
+            KeyLimit::MaxConcurrentRequests,
+            Measure::Concurrent,
+            None,
+        ),
+        (
+            limits.requests_per_minute,
+            KeyLimit::RequestsPerMinute,
+            Measure::Requests,
+            Some(Window::Minute),
+        ),
+        (
+            limits.requests_per_hour,
+            KeyLimit::RequestsPerHour,
+            Measure::Requests,
+            Some(Window::Hour),
+        ),
+        (
+            limits.requests_per_day,
+            KeyLimit::RequestsPerDay,
+            Measure::Requests,
+            Some(Window::Day),
+        ),
+        (
+            limits.tokens_per_minute,
+            KeyLimit::TokensPerMinute,
+            Measure::Tokens,
+            Some(Window::Minute),
+        ),
+        (
+            limits.tokens_per_day,
+            KeyLimit::TokensPerDay,
+            Measure::Tokens,
+            Some(Window::Day),
+        ),
+        (
+            limits.monthly_token_budget,
+            KeyLimit::MonthlyTokenBudget,
+            Measure::Tokens,
+            Some(Window::Month),
+        ),
+    ];
+    for (limit, name, measure, window) in key_limits {
+        let Some(limit) = limit else { continue };
+        let (rule, cost) = match (measure, window) {
+            (Measure::Concurrent, _) | (_, None) => (Rule::Concurrent { limit }, 1),
+            (Measure::Requests, Some(window)) => (Rule::windowed(limit, window), 1),
+            (Measure::Tokens, Some(window)) => (Rule::windowed(limit, window), tokens(limit)),
+        };
+        charges.push(Charge {
+            counter: CounterKey::Key {
+                digest: entry.digest,
+                limit: name,
+            },
+            rule,
+            cost,
+        });
+        infos.push(ChargeInfo {
+            measure,
+            source: TraceSource::Key,
+            limit_name: name.name(),
+            window,
+            target: None,
+            bucket: None,
+        });
+    }
+
+    let now_seconds = (now_ms / 1000) as i64;
+    let mut exempted = false;
+    // Several policies may share a (path, model) (a minute and a day one): their overrides apply once.
+    let mut overridden: SmallVec<[(Arc<str>, Arc<str>); 2]> = SmallVec::new();
+    for policy in &snapshot.policies {
+        if !policy.applies(request.path, request.model) {
+            continue;
+        }
+        let mut active = snapshot
+            .overrides_of(&entry.owner, policy)
+            .filter(|o| o.is_active(now_seconds))
+            .peekable();
+        if active.peek().is_some() {
+            let target = (Arc::clone(&policy.api_path), Arc::clone(&policy.model));
+            if overridden.contains(&target) {
+                continue;
+            }
+            overridden.push(target.clone());
+            for entry_override in active {
+                if entry_override.exempt {
+                    exempted = true;
+                    continue;
+                }
+                let measures = [
+                    (
+                        entry_override.request_limit,
+                        Measure::Requests,
+                        "request_limit",
+                    ),
+                    (entry_override.token_limit, Measure::Tokens, "token_limit"),
+                ];
+                for (limit, measure, limit_name) in measures {
+                    let Some(limit) = limit else { continue };
+                    let cost = if measure == Measure::Tokens {
+                        tokens(limit)
+                    } else {
+                        1
+                    };
+                    charges.push(Charge {
+                        counter: CounterKey::Quota {
+                            rule: Arc::clone(&entry_override.id),
+                            measure,
+                            owner: Some(Arc::clone(&entry.owner)),
+                        },
+                        rule: Rule::windowed(limit, entry_override.window),
+                        cost,
+                    });
+                    infos.push(ChargeInfo {
+                        measure,
+                        source: TraceSource::Override,
+                        limit_name,
+                        window: Some(entry_override.window),
+                        target: Some(target.clone()),
+                        bucket: Some("owner"),
+                    });
+                }
+            }
+            continue;
+        }
+        let measures = [
+            (policy.request_limit, Measure::Requests, "request_limit"),
+            (policy.token_limit, Measure::Tokens, "token_limit"),
+        ];
+        for (limit, measure, limit_name) in measures {
+            let Some(limit) = limit else { continue };
+            let cost = if measure == Measure::Tokens {
+                tokens(limit)
+            } else {
+                1
+            };
+            charges.push(Charge {
+                counter: CounterKey::Quota {
+                    rule: Arc::clone(&policy.id),
+                    measure,
+                    owner: policy.per_owner.then(|| Arc::clone(&entry.owner)),
+                },
+                rule: Rule::windowed(limit, policy.window),
+                cost,
+            });
+            infos.push(ChargeInfo {
+                measure,
+                source: TraceSource::Policy,
+                limit_name,
+                window: Some(policy.window),
+                target: Some((Arc::clone(&policy.api_path), Arc::clone(&policy.model))),
+                bucket: Some(if policy.per_owner { "owner" } else { "global" }),
+            });
+        }
+    }
+    (charges, infos, exempted)
+}
+
+/// The reading to show per measure: the refusing one when refused, else the least remaining.
+fn tightest(infos: &[ChargeInfo], readings: &[Reading], admitted: bool) -> RateLimitHeaders {
+    let pick = |measure: Measure| {
+        infos
+            .iter()
+            .zip(readings)
+            .filter(|(info, _)| info.measure == measure)
+            .map(|(_, reading)| *reading)
+            .min_by_key(|reading| {
+                (
+                    // A refusing limit first, the longest wait first.
+                    admitted || reading.retry_after.is_zero(),
+                    std::cmp::Reverse(reading.retry_after),
+                    reading.remaining,
+                    std::cmp::Reverse(reading.reset),
+                )
+            })
+    };
+    RateLimitHeaders {
+        requests: pick(Measure::Requests),
+        tokens: pick(Measure::Tokens),
+    }
+}
+
+/// The limit the trace names: the refusal with the longest wait, else the least remaining
+/// (relative to its limit), earlier ones first.
+fn decisive_index(readings: &[Reading], admitted: bool) -> usize {
+    if !admitted {
+        return readings
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, r)| (r.retry_after, std::cmp::Reverse(*i)))
+            .map_or(0, |(i, _)| i);
+    }
+    readings
+        .iter()
+        .enumerate()
+        .min_by(|(i, a), (j, b)| {
+            let share = |r: &Reading| r.remaining as f64 / r.limit.max(1) as f64;
+            share(a).total_cmp(&share(b)).then(i.cmp(j))
+        })
+        .map_or(0, |(i, _)| i)
+}
+
+/// The most output tokens a JSON request body allows (`max_tokens`, `max_completion_tokens` or
+/// `max_output_tokens`), for the token estimate. Reads only those members.
+pub fn max_output_tokens(body: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Limits {
+        max_tokens: Option<u64>,
+        max_completion_tokens: Option<u64>,
+        max_output_tokens: Option<u64>,
+    }
+    let limits: Limits = serde_json::from_slice(body).ok()?;
+    [
+        limits.max_tokens,
+        limits.max_completion_tokens,
+        limits.max_output_tokens,
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use actix_web::http::header::{HeaderName, HeaderValue};
+
+    use super::*;
+    use crate::access::file::{parse_section, SectionLoad};
+    use crate::access::store::MemoryStore;
+
+    /// 2026-12-01T10:00:00Z.
+    const NOW_MS: u64 = 1_796_119_200_000;
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(NOW_MS)
+    }
+
+    fn digest(key: &str) -> String {
+        KeyDigest::of(key).to_hex()
+    }
+
+    /// An access control over one key file's `llmux_access` section (JSON text).
+    fn control(section: &str, mode: AccessMode) -> AccessControl {
+        let text = format!("{{\"llmux_access\": {section}}}");
+        let parsed = parse_section(Path::new("keys.json"), &text);
+        let table = Arc::new(AccessTable::new());
+        match parsed.load {
+            SectionLoad::Loaded(section) => {
+                table.replace_file(Path::new("keys.json"), section).unwrap()
+            }
+            SectionLoad::Absent => {}
+            SectionLoad::Failed => panic!("{:?}", parsed.problems),
+        }
+        AccessControl::new(
+            mode,
+            table,
+            Arc::new(MemoryStore::new()),
+            Some(AdminToken::new("admin-secret")),
+            false,
+        )
+    }
+
+    fn bearer(key: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+        );
+        headers
+    }
+
+    fn chat(model: &str) -> AdmitRequest<'_> {
+        AdmitRequest {
+            operation: "chat",
+            path: "/v1/chat/completions",
+            model: Some(model),
+            token_estimate: &|| 100,
+        }
+    }
+
+    fn admit(
+        control: &AccessControl,
+        headers: &HeaderMap,
+        request: &AdmitRequest<'_>,
+    ) -> Result<Admission, Denial> {
+        futures_util::FutureExt::now_or_never(control.admit(headers, request, now()))
+            .expect("the memory store answers at once")
+            .map_err(|rejection| rejection.denial)
+    }
+
+    fn keys(entries: &str) -> String {
+        format!("{{\"keys\": [{entries}]}}")
+    }
+
+    #[test]
+    fn keys_are_read_from_bearer_or_api_key_headers() {
+        let check = |name: &str, value: &str, expected: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+            assert_eq!(presented_key(&headers), expected, "{name}: {value}");
+        };
+        check("authorization", "Bearer llmux_a", Some("llmux_a"));
+        check("authorization", "bearer  llmux_a ", Some("llmux_a"));
+        check("authorization", "Basic abc", None);
+        check("authorization", "Bearer ", None);
+        check("api-key", "llmux_b", Some("llmux_b"));
+        check("x-api-key", "llmux_c", None);
+        assert_eq!(presented_key(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn off_and_unconfigured_auto_let_everyone_through() {
+        let off = control(&keys(""), AccessMode::Off);
+        let admission = admit(&off, &HeaderMap::new(), &chat("m")).unwrap();
+        assert!(admission.caller.is_none());
+        let mut auto = control(&keys(""), AccessMode::Auto);
+        auto.table = Arc::new(AccessTable::new());
+        assert!(admit(&auto, &HeaderMap::new(), &chat("m")).is_ok());
+        let on = control(&keys(""), AccessMode::On);
+        assert!(matches!(
+            admit(&on, &HeaderMap::new(), &chat("m")),
+            Err(Denial::MissingKey)
+        ));
+    }
+
+    #[test]
+    fn each_key_problem_has_its_own_denial() {
+        let file = keys(&format!(
+            r#"{{"name": "ok", "owner_id": "alice", "key_sha256": "{}", "allowed_models": ["openai/*"], "allowed_operations": ["chat"]}},
+               {{"name": "off", "key_sha256": "{}", "disabled": true}},
+               {{"name": "old", "key_sha256": "{}", "expires_at": "2026-12-01T09:59:59Z"}}"#,
+            digest("k-ok"),
+            digest("k-off"),
+            digest("k-old")
+        ));
+        let control = control(&file, AccessMode::Auto);
+        let check = |key: &str, request: &AdmitRequest<'_>, expected: &str| {
+            let outcome = admit(&control, &bearer(key), request);
+            let got = match &outcome {
+                Ok(_) => "ok".to_owned(),
+                Err(denial) => format!("{denial:?}"),
+            };
+            assert!(got.starts_with(expected), "{key}: {got}");
+        };
+        check("k-ok", &chat("openai/gpt-4o"), "ok");
+        check("k-nope", &chat("openai/gpt-4o"), "UnknownKey");
+        check("k-off", &chat("openai/gpt-4o"), "KeyDisabled");
+        check("k-old", &chat("openai/gpt-4o"), "KeyExpired");
+        check("k-ok", &chat("llama"), "ModelNotAllowed");
+        let embeddings = AdmitRequest {
+            operation: "embeddings",
+            path: "/v1/embeddings",
+            model: Some("openai/e"),
+            token_estimate: &|| 0,
+        };
+        check("k-ok", &embeddings, "OperationNotAllowed");
+        let admission = admit(&control, &bearer("k-ok"), &chat("openai/x")).unwrap();
+        let caller = admission.caller.as_ref().unwrap();
+        assert_eq!((&*caller.name, &*caller.owner), ("ok", "alice"));
+    }
+
+    #[test]
+    fn a_minute_limit_refuses_with_retry_after_and_headers() {
+        let file = keys(&format!(
+            r#"{{"name": "k", "key_sha256": "{}", "requests_per_minute": 2, "tokens_per_minute": 1000}}"#,
+            digest("k")
+        ));
+        let control = control(&file, AccessMode::On);
+        let first = admit(&control, &bearer("k"), &chat("m")).unwrap();
+        let pairs = first.headers.pairs();
+        let value = |name: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(value("x-ratelimit-limit-requests").as_deref(), Some("2"));
+        assert_eq!(
+            value("x-ratelimit-remaining-requests").as_deref(),
+            Some("1")
+        );
+        assert_eq!(value("x-ratelimit-reset-requests").as_deref(), Some("30s"));
+        assert_eq!(
+            value("x-ratelimit-remaining-tokens").as_deref(),
+            Some("900")
+        );
+        assert_eq!(value("x-ratelimit-reset-tokens").as_deref(), Some("6s"));
+        admit(&control, &bearer("k"), &chat("m")).unwrap();
+        let Err(Denial::RateLimited(refusal)) = admit(&control, &bearer("k"), &chat("m")) else {
+            panic!("the third request in a minute is refused")
+        };
+        assert_eq!(refusal.retry_after, Duration::from_secs(30));
+        assert_eq!(refusal.headers.requests.unwrap().remaining, 0);
+        assert!(refusal.trace.is_none(), "no trace unless asked by an admin");
+    }
+
+    #[test]
+    fn tokens_are_reserved_then_settled_from_real_usage() {
+        let file = keys(&format!(
+            r#"{{"name": "k", "key_sha256": "{}", "tokens_per_day": 1000}}"#,
+            digest("k")
+        ));
+        let control = control(&file, AccessMode::On);
+        let big = AdmitRequest {
+            token_estimate: &|| 600,
+            ..chat("m")
+        };
+        let mut first = admit(&control, &bearer("k"), &big).unwrap();
+        assert_eq!(first.headers.tokens.unwrap().remaining, 400);
+        assert!(first.counts_tokens());
+        // Reserved 600, used 100: 900 left, so a second 600 fits.
+        first.settle_tokens(100);
+        let mut second = admit(&control, &bearer("k"), &big).unwrap();
+        assert_eq!(second.headers.tokens.unwrap().remaining, 300);
+        // The second used more than it reserved: 1000 used, nothing left.
+        second.settle_tokens(900);
+        assert!(matches!(
+            admit(&control, &bearer("k"), &big),
+            Err(Denial::RateLimited(_))
+        ));
+        second.refund();
+        assert!(admit(&control, &bearer("k"), &big).is_ok());
+    }
+
+    #[test]
+    fn concurrency_slots_are_released_when_the_admission_drops() {
+        let file = keys(&format!(
+            r#"{{"name": "k", "key_sha256": "{}", "max_concurrent_requests": 1}}"#,
+            digest("k")
+        ));
+        let control = control(&file, AccessMode::On);
+        let first = admit(&control, &bearer("k"), &chat("m")).unwrap();
+        assert!(matches!(
+            admit(&control, &bearer("k"), &chat("m")),
+            Err(Denial::RateLimited(_))
+        ));
+        drop(first);
+        assert!(admit(&control, &bearer("k"), &chat("m")).is_ok());
+    }
+
+    #[test]
+    fn policies_apply_per_owner_or_globally_and_overrides_replace_them() {
+        let file = format!(
+            r#"{{"keys": [
+                {{"name": "a", "owner_id": "alice", "key_sha256": "{}"}},
+                {{"name": "b", "owner_id": "bob", "key_sha256": "{}"}},
+                {{"name": "c", "owner_id": "carol", "key_sha256": "{}"}}],
+              "quota_policies": [
+                {{"api_path": "/v1/chat/completions", "model": "gpt-*", "window_type": "minute", "request_limit": 3}},
+                {{"api_path": "/v1/embeddings", "window_type": "day", "request_limit": 1, "enforce_per_user": false}}],
+              "quota_overrides": [
+                {{"api_path": "/v1/chat/completions", "model": "gpt-*", "owner_id": "alice", "window_type": "minute", "request_limit": 1}},
+                {{"api_path": "/v1/chat/completions", "model": "gpt-*", "owner_id": "carol", "window_type": "minute", "exempt": true}}]}}"#,
+            digest("ka"),
+            digest("kb"),
+            digest("kc")
+        );
+        let control = control(&file, AccessMode::On);
+        let run = |key: &str, request: &AdmitRequest<'_>, times: usize| -> usize {
+            (0..times)
+                .filter(|_| admit(&control, &bearer(key), request).is_ok())
+                .count()
+        };
+        assert_eq!(run("ka", &chat("gpt-4o"), 5), 1, "alice's own limit");
+        assert_eq!(run("kb", &chat("gpt-4o"), 5), 3, "the policy, per owner");
+        assert_eq!(run("kc", &chat("gpt-4o"), 5), 5, "carol is exempt");
+        assert_eq!(run("kb", &chat("llama"), 5), 5, "no policy for this model");
+        let embeddings = AdmitRequest {
+            operation: "embeddings",
+            path: "/v1/embeddings",
+            model: Some("e"),
+            token_estimate: &|| 0,
+        };
+        assert_eq!(run("ka", &embeddings, 1), 1);
+        assert_eq!(run("kb", &embeddings, 1), 0, "a global policy is shared");
+    }
+
+    #[test]
+    fn the_trace_is_only_for_admins_or_when_enabled_and_names_no_owner() {
+        let file = format!(
+            r#"{{"keys": [{{"name": "a", "owner_id": "alice", "key_sha256": "{}"}}],
+              "quota_policies": [{{"api_path": "/v1/*", "window_type": "hour", "request_limit": 1}}]}}"#,
+            digest("ka")
+        );
+        let mut control = control(&file, AccessMode::On);
+        let mut headers = bearer("ka");
+        headers.insert(
+            HeaderName::from_static(ADMIN_TRACE_HEADER),
+            HeaderValue::from_static("wrong"),
+        );
+        assert!(admit(&control, &headers, &chat("m"))
+            .unwrap()
+            .trace
+            .is_none());
+        headers.insert(
+            HeaderName::from_static(ADMIN_TRACE_HEADER),
+            HeaderValue::from_static("admin-secret"),
+        );
+        let Err(Denial::RateLimited(refusal)) = admit(&control, &headers, &chat("m")) else {
+            panic!("one per hour")
+        };
+        let trace = refusal.trace.unwrap().to_string();
+        assert!(
+            trace.starts_with("source=policy;allowed=false;limit_name=request_limit;window=hour;limit=1;remaining=0;api_path=/v1/*;model=*;bucket=owner;checked=1;retry_after="),
+            "{trace}"
+        );
+        assert!(!trace.contains("alice"));
+        control.trace_all = true;
+        assert!(admit(&control, &bearer("ka"), &chat("m"))
+            .unwrap_err()
+            .is_rate_limited_with_trace());
+    }
+
+    impl Denial {
+        fn is_rate_limited_with_trace(&self) -> bool {
+            matches!(self, Denial::RateLimited(r) if r.trace.is_some())
+        }
+    }
+
+    #[test]
+    fn output_limits_are_read_from_any_of_their_names() {
+        let check = |body: &str, expected: Option<u64>| {
+            assert_eq!(max_output_tokens(body.as_bytes()), expected, "{body}");
+        };
+        check(r#"{"model":"m","max_tokens":50,"messages":[]}"#, Some(50));
+        check(r#"{"max_completion_tokens":7}"#, Some(7));
+        check(r#"{"input":"x","max_output_tokens":9}"#, Some(9));
+        check(r#"{"model":"m"}"#, None);
+        check("not json", None);
+    }
+
+    #[test]
+    fn a_rejection_names_the_recognised_caller_only() {
+        let file = keys(&format!(
+            r#"{{"name": "off", "owner_id": "o", "key_sha256": "{}", "disabled": true}}"#,
+            digest("k-off")
+        ));
+        let control = control(&file, AccessMode::On);
+        let rejection = |key: &str| {
+            futures_util::FutureExt::now_or_never(control.admit(&bearer(key), &chat("m"), now()))
+                .unwrap()
+                .unwrap_err()
+        };
+        let known = rejection("k-off");
+        assert!(matches!(known.denial, Denial::KeyDisabled));
+        assert_eq!(
+            known.caller.map(|c| c.name.to_string()).as_deref(),
+            Some("off")
+        );
+        assert!(rejection("k-unknown").caller.is_none());
+    }
+
+    #[test]
+    fn an_override_may_use_its_own_window_and_token_limits_apply_too() {
+        let file = format!(
+            r#"{{"keys": [{{"name": "a", "owner_id": "alice", "key_sha256": "{}"}}],
+              "quota_policies": [{{"api_path": "/v1/chat/completions", "window_type": "minute", "request_limit": 1, "token_limit": 1000}}],
+              "quota_overrides": [{{"api_path": "/v1/chat/completions", "owner_id": "alice", "window_type": "day", "request_limit": 3}}]}}"#,
+            digest("ka")
+        );
+        let control = control(&file, AccessMode::On);
+        let admitted = (0..5)
+            .filter(|_| admit(&control, &bearer("ka"), &chat("m")).is_ok())
+            .count();
+        assert_eq!(
+            admitted, 3,
+            "the override's 3 a day replace the policy's 1 a minute"
+        );
+    }
+
+    #[test]
+    fn admin_credentials_are_bearer_tokens_checked_in_constant_time() {
+        let control = control(&keys(""), AccessMode::On);
+        assert!(control.is_admin(&bearer("admin-secret")));
+        assert!(!control.is_admin(&bearer("admin-secre")));
+        assert!(!control.is_admin(&HeaderMap::new()));
+        assert_eq!(
+            control.check_admin(&bearer("admin-secret")),
+            AdminCheck::Allowed
+        );
+        assert_eq!(
+            control.check_admin(&bearer("llmux_k")),
+            AdminCheck::Unauthorized
+        );
+        let mut without = control;
+        without.admin = None;
+        assert_eq!(
+            without.check_admin(&bearer("admin-secret")),
+            AdminCheck::NotConfigured
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! Building access control at start-up: refuse to start on a broken key file (fail closed),
+//! read the admin token, warn when nothing protects a non-loopback listener.
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::admin::AdminToken;
+use super::admit::AccessControl;
+use super::reload::KeyFiles;
+use super::store::MemoryStore;
+use super::table::LabelSet;
+use super::AccessMode;
+use crate::cli::ServeArgs;
+
+pub fn access_control(
+    args: &ServeArgs,
+    key_files: &KeyFiles,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<AccessControl> {
+    let failing = key_files.failing();
+    if let Some((file, error)) = failing.first() {
+        if args.access_control == AccessMode::Off {
+            tracing::warn!(file = %file.display(), %error, "key file cannot be loaded (access control is off)");
+        } else {
+            anyhow::bail!(
+                "the key file `{}` cannot be loaded, so llmux does not start (access control fails closed): {error}",
+                file.display()
+            );
+        }
+    }
+    let admin = AdminToken::from_env(env)
+        .map_err(anyhow::Error::msg)
+        .context("reading the admin token")?;
+    let access = AccessControl::new(
+        args.access_control,
+        Arc::clone(key_files.table()),
+        Arc::new(MemoryStore::new()),
+        admin,
+        args.quota_decision_trace,
+    );
+    let snapshot = access.table().snapshot();
+    if access.enabled() {
+        tracing::info!(
+            keys = snapshot.key_count(),
+            policies = snapshot.policies.len(),
+            admin_token = access.admin_token().is_some(),
+            "access control on: proxied requests need a client key"
+        );
+    } else if !is_loopback(&args.host) {
+        tracing::warn!(
+            host = %args.host,
+            "access control is off and llmux listens beyond loopback: anyone who reaches it spends the providers' keys (add a key file, or set --access-control on)"
+        );
+    }
+    Ok(access)
+}
+
+/// `--key-metrics-labels`: the names given, or the default.
+pub fn label_set(args: &ServeArgs) -> LabelSet {
+    match &args.key_metrics_labels {
+        None => LabelSet::FirstNames,
+        Some(names) => LabelSet::Names(
+            names
+                .split(',')
+                .map(str::trim)
+                .filter(|name| !name.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_are_recognised() {
+        assert!(is_loopback("127.0.0.1"));
+        assert!(is_loopback("::1"));
+        assert!(is_loopback("localhost"));
+        assert!(!is_loopback("0.0.0.0"));
+        assert!(!is_loopback("10.1.2.3"));
+    }
+}

@@ -1,0 +1,2 @@
+//! CLI subcommands other than `serve` and `check`.
+pub mod keys;
