@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::admin::settings::AccessApiArgs;
 use crate::config::watch::WatchMode;
 
 #[derive(Debug, Parser)]
@@ -108,6 +109,9 @@ pub struct ServeArgs {
     /// How long an image stays in the image-data cache, in seconds.
     #[arg(long, env = "LLMUX_IMAGE_CACHE_TTL", default_value = "3600", value_parser = parse_seconds)]
     pub image_cache_ttl: Duration,
+    /// The admin and self-service APIs, their store and OIDC.
+    #[command(flatten)]
+    pub access: AccessApiArgs,
 }
 
 impl ServeArgs {
@@ -131,6 +135,7 @@ impl ServeArgs {
             max_upload_bytes: 100 * 1024 * 1024,
             image_cache_bytes: 512 * 1024 * 1024,
             image_cache_ttl: Duration::from_secs(3600),
+            access: AccessApiArgs::default(),
         }
     }
 }

@@ -50,6 +50,17 @@ pub enum ApiError {
     UnknownResponse { id: String },
     #[error("The image `{id}` of model `{model}` does not exist or has expired.")]
     ImageNotFound { model: String, id: String },
+    // The admin and self-service APIs (`admin/`).
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("The access store is unavailable; requests to /v1 are still admitted from the last snapshot. Try again shortly.")]
+    StoreUnavailable,
 }
 
 #[derive(Serialize)]
@@ -104,6 +115,11 @@ impl ApiError {
             Self::Internal(_) => ("server_error", None, Some("internal_error")),
             Self::UnknownResponse { .. } => ("invalid_request_error", None, Some("not_found")),
             Self::ImageNotFound { .. } => ("invalid_request_error", None, Some("image_not_found")),
+            Self::Unauthorized(_) => ("authentication_error", None, Some("unauthorized")),
+            Self::Forbidden(_) => ("permission_error", None, Some("forbidden")),
+            Self::NotFound(_) => ("invalid_request_error", None, Some("not_found")),
+            Self::Conflict(_) => ("invalid_request_error", None, Some("conflict")),
+            Self::StoreUnavailable => ("server_error", None, Some("store_unavailable")),
         }
     }
 }
@@ -124,6 +140,11 @@ impl ResponseError for ApiError {
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::UnknownResponse { .. } => StatusCode::NOT_FOUND,
             Self::ImageNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -1,4 +1,5 @@
 //! llmux: one OpenAI-compatible URL in front of many model backends, routed by JSON config files.
+pub mod admin;
 pub mod api;
 pub mod check;
 pub mod cli;
@@ -8,10 +9,11 @@ pub mod health;
 pub mod healthcheck;
 pub mod images;
 pub mod metrics;
+pub mod oidc;
 pub mod proxy;
 pub mod routing;
 pub mod secret;
 pub mod startup;
 pub mod state;
-pub mod telemetry;
 pub mod store;
+pub mod telemetry;

@@ -11,6 +11,8 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::admin::settings::AccessApiSettings;
+use crate::admin::{self, AccessApi};
 use crate::api;
 use crate::cli::ServeArgs;
 use crate::config::load::process_env;
@@ -75,6 +77,11 @@ impl Application {
         }
 
         let metrics = Arc::new(Metrics::new(Arc::clone(&table)));
+        // The store (and its data dir) exists only when the admin or self-service API is on.
+        let access_api = AccessApiSettings::from_args(&args.access)?
+            .map(AccessApi::start)
+            .transpose()?
+            .map(Arc::new);
 
         let listener = TcpListener::bind((args.host.as_str(), args.port))
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;
@@ -127,6 +134,11 @@ impl Application {
                         let mut response = response.await?;
                         response.headers_mut().insert(X_REQUEST_ID.clone(), id);
                         Ok(response)
+                    }
+                })
+                .configure(|cfg| {
+                    if let Some(access_api) = &access_api {
+                        admin::configure(cfg, access_api);
                     }
                 })
                 .configure(api::configure)

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use sqlx::any::AnyPoolOptions;
-use sqlx::AnyPool;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::AnyPool;
 use sqlx::{Any, Transaction};
 use tokio::sync::watch;
 
@@ -196,9 +196,10 @@ impl Store {
         runtime
             .handle
             .spawn(snapshot::poll(context.clone(), timings.poll_interval));
-        runtime
-            .handle
-            .spawn(usage::write_periodically(context.clone(), timings.usage_flush_interval));
+        runtime.handle.spawn(usage::write_periodically(
+            context.clone(),
+            timings.usage_flush_interval,
+        ));
         tracing::info!(store = %location.describe(), "access store open");
         Ok(Self {
             inner: Arc::new(Inner {
@@ -397,7 +398,12 @@ pub(crate) fn new_id() -> Result<String, StoreError> {
 pub struct Actor(pub String);
 
 impl Actor {
-    pub(crate) fn audit(&self, action: &str, target: &str, detail: serde_json::Value) -> AuditEntry {
+    pub(crate) fn audit(
+        &self,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> AuditEntry {
         AuditEntry {
             at: now(),
             actor: self.0.clone(),

@@ -44,7 +44,11 @@ impl Store {
             fields,
             created_at: now(),
         };
-        let audit = actor.audit("quota_policy.create", &policy.id, policy_detail(&policy.fields));
+        let audit = actor.audit(
+            "quota_policy.create",
+            &policy.id,
+            policy_detail(&policy.fields),
+        );
         let stored = policy.clone();
         self.run(move |context| async move {
             let mut transaction = context.pool.begin().await?;
@@ -288,8 +292,13 @@ impl Store {
         actor: &Actor,
         id: String,
     ) -> Result<bool, StoreError> {
-        self.delete_row(actor, "protected_endpoints", "protected_endpoint.delete", id)
-            .await
+        self.delete_row(
+            actor,
+            "protected_endpoints",
+            "protected_endpoint.delete",
+            id,
+        )
+        .await
     }
 
     /// `table` is one of this file's constants, never caller input.

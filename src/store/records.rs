@@ -225,7 +225,9 @@ impl Snapshot {
 
     /// The key whose SHA-256 hex digest is `digest`, if it is not revoked.
     pub fn key_by_digest(&self, digest: &str) -> Option<&KeyRecord> {
-        self.by_digest.get(digest).and_then(|&index| self.keys.get(index))
+        self.by_digest
+            .get(digest)
+            .and_then(|&index| self.keys.get(index))
     }
 }
 
@@ -244,7 +246,11 @@ mod tests {
             starts_at,
             ends_at,
         };
-        assert_eq!(fields.window_state_at(now), expected, "{starts_at:?}..{ends_at:?} at {now}");
+        assert_eq!(
+            fields.window_state_at(now),
+            expected,
+            "{starts_at:?}..{ends_at:?} at {now}"
+        );
     }
 
     #[test]

@@ -72,7 +72,8 @@ impl Store {
 
     /// Writes the pending counters now (shutdown, tests).
     pub async fn flush_usage(&self) -> Result<(), StoreError> {
-        self.run(|context| async move { write(&context).await }).await
+        self.run(|context| async move { write(&context).await })
+            .await
     }
 
     /// `bucket`'s counts in the `window` holding `at`: written ones plus this replica's pending.

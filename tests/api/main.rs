@@ -5,6 +5,7 @@
     reason = "test support code fails the test by panicking"
 )]
 mod adaptation;
+mod admin_api;
 mod cli;
 mod deploy;
 mod errors;

@@ -23,7 +23,9 @@ fn bin_dir() -> PathBuf {
         .filter(|bin| bin.join("postgres").exists())
         .collect();
     versions.sort();
-    versions.pop().expect("a PostgreSQL server under /usr/lib/postgresql/*/bin")
+    versions
+        .pop()
+        .expect("a PostgreSQL server under /usr/lib/postgresql/*/bin")
 }
 
 fn output(command: &mut Command) -> String {
@@ -63,7 +65,17 @@ impl Postgres {
         }
         let mut initdb = Command::new(bin.join("initdb"));
         initdb
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "--no-locale", "-E", "UTF8", "-D"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "--no-locale",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
             .arg(&data)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -107,7 +119,15 @@ impl Postgres {
             };
             if postgres.wait_ready(&bin, Duration::from_secs(30)) {
                 let created = Command::new(bin.join("psql"))
-                    .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-c"])
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &port.to_string(),
+                        "-U",
+                        "postgres",
+                        "-c",
+                    ])
                     .arg("CREATE DATABASE llmux")
                     .stdout(Stdio::null())
                     .status()

@@ -61,7 +61,10 @@ async fn keeps_everything_and_reopens(location: StoreLocation) {
         .await
         .unwrap();
     assert_eq!(record.key_sha256, key_sha256(&key));
-    assert_eq!(record.masked_key(), format!("llmux_…{}", &key[key.len() - 4..]));
+    assert_eq!(
+        record.masked_key(),
+        format!("llmux_…{}", &key[key.len() - 4..])
+    );
     let duplicate = store
         .create_key(
             &actor,
@@ -72,9 +75,15 @@ async fn keeps_everything_and_reopens(location: StoreLocation) {
             },
         )
         .await;
-    assert!(matches!(duplicate, Err(StoreError::Conflict { .. })), "{duplicate:?}");
+    assert!(
+        matches!(duplicate, Err(StoreError::Conflict { .. })),
+        "{duplicate:?}"
+    );
 
-    let created_policy = store.create_quota_policy(&actor, policy("m")).await.unwrap();
+    let created_policy = store
+        .create_quota_policy(&actor, policy("m"))
+        .await
+        .unwrap();
     assert!(matches!(
         store.create_quota_policy(&actor, policy("m")).await,
         Err(StoreError::Conflict { .. })
@@ -92,9 +101,14 @@ async fn keeps_everything_and_reopens(location: StoreLocation) {
         .await
         .unwrap()
         .is_none());
-    store.create_quota_override(&actor, quota_override("alice")).await.unwrap();
+    store
+        .create_quota_override(&actor, quota_override("alice"))
+        .await
+        .unwrap();
     assert!(matches!(
-        store.create_quota_override(&actor, quota_override("alice")).await,
+        store
+            .create_quota_override(&actor, quota_override("alice"))
+            .await,
         Err(StoreError::Conflict { .. })
     ));
     let endpoint = store
@@ -118,16 +132,37 @@ async fn keeps_everything_and_reopens(location: StoreLocation) {
     assert_eq!(snapshot.protected_endpoints, vec![endpoint.clone()]);
 
     // Usage is counted in memory and written in a batch.
-    store.record_usage("key:1", Counts { requests: 1, tokens: 10 });
-    store.record_usage("key:1", Counts { requests: 1, tokens: 5 });
+    store.record_usage(
+        "key:1",
+        Counts {
+            requests: 1,
+            tokens: 10,
+        },
+    );
+    store.record_usage(
+        "key:1",
+        Counts {
+            requests: 1,
+            tokens: 5,
+        },
+    );
     store.flush_usage().await.unwrap();
-    store.record_usage("key:1", Counts { requests: 1, tokens: 0 });
+    store.record_usage(
+        "key:1",
+        Counts {
+            requests: 1,
+            tokens: 0,
+        },
+    );
     let now = llmux::store::now();
     let counted = store.usage("key:1".into(), WindowType::Minute, now).await;
     // The minute may have turned between recording and reading: then the new one is empty.
     if WindowType::Minute.start_of(now) == WindowType::Minute.start_of(llmux::store::now()) {
         let counted = counted.unwrap();
-        assert!(counted.requests == 3 || counted.requests == 0, "{counted:?}");
+        assert!(
+            counted.requests == 3 || counted.requests == 0,
+            "{counted:?}"
+        );
     }
 
     assert!(store
@@ -135,9 +170,15 @@ async fn keeps_everything_and_reopens(location: StoreLocation) {
         .await
         .unwrap()
         .eq(&false));
-    assert!(store.revoke_key(&actor, record.id.clone(), None).await.unwrap());
+    assert!(store
+        .revoke_key(&actor, record.id.clone(), None)
+        .await
+        .unwrap());
     assert!(store.snapshot().key_by_digest(&key_sha256(&key)).is_none());
-    assert!(!store.revoke_key(&actor, record.id.clone(), None).await.unwrap());
+    assert!(!store
+        .revoke_key(&actor, record.id.clone(), None)
+        .await
+        .unwrap());
     assert!(store
         .delete_protected_endpoint(&actor, endpoint.id.clone())
         .await
@@ -149,7 +190,11 @@ async fn keeps_everything_and_reopens(location: StoreLocation) {
     assert!(reopened.list_keys(None).await.unwrap().is_empty());
     assert_eq!(reopened.list_quota_policies().await.unwrap().len(), 1);
     assert_eq!(reopened.list_quota_overrides().await.unwrap().len(), 1);
-    assert!(reopened.list_protected_endpoints().await.unwrap().is_empty());
+    assert!(reopened
+        .list_protected_endpoints()
+        .await
+        .unwrap()
+        .is_empty());
     let audit = reopened.audit(100).await.unwrap();
     let actions: Vec<&str> = audit.iter().map(|entry| entry.action.as_str()).collect();
     assert_eq!(
@@ -166,8 +211,14 @@ async fn keeps_everything_and_reopens(location: StoreLocation) {
     );
     for entry in &audit {
         assert_eq!(entry.actor, "admin-token");
-        assert!(!entry.detail.contains(&key), "a key in the audit: {entry:?}");
-        assert!(!entry.detail.contains(&key_sha256(&key)), "a digest in the audit: {entry:?}");
+        assert!(
+            !entry.detail.contains(&key),
+            "a key in the audit: {entry:?}"
+        );
+        assert!(
+            !entry.detail.contains(&key_sha256(&key)),
+            "a digest in the audit: {entry:?}"
+        );
     }
 }
 
@@ -213,7 +264,11 @@ async fn a_change_through_one_replica_reaches_the_other_within_two_seconds() {
         .await
         .unwrap();
     tokio::time::timeout(Duration::from_secs(2), async {
-        while replica_b.snapshot().key_by_digest(&key_sha256(&key)).is_none() {
+        while replica_b
+            .snapshot()
+            .key_by_digest(&key_sha256(&key))
+            .is_none()
+        {
             changes.changed().await.unwrap();
         }
     })
@@ -249,10 +304,23 @@ async fn a_store_that_goes_down_keeps_its_snapshot_and_fails_changes_quickly() {
     let started = Instant::now();
     let failed = store.list_keys(None).await;
     assert!(
-        matches!(failed, Err(StoreError::Unavailable(_) | StoreError::Timeout)),
+        matches!(
+            failed,
+            Err(StoreError::Unavailable(_) | StoreError::Timeout)
+        ),
         "{failed:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
-    store.record_usage("key:x", Counts { requests: 1, tokens: 1 });
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    store.record_usage(
+        "key:x",
+        Counts {
+            requests: 1,
+            tokens: 1,
+        },
+    );
     assert!(store.flush_usage().await.is_err());
 }
