@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::admin::settings::AccessApiArgs;
+use crate::commands::admin::AdminArgs;
 use crate::config::watch::WatchMode;
 
 #[derive(Debug, Parser)]
@@ -18,6 +19,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start-up: boxing buys nothing"
+)]
 pub enum Command {
     /// Serve the OpenAI-compatible API (the default).
     Serve(ServeArgs),
@@ -25,6 +30,8 @@ pub enum Command {
     Check(CheckArgs),
     /// GET /health on a running llmux (for container HEALTHCHECKs); exit 0 when it answers 200, 1 otherwise.
     Healthcheck(HealthcheckArgs),
+    /// Manage the access store without a server: `llmux admin keys list|create|revoke`.
+    Admin(AdminArgs),
 }
 
 impl Cli {

@@ -3,6 +3,7 @@ pub mod admin;
 pub mod api;
 pub mod check;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod errors;
 pub mod health;

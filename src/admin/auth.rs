@@ -18,7 +18,7 @@ use crate::store::{now, Actor};
 pub enum Caller {
     AdminToken,
     Oidc(OidcUser),
-    Key(KeyRecord),
+    Key(Box<KeyRecord>),
 }
 
 impl Caller {
@@ -120,7 +120,7 @@ pub async fn self_service(
     }
     let snapshot = api.store.snapshot();
     match snapshot.key_by_digest(&key_sha256(token)) {
-        Some(key) if key.is_usable_at(now()) => Ok(Caller::Key(key.clone())),
+        Some(key) if key.is_usable_at(now()) => Ok(Caller::Key(Box::new(key.clone()))),
         _ => Err(unauthorized()),
     }
 }

@@ -6,13 +6,12 @@ use serde_json::json;
 use crate::admin::auth::{self, Caller};
 use crate::admin::settings::AdminMode;
 use crate::admin::types::{
-    key_name, method, normalize_path, owner_id, parse_body, AdminKeyCreate, KeyCreated, KeyQuota,
-    KeyQuotaRead, KeyRead, KeyUsageRead, OverrideFilter, ProtectedEndpointCreate,
-    ProtectedEndpointRead, QuotaOverrideBody, QuotaOverrideRead, QuotaPolicyBody, QuotaPolicyRead,
+    method, normalize_path, parse_body, AdminKeyCreate, KeyCreated, KeyQuota, KeyQuotaRead,
+    KeyRead, KeyUsageRead, OverrideFilter, ProtectedEndpointCreate, ProtectedEndpointRead,
+    QuotaOverrideBody, QuotaOverrideRead, QuotaPolicyBody, QuotaPolicyRead,
 };
 use crate::admin::AccessApi;
 use crate::errors::ApiError;
-use crate::store::keys::NewKey;
 use crate::store::now;
 use crate::store::records::WindowType;
 
@@ -90,12 +89,7 @@ pub async fn create_key(
     client: Client,
 ) -> Result<HttpResponse, ApiError> {
     let caller = admin(&request, &api, &client).await?;
-    let create: AdminKeyCreate = parse_body(&body)?;
-    let new_key = NewKey {
-        name: key_name(&create.name)?,
-        owner_id: create.owner_id.as_deref().map(owner_id).transpose()?,
-        limits: create.limits()?,
-    };
+    let new_key = parse_body::<AdminKeyCreate>(&body)?.new_key()?;
     let (record, key) = api.store.create_key(&caller.actor(), new_key).await?;
     Ok(HttpResponse::Ok().json(KeyCreated {
         key: KeyRead::from(&record),

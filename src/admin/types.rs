@@ -325,6 +325,15 @@ pub fn format_time(seconds: i64) -> String {
 }
 
 impl AdminKeyCreate {
+    /// The validated key to create.
+    pub fn new_key(&self) -> Result<crate::store::keys::NewKey, ApiError> {
+        Ok(crate::store::keys::NewKey {
+            name: key_name(&self.name)?,
+            owner_id: self.owner_id.as_deref().map(owner_id).transpose()?,
+            limits: self.limits()?,
+        })
+    }
+
     /// The validated limits.
     pub fn limits(&self) -> Result<KeyLimits, ApiError> {
         let allowed_models = match &self.allowed_models {

@@ -988,3 +988,101 @@ async fn a_key_minted_through_replica_a_proves_identity_on_replica_b_within_two_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+fn admin_cli(data_dir: &Path, args: &[&str]) -> (bool, Value, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_llmux"))
+        .args(["admin", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .env_remove("LLMUX_DATABASE_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (output.status.success(), json, stderr)
+}
+
+#[tokio::test]
+async fn the_admin_cli_creates_lists_and_revokes_keys_the_server_then_honours() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().join("data");
+    let (ok, created, stderr) = admin_cli(
+        &data_dir,
+        &[
+            "keys",
+            "create",
+            "alice-laptop",
+            "--owner",
+            "alice",
+            "--allowed-models",
+            "m,openai/*",
+            "--expires-at",
+            "2099-01-01T00:00:00Z",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let key = created["api_key"].as_str().unwrap().to_owned();
+    assert_eq!(created["allowed_models"], json!(["m", "openai/*"]));
+    let (ok, listed, _) = admin_cli(&data_dir, &["keys", "list"]);
+    assert!(ok);
+    assert_eq!(
+        listed[0]["masked_key"],
+        format!("llmux_…{}", &key[key.len() - 4..])
+    );
+    assert!(!listed.to_string().contains(&key));
+    let (ok, _, stderr) = admin_cli(
+        &data_dir,
+        &["keys", "create", "x", "--allowed-operations", "chats"],
+    );
+    assert!(!ok && stderr.contains("chats"), "{stderr}");
+
+    // The server on the same store accepts the key as an identity.
+    let server_dir = data_dir.clone();
+    let app = Spawn::new()
+        .file(
+            "provider.json",
+            provider_file("mock", "", &[("m", "target-m")]),
+        )
+        .args(move |args| {
+            args.access.self_service_api = true;
+            args.access.data_dir = server_dir;
+        })
+        .start()
+        .await;
+    let mine = app
+        .http
+        .get(app.url("/api/keys"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mine.status(), 200);
+
+    let id = created["id"].as_str().unwrap();
+    let (ok, revoked, _) = admin_cli(&data_dir, &["keys", "revoke", id]);
+    assert!(ok);
+    assert_eq!(revoked["status"], "deleted");
+    // The running server sees the revocation through the store within 2 s.
+    let revoked_at = Instant::now();
+    while app
+        .http
+        .get(app.url("/api/keys"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        == 200
+    {
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(2),
+            "the server still accepts a revoked key"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, _, stderr) = admin_cli(&data_dir, &["keys", "revoke", id]);
+    assert!(!ok && stderr.contains(id), "{stderr}");
+    let (_, listed, _) = admin_cli(&data_dir, &["keys", "list"]);
+    assert_eq!(listed, json!([]));
+}

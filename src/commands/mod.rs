@@ -1,0 +1,2 @@
+//! CLI subcommands other than `serve`.
+pub mod admin;
