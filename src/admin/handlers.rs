@@ -6,9 +6,9 @@ use serde_json::json;
 use crate::admin::auth::{self, Caller};
 use crate::admin::settings::AdminMode;
 use crate::admin::types::{
-    method, normalize_path, parse_body, AdminKeyCreate, KeyCreated, KeyQuota, KeyQuotaRead,
-    KeyRead, KeyUsageRead, OverrideFilter, ProtectedEndpointCreate, ProtectedEndpointRead,
-    QuotaOverrideBody, QuotaOverrideRead, QuotaPolicyBody, QuotaPolicyRead,
+    method, normalize_path, parse_body, patched_limits, AdminKeyCreate, KeyCreated, KeyQuota,
+    KeyQuotaRead, KeyRead, KeyUsageRead, OverrideFilter, ProtectedEndpointCreate,
+    ProtectedEndpointRead, QuotaOverrideBody, QuotaOverrideRead, QuotaPolicyBody, QuotaPolicyRead,
 };
 use crate::admin::AccessApi;
 use crate::errors::ApiError;
@@ -107,6 +107,36 @@ pub async fn get_key(
     let key = api
         .store
         .key(path.into_inner())
+        .await?
+        .ok_or_else(|| not_found("API key"))?;
+    Ok(HttpResponse::Ok().json(KeyRead::from(&key)))
+}
+
+pub async fn update_key(
+    request: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    api: Api,
+    client: Client,
+) -> Result<HttpResponse, ApiError> {
+    let caller = admin(&request, &api, &client).await?;
+    let id = path.into_inner();
+    let key = api
+        .store
+        .key(id.clone())
+        .await?
+        .ok_or_else(|| not_found("API key"))?;
+    let limits = patched_limits(&key.limits, &body)?;
+    if !api
+        .store
+        .update_key_limits(&caller.actor(), id.clone(), limits)
+        .await?
+    {
+        return Err(not_found("API key"));
+    }
+    let key = api
+        .store
+        .key(id)
         .await?
         .ok_or_else(|| not_found("API key"))?;
     Ok(HttpResponse::Ok().json(KeyRead::from(&key)))

@@ -63,6 +63,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, api: &Arc<AccessApi>) {
             .service(
                 resource("/api/admin/keys/{id}")
                     .route(web::get().to(handlers::get_key))
+                    .route(web::patch().to(handlers::update_key))
                     .route(web::delete().to(handlers::revoke_key)),
             )
             .service(

@@ -114,6 +114,42 @@ impl From<&KeyRecord> for KeyRead {
     }
 }
 
+/// `PATCH /api/admin/keys/{id}`: the members given replace the key's (`null` clears one); the
+/// key's name and owner stay.
+pub fn patched_limits(current: &KeyLimits, patch: &[u8]) -> Result<KeyLimits, ApiError> {
+    let patch: serde_json::Map<String, serde_json::Value> = parse_body(patch)?;
+    if let Some(fixed) = ["name", "owner_id"]
+        .iter()
+        .find(|name| patch.contains_key(**name))
+    {
+        return Err(invalid(
+            format!("`{fixed}` cannot be changed: create a new key instead."),
+            if *fixed == "name" { "name" } else { "owner_id" },
+        ));
+    }
+    let mut merged = serde_json::json!({
+        "name": "unchanged",
+        "expires_at": current.expires_at.map(format_time),
+        "disabled": current.disabled,
+        "allowed_models": current.allowed_models,
+        "allowed_operations": current.allowed_operations,
+        "requests_per_minute": current.requests_per_minute,
+        "requests_per_hour": current.requests_per_hour,
+        "requests_per_day": current.requests_per_day,
+        "tokens_per_minute": current.tokens_per_minute,
+        "tokens_per_day": current.tokens_per_day,
+        "max_concurrent_requests": current.max_concurrent_requests,
+        "monthly_token_budget": current.monthly_token_budget,
+    });
+    if let Some(object) = merged.as_object_mut() {
+        object.extend(patch);
+    }
+    let merged: AdminKeyCreate = serde_json::from_value(merged).map_err(|error| {
+        ApiError::invalid_request(format!("The request body is not valid: {error}."), None)
+    })?;
+    merged.limits()
+}
+
 /// `PUT /api/admin/keys/{id}/quota`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -190,6 +190,38 @@ async fn admin_keys_are_shown_once_listed_masked_and_revoked_with_an_audit_trail
         .unwrap();
     assert_openai_error(not_json, 400).await;
 
+    // PATCH replaces the members it names; `null` clears one; name and owner stay.
+    let patched = app
+        .admin_json(
+            Method::PATCH,
+            &format!("/api/admin/keys/{id}"),
+            Some(json!({"disabled": true, "tokens_per_day": null, "allowed_models": ["m"]})),
+        )
+        .await;
+    assert_eq!(patched["disabled"], true);
+    assert!(patched.get("tokens_per_day").is_none(), "{patched}");
+    assert_eq!(patched["allowed_models"], json!(["m"]));
+    assert_eq!(patched["requests_per_minute"], 60);
+    assert_eq!(patched["name"], "alice-laptop");
+    for bad in [
+        json!({"name": "x"}),
+        json!({"owner_id": "x"}),
+        json!({"disabld": true}),
+        json!({"requests_per_minute": 0}),
+    ] {
+        assert_openai_error(
+            app.admin(Method::PATCH, &format!("/api/admin/keys/{id}"), Some(bad))
+                .await,
+            400,
+        )
+        .await;
+    }
+    assert_openai_error(
+        app.admin(Method::PATCH, "/api/admin/keys/nope", Some(json!({})))
+            .await,
+        404,
+    )
+    .await;
     let revoked = app
         .admin_json(Method::DELETE, &format!("/api/admin/keys/{id}"), None)
         .await;
@@ -218,7 +250,11 @@ async fn admin_keys_are_shown_once_listed_masked_and_revoked_with_an_audit_trail
         .iter()
         .map(|e| e["action"].as_str().unwrap())
         .collect();
-    assert_eq!(actions, ["key.revoke", "key.create"]);
+    assert_eq!(
+        actions,
+        ["key.revoke", "key.update", "key.create"],
+        "{audit}"
+    );
     assert!(audit
         .as_array()
         .unwrap()
