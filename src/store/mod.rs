@@ -385,11 +385,17 @@ pub fn now() -> i64 {
         .unwrap_or_default()
 }
 
-/// 16 random bytes in hex: ids of keys, policies, overrides and endpoints.
+/// Ids of keys, policies, overrides and endpoints: like a UUIDv7, 48 bits of milliseconds then
+/// 80 random bits, in hex, so ids sort in creation order (to the millisecond).
 pub(crate) fn new_id() -> Result<String, StoreError> {
     let mut bytes = [0u8; 16];
-    getrandom::getrandom(&mut bytes)
+    getrandom::getrandom(&mut bytes[6..])
         .map_err(|error| StoreError::BadRow(format!("no OS randomness: {error}")))?;
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or_default();
+    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
     Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
