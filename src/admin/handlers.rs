@@ -6,8 +6,8 @@ use serde_json::json;
 use crate::admin::auth::{self, Caller};
 use crate::admin::settings::AdminMode;
 use crate::admin::types::{
-    method, normalize_path, parse_body, patched_limits, AdminKeyCreate, KeyCreated, KeyQuota,
-    KeyQuotaRead, KeyRead, KeyUsageRead, OverrideFilter, ProtectedEndpointCreate,
+    method, normalize_path, parse_body, patched_limits, read_body, AdminKeyCreate, KeyCreated,
+    KeyQuota, KeyQuotaRead, KeyRead, KeyUsageRead, OverrideFilter, ProtectedEndpointCreate,
     ProtectedEndpointRead, QuotaOverrideBody, QuotaOverrideRead, QuotaPolicyBody, QuotaPolicyRead,
 };
 use crate::admin::AccessApi;
@@ -84,11 +84,12 @@ pub async fn list_keys(
 
 pub async fn create_key(
     request: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
     api: Api,
     client: Client,
 ) -> Result<HttpResponse, ApiError> {
     let caller = admin(&request, &api, &client).await?;
+    let body = read_body(payload).await?;
     let new_key = parse_body::<AdminKeyCreate>(&body)?.new_key()?;
     let (record, key) = api.store.create_key(&caller.actor(), new_key).await?;
     Ok(HttpResponse::Ok().json(KeyCreated {
@@ -115,11 +116,12 @@ pub async fn get_key(
 pub async fn update_key(
     request: HttpRequest,
     path: web::Path<String>,
-    body: web::Bytes,
+    payload: web::Payload,
     api: Api,
     client: Client,
 ) -> Result<HttpResponse, ApiError> {
     let caller = admin(&request, &api, &client).await?;
+    let body = read_body(payload).await?;
     let id = path.into_inner();
     let key = api
         .store
@@ -163,11 +165,12 @@ pub async fn revoke_key(
 pub async fn set_key_quota(
     request: HttpRequest,
     path: web::Path<String>,
-    body: web::Bytes,
+    payload: web::Payload,
     api: Api,
     client: Client,
 ) -> Result<HttpResponse, ApiError> {
     let caller = admin(&request, &api, &client).await?;
+    let body = read_body(payload).await?;
     let quota: KeyQuota = parse_body(&body)?;
     if quota.requests_per_minute < 1 {
         return Err(ApiError::invalid_request(
@@ -278,11 +281,12 @@ pub async fn list_protected_endpoints(
 
 pub async fn create_protected_endpoint(
     request: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
     api: Api,
     client: Client,
 ) -> Result<HttpResponse, ApiError> {
     let caller = admin(&request, &api, &client).await?;
+    let body = read_body(payload).await?;
     let create: ProtectedEndpointCreate = parse_body(&body)?;
     let endpoint = api
         .store
@@ -330,11 +334,12 @@ pub async fn list_quota_policies(
 
 pub async fn create_quota_policy(
     request: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
     api: Api,
     client: Client,
 ) -> Result<HttpResponse, ApiError> {
     let caller = admin(&request, &api, &client).await?;
+    let body = read_body(payload).await?;
     let fields = parse_body::<QuotaPolicyBody>(&body)?.fields()?;
     let policy = api
         .store
@@ -346,11 +351,12 @@ pub async fn create_quota_policy(
 pub async fn update_quota_policy(
     request: HttpRequest,
     path: web::Path<String>,
-    body: web::Bytes,
+    payload: web::Payload,
     api: Api,
     client: Client,
 ) -> Result<HttpResponse, ApiError> {
     let caller = admin(&request, &api, &client).await?;
+    let body = read_body(payload).await?;
     let fields = parse_body::<QuotaPolicyBody>(&body)?.fields()?;
     let policy = api
         .store
@@ -458,11 +464,12 @@ pub async fn list_quota_overrides(
 
 pub async fn create_quota_override(
     request: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
     api: Api,
     client: Client,
 ) -> Result<HttpResponse, ApiError> {
     let caller = admin(&request, &api, &client).await?;
+    let body = read_body(payload).await?;
     let fields = parse_body::<QuotaOverrideBody>(&body)?.fields()?;
     let created = api
         .store
@@ -474,11 +481,12 @@ pub async fn create_quota_override(
 pub async fn update_quota_override(
     request: HttpRequest,
     path: web::Path<String>,
-    body: web::Bytes,
+    payload: web::Payload,
     api: Api,
     client: Client,
 ) -> Result<HttpResponse, ApiError> {
     let caller = admin(&request, &api, &client).await?;
+    let body = read_body(payload).await?;
     let fields = parse_body::<QuotaOverrideBody>(&body)?.fields()?;
     let updated = api
         .store

@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::admin::auth::{self, Caller};
 use crate::admin::handlers::usage_of;
 use crate::admin::types::{
-    key_name, parse_body, parse_time, KeyCreated, KeyRead, SelfServiceKeyCreate,
+    key_name, parse_body, parse_time, read_body, KeyCreated, KeyRead, SelfServiceKeyCreate,
 };
 use crate::admin::AccessApi;
 use crate::errors::ApiError;
@@ -36,11 +36,12 @@ pub async fn list_keys(
 
 pub async fn create_key(
     request: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
     api: Api,
     client: Client,
 ) -> Result<HttpResponse, ApiError> {
     let caller = auth::self_service(&request, &api, &client).await?;
+    let body = read_body(payload).await?;
     let create: SelfServiceKeyCreate = parse_body(&body)?;
     let name = key_name(&create.name)?;
     let requested_expiry = create

@@ -303,6 +303,26 @@ pub struct OverrideFilter {
     pub offset: Option<i64>,
 }
 
+/// Largest admin or self-service request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Reads a request body of at most [`MAX_BODY_BYTES`] (the pipeline's reader in `api/forward.rs`
+/// is private to the proxy path and bounded by `--max-body-bytes`, far too much here).
+pub async fn read_body(mut payload: actix_web::web::Payload) -> Result<bytes::Bytes, ApiError> {
+    use futures_util::StreamExt;
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|error| ApiError::BadPayload(error.to_string()))?;
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(ApiError::PayloadTooLarge {
+                limit: MAX_BODY_BYTES,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
 /// Parses a JSON request body into `T`, naming what is wrong.
 pub fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|error| {

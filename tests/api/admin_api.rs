@@ -112,6 +112,20 @@ async fn the_admin_api_needs_the_whole_admin_token() {
         .await;
     assert_eq!(config["admin"]["mode"], "static-token-only", "{config}");
     assert_eq!(config["self_service"]["mode"], "key-only", "{config}");
+    // Bodies are bounded, and read only for an authenticated caller.
+    let huge = json!({"name": "x".repeat(70 * 1024)});
+    assert_openai_error(
+        app.admin(Method::POST, "/api/admin/keys", Some(huge.clone()))
+            .await,
+        413,
+    )
+    .await;
+    assert_openai_error(
+        app.call(Method::POST, "/api/admin/keys", None, Some(huge))
+            .await,
+        401,
+    )
+    .await;
     // A wrong method is a 405, an unknown admin URL a 404, both in the OpenAI shape.
     assert_openai_error(app.admin(Method::PATCH, "/api/admin/keys", None).await, 405).await;
     assert_openai_error(
