@@ -303,11 +303,21 @@ async fn connect(location: &StoreLocation) -> Result<Context, StoreError> {
         }
         StoreLocation::Postgres { url } => (url.clone(), 8, POSTGRES_MIGRATIONS),
     };
-    let pool = AnyPoolOptions::new()
+    let mut options = AnyPoolOptions::new()
         .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect(&url)
-        .await?;
+        .acquire_timeout(Duration::from_secs(3));
+    if matches!(location, StoreLocation::Sqlite { .. }) {
+        // WAL: the revision poll of a server reads while `llmux admin` (another process) writes.
+        options = options.after_connect(|connection, _| {
+            Box::pin(async move {
+                sqlx::query("PRAGMA journal_mode = WAL")
+                    .execute(&mut *connection)
+                    .await?;
+                Ok(())
+            })
+        });
+    }
+    let pool = options.connect(&url).await?;
     let migrator = Migrator::new(Embedded(migrations)).await?;
     migrator.run(&pool).await?;
     let first = snapshot::load(&pool).await?;
