@@ -14,7 +14,7 @@ use actix_web::web;
 use crate::admin::settings::{AccessApiSettings, AdminMode, SelfServiceMode, SettingsError};
 use crate::errors::{self, ApiError};
 use crate::oidc::Oidc;
-use crate::store::{Store, StoreError, StoreTimings};
+use crate::store::{Store, StoreError, StoreTimings, WhenUnreachable};
 
 /// Built once at start-up, shared by every worker.
 pub struct AccessApi {
@@ -26,7 +26,11 @@ pub struct AccessApi {
 impl AccessApi {
     /// Opens the store (creating the SQLite file only now, since an API is on).
     pub fn start(settings: AccessApiSettings) -> Result<Self, SettingsError> {
-        let store = Store::open(settings.store.clone(), StoreTimings::default())?;
+        let store = Store::open(
+            settings.store.clone(),
+            StoreTimings::default(),
+            WhenUnreachable::KeepTrying,
+        )?;
         let oidc = settings.oidc.clone().map(|oidc| Arc::new(Oidc::new(oidc)));
         Ok(Self {
             settings,
@@ -40,7 +44,10 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Conflict { what } => ApiError::Conflict(format!("{what} already exists.")),
-            StoreError::Unavailable(_) | StoreError::Timeout | StoreError::Stopped => {
+            StoreError::Unavailable(_)
+            | StoreError::Timeout
+            | StoreError::NotReady
+            | StoreError::Stopped => {
                 tracing::warn!(error = %error, "access store call failed");
                 ApiError::StoreUnavailable
             }

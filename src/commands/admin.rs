@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use crate::admin::types::{AdminKeyCreate, KeyCreated, KeyRead};
 use crate::secret::ApiKey;
-use crate::store::{Actor, Store, StoreLocation, StoreTimings};
+use crate::store::{Actor, Store, StoreLocation, StoreTimings, WhenUnreachable};
 
 #[derive(Debug, Clone, Args)]
 pub struct AdminArgs {
@@ -69,7 +69,7 @@ pub fn run(args: AdminArgs, out: &mut impl Write, err: &mut impl Write) -> anyho
         &args.data_dir,
         args.database_url.as_ref().map(ApiKey::expose),
     )?;
-    let store = Store::open(location, StoreTimings::default())?;
+    let store = Store::open(location, StoreTimings::default(), WhenUnreachable::Fail)?;
     let actor = Actor("cli".into());
     match args.command {
         AdminCommand::Keys(KeysCommand::List { owner }) => {

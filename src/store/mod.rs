@@ -13,6 +13,7 @@ pub mod usage;
 use std::borrow::Cow;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,6 +91,8 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the store has not been reached since start-up")]
+    NotReady,
     #[error("the store's runtime stopped")]
     Stopped,
     #[error("the store holds a bad row: {0}")]
@@ -133,6 +136,8 @@ pub(crate) struct Context {
     pub(crate) pool: AnyPool,
     pub(crate) snapshot: Arc<watch::Sender<Arc<Snapshot>>>,
     pub(crate) usage: Arc<PendingUsage>,
+    /// Set once the store was reached and migrated.
+    pub(crate) ready: Arc<AtomicBool>,
 }
 
 /// Owns the store's runtime; shuts it down without blocking (a drop may happen inside actix).
@@ -165,11 +170,31 @@ impl Default for StoreTimings {
     }
 }
 
+/// What `Store::open` does when PostgreSQL cannot be reached (or migrated) at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenUnreachable {
+    /// Return the error (the CLI: the user is waiting).
+    Fail,
+    /// Open anyway with an empty snapshot and keep trying every 2 s; store calls answer
+    /// `NotReady` until then (a server: a restart during a database outage must still serve).
+    KeepTrying,
+}
+
+/// How long start-up waits for the first connection and migrations.
+const FIRST_ATTEMPT: Duration = Duration::from_secs(10);
+/// Between later attempts when the first failed.
+const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+
 impl Store {
     /// Connects (creating the SQLite file and its dir if needed), runs the migrations, loads the
     /// first snapshot and starts the revision poll and the usage writer. Blocks the calling
     /// thread until then (start-up and the CLI only), the work itself runs on the store's runtime.
-    pub fn open(location: StoreLocation, timings: StoreTimings) -> Result<Self, StoreError> {
+    /// A SQLite store that cannot be opened is always an error.
+    pub fn open(
+        location: StoreLocation,
+        timings: StoreTimings,
+        when_unreachable: WhenUnreachable,
+    ) -> Result<Self, StoreError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("llmux-store")
@@ -184,23 +209,51 @@ impl Store {
             runtime: Some(runtime),
             handle,
         };
+        let (pool, migrations) = {
+            let _entered = runtime.handle.enter();
+            lazy_pool(&location)?
+        };
+        let (snapshot, _) = watch::channel(Arc::new(Snapshot::default()));
+        let context = Context {
+            pool,
+            snapshot: Arc::new(snapshot),
+            usage: Arc::default(),
+            ready: Arc::default(),
+        };
         let (sender, receiver) = std::sync::mpsc::channel();
-        let connect_location = location.clone();
+        let first = context.clone();
         runtime.handle.spawn(async move {
-            let opened = tokio::time::timeout(Duration::from_secs(30), connect(&connect_location))
+            let prepared = tokio::time::timeout(FIRST_ATTEMPT, prepare(&first, migrations))
                 .await
                 .unwrap_or(Err(StoreError::Timeout));
-            let _ = sender.send(opened);
+            let _ = sender.send(prepared);
         });
-        let context = receiver.recv().map_err(|_| StoreError::Stopped)??;
-        runtime
-            .handle
-            .spawn(snapshot::poll(context.clone(), timings.poll_interval));
+        let first_attempt = receiver.recv().map_err(|_| StoreError::Stopped)?;
+        match first_attempt {
+            Ok(()) => {
+                runtime
+                    .handle
+                    .spawn(snapshot::poll(context.clone(), timings.poll_interval));
+                tracing::info!(store = %location.describe(), "access store open");
+            }
+            Err(error)
+                if when_unreachable == WhenUnreachable::KeepTrying
+                    && matches!(location, StoreLocation::Postgres { .. }) =>
+            {
+                tracing::error!(store = %location.describe(), error = %error,
+                    "access store unreachable at start-up: serving without its keys, retrying every 2 s");
+                runtime.handle.spawn(keep_preparing(
+                    context.clone(),
+                    migrations,
+                    timings.poll_interval,
+                ));
+            }
+            Err(error) => return Err(error),
+        }
         runtime.handle.spawn(usage::write_periodically(
             context.clone(),
             timings.usage_flush_interval,
         ));
-        tracing::info!(store = %location.describe(), "access store open");
         Ok(Self {
             inner: Arc::new(Inner {
                 location,
@@ -208,6 +261,11 @@ impl Store {
                 runtime,
             }),
         })
+    }
+
+    /// Whether the store was reached and migrated (always, unless opened with `KeepTrying`).
+    pub fn is_ready(&self) -> bool {
+        self.inner.context.ready.load(Ordering::Acquire)
     }
 
     pub fn location(&self) -> &StoreLocation {
@@ -231,6 +289,9 @@ impl Store {
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
         T: Send + 'static,
     {
+        if !self.is_ready() {
+            return Err(StoreError::NotReady);
+        }
         let work = work(self.inner.context.clone());
         self.inner
             .runtime
@@ -286,7 +347,10 @@ impl Store {
     }
 }
 
-async fn connect(location: &StoreLocation) -> Result<Context, StoreError> {
+type Migrations = &'static [(i64, &'static str, &'static str)];
+
+/// The pool, not connected yet (creating the SQLite data dir first).
+fn lazy_pool(location: &StoreLocation) -> Result<(AnyPool, Migrations), StoreError> {
     sqlx::any::install_default_drivers();
     let (url, max_connections, migrations) = match location {
         StoreLocation::Sqlite { data_dir } => {
@@ -317,22 +381,39 @@ async fn connect(location: &StoreLocation) -> Result<Context, StoreError> {
             })
         });
     }
-    let pool = options.connect(&url).await?;
+    Ok((options.connect_lazy(&url)?, migrations))
+}
+
+/// Migrates and publishes the first snapshot; then store calls are allowed.
+async fn prepare(context: &Context, migrations: Migrations) -> Result<(), StoreError> {
     let migrator = Migrator::new(Embedded(migrations)).await?;
-    migrator.run(&pool).await?;
-    let first = snapshot::load(&pool).await?;
-    let (snapshot, _) = watch::channel(Arc::new(first));
-    Ok(Context {
-        pool,
-        snapshot: Arc::new(snapshot),
-        usage: Arc::default(),
-    })
+    migrator.run(&context.pool).await?;
+    let first = snapshot::load(&context.pool).await?;
+    context.snapshot.send_replace(Arc::new(first));
+    context.ready.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// After a failed start-up: tries again every 2 s, then polls as usual.
+async fn keep_preparing(context: Context, migrations: Migrations, poll_interval: Duration) {
+    loop {
+        tokio::time::sleep(RETRY_INTERVAL).await;
+        match tokio::time::timeout(FIRST_ATTEMPT, prepare(&context, migrations)).await {
+            Ok(Ok(())) => {
+                tracing::info!("access store reachable: its keys are served from now on");
+                break;
+            }
+            Ok(Err(error)) => tracing::warn!(error = %error, "access store still unreachable"),
+            Err(_) => tracing::warn!("access store still unreachable (timed out)"),
+        }
+    }
+    snapshot::poll(context, poll_interval).await;
 }
 
 /// Migrations are compiled in (the binary needs no files beside it): one list per engine, since
 /// their column types differ. Versions only ever get added.
 #[derive(Debug)]
-struct Embedded(&'static [(i64, &'static str, &'static str)]);
+struct Embedded(Migrations);
 
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
     1,

@@ -911,6 +911,51 @@ async fn the_admin_api_answers_503_while_the_database_is_down_and_v1_keeps_servi
     assert_eq!(chat.status(), 200);
 }
 
+#[tokio::test]
+async fn a_server_started_while_postgres_is_down_serves_and_picks_the_store_up_later() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/llmux");
+    let app = spawn_admin_app(Some(url), |_| {}).await;
+    assert_openai_error(app.admin(Method::GET, "/api/admin/keys", None).await, 503).await;
+    let chat = app
+        .app
+        .post_json(
+            "/v1/chat/completions",
+            json!({"model": "m", "messages": []}),
+        )
+        .await;
+    assert_eq!(
+        chat.status(),
+        200,
+        "requests are served while the store is unreachable"
+    );
+
+    let _postgres = Postgres::start_on(port);
+    let started = Instant::now();
+    loop {
+        let response = app.admin(Method::GET, "/api/admin/keys", None).await;
+        if response.status() == StatusCode::OK {
+            break;
+        }
+        assert_eq!(response.status(), 503);
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the store was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    app.admin_json(
+        Method::POST,
+        "/api/admin/keys",
+        Some(json!({"name": "after-the-outage"})),
+    )
+    .await;
+}
+
 /// An llmux process, killed by its PID when the test ends.
 struct Process {
     child: Child,

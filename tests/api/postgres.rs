@@ -56,6 +56,15 @@ fn free_port() -> u16 {
 
 impl Postgres {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// On a port chosen before (a test starts llmux against it while nothing listens there).
+    pub fn start_on(port: u16) -> Self {
+        Self::start_with(Some(port))
+    }
+
+    fn start_with(fixed_port: Option<u16>) -> Self {
         let bin = bin_dir();
         let mut dir = tempfile::tempdir().unwrap();
         let user = server_user();
@@ -90,7 +99,7 @@ impl Postgres {
         );
         // A port taken between here and the server's bind makes the start fail: try a few.
         for _ in 0..5 {
-            let port = free_port();
+            let port = fixed_port.unwrap_or_else(free_port);
             let mut server = Command::new(bin.join("postgres"));
             server
                 .arg("-D")

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 use llmux::store::keys::{key_sha256, NewKey};
 use llmux::store::records::{KeyLimits, QuotaOverrideFields, QuotaPolicyFields, WindowType};
 use llmux::store::usage::Counts;
-use llmux::store::{Actor, Store, StoreError, StoreLocation, StoreTimings};
+use llmux::store::{Actor, Store, StoreError, StoreLocation, StoreTimings, WhenUnreachable};
 
 use crate::postgres::Postgres;
 
@@ -42,7 +42,7 @@ fn quota_override(owner: &str) -> QuotaOverrideFields {
 /// snapshot follows, and the store reopens with the same content.
 async fn keeps_everything_and_reopens(location: StoreLocation) {
     let actor = Actor("admin-token".into());
-    let store = Store::open(location.clone(), fast()).unwrap();
+    let store = Store::open(location.clone(), fast(), WhenUnreachable::Fail).unwrap();
     let limits = KeyLimits {
         allowed_models: Some(vec!["openai/*".into()]),
         requests_per_minute: Some(60),
@@ -186,7 +186,7 @@ async fn keeps_everything_and_reopens(location: StoreLocation) {
     store.flush_usage().await.unwrap();
     drop(store);
 
-    let reopened = Store::open(location, fast()).unwrap();
+    let reopened = Store::open(location, fast(), WhenUnreachable::Fail).unwrap();
     assert!(reopened.list_keys(None).await.unwrap().is_empty());
     assert_eq!(reopened.list_quota_policies().await.unwrap().len(), 1);
     assert_eq!(reopened.list_quota_overrides().await.unwrap().len(), 1);
@@ -248,8 +248,13 @@ async fn a_change_through_one_replica_reaches_the_other_within_two_seconds() {
     let location = StoreLocation::Postgres {
         url: postgres.url.clone(),
     };
-    let replica_a = Store::open(location.clone(), StoreTimings::default()).unwrap();
-    let replica_b = Store::open(location, StoreTimings::default()).unwrap();
+    let replica_a = Store::open(
+        location.clone(),
+        StoreTimings::default(),
+        WhenUnreachable::Fail,
+    )
+    .unwrap();
+    let replica_b = Store::open(location, StoreTimings::default(), WhenUnreachable::Fail).unwrap();
     let mut changes = replica_b.subscribe();
     let started = Instant::now();
     let (_, key) = replica_a
@@ -285,6 +290,7 @@ async fn a_store_that_goes_down_keeps_its_snapshot_and_fails_changes_quickly() {
             url: postgres.url.clone(),
         },
         fast(),
+        WhenUnreachable::Fail,
     )
     .unwrap();
     let (_, key) = store
