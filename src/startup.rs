@@ -120,12 +120,10 @@ impl Application {
         let connect_timeout = args.connect_timeout;
         let server_state = state.clone();
         let mut server = HttpServer::new(move || {
+            let client = upstream_client(Arc::clone(&tls), connect_timeout);
             App::new()
                 .app_data(server_state.clone())
-                .app_data(web::Data::new(upstream_client(
-                    Arc::clone(&tls),
-                    connect_timeout,
-                )))
+                .app_data(web::Data::new(client.clone()))
                 .wrap_fn(|request, service| {
                     let id = request_id(request.headers());
                     request.extensions_mut().insert(RequestId(id.clone()));
@@ -138,7 +136,7 @@ impl Application {
                 })
                 .configure(|cfg| {
                     if let Some(access_api) = &access_api {
-                        admin::configure(cfg, access_api);
+                        admin::configure(cfg, access_api, &client);
                     }
                 })
                 .configure(api::configure)

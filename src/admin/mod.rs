@@ -7,6 +7,7 @@ pub mod self_service;
 pub mod settings;
 pub mod types;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix_web::web;
@@ -21,6 +22,8 @@ pub struct AccessApi {
     pub settings: AccessApiSettings,
     pub store: Store,
     pub oidc: Option<Arc<Oidc>>,
+    /// Set by the first worker, which keeps the OIDC keys fresh.
+    oidc_refresher: AtomicBool,
 }
 
 impl AccessApi {
@@ -36,6 +39,7 @@ impl AccessApi {
             settings,
             store,
             oidc,
+            oidc_refresher: AtomicBool::new(false),
         })
     }
 }
@@ -56,9 +60,15 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// Mounts the APIs that are on. `api` is shared by every worker.
-pub fn configure(cfg: &mut web::ServiceConfig, api: &Arc<AccessApi>) {
+/// Mounts the APIs that are on, in each worker. `api` is shared by every worker; the first one
+/// also runs the OIDC key refresher with its `client` (it stops with that worker).
+pub fn configure(cfg: &mut web::ServiceConfig, api: &Arc<AccessApi>, client: &awc::Client) {
     cfg.app_data(web::Data::from(Arc::clone(api)));
+    if let Some(oidc) = &api.oidc {
+        if !api.oidc_refresher.swap(true, Ordering::AcqRel) {
+            actix_web::rt::spawn(Arc::clone(oidc).keep_fresh(client.clone()));
+        }
+    }
     if api.settings.admin != AdminMode::Disabled {
         cfg.service(resource("/api/admin/health").route(web::get().to(handlers::health)))
             .service(resource("/api/admin/auth-config").route(web::get().to(handlers::auth_config)))

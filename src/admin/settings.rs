@@ -65,6 +65,9 @@ pub struct AccessApiArgs {
     /// Time allowed for each discovery or JWKS fetch, in seconds.
     #[arg(long, env = "LLMUX_OIDC_FETCH_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
     pub oidc_fetch_timeout: Duration,
+    /// How often the JWKS is fetched again, in seconds (keys the provider dropped stop working).
+    #[arg(long, env = "LLMUX_OIDC_JWKS_MAX_AGE", default_value = "300", value_parser = parse_seconds)]
+    pub oidc_jwks_max_age: Duration,
 }
 
 impl Default for AccessApiArgs {
@@ -85,6 +88,7 @@ impl Default for AccessApiArgs {
             admin_oidc_only: false,
             self_service_oidc_only: false,
             oidc_fetch_timeout: Duration::from_secs(5),
+            oidc_jwks_max_age: Duration::from_secs(300),
         }
     }
 }
@@ -231,6 +235,7 @@ impl AccessApiSettings {
                     self_service_values: clean(&args.oidc_self_service_values),
                     fetch_timeout: args.oidc_fetch_timeout,
                     min_refresh_interval: Duration::from_secs(1),
+                    jwks_max_age: args.oidc_jwks_max_age,
                 })
             }
         };

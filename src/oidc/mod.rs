@@ -35,6 +35,8 @@ pub struct OidcSettings {
     pub fetch_timeout: Duration,
     /// Unknown `kid`s trigger at most one fetch per this interval.
     pub min_refresh_interval: Duration,
+    /// The JWKS is fetched again this often, so keys the provider dropped stop verifying.
+    pub jwks_max_age: Duration,
 }
 
 /// A caller proven by a valid token.
@@ -189,6 +191,19 @@ impl Oidc {
             .read()
             .map(|keys| Arc::clone(&keys))
             .unwrap_or_default()
+    }
+
+    /// Fetches the keys at once (the first token need not wait for discovery), then every
+    /// `jwks_max_age`, so keys the provider dropped stop verifying. A failed fetch keeps the
+    /// cached keys. Runs until its worker stops.
+    pub async fn keep_fresh(self: Arc<Self>, client: awc::Client) {
+        loop {
+            let generation = self.current_keys().generation;
+            if let Err(error) = self.refresh(&client, generation).await {
+                tracing::warn!(error = %error, "refreshing the OIDC keys failed: keeping the cached ones");
+            }
+            tokio::time::sleep(self.settings.jwks_max_age).await;
+        }
     }
 
     /// One fetch at a time; a caller that waited for another's fetch uses its result.

@@ -352,3 +352,48 @@ async fn oidc_only_admin_and_self_service_values_gate_the_apis() {
     assert_eq!(status(&app, Method::GET, "/api/keys", &staff).await, 200);
     assert_eq!(status(&app, Method::GET, "/api/keys", &outsider).await, 403);
 }
+
+#[tokio::test]
+async fn keys_are_fetched_before_the_first_token_and_dropped_keys_expire_with_the_jwks_max_age() {
+    let old = SigningKey::rsa("rsa-a.der", "old", Algorithm::RS256);
+    let new = SigningKey::ec("new", Algorithm::ES256);
+    let provider = IdentityProvider::start(&[&old]).await;
+    let app = spawn_admin_app(
+        None,
+        oidc(&provider, |args| {
+            args.access.oidc_jwks_max_age = Duration::from_millis(1500)
+        }),
+    )
+    .await;
+    let started = Instant::now();
+    while provider.jwks_fetches() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no fetch before the first token"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let old_token = old.sign(&provider.claims("root", &["llmux-admin"]));
+    assert_eq!(
+        status(&app, Method::GET, "/api/admin/health", &old_token).await,
+        200
+    );
+    assert_eq!(provider.jwks_fetches(), 1);
+
+    // The provider drops the old key (say it leaked): no unknown kid tells llmux, the max age does.
+    provider.publish(&[&new]);
+    let dropped = Instant::now();
+    while status(&app, Method::GET, "/api/admin/health", &old_token).await == 200 {
+        assert!(
+            dropped.elapsed() < Duration::from_secs(5),
+            "a dropped key still verifies"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(provider.jwks_fetches() >= 2);
+    let new_token = new.sign(&provider.claims("root", &["llmux-admin"]));
+    assert_eq!(
+        status(&app, Method::GET, "/api/admin/health", &new_token).await,
+        200
+    );
+}
