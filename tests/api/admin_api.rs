@@ -934,7 +934,10 @@ async fn a_server_started_while_postgres_is_down_serves_and_picks_the_store_up_l
         "requests are served while the store is unreachable"
     );
 
-    let _postgres = Postgres::start_on(port);
+    // initdb takes seconds: off the test's runtime, whose pooled connections must stay served.
+    let _postgres = tokio::task::spawn_blocking(move || Postgres::start_on(port))
+        .await
+        .unwrap();
     let started = Instant::now();
     loop {
         let response = app.admin(Method::GET, "/api/admin/keys", None).await;
