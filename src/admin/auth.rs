@@ -6,7 +6,7 @@ use actix_web::HttpRequest;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::admin::settings::{AdminMode, SelfServiceMode};
+use crate::admin::settings::AdminMode;
 use crate::admin::AccessApi;
 use crate::errors::ApiError;
 use crate::oidc::{Oidc, OidcUser};
@@ -113,9 +113,8 @@ pub async fn self_service(
             ))
         };
     }
-    if !api.settings.self_service.accepts_keys()
-        || api.settings.self_service == SelfServiceMode::Disabled
-    {
+    // `Disabled` and `OidcOnly` accept no keys.
+    if !api.settings.self_service.accepts_keys() {
         return Err(unauthorized());
     }
     let snapshot = api.store.snapshot();
