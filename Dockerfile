@@ -3,9 +3,15 @@
 #   docker run -p 8000:8000 -e OPENAI_API_KEY -v "$PWD/configs:/configs:ro" llmux
 FROM rust:1-slim-bookworm AS builder
 WORKDIR /src
+# Dependencies first, against placeholder sources: this layer is rebuilt only when Cargo.toml or
+# Cargo.lock change, not on every source edit.
 COPY Cargo.toml Cargo.lock ./
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && cargo build --release --locked --bin llmux \
+    && rm -rf src target/release/.fingerprint/llmux-* target/release/deps/llmux-* target/release/deps/libllmux-*
 COPY src ./src
-RUN cargo build --release --locked --bin llmux && strip target/release/llmux
+# The release profile strips the binary (`strip = true` in Cargo.toml).
+RUN cargo build --release --locked --bin llmux
 
 FROM debian:bookworm-slim
 # TLS roots are compiled in (webpki-roots): no ca-certificates needed.

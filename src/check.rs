@@ -2,13 +2,16 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::config::load::{load_dir, process_env, Severity};
+use crate::config::load::{load_file, process_env, scan_dir, Severity};
 use crate::routing::table::RoutingTable;
+
+/// The widest a table column grows.
+const MAX_COLUMN: usize = 80;
 
 /// Prints the table and problems to `out`. Returns whether the config has no error.
 pub fn run(config_dir: &Path, out: &mut impl Write) -> std::io::Result<bool> {
-    let loads = match load_dir(config_dir, &process_env) {
-        Ok(loads) => loads,
+    let scan = match scan_dir(config_dir) {
+        Ok(scan) => scan,
         Err(error) => {
             writeln!(
                 out,
@@ -21,8 +24,9 @@ pub fn run(config_dir: &Path, out: &mut impl Write) -> std::io::Result<bool> {
     let mut ok = true;
     let mut problems = Vec::new();
     let table = RoutingTable::new();
-    let file_count = loads.len();
-    for load in loads {
+    let file_count = scan.files.len();
+    for file in &scan.files {
+        let load = load_file(file, &process_env);
         ok &= load.errors().next().is_none();
         problems.extend(load.problems);
         if let Some(endpoints) = load.endpoints {
@@ -61,21 +65,26 @@ pub fn run(config_dir: &Path, out: &mut impl Write) -> std::io::Result<bool> {
         "KEY VARIABLE",
         "KEY",
     ];
+    // Columns are as wide as their widest cell, up to MAX_COLUMN: a longer cell (a model name of
+    // thousands of characters) overflows its column instead of widening every row. Padding is
+    // done by hand: `format!("{:<width$}")` panics for widths past u16::MAX.
     let mut widths = header.map(str::len);
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
+            *width = (*width).max(cell.chars().count().min(MAX_COLUMN));
         }
     }
     let line = |cells: &[String]| {
-        cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
+        let mut text = String::new();
+        for (cell, width) in cells.iter().zip(widths) {
+            if !text.is_empty() {
+                text.push_str("  ");
+            }
+            text.push_str(cell);
+            let padding = width.saturating_sub(cell.chars().count());
+            text.extend(std::iter::repeat_n(' ', padding));
+        }
+        text.trim_end().to_owned()
     };
     writeln!(out, "{}", line(&header.map(str::to_owned)))?;
     for row in &rows {
@@ -86,6 +95,9 @@ pub fn run(config_dir: &Path, out: &mut impl Write) -> std::io::Result<bool> {
         .filter(|p| p.severity == Severity::Error)
         .count();
     writeln!(out)?;
+    for skipped in &scan.skipped {
+        writeln!(out, "{skipped}")?;
+    }
     for problem in &problems {
         writeln!(out, "{problem}")?;
     }
@@ -93,7 +105,7 @@ pub fn run(config_dir: &Path, out: &mut impl Write) -> std::io::Result<bool> {
         out,
         "{file_count} files, {} routes, {errors} errors, {} warnings",
         rows.len(),
-        problems.len() - errors
+        problems.len() - errors + scan.skipped.len()
     )?;
     Ok(ok)
 }

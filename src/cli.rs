@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 #[expect(
     clippy::large_enum_variant,
-    reason = "parsed once at start-up: boxing buys nothing"
+    reason = "parsed once at start-up; boxing would only add noise"
 )]
 pub enum Command {
     /// Serve the OpenAI-compatible API (the default).
@@ -75,7 +75,7 @@ pub struct ServeArgs {
     #[arg(long, env = "LLMUX_BASE_URL")]
     pub base_url: Option<String>,
     /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `llmux=debug`).
-    #[arg(long, env = "LLMUX_LOG", default_value = "info")]
+    #[arg(long, env = "LLMUX_LOG", default_value = "info", value_parser = parse_log_filter)]
     pub log: String,
     /// Worker threads [default: number of cores].
     #[arg(long, env = "LLMUX_WORKERS")]
@@ -116,10 +116,42 @@ pub struct ServeArgs {
     /// How long an image stays in the image-data cache, in seconds.
     #[arg(long, env = "LLMUX_IMAGE_CACHE_TTL", default_value = "3600", value_parser = parse_seconds)]
     pub image_cache_ttl: Duration,
+    /// Connections the kernel queues for llmux before refusing new ones (the listen backlog).
+    #[arg(long, env = "LLMUX_BACKLOG", default_value_t = DEFAULT_BACKLOG)]
+    pub backlog: u32,
+    /// Connections served at once, over all workers. At the limit llmux stops accepting: new
+    /// connections wait in the backlog (then are refused by the kernel) while open ones are served.
+    #[arg(long, env = "LLMUX_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Time a client gets to send a request's headers, in seconds (then 408 and the connection closes).
+    #[arg(long, env = "LLMUX_HEADER_READ_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
+    pub header_read_timeout: Duration,
+    /// Largest total size of a request's headers (names and values), in bytes: past it, 431.
+    #[arg(long, env = "LLMUX_MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES)]
+    pub max_header_bytes: usize,
+    /// Most headers a request may carry: past it, 431 (actix itself refuses more than 96).
+    #[arg(long, env = "LLMUX_MAX_HEADERS", default_value_t = DEFAULT_MAX_HEADERS)]
+    pub max_headers: usize,
+    /// On SIGTERM, how long /ready answers 503 while llmux still accepts new connections, in
+    /// seconds, so load balancers stop sending before the listener closes.
+    #[arg(long, env = "LLMUX_DRAIN_DELAY", default_value = "5", value_parser = parse_seconds_or_zero)]
+    pub drain_delay: Duration,
+    /// Directory for spooled upload parts [default: the system temp dir].
+    #[arg(long, env = "LLMUX_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
     /// The admin and self-service APIs, their store and OIDC.
     #[command(flatten)]
     pub access: AccessApiArgs,
 }
+
+/// actix's default listen backlog (std's is 128).
+pub const DEFAULT_BACKLOG: u32 = 1024;
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 8192;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+pub const DEFAULT_MAX_HEADERS: usize = 64;
+/// The longest duration a flag accepts: one year. Durations become `Instant::now() + d`, which
+/// panics on overflow.
+pub const MAX_FLAG_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
 impl ServeArgs {
     /// The settings a test or an embedding program starts from.
@@ -142,21 +174,53 @@ impl ServeArgs {
             max_upload_bytes: 100 * 1024 * 1024,
             image_cache_bytes: 512 * 1024 * 1024,
             image_cache_ttl: Duration::from_secs(3600),
+            backlog: DEFAULT_BACKLOG,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: Duration::from_secs(5),
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            drain_delay: Duration::from_secs(5),
+            spool_dir: None,
             access: AccessApiArgs::default(),
         }
     }
+
+    /// Where upload parts are spooled: `--spool-dir`, or the system temp dir.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.spool_dir.clone().unwrap_or_else(std::env::temp_dir)
+    }
 }
 
-/// Parses a positive number of seconds (`10`, `0.5`).
+/// Checks a log filter when the flags are parsed, so a bad one is reported once, naming the flag.
+pub fn parse_log_filter(text: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map(|_| text.to_owned())
+        .map_err(|error| format!("not a log filter ({error}); try `info` or `llmux=debug,info`"))
+}
+
+/// Parses a positive number of seconds (`10`, `0.5`), at most [`MAX_FLAG_DURATION`].
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    match parse_seconds_or_zero(text)? {
+        Duration::ZERO => Err(format!("`{text}` must be a positive number of seconds")),
+        duration => Ok(duration),
+    }
+}
+
+/// Parses a number of seconds that may be 0, at most [`MAX_FLAG_DURATION`].
+pub fn parse_seconds_or_zero(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
         .trim()
         .parse()
         .map_err(|_| format!("`{text}` is not a number of seconds"))?;
-    if seconds > 0.0 {
-        Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())
-    } else {
-        Err(format!("`{text}` must be a positive number of seconds"))
+    if seconds.is_nan() || seconds < 0.0 {
+        return Err(format!("`{text}` must be a positive number of seconds"));
+    }
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(duration) if duration <= MAX_FLAG_DURATION => Ok(duration),
+        _ => Err(format!(
+            "`{text}` is too long: at most {} seconds (a year)",
+            MAX_FLAG_DURATION.as_secs()
+        )),
     }
 }
 
@@ -181,5 +245,9 @@ mod tests {
         );
         assert!(parse_seconds("0").is_err());
         assert!(parse_seconds("abc").is_err());
+        assert!(parse_seconds("NaN").is_err());
+        // Issue 20: absurd durations overflowed `Instant + Duration`.
+        assert!(parse_seconds("1e19").is_err());
+        assert_eq!(parse_seconds_or_zero("0"), Ok(Duration::ZERO));
     }
 }

@@ -36,6 +36,8 @@ pub enum ApiError {
     MethodNotAllowed { method: String, path: String },
     #[error("The request body is larger than the limit of {limit} bytes.")]
     PayloadTooLarge { limit: usize },
+    #[error("The request headers are too large: at most {max_count} headers of {max_bytes} bytes in all are accepted.")]
+    HeadersTooLarge { max_bytes: usize, max_count: usize },
     #[error("Could not read the request body: {0}")]
     BadPayload(String),
     #[error("The upstream of provider `{provider}` could not be reached: {cause}")]
@@ -108,6 +110,9 @@ impl ApiError {
                 ("invalid_request_error", None, Some("payload_too_large"))
             }
             Self::BadPayload(_) => ("invalid_request_error", None, Some("bad_payload")),
+            Self::HeadersTooLarge { .. } => {
+                ("invalid_request_error", None, Some("headers_too_large"))
+            }
             Self::UpstreamUnreachable { .. } => {
                 ("upstream_error", None, Some("upstream_unreachable"))
             }
@@ -135,6 +140,7 @@ impl ResponseError for ApiError {
             }
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

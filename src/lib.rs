@@ -11,6 +11,7 @@ pub mod healthcheck;
 pub mod images;
 pub mod metrics;
 pub mod oidc;
+pub mod pipeline;
 pub mod proxy;
 pub mod routing;
 pub mod secret;

@@ -288,6 +288,7 @@ impl Metrics {
         });
         registry.register_collector(Box::new(Arc::clone(&endpoint_state)));
         registry.register_collector(Box::new(ProcessCollector));
+        registry.register_collector(Box::new(BuildInfo));
         Self {
             registry,
             requests,
@@ -311,6 +312,15 @@ impl Metrics {
         let mut text = String::with_capacity(16 * 1024);
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+
+    /// Every metric in `format`.
+    pub fn render_as(&self, format: Format) -> Result<String, std::fmt::Error> {
+        let text = self.render()?;
+        Ok(match format {
+            Format::OpenMetrics => text,
+            Format::Classic => to_classic(&text),
+        })
     }
 
     pub fn request_started(&self) {
@@ -515,28 +525,58 @@ impl Collector for EndpointState {
     }
 }
 
-/// Resident memory, CPU time and open file descriptors of this process, from /proc at scrape
-/// time. Absent on systems without /proc.
+/// Process figures under the names Prometheus' client libraries use, read from /proc through
+/// the `procfs` crate at scrape time. Absent on systems without /proc.
 #[derive(Debug)]
 struct ProcessCollector;
 
-/// Clock ticks per second of /proc/self/stat's CPU times (USER_HZ, 100 on every Linux ABI).
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
-
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        if let Some(rss) = resident_memory_bytes() {
-            let gauge = ConstGauge::new(i64::try_from(rss).unwrap_or(i64::MAX));
-            let metric = encoder.encode_descriptor(
+        let Ok(process) = procfs::process::Process::myself() else {
+            return Ok(());
+        };
+        let mut gauge = |name: &str, help: &str, value: i64| -> Result<(), std::fmt::Error> {
+            let gauge = ConstGauge::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric)
+        };
+        let saturating = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        if let Ok(stat) = process.stat() {
+            gauge(
                 "process_resident_memory_bytes",
                 "Resident memory size in bytes",
-                None,
-                gauge.metric_type(),
+                saturating(stat.rss.saturating_mul(procfs::page_size())),
             )?;
-            gauge.encode(metric)?;
+            if let Ok(boot) = procfs::boot_time_secs() {
+                gauge(
+                    "process_start_time_seconds",
+                    "Start time of the process since the Unix epoch, in seconds",
+                    saturating(
+                        boot.saturating_add(stat.starttime / procfs::ticks_per_second().max(1)),
+                    ),
+                )?;
+            }
         }
-        if let Some(seconds) = cpu_seconds() {
-            let counter = ConstCounter::new(seconds);
+        if let Ok(fds) = process.fd_count() {
+            gauge(
+                "process_open_fds",
+                "Open file descriptors",
+                i64::try_from(fds).unwrap_or(i64::MAX),
+            )?;
+        }
+        if let Ok(limits) = process.limits() {
+            if let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit {
+                gauge(
+                    "process_max_fds",
+                    "Most file descriptors the process may open (its soft limit)",
+                    saturating(max),
+                )?;
+            }
+        }
+        if let Ok(stat) = process.stat() {
+            let ticks = stat.utime.saturating_add(stat.stime);
+            let counter =
+                ConstCounter::new(ticks as f64 / procfs::ticks_per_second().max(1) as f64);
             let metric = encoder.encode_descriptor(
                 "process_cpu_seconds",
                 "User and system CPU time spent, in seconds",
@@ -545,46 +585,94 @@ impl Collector for ProcessCollector {
             )?;
             counter.encode(metric)?;
         }
-        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-            let gauge = ConstGauge::new(i64::try_from(fds.count()).unwrap_or(i64::MAX));
-            let metric = encoder.encode_descriptor(
-                "process_open_fds",
-                "Open file descriptors",
-                None,
-                gauge.metric_type(),
-            )?;
-            gauge.encode(metric)?;
-        }
         Ok(())
     }
 }
 
-fn resident_memory_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    let kib: u64 = line
-        .trim_start_matches("VmRSS:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
+/// `llmux_build_info{version="..."} 1`, so dashboards can tell replicas' versions apart.
+#[derive(Debug)]
+struct BuildInfo;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
 }
 
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    parse_cpu_seconds(&stat)
+impl Collector for BuildInfo {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(
+            "llmux_build_info",
+            "Always 1; the labels say which llmux build this is",
+            None,
+            MetricType::Gauge,
+        )?;
+        let labels = BuildLabels {
+            version: env!("CARGO_PKG_VERSION"),
+        };
+        ConstGauge::new(1).encode(metric.encode_family(&labels)?)
+    }
 }
 
-/// utime + stime from /proc/self/stat (fields 14 and 15; the command name in field 2 may hold
-/// spaces, so fields are counted after its closing parenthesis).
-fn parse_cpu_seconds(stat: &str) -> Option<f64> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after_name.split_whitespace().skip(11);
-    let user: u64 = fields.next()?.parse().ok()?;
-    let system: u64 = fields.next()?.parse().ok()?;
-    Some((user + system) as f64 / CLOCK_TICKS_PER_SECOND)
+/// Which text format a scraper gets: OpenMetrics when its `Accept` asks for it, the classic
+/// Prometheus text format (0.0.4) otherwise (curl, `promtool check metrics`, older scrapers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    Classic,
+}
+
+impl Format {
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        match accept {
+            Some(accept) if accept.contains("application/openmetrics-text") => Self::OpenMetrics,
+            _ => Self::Classic,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenMetrics => CONTENT_TYPE,
+            Self::Classic => CLASSIC_CONTENT_TYPE,
+        }
+    }
+}
+
+/// The classic Prometheus text format's content type.
+pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// OpenMetrics text -> classic text. prometheus-client writes only OpenMetrics; the two differ
+/// in a few lines, so this is hand-written rather than a second registry: a counter family's
+/// `# HELP`/`# TYPE` name its samples' `_total` name, and there is no `# UNIT` or `# EOF`.
+pub fn to_classic(open_metrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open_metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len() + 256);
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let descriptor = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| line.strip_prefix(prefix).map(|rest| (prefix, rest)));
+        match descriptor {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -592,11 +680,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_seconds_are_read_after_the_command_name() {
-        let stat =
-            "42 (my (odd) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0 100 1000 200";
-        assert_eq!(parse_cpu_seconds(stat), Some(3.0));
-        assert_eq!(parse_cpu_seconds("garbage"), None);
+    fn process_figures_and_build_info_are_exported() {
+        let text = Metrics::new(Arc::new(RoutingTable::new()))
+            .render()
+            .unwrap();
+        for name in [
+            "process_resident_memory_bytes ",
+            "process_start_time_seconds ",
+            "process_open_fds ",
+            "process_max_fds ",
+            "process_cpu_seconds_total ",
+            "llmux_build_info{version=\"",
+        ] {
+            assert!(text.contains(name), "{name} in {text}");
+        }
+    }
+
+    #[test]
+    fn the_classic_format_names_counters_by_their_samples_and_has_no_eof() {
+        let text = Metrics::new(Arc::new(RoutingTable::new()))
+            .render()
+            .unwrap();
+        let classic = to_classic(&text);
+        assert!(
+            classic.contains("# TYPE llmux_upstream_attempts_total counter\n"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# HELP llmux_upstream_attempts_total Upstream"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# TYPE llmux_requests_in_flight gauge\n"),
+            "{classic}"
+        );
+        assert!(!classic.contains("# EOF"), "{classic}");
+        assert_eq!(Format::negotiate(None), Format::Classic);
+        assert_eq!(
+            Format::negotiate(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+            )),
+            Format::OpenMetrics
+        );
     }
 
     #[test]

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, Service};
-use actix_web::HttpMessage;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
+use futures_util::future::Either;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::settings::AccessApiSettings;
@@ -21,8 +21,9 @@ use crate::errors;
 use crate::health::HealthProbes;
 use crate::images::ImageCache;
 use crate::metrics::Metrics;
-use crate::proxy::headers::{request_id, RequestId, X_REQUEST_ID};
-use crate::proxy::retry::RetryPolicy;
+use crate::pipeline::accept;
+use crate::pipeline::admit::Admitter;
+use crate::pipeline::attempt::RetryPolicy;
 use crate::routing::breaker::BreakerPolicy;
 use crate::routing::table::RoutingTable;
 use crate::state::AppState;
@@ -32,6 +33,54 @@ pub struct Application {
     server: Server,
     state: web::Data<AppState>,
     watch: ConfigWatch,
+    drain_delay: Duration,
+}
+
+/// Limits on a request's headers beyond actix's own (at most 96 headers and a 128 KiB head,
+/// answered with an empty 431): these answer 431 in the OpenAI error shape.
+#[derive(Debug, Clone, Copy)]
+struct HeaderLimits {
+    max_bytes: usize,
+    max_count: usize,
+}
+
+impl HeaderLimits {
+    fn check(self, headers: &actix_web::http::header::HeaderMap) -> Result<(), errors::ApiError> {
+        let count = headers.len();
+        let bytes: usize = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        if count > self.max_count || bytes > self.max_bytes {
+            return Err(errors::ApiError::HeadersTooLarge {
+                max_bytes: self.max_bytes,
+                max_count: self.max_count,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Binds with `backlog` queued connections (std's `TcpListener::bind` uses 128, and actix
+/// cannot change the backlog of a listener it is handed).
+fn bind(host: &str, port: u16, backlog: u32) -> std::io::Result<TcpListener> {
+    use std::net::ToSocketAddrs;
+    let address = (host, port).to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the host resolves to no address",
+        )
+    })?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    // As std does: a restart may bind while old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
 }
 
 /// Where provider keys are read from: the process environment in production, a map in tests.
@@ -54,11 +103,7 @@ impl Application {
             );
         }
         let table = Arc::new(RoutingTable::new());
-        let live = Arc::new(LiveConfig::new(
-            &args.config_dir,
-            Arc::clone(&table),
-            Arc::clone(&env),
-        ));
+        let live = Arc::new(LiveConfig::new(&args.config_dir, Arc::clone(&table), env));
         // Start-up and the watcher load through the same code.
         let started = std::time::Instant::now();
         let summary = live
@@ -83,7 +128,7 @@ impl Application {
             .transpose()?
             .map(Arc::new);
 
-        let listener = TcpListener::bind((args.host.as_str(), args.port))
+        let listener = bind(&args.host, args.port, args.backlog)
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;
         let port = listener.local_addr()?.port();
         let base_url = args
@@ -94,10 +139,8 @@ impl Application {
             .to_owned();
         let state = web::Data::new(AppState {
             table,
-            config_dir: args.config_dir.clone(),
             base_url,
             max_body_bytes: args.max_body_bytes,
-            env,
             live: Arc::clone(&live),
             responses: Arc::default(),
             health: Arc::new(HealthProbes::new(args.health_cache_ttl)),
@@ -114,26 +157,37 @@ impl Application {
                 args.image_cache_bytes,
                 args.image_cache_ttl,
             )),
+            admitter: Admitter::default(),
             metrics,
+            spool_dir: args.spool_dir(),
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;
         let server_state = state.clone();
-        let mut server = HttpServer::new(move || {
+        let header_limits = HeaderLimits {
+            max_bytes: args.max_header_bytes,
+            max_count: args.max_headers,
+        };
+        let workers = args
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+            .max(1);
+        let server = HttpServer::new(move || {
             let client = upstream_client(Arc::clone(&tls), connect_timeout);
             App::new()
                 .app_data(server_state.clone())
                 .app_data(web::Data::new(client.clone()))
-                .wrap_fn(|request, service| {
-                    let id = request_id(request.headers());
-                    request.extensions_mut().insert(RequestId(id.clone()));
-                    let response = service.call(request);
-                    async move {
-                        let mut response = response.await?;
-                        response.headers_mut().insert(X_REQUEST_ID.clone(), id);
-                        Ok(response)
-                    }
+                .wrap_fn(move |request, service| {
+                    let refused = header_limits.check(request.headers());
+                    let response = match refused {
+                        Ok(()) => Either::Left(service.call(request)),
+                        Err(error) => {
+                            Either::Right(std::future::ready(Ok(request.error_response(error))))
+                        }
+                    };
+                    async move { Ok(response.await?.map_into_boxed_body()) }
                 })
+                .wrap_fn(accept::middleware)
                 .configure(|cfg| {
                     if let Some(access_api) = &access_api {
                         admin::configure(cfg, access_api, &client);
@@ -142,13 +196,21 @@ impl Application {
                 .configure(api::configure)
                 .default_service(web::to(errors::unknown_route))
         })
+        // A client that closes its connection ends its request at once, even before the answer's
+        // head: the handler is dropped, which cancels the upstream request (status 499).
+        .h1_allow_half_closed(false)
         // Signals are the binary's business (`run_until_signalled`): tests start many apps in one process.
         .disable_signals()
         .shutdown_timeout(args.shutdown_grace.as_secs().max(1))
+        .workers(workers)
+        // actix's limit is per worker: the flag's total is shared out.
+        .max_connections(
+            usize::try_from(args.max_connections)
+                .unwrap_or(usize::MAX)
+                .div_ceil(workers),
+        )
+        .client_request_timeout(args.header_read_timeout)
         .listen(listener)?;
-        if let Some(workers) = args.workers {
-            server = server.workers(workers.max(1));
-        }
         let watch = ConfigWatch::start(live, args.watch)
             .with_context(|| format!("watching the config dir `{}`", args.config_dir.display()))?;
         tracing::info!(port, host = %args.host, "llmux listening");
@@ -157,6 +219,7 @@ impl Application {
             server: server.run(),
             state,
             watch,
+            drain_delay: args.drain_delay,
         })
     }
 
@@ -184,6 +247,7 @@ impl Application {
     /// in flight (streams included) get the shutdown grace to finish. A second signal stops at once.
     /// SIGHUP keeps reloading the config meanwhile.
     pub async fn run_until_signalled(self) -> anyhow::Result<Shutdown> {
+        let drain_delay = self.drain_delay;
         let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
         let Self {
@@ -203,11 +267,20 @@ impl Application {
             _ = terminate.recv() => "SIGTERM",
             _ = interrupt.recv() => "SIGINT",
         };
+        // Load balancers and Kubernetes' endpoints take a few seconds to notice: /ready says 503
+        // at once, new connections are still served for the drain delay, then the listener closes.
         state.shutting_down.store(true, Ordering::Release);
         tracing::info!(
             signal = name,
-            "shutting down: draining requests in flight (a second signal stops at once)"
+            drain_delay_s = drain_delay.as_secs_f64(),
+            "shutting down: /ready answers 503; still accepting for the drain delay, then draining requests in flight (a second signal stops at once)"
         );
+        tokio::select! {
+            () = tokio::time::sleep(drain_delay) => {}
+            _ = terminate.recv() => return Ok(force()),
+            _ = interrupt.recv() => return Ok(force()),
+        }
+        tracing::info!("drain delay over: closing the listener");
         let graceful = handle.stop(true);
         tokio::select! {
             () = graceful => {

@@ -7,19 +7,16 @@ use crate::config::watch::LiveConfig;
 use crate::health::HealthProbes;
 use crate::images::ImageCache;
 use crate::metrics::Metrics;
-use crate::proxy::retry::RetryPolicy;
+use crate::pipeline::admit::Admitter;
+use crate::pipeline::attempt::RetryPolicy;
 use crate::routing::responses::ResponseOwners;
 use crate::routing::table::RoutingTable;
-use crate::startup::EnvSource;
 
 pub struct AppState {
     pub table: Arc<RoutingTable>,
-    pub config_dir: PathBuf,
     /// Public URL of this instance, without trailing slash.
     pub base_url: String,
     pub max_body_bytes: usize,
-    /// Where provider keys are read from at each load.
-    pub env: EnvSource,
     /// The config files as last loaded, for `GET /admin/config`.
     pub live: Arc<LiveConfig>,
     /// Which endpoint created each Responses API response, for the calls that name only its id.
@@ -34,6 +31,10 @@ pub struct AppState {
     pub max_upload_bytes: u64,
     /// Images served under `{base_url}/v1/images/data/{model}/{id}`.
     pub images: Arc<ImageCache>,
+    /// The admit stage's rules (client keys, allowed models, quotas).
+    pub admitter: Admitter,
     /// This application's Prometheus registry (one per app: tests run many in one process).
     pub metrics: Arc<Metrics>,
+    /// Where upload parts before `model` are spooled (`--spool-dir`, default the temp dir).
+    pub spool_dir: PathBuf,
 }

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::config::load::{Problem, Severity};
 use crate::config::watch::FileStatus;
+use crate::errors::ApiError;
 use crate::routing::endpoint::Endpoint;
 use crate::state::AppState;
 
@@ -58,22 +59,36 @@ struct RouteReport {
     key: Option<&'static str>,
 }
 
-pub async fn config(state: web::Data<AppState>) -> HttpResponse {
+pub async fn config(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    // Reporting a large table takes a while: on the blocking pool, not a request worker.
+    let body = web::block(move || serde_json::to_vec(&report(&state)))
+        .await
+        .map_err(|error| ApiError::Internal(format!("reporting the config: {error}")))?
+        .map_err(|error| ApiError::Internal(format!("reporting the config: {error}")))?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
+}
+
+fn report(state: &AppState) -> ConfigReport {
     let status = state.live.status();
-    let endpoints = state.table.endpoints();
+    let published = state.table.published_files();
     let files = status
         .files
         .iter()
-        .map(|file| file_report(file, &endpoints))
+        .map(|file| {
+            let endpoints = published.get(&file.file).map_or(&[][..], |e| &e[..]);
+            file_report(file, endpoints)
+        })
         .collect();
-    HttpResponse::Ok().json(ConfigReport {
+    ConfigReport {
         config_dir: status.config_dir.display().to_string(),
         generation: status.generation,
         loaded_at: rfc3339(status.loaded_at),
         checked_at: rfc3339(status.checked_at),
         reloads: status.reloads,
         files,
-    })
+    }
 }
 
 fn file_report(file: &FileStatus, endpoints: &[std::sync::Arc<Endpoint>]) -> FileReport {

@@ -1,5 +1,5 @@
 //! GET /v1/models and /v1/models/{model}, in OpenAI's list shape.
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use crate::errors::ApiError;
@@ -29,15 +29,23 @@ fn model_object(routes: &ModelRoutes) -> ModelObject<'_> {
     }
 }
 
-pub async fn list(state: web::Data<AppState>) -> HttpResponse {
+/// The models the caller may use (the admit stage decides which).
+pub async fn list(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let models = state.table.models();
+    let headers = request.headers();
     HttpResponse::Ok().json(ModelList {
         object: "list",
-        data: models.iter().map(|m| model_object(m)).collect(),
+        data: models
+            .iter()
+            .filter(|m| state.admitter.may_see(headers, &m.name))
+            .map(|m| model_object(m))
+            .collect(),
     })
 }
 
+/// A model the caller may not use does not exist for it (no enumeration).
 pub async fn retrieve(
+    request: HttpRequest,
     state: web::Data<AppState>,
     model: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -45,6 +53,7 @@ pub async fn retrieve(
     let routes = state
         .table
         .lookup(&model)
+        .filter(|_| state.admitter.may_see(request.headers(), &model))
         .ok_or(ApiError::UnknownModel { model })?;
     Ok(HttpResponse::Ok().json(model_object(&routes)))
 }

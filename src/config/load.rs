@@ -3,6 +3,7 @@
 //! The server, the watcher and `llmux check` all load through here. Problems are values: a file
 //! with any error contributes no endpoints (its callers keep its last good version), warnings never
 //! stop a file.
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +15,10 @@ use serde::Serialize;
 
 use super::adapt::{self, Finding, Sources};
 use super::locate::{display_path, locate, position_of, Position, Segment};
-use super::schema::{ConfigFile, ENDPOINT_KEYS, MODEL_KEYS, PROVIDER_KEYS};
+use super::schema::{
+    ConfigFile, EndpointSchema, ModelSchema, ProviderSchema, ENDPOINT_KEYS, MODEL_KEYS,
+    PROVIDER_KEYS,
+};
 use crate::routing::endpoint::{
     identity_of, join_url, normalize_path, Endpoint, UpstreamImageFormat, DEFAULT_MAX_RETRIES,
 };
@@ -22,6 +26,10 @@ use crate::secret::ApiKey;
 
 /// Timeouts when neither the endpoint nor its provider sets one (fast-openai-api-proxy's default).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest timeout a file may set: one day. A timeout becomes `Instant::now() + timeout` on
+/// every request, which overflows (and panics a worker) for absurd values such as `1e19`.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 /// Looks an environment variable up. The server passes the process environment; tests pass a map.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -80,7 +88,40 @@ impl FileLoad {
 /// The config files of a dir: every `*.json` directly in it, in name order. Entries starting with
 /// a dot are skipped: Kubernetes' `..data` links, editors' lock and swap files.
 pub fn config_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
+    Ok(scan_dir(dir)?.files)
+}
+
+/// What a scan of the config dir found: the files to read, and the `*.json` entries that cannot
+/// be read as one (each worth a warning: a broken ConfigMap link hides a whole provider).
+#[derive(Debug, Default)]
+pub struct DirScan {
+    pub files: Vec<PathBuf>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// A `*.json` entry of the config dir that is not a readable file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub reason: &'static str,
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: warning: skipped: {}",
+            self.path.display(),
+            self.reason
+        )
+    }
+}
+
+const ELOOP: i32 = 40;
+
+/// Lists the config dir. Fails only when the dir itself cannot be read.
+pub fn scan_dir(dir: &Path) -> std::io::Result<DirScan> {
+    let mut scan = DirScan::default();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
@@ -90,20 +131,25 @@ pub fn config_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
             continue;
         }
         // Follows symlinks, as ConfigMap mounts need.
-        if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
-            files.push(path);
-        }
+        let reason = match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => {
+                scan.files.push(path);
+                continue;
+            }
+            Ok(meta) if meta.is_dir() => "it is a directory, not a file",
+            Ok(_) => "it is not a regular file (a FIFO, socket or device)",
+            // ELOOP (40 on Linux): `ErrorKind::FilesystemLoop` is not stable yet.
+            Err(error) if error.raw_os_error() == Some(ELOOP) => "it is a symlink loop",
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                "it is a symlink to nothing (dangling)"
+            }
+            Err(_) => "it cannot be read",
+        };
+        scan.skipped.push(Skipped { path, reason });
     }
-    files.sort();
-    Ok(files)
-}
-
-/// Loads every config file of `dir`. Fails only when the dir itself cannot be read.
-pub fn load_dir(dir: &Path, env: EnvLookup<'_>) -> std::io::Result<Vec<FileLoad>> {
-    Ok(config_files(dir)?
-        .into_iter()
-        .map(|file| load_file(&file, env))
-        .collect())
+    scan.files.sort();
+    scan.skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(scan)
 }
 
 pub fn load_file(file: &Path, env: EnvLookup<'_>) -> FileLoad {
@@ -129,6 +175,7 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
         file,
         text,
         problems: Vec::new(),
+        findings_seen: HashSet::new(),
     };
     let Some(config) = report.parse(text) else {
         return report.finish(None);
@@ -358,6 +405,7 @@ struct Report<'a> {
     file: &'a Path,
     text: &'a str,
     problems: Vec<Problem>,
+    findings_seen: HashSet<(String, String)>,
 }
 
 impl Report<'_> {
@@ -375,20 +423,7 @@ impl Report<'_> {
                 .map(|()| config)
                 .map_err(|error| ("$".to_owned(), error)),
             Err(error) => {
-                let path: Vec<Segment> = error
-                    .path()
-                    .iter()
-                    .map_while(|segment| match segment {
-                        serde_path_to_error::Segment::Seq { index } => Some(Segment::Index(*index)),
-                        serde_path_to_error::Segment::Map { key } => {
-                            Some(Segment::Key(key.clone()))
-                        }
-                        serde_path_to_error::Segment::Enum { variant } => {
-                            Some(Segment::Key(variant.clone()))
-                        }
-                        serde_path_to_error::Segment::Unknown => None,
-                    })
-                    .collect();
+                let path = segments_of_error(error.path());
                 Err((display_path(&path), error.into_inner()))
             }
         };
@@ -406,16 +441,31 @@ impl Report<'_> {
                     .rfind(" at line ")
                     .map_or(full.as_str(), |cut| &full[..cut])
                     .to_owned();
-                self.problems.push(Problem {
+                let data_error = inner.classify() == serde_json::error::Category::Data;
+                let first = Problem {
                     severity: Severity::Error,
                     file: self.file.to_path_buf(),
                     json_path,
-                    position: (inner.line() > 0).then(|| Position {
-                        line: inner.line(),
+                    position: Some(Position {
+                        line: inner.line().max(1),
                         column: inner.column().max(1),
                     }),
                     message,
-                });
+                };
+                // serde stops at the first type error; the text is valid JSON, so the other
+                // providers, models and endpoints are checked one by one for theirs.
+                let others = if data_error {
+                    every_type_error(text)
+                } else {
+                    Vec::new()
+                };
+                let first_path = first.json_path.clone();
+                self.problems.push(first);
+                for (path, message) in others {
+                    if display_path(&path) != first_path {
+                        self.error(path, message);
+                    }
+                }
                 None
             }
         }
@@ -440,11 +490,21 @@ impl Report<'_> {
         self.push(Severity::Error, path, message);
     }
 
-    /// A configured timeout in seconds: positive and finite.
+    /// A configured timeout in seconds: positive and at most [`MAX_TIMEOUT`].
     fn timeout(&mut self, seconds: Option<f64>, path: Vec<Segment>) -> Option<Duration> {
         let seconds = seconds?;
         match Duration::try_from_secs_f64(seconds) {
-            Ok(duration) if seconds > 0.0 => Some(duration),
+            Ok(duration) if seconds > 0.0 && duration <= MAX_TIMEOUT => Some(duration),
+            Ok(_) if seconds > 0.0 => {
+                self.error(
+                    path,
+                    format!(
+                        "a timeout must be at most {} seconds (one day), not {seconds}",
+                        MAX_TIMEOUT.as_secs()
+                    ),
+                );
+                None
+            }
             _ => {
                 self.error(
                     path,
@@ -470,8 +530,19 @@ impl Report<'_> {
         }
     }
 
-    /// Validates a base URL: absolute http(s) with a host. Returns its authority.
+    /// Validates a base URL: absolute http(s) with a host and no credentials. Returns its
+    /// authority.
     fn base_url(&mut self, url: &str, path: Vec<Segment>) -> Option<String> {
+        // The URL is shown in answers, /admin/config, metrics and logs: a password in it would
+        // leak everywhere, so it is refused, and no message echoes it.
+        let shown = redact_userinfo(url);
+        if shown != url {
+            self.error(
+                path,
+                format!("the URL `{shown}` carries credentials (user:password@): remove them and set the key with `api_key_variable` or a header with `headers`"),
+            );
+            return None;
+        }
         let parsed: Result<Uri, _> = url.parse();
         match parsed {
             Ok(uri)
@@ -497,12 +568,9 @@ impl Report<'_> {
     /// Records adaptation findings; a provider's setting shared by its endpoints is reported once.
     fn findings(&mut self, findings: Vec<Finding>) {
         for finding in findings {
-            let json_path = display_path(&finding.path);
-            let known = self
-                .problems
-                .iter()
-                .any(|p| p.json_path == json_path && p.message == finding.message);
-            if !known {
+            // A set, not a scan of the problems so far: a file of many endpoints stays linear.
+            let key = (display_path(&finding.path), finding.message.clone());
+            if self.findings_seen.insert(key) {
                 self.push(finding.severity, finding.path, finding.message);
             }
         }
@@ -515,6 +583,94 @@ impl Report<'_> {
             endpoints: if failed { None } else { endpoints },
             problems: self.problems,
         }
+    }
+}
+
+/// Every type error of a file that is valid JSON: each provider, model and endpoint is
+/// deserialized on its own (its children stubbed out), so one bad value does not hide the next.
+/// Paths are absolute; the caller finds their positions.
+fn every_type_error(text: &str) -> Vec<(Vec<Segment>, String)> {
+    let mut errors = Vec::new();
+    let Ok(serde_json::Value::Object(providers)) = serde_json::from_str(text) else {
+        return errors;
+    };
+    for (provider_name, mut provider) in providers {
+        let provider_path = vec![Segment::Key(provider_name)];
+        let models = take_child(
+            &mut provider,
+            "models",
+            serde_json::Value::Object(Default::default()),
+        );
+        check_value::<ProviderSchema>(provider, &provider_path, &mut errors);
+        let Some(serde_json::Value::Object(models)) = models else {
+            continue;
+        };
+        for (model_key, mut model) in models {
+            let mut model_path = provider_path.clone();
+            model_path.extend([Segment::Key("models".into()), Segment::Key(model_key)]);
+            let endpoints = take_child(
+                &mut model,
+                "endpoints",
+                serde_json::Value::Array(Vec::new()),
+            );
+            check_value::<ModelSchema>(model, &model_path, &mut errors);
+            let Some(serde_json::Value::Array(endpoints)) = endpoints else {
+                continue;
+            };
+            for (index, endpoint) in endpoints.into_iter().enumerate() {
+                let mut endpoint_path = model_path.clone();
+                endpoint_path.extend([Segment::Key("endpoints".into()), Segment::Index(index)]);
+                check_value::<EndpointSchema>(endpoint, &endpoint_path, &mut errors);
+            }
+        }
+    }
+    errors
+}
+
+/// Takes `object[key]` out, leaving `stub` in its place, when it has the stub's JSON type (an
+/// object's `models`, an array's `endpoints`); a value of another type stays for its error.
+fn take_child(
+    object: &mut serde_json::Value,
+    key: &str,
+    stub: serde_json::Value,
+) -> Option<serde_json::Value> {
+    let slot = object.as_object_mut()?.get_mut(key)?;
+    let same_type = std::mem::discriminant(slot) == std::mem::discriminant(&stub);
+    same_type.then(|| std::mem::replace(slot, stub))
+}
+
+fn check_value<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    base: &[Segment],
+    errors: &mut Vec<(Vec<Segment>, String)>,
+) {
+    if let Err(error) = serde_path_to_error::deserialize::<_, T>(value) {
+        let mut path = base.to_vec();
+        path.extend(segments_of_error(error.path()));
+        errors.push((path, error.into_inner().to_string()));
+    }
+}
+
+fn segments_of_error(path: &serde_path_to_error::Path) -> Vec<Segment> {
+    path.iter()
+        .map_while(|segment| match segment {
+            serde_path_to_error::Segment::Seq { index } => Some(Segment::Index(*index)),
+            serde_path_to_error::Segment::Map { key } => Some(Segment::Key(key.clone())),
+            serde_path_to_error::Segment::Enum { variant } => Some(Segment::Key(variant.clone())),
+            serde_path_to_error::Segment::Unknown => None,
+        })
+        .collect()
+}
+
+/// `https://user:secret@host/x` -> `https://***@host/x`: the URL with any userinfo of its
+/// authority (before the first `/`, `?` or `#` after the scheme) replaced.
+pub fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+    let authority_start = url.find("://").map_or(0, |at| at + 3);
+    let rest = &url[authority_start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..authority_start], &rest[at..]).into(),
+        None => url.into(),
     }
 }
 
@@ -779,5 +935,148 @@ mod tests {
                 Some("http://h:3/health".to_owned()),
             ]
         );
+    }
+
+    fn one_endpoint(provider_extra: &str, endpoint_extra: &str) -> String {
+        format!(
+            "{{\"p\": {{\"target_base_url\": \"http://h\"{provider_extra},\n \"models\": {{\"m\": {{\"endpoints\": [\n{{\"path\": \"v1/x\", \"target_model_name\": \"t\"{endpoint_extra}}}]}}}}}}}}"
+        )
+    }
+
+    #[test]
+    fn a_timeout_past_one_day_is_a_config_error_with_its_position() {
+        // Issue 20: `request_timeout: 1e19` loaded, then panicked a worker on `Instant + Duration`.
+        check_error(
+            &one_endpoint("", ", \"request_timeout\": 1e19"),
+            "p.models.m.endpoints[0].request_timeout",
+            3,
+            "at most 86400 seconds",
+        );
+        check_error(
+            &one_endpoint(", \"health_timeout\": 86401", ""),
+            "p.health_timeout",
+            1,
+            "at most 86400 seconds",
+        );
+        let loaded = load(&one_endpoint(", \"request_timeout\": 86400", ""));
+        assert_eq!(loaded.errors().count(), 0, "{:?}", loaded.problems);
+    }
+
+    #[test]
+    fn credentials_in_a_base_url_are_refused_without_echoing_them() {
+        // Issue 20: `https://user:secret@host` leaked into headers, /admin/config, metrics, logs.
+        for (text, json_path) in [
+            (
+                one_endpoint("", "").replace("http://h", "https://user:hunter2@h"),
+                "p.target_base_url",
+            ),
+            (
+                one_endpoint("", ", \"target_base_url\": \"http://hunter2@h:8/v1\""),
+                "p.models.m.endpoints[0].target_base_url",
+            ),
+        ] {
+            let loaded = load(&text);
+            assert!(loaded.endpoints.is_none(), "{text}");
+            let error = loaded
+                .errors()
+                .find(|e| e.json_path == json_path)
+                .unwrap_or_else(|| panic!("no error at {json_path}: {:?}", loaded.problems));
+            assert!(error.message.contains("api_key_variable"), "{error}");
+            assert!(error.position.is_some());
+            assert!(!format!("{:?}", loaded.problems).contains("hunter2"));
+        }
+        assert_eq!(
+            redact_userinfo("https://u:p@h/a@b?c@d"),
+            "https://***@h/a@b?c@d"
+        );
+        assert_eq!(redact_userinfo("http://h/a@b"), "http://h/a@b");
+    }
+
+    #[test]
+    fn every_type_error_of_a_file_is_reported_with_its_position() {
+        // Issue 20: `llmux check` stopped at the first type error of a file.
+        let text = "{\"p\": {\"target_base_url\": \"http://h\", \"request_timeout\": \"slow\",\n \"models\": {\"m\": {\"endpoints\": [\n{\"path\": 1, \"target_model_name\": \"t\"},\n{\"path\": \"v1/x\", \"target_model_name\": \"t\", \"weight\": \"heavy\"}]},\n \"n\": {\"endpoints\": 3}}},\n \"q\": {\"max_retries\": -2, \"models\": {}}}";
+        let loaded = load(text);
+        let mut found: Vec<(String, Option<usize>)> = loaded
+            .errors()
+            .map(|e| (e.json_path.clone(), e.position.map(|p| p.line)))
+            .collect();
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                ("p.models.m.endpoints[0].path".to_owned(), Some(3)),
+                ("p.models.m.endpoints[1].weight".to_owned(), Some(4)),
+                ("p.models.n.endpoints".to_owned(), Some(5)),
+                ("p.request_timeout".to_owned(), Some(1)),
+                ("q.max_retries".to_owned(), Some(6)),
+            ],
+            "{:?}",
+            loaded.problems
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Bytes a mutation may insert: JSON's punctuation and a few of its words' letters.
+        const ALPHABET: &[char] = &[
+            '{', '}', '[', ']', '"', ':', ',', ' ', '\n', '\\', '0', '1', '-', '.', 'e', 'n', 'u',
+            'l', 't', 'r', 'f', 'a', 's', '@', '/', 'é',
+        ];
+
+        fn mutated() -> impl Strategy<Value = String> {
+            let edits = prop::collection::vec(
+                (
+                    any::<prop::sample::Index>(),
+                    0..3u8,
+                    prop::sample::select(ALPHABET),
+                ),
+                0..8,
+            );
+            edits.prop_map(|edits| {
+                let mut chars: Vec<char> = SEED_EXAMPLE.chars().collect();
+                for (at, kind, c) in edits {
+                    let i = at.index(chars.len().max(1)).min(chars.len());
+                    match kind {
+                        0 => chars.insert(i, c),
+                        1 if i < chars.len() => {
+                            chars.remove(i);
+                        }
+                        _ if i < chars.len() => chars[i] = c,
+                        _ => chars.push(c),
+                    }
+                }
+                chars.into_iter().collect()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+            /// Issue 20: the loader never panics, and every problem points somewhere in the file.
+            #[test]
+            fn the_loader_never_panics_and_every_problem_has_a_position(text in mutated()) {
+                let loaded = load(&text);
+                let lines = text.lines().count().max(1);
+                for problem in &loaded.problems {
+                    let position = problem.position;
+                    prop_assert!(position.is_some(), "{problem}");
+                    let position = position.unwrap_or(Position { line: 0, column: 0 });
+                    prop_assert!(position.line >= 1 && position.line <= lines + 1, "{problem}");
+                    prop_assert!(position.column >= 1, "{problem}");
+                }
+                prop_assert_eq!(loaded.endpoints.is_some(), loaded.errors().next().is_none());
+            }
+
+            #[test]
+            fn arbitrary_text_never_panics_the_loader(text in "\\PC{0,200}") {
+                let loaded = load(&text);
+                for problem in &loaded.problems {
+                    prop_assert!(problem.position.is_some(), "{problem}");
+                }
+            }
+        }
     }
 }

@@ -9,13 +9,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 
-use super::load::{config_files, parse_file, Problem, Severity};
+use super::load::{parse_file, scan_dir, Problem, Severity};
 use crate::routing::endpoint::Endpoint;
 use crate::routing::table::RoutingTable;
 use crate::startup::EnvSource;
@@ -31,6 +31,10 @@ pub enum WatchMode {
     Off,
 }
 
+// Debouncing is these two constants and `reload_on_triggers`, kept by hand rather than
+// notify-debouncer-full: that crate delays each path until its events stop (a file rewritten
+// non-stop would never reload; MAX_DELAY bounds that here) and spends its work stitching renames
+// and file ids, while every event here only means "rescan the dir".
 /// A burst of events ends after this much quiet ...
 pub const QUIET: Duration = Duration::from_millis(200);
 /// ... or this long after its first event, so that a file rewritten non-stop still reloads.
@@ -53,7 +57,11 @@ pub struct LiveConfig {
     table: Arc<RoutingTable>,
     /// Keys are read from here at each parse.
     env: EnvSource,
+    /// Held by a reload from start to end (one at a time); nothing else takes it.
     state: Mutex<LoadState>,
+    /// What `status()` answers: replaced at the end of each reload, so `/admin/config` and
+    /// `/metrics` never wait for one.
+    published: RwLock<Arc<ConfigStatus>>,
 }
 
 /// What a reload did, for its summary line.
@@ -118,16 +126,20 @@ impl LiveConfig {
     /// An empty config for `dir`; [`LiveConfig::reload`] fills `table`.
     pub fn new(dir: impl Into<PathBuf>, table: Arc<RoutingTable>, env: EnvSource) -> Self {
         let now = SystemTime::now();
+        let dir = dir.into();
+        let state = LoadState {
+            files: BTreeMap::new(),
+            reloads: 0,
+            loaded_at: now,
+            checked_at: now,
+        };
+        let published = RwLock::new(Arc::new(state.status(&dir, table.generation())));
         Self {
-            dir: dir.into(),
+            dir,
             table,
             env,
-            state: Mutex::new(LoadState {
-                files: BTreeMap::new(),
-                reloads: 0,
-                loaded_at: now,
-                checked_at: now,
-            }),
+            state: Mutex::new(state),
+            published,
         }
     }
 
@@ -138,7 +150,14 @@ impl LiveConfig {
     /// Rescans the dir and publishes what changed. Fails only when the dir cannot be listed, and
     /// then changes nothing.
     pub fn reload(&self, scope: Scope) -> std::io::Result<ReloadSummary> {
-        let paths = config_files(&self.dir)?;
+        let scan = scan_dir(&self.dir)?;
+        for skipped in &scan.skipped {
+            tracing::warn!(
+                config_entry = %skipped.path.display(),
+                "config warning: skipped: {}", skipped.reason
+            );
+        }
+        let paths = scan.files;
         // One reload at a time: the watcher thread, SIGHUP and start-up all come through here.
         let mut state = self.lock();
         let before = routes_of(&self.table);
@@ -238,6 +257,11 @@ impl LiveConfig {
         if summary.generation != generation {
             state.loaded_at = now;
         }
+        let status = Arc::new(state.status(&self.dir, summary.generation));
+        *self
+            .published
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = status;
         Ok(summary)
     }
 
@@ -253,15 +277,32 @@ impl LiveConfig {
         }
     }
 
-    pub fn status(&self) -> ConfigStatus {
-        let state = self.lock();
+    /// The config as of the last reload; never waits for one in progress.
+    pub fn status(&self) -> Arc<ConfigStatus> {
+        Arc::clone(
+            &self
+                .published
+                .read()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        )
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LoadState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+impl LoadState {
+    fn status(&self, dir: &Path, generation: u64) -> ConfigStatus {
         ConfigStatus {
-            config_dir: self.dir.clone(),
-            generation: self.table.generation(),
-            loaded_at: state.loaded_at,
-            checked_at: state.checked_at,
-            reloads: state.reloads,
-            files: state
+            config_dir: dir.to_path_buf(),
+            generation,
+            loaded_at: self.loaded_at,
+            checked_at: self.checked_at,
+            reloads: self.reloads,
+            files: self
                 .files
                 .iter()
                 .map(|(file, f)| FileStatus {
@@ -272,12 +313,6 @@ impl LiveConfig {
                 })
                 .collect(),
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, LoadState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
     }
 }
 
@@ -364,15 +399,16 @@ fn log_summary(summary: &ReloadSummary, reason: &'static str, took: Duration) {
     );
 }
 
-/// Logs one problem with its file, JSON path and line:column.
+/// Logs one problem with its file, JSON path and line:column. The field is `config_file`, not
+/// `file`: the bunyan formatter writes the call site's own `file` (issue 12).
 pub fn log_problem(problem: &Problem) {
     let position = problem.position.map(|p| p.to_string());
     match problem.severity {
         Severity::Error => tracing::error!(
-            file = %problem.file.display(), json_path = %problem.json_path, position, "config error: {}", problem.message
+            config_file = %problem.file.display(), json_path = %problem.json_path, position, "config error: {}", problem.message
         ),
         Severity::Warning => tracing::warn!(
-            file = %problem.file.display(), json_path = %problem.json_path, position, "config warning: {}", problem.message
+            config_file = %problem.file.display(), json_path = %problem.json_path, position, "config warning: {}", problem.message
         ),
     }
 }

@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use pin_project_lite::pin_project;
 use serde::Deserialize;
 
+use super::sse::{event_data, event_end};
 use crate::routing::endpoint::Endpoint;
 use crate::routing::responses::ResponseOwners;
 
@@ -120,35 +121,20 @@ fn json_id(seen: &[u8]) -> Option<String> {
 /// The response id of a `response.created` event among the complete events seen so far; each
 /// complete event is consumed.
 fn event_id(seen: &mut BytesMut, events: &mut usize) -> Option<String> {
-    while let Some((end, separator)) = event_end(seen) {
-        let event = seen.split_to(end + separator);
+    while let Some(end) = event_end(seen) {
+        let event = seen.split_to(end);
         *events += 1;
-        for line in event[..].split(|b| *b == b'\n') {
-            let Some(data) = line.strip_prefix(b"data:") else {
-                continue;
-            };
-            let Ok(probe) = serde_json::from_slice::<EventProbe>(data.trim_ascii()) else {
-                continue;
-            };
-            if probe.kind.as_deref() == Some("response.created") {
-                return probe.response.and_then(|r| r.id);
-            }
+        let Some(data) = event_data(&event) else {
+            continue;
+        };
+        let Ok(probe) = serde_json::from_slice::<EventProbe>(data) else {
+            continue;
+        };
+        if probe.kind.as_deref() == Some("response.created") {
+            return probe.response.and_then(|r| r.id);
         }
     }
     None
-}
-
-/// Where the first complete event ends, and its separator's length.
-fn event_end(seen: &[u8]) -> Option<(usize, usize)> {
-    let lf = seen.windows(2).position(|w| w == b"\n\n").map(|at| (at, 2));
-    let crlf = seen
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|at| (at, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
-    }
 }
 
 #[cfg(test)]

@@ -8,10 +8,10 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use awc::error::{ConnectError, SendRequestError};
 use bytes::Bytes;
 
-use super::headers::{copy_request_headers, keep_response_header, X_REQUEST_ID};
-use super::log::AccessLog;
+use super::headers::{copy_request_headers, copy_response_headers, X_REQUEST_ID};
 use super::stream::ResponseStream;
 use crate::errors::ApiError;
+use crate::pipeline::record::{AccessLog, Outcome};
 use crate::routing::endpoint::Endpoint;
 
 /// Sends `body` to `uri` on behalf of `request` and turns the upstream's answer, whatever its
@@ -30,10 +30,10 @@ pub async fn forward<B: MessageBody + 'static>(
 }
 
 /// The access-log outcome of a failure to get an answer.
-pub fn failure_outcome(error: &ApiError) -> &'static str {
+pub fn failure_outcome(error: &ApiError) -> Outcome {
     match error {
-        ApiError::UpstreamTimeout { .. } => "upstream_timeout",
-        _ => "upstream_unreachable",
+        ApiError::UpstreamTimeout { .. } => Outcome::UpstreamTimeout,
+        _ => Outcome::UpstreamUnreachable,
     }
 }
 
@@ -107,11 +107,7 @@ pub fn respond(
     let status = response.status();
     log.status = Some(status.as_u16());
     let mut builder = HttpResponse::build(status);
-    for (name, value) in response.headers() {
-        if keep_response_header(name) {
-            builder.append_header((name.clone(), value.clone()));
-        }
-    }
+    copy_response_headers(response.headers(), &mut builder);
     let event_stream = response
         .headers()
         .get(header::CONTENT_TYPE)

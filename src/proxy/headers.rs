@@ -55,23 +55,37 @@ fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
 
 /// Copies the client headers that may go upstream.
 pub fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    // Most requests have no `Connection` header: then no name needs looking up in it.
+    let has_connection = from.contains_key(header::CONNECTION);
     for (name, value) in from.iter() {
-        if DROPPED_REQUEST.contains(&name.as_str()) || named_by_connection(from, name) {
+        if DROPPED_REQUEST.contains(&name.as_str())
+            || (has_connection && named_by_connection(from, name))
+        {
             continue;
         }
         to.append(name.clone(), value.clone());
     }
 }
 
-/// Whether an upstream response header goes back to the client.
-pub fn keep_response_header(name: &HeaderName) -> bool {
-    !DROPPED_RESPONSE.contains(&name.as_str())
+/// Whether the upstream response header `name` (one of `headers`) goes back to the client: not a
+/// hop-by-hop header, neither a static one nor one the upstream's `Connection` names.
+pub fn keep_response_header(headers: &HeaderMap, name: &HeaderName) -> bool {
+    !DROPPED_RESPONSE.contains(&name.as_str()) && !named_by_connection(headers, name)
 }
 
-/// The request id of the request being served, put in the request's extensions by the
-/// middleware that also returns it on every response.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
+/// Copies the upstream response headers that go back to the client.
+pub fn copy_response_headers(from: &HeaderMap, to: &mut actix_web::HttpResponseBuilder) {
+    let has_connection = from.contains_key(header::CONNECTION);
+    for (name, value) in from.iter() {
+        let kept = match has_connection {
+            true => keep_response_header(from, name),
+            false => !DROPPED_RESPONSE.contains(&name.as_str()),
+        };
+        if kept {
+            to.append_header((name.clone(), value.clone()));
+        }
+    }
+}
 
 /// The client's request id when it sent a usable one, a new one otherwise.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
@@ -132,6 +146,24 @@ mod tests {
                 "user-agent"
             ]
         );
+    }
+
+    #[test]
+    fn response_headers_named_by_connection_stay_behind() {
+        // Issue 12: only the static hop-by-hop list was checked on the response side.
+        let from = map(&[
+            ("connection", "close, x-upstream-hop"),
+            ("x-upstream-hop", "1"),
+            ("content-type", "application/json"),
+            ("x-ratelimit-remaining-requests", "9"),
+        ]);
+        let mut kept: Vec<&str> = from
+            .keys()
+            .filter(|name| keep_response_header(&from, name))
+            .map(|name| name.as_str())
+            .collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["content-type", "x-ratelimit-remaining-requests"]);
     }
 
     #[test]

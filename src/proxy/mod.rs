@@ -1,11 +1,12 @@
-//! Forwarding a client request to its endpoint and the answer back.
-pub mod body;
+//! The toolkit the pipeline stages use: JSON bodies and their rewrites, multipart uploads, header
+//! hygiene, the upstream call, and the response stream with its taps.
 pub mod capture;
 pub mod forward;
 pub mod headers;
-pub mod log;
+pub mod image_answer;
+pub mod json;
 pub mod multipart;
-pub mod retry;
 pub mod rewrite;
+pub mod sse;
 pub mod stream;
 pub mod usage;

@@ -1,25 +1,22 @@
-//! Request body rewrites an endpoint asks for, beyond the model (`proxy::body`): `drop_params`,
+//! Request body rewrites an endpoint asks for, beyond the model: `drop_params`,
 //! the json_schema -> json_object fallback, and float embeddings upstream encoded as base64 for
 //! the client. Every rewrite splices bytes at the spans of the members it changes, so the rest of
 //! the body reaches the upstream byte for byte as the client sent it.
-use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 
-use actix_web::body::{self, BoxBody};
+use actix_web::body;
 use actix_web::http::header;
 use actix_web::HttpResponse;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
-use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::body::splice;
-use super::capture::{AnswerKind, CaptureResponseId};
+use super::json::{apply, find, members, span_of, splice};
 use crate::errors::ApiError;
-use crate::routing::endpoint::Endpoint;
-use crate::routing::responses::ResponseOwners;
+use crate::pipeline::operation::Operation;
+use crate::routing::endpoint::{Endpoint, UpstreamImageFormat};
 
 /// The largest upstream embeddings answer read whole to encode it as base64.
 pub const MAX_EMBEDDINGS_ANSWER: usize = 256 * 1024 * 1024;
@@ -31,18 +28,38 @@ pub struct AnswerRewrite {
     pub base64_embeddings: bool,
     /// A Responses API request: remember which endpoint created the response.
     pub capture_response_id: bool,
+    /// An images request: its answer's images become URLs of this instance.
+    pub images: Option<ImagesAnswer>,
+}
+
+/// What the client of an images request wants back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImagesAnswer {
+    /// The client asked for URLs (the default), not `b64_json`.
+    pub wants_url: bool,
+}
+
+impl ImagesAnswer {
+    /// From the `response_format` the client asked for.
+    pub fn asked(response_format: Option<&str>) -> Self {
+        Self {
+            wants_url: !matches!(response_format, Some(format) if format != "url"),
+        }
+    }
 }
 
 /// Rewrites a request body for `endpoint`: the model (unless `model_field: false`), then
-/// `drop_params`, `response_format_fallback` and `upstream_embedding_format`.
+/// `drop_params`, `response_format_fallback`, `upstream_embedding_format` and
+/// `upstream_image_format`.
 pub fn request(
     endpoint: &Endpoint,
-    path: &str,
+    operation: Operation,
     body: &Bytes,
     model_span: Range<usize>,
 ) -> Result<(Bytes, AnswerRewrite), ApiError> {
+    let path = operation.path();
     let mut answer = AnswerRewrite {
-        capture_response_id: path == "v1/responses",
+        capture_response_id: operation.creates_response(),
         ..AnswerRewrite::default()
     };
     let mut body = match endpoint.model_field {
@@ -68,7 +85,41 @@ pub fn request(
             }
         }
     }
+    if operation == Operation::ImagesGenerations {
+        let (asked, rewritten) = ask_for_b64_json(&body, endpoint.upstream_image_format)?;
+        answer.images = Some(ImagesAnswer::asked(asked.as_deref()));
+        body = rewritten;
+    }
     Ok((body, answer))
+}
+
+/// For `b64_json` endpoints, sets `response_format` to `b64_json` (splicing its value, or
+/// adding the member first) and returns what the client asked for; every other byte stays.
+fn ask_for_b64_json(
+    body: &Bytes,
+    format: UpstreamImageFormat,
+) -> Result<(Option<String>, Bytes), ApiError> {
+    let top = members(body, 0..body.len())?;
+    let existing = find(&top, "response_format");
+    let asked =
+        existing.and_then(|m| serde_json::from_slice::<String>(&body[m.value.clone()]).ok());
+    if format != UpstreamImageFormat::B64Json {
+        return Ok((asked, body.clone()));
+    }
+    let edit = match existing {
+        Some(member) => (member.value.clone(), "\"b64_json\"".to_owned()),
+        None => {
+            let at = top.first().map(|first| first.span.start);
+            match at {
+                Some(at) => (at..at, "\"response_format\":\"b64_json\",".to_owned()),
+                None => {
+                    let open = body.iter().position(|b| *b == b'{').map_or(0, |at| at + 1);
+                    (open..open, "\"response_format\":\"b64_json\"".to_owned())
+                }
+            }
+        }
+    };
+    Ok((asked, apply(body, vec![edit])))
 }
 
 /// Whether a multipart field is removed by the endpoint's `drop_params`.
@@ -79,32 +130,17 @@ pub fn dropped(endpoint: &Endpoint, field_name: &str) -> bool {
         .any(|name| &**name == field_name)
 }
 
-/// Applies what `request` said the answer needs to the upstream's answer.
+/// Applies what `request` said the answer needs to the upstream's answer (the response-id
+/// capture is the route stage's tap: `pipeline::route::capture_response_id`).
 pub async fn answer(
     rewrite: AnswerRewrite,
     endpoint: &Arc<Endpoint>,
-    owners: &Arc<ResponseOwners>,
-    response: Result<HttpResponse, ApiError>,
+    response: HttpResponse,
 ) -> Result<HttpResponse, ApiError> {
-    let mut response = response?;
-    if rewrite.base64_embeddings {
-        response = encode_embeddings(endpoint, response).await?;
+    match rewrite.base64_embeddings {
+        true => encode_embeddings(endpoint, response).await,
+        false => Ok(response),
     }
-    if rewrite.capture_response_id && response.status().is_success() {
-        let content_type = response.headers().get(header::CONTENT_TYPE);
-        let kind = match content_type.map(|v| v.as_bytes()) {
-            Some(v) if v.starts_with(b"text/event-stream") => Some(AnswerKind::EventStream),
-            Some(v) if v.starts_with(b"application/json") => Some(AnswerKind::Json),
-            _ => None,
-        };
-        if let Some(kind) = kind {
-            let (owners, endpoint) = (Arc::clone(owners), Arc::clone(endpoint));
-            response = response.map_body(move |_, body| {
-                BoxBody::new(CaptureResponseId::new(body, kind, owners, endpoint))
-            });
-        }
-    }
-    Ok(response)
 }
 
 /// Encodes the float embeddings of an upstream answer as base64, as OpenAI does: the
@@ -161,74 +197,6 @@ fn base64_embeddings(answer: &Bytes) -> Option<Bytes> {
         edits.push((embedding.value.clone(), format!("\"{text}\"")));
     }
     Some(apply(answer, edits))
-}
-
-/// One member of a JSON object: its key and where it sits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Member {
-    key: String,
-    /// From the key's opening quote to the value's last byte.
-    span: Range<usize>,
-    value: Range<usize>,
-}
-
-/// The members of the object at `object` (a span of `body`), in order.
-fn members(body: &[u8], object: Range<usize>) -> Result<Vec<Member>, ApiError> {
-    let text = &body[object.clone()];
-    let raw: RawMembers<'_> =
-        serde_json::from_slice(text).map_err(|source| ApiError::InvalidJson { source })?;
-    let mut cursor = object.start
-        + text
-            .iter()
-            .position(|b| *b == b'{')
-            .ok_or_else(|| ApiError::invalid_request("The body must be a JSON object.", None))?
-        + 1;
-    let mut out = Vec::with_capacity(raw.0.len());
-    for (key, value) in raw.0 {
-        let value = span_of(body, value.get())
-            .ok_or_else(|| ApiError::Internal("member outside the body".into()))?;
-        let key_start = cursor
-            + body[cursor..value.start]
-                .iter()
-                .position(|b| *b == b'"')
-                .ok_or_else(|| ApiError::Internal("member key not found".into()))?;
-        cursor = value.end;
-        out.push(Member {
-            key,
-            span: key_start..value.end,
-            value,
-        });
-    }
-    Ok(out)
-}
-
-fn find<'m>(members: &'m [Member], key: &str) -> Option<&'m Member> {
-    members.iter().find(|m| m.key == key)
-}
-
-/// Where `part`, a slice borrowed from `body`, sits in it.
-fn span_of(body: &[u8], part: &str) -> Option<Range<usize>> {
-    let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
-    let span = start..start + part.len();
-    (body.get(span.clone()) == Some(part.as_bytes())).then_some(span)
-}
-
-/// `body` with each span replaced; spans do not overlap.
-fn apply(body: &Bytes, mut edits: Vec<(Range<usize>, String)>) -> Bytes {
-    if edits.is_empty() {
-        return body.clone();
-    }
-    edits.sort_by_key(|(span, _)| span.start);
-    let grow: usize = edits.iter().map(|(_, text)| text.len()).sum();
-    let mut out = BytesMut::with_capacity(body.len() + grow);
-    let mut copied = 0;
-    for (span, text) in edits {
-        out.extend_from_slice(&body[copied..span.start]);
-        out.extend_from_slice(text.as_bytes());
-        copied = span.end;
-    }
-    out.extend_from_slice(&body[copied..]);
-    out.freeze()
 }
 
 /// The body without the top-level members named in `names`. Kept members keep the separator
@@ -439,28 +407,6 @@ fn minify(json: &str) -> String {
 }
 
 /// An object's members as (key, raw value) in order, duplicates kept.
-struct RawMembers<'a>(Vec<(String, &'a RawValue)>);
-
-impl<'de> Deserialize<'de> for RawMembers<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct MembersVisitor;
-        impl<'de> Visitor<'de> for MembersVisitor {
-            type Value = RawMembers<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::new();
-                while let Some((key, value)) = map.next_entry::<String, &'de RawValue>()? {
-                    out.push((key, value));
-                }
-                Ok(RawMembers(out))
-            }
-        }
-        deserializer.deserialize_map(MembersVisitor)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -616,6 +562,29 @@ mod tests {
         assert_eq!(
             String::from_utf8(out.to_vec()).unwrap(),
             r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":"AACAPgAAAL8AAIA/"}],"model":"m"}"#
+        );
+    }
+
+    #[test]
+    fn b64_endpoints_ask_for_b64_json_keeping_the_other_keys_in_order() {
+        let body =
+            Bytes::from_static(br#"{"model":"t","prompt":"a cat","response_format":"url","n":2}"#);
+        let (asked, out) = ask_for_b64_json(&body, UpstreamImageFormat::B64Json).unwrap();
+        assert_eq!(
+            &out[..],
+            br#"{"model":"t","prompt":"a cat","response_format":"b64_json","n":2}"#
+        );
+        assert_eq!(asked.as_deref(), Some("url"));
+        let body = Bytes::from_static(br#"{"model":"t", "prompt":"x"}"#);
+        let (asked, out) = ask_for_b64_json(&body, UpstreamImageFormat::AsRequested).unwrap();
+        assert_eq!(out, body);
+        assert_eq!(asked, None);
+        // Issue 12: spliced like every other rewrite, the client's bytes stay as sent.
+        let body = Bytes::from_static(br#"{ "model" : "t", "n": 1.50 }"#);
+        let (_, out) = ask_for_b64_json(&body, UpstreamImageFormat::B64Json).unwrap();
+        assert_eq!(
+            &out[..],
+            br#"{ "response_format":"b64_json","model" : "t", "n": 1.50 }"#
         );
     }
 }

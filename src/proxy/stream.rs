@@ -11,7 +11,7 @@ use futures_util::Stream;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use super::log::AccessLog;
+use crate::pipeline::record::{AccessLog, Outcome};
 
 /// Why a body stream stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,7 @@ pin_project! {
 
 impl<S> ResponseStream<S> {
     pub fn new(inner: S, idle_timeout: Duration, mut log: AccessLog) -> Self {
-        log.outcome = "client_closed";
+        log.outcome = Outcome::ClientClosed;
         let status = log.status.unwrap_or(0);
         if let Some(usage) = log.usage.as_mut() {
             if !usage.begin(status, log.stream) {
@@ -75,7 +75,7 @@ where
             if *this.inner_done {
                 let elapsed = this.log.started.elapsed();
                 *this.finished = true;
-                this.log.outcome = "ok";
+                this.log.outcome = Outcome::Ok;
                 let rest = this.log.usage.as_mut().and_then(|u| u.flush(elapsed));
                 if let Some(rest) = rest {
                     this.log.bytes += rest.len() as u64;
@@ -103,7 +103,7 @@ where
                 }
                 Poll::Ready(Some(Err(error))) => {
                     *this.finished = true;
-                    this.log.outcome = "upstream_body_error";
+                    this.log.outcome = Outcome::UpstreamBodyError;
                     tracing::warn!(request_id = this.log.request_id(), %error, "upstream body failed mid-way; closing the response");
                     return Poll::Ready(Some(Err(BodyError::Upstream(error.to_string()))));
                 }
@@ -113,7 +113,7 @@ where
                 Poll::Pending => {
                     if this.idle.as_mut().poll(cx).is_ready() {
                         *this.finished = true;
-                        this.log.outcome = "upstream_idle_timeout";
+                        this.log.outcome = Outcome::UpstreamIdleTimeout;
                         tracing::warn!(
                             request_id = this.log.request_id(),
                             timeout_s = this.idle_timeout.as_secs_f64(),

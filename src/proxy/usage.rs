@@ -9,17 +9,19 @@
 //! passes every complete event on as soon as its chunk arrives.
 use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
+
+use super::json::splice;
+use super::sse::{event_data, event_end};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
-
-use super::log::AccessLog;
 
 /// How much of an answer is kept to read its usage or count its tokens. Longer JSON answers keep
 /// only their last [`TAIL_BYTES`], where `usage` sits.
@@ -43,51 +45,38 @@ pub struct Usage {
     pub estimated: bool,
 }
 
-/// Whether answers on `path` carry token usage.
-pub fn counts_tokens(path: &str) -> bool {
+/// Whether answers on `path` carry token usage (see `Operation::counts_tokens`).
+fn counts_tokens(path: &str) -> bool {
     matches!(
         path,
         "v1/chat/completions" | "v1/completions" | "v1/embeddings" | "v1/responses"
     )
 }
 
-/// Prepares reading the usage of the answer to `body` (sent on `path`): returns the body to send
-/// upstream, with `stream_options.include_usage` set when llmux must ask for the usage event.
-pub fn read_usage_of(path: &'static str, body: Bytes, log: &mut AccessLog) -> Bytes {
-    if !counts_tokens(path) {
-        return body;
-    }
-    let (body, asked) = match ask_for_usage(path, &body) {
-        Some(asked) => (asked, true),
-        None => (body, false),
-    };
-    log.usage = Some(UsageReader::new(path, body.clone(), asked));
-    body
-}
-
-/// For a chat or completions stream whose request did not set `stream_options.include_usage`:
-/// the body with it set (only those bytes change). `None` when nothing needs adding.
-pub fn ask_for_usage(path: &str, body: &Bytes) -> Option<Bytes> {
-    if !matches!(path, "v1/chat/completions" | "v1/completions") {
+/// For a stream (of an operation that can ask for usage) whose request did not set
+/// `stream_options.include_usage`: the body with it set (only those bytes change) and where the
+/// edit starts. `stream_options` is where that member's value is, as `pipeline::identify` found
+/// it. `None` when nothing needs adding.
+pub fn ask_for_usage(
+    body: &Bytes,
+    stream: bool,
+    stream_options: Option<Range<usize>>,
+) -> Option<(Bytes, usize)> {
+    if !stream {
         return None;
     }
-    // Most requests are not streams: skip the second parse when `"stream"` is nowhere.
-    STREAM_KEY.find(body)?;
-    let probe: StreamProbe<'_> = serde_json::from_slice(body).ok()?;
-    if probe.stream.map(RawValue::get) != Some("true") {
-        return None;
-    }
-    let Some(options) = probe.stream_options else {
+    let Some(span) = stream_options else {
         let open = body.iter().position(|&b| b == b'{')?;
-        return Some(insert(
+        let body = splice(
             body,
             open + 1..open + 1,
-            br#""stream_options":{"include_usage":true},"#,
-        ));
+            r#""stream_options":{"include_usage":true},"#,
+        );
+        return Some((body, open + 1));
     };
-    let span = span_of(body, options.get())?;
     let options =
-        match serde_json::from_str::<Option<serde_json::Map<String, Value>>>(options.get()) {
+        match serde_json::from_slice::<Option<serde_json::Map<String, Value>>>(&body[span.clone()])
+        {
             Ok(Some(mut options)) => {
                 if options.get("include_usage") == Some(&Value::Bool(true)) {
                     return None;
@@ -99,36 +88,8 @@ pub fn ask_for_usage(path: &str, body: &Bytes) -> Option<Bytes> {
             // Not an object: the upstream will say so; llmux leaves it alone.
             Err(_) => return None,
         };
-    Some(insert(body, span, options.as_bytes()))
-}
-
-#[derive(Deserialize)]
-struct StreamProbe<'a> {
-    #[serde(borrow, default)]
-    stream: Option<&'a RawValue>,
-    /// `Some("null")` when the member is there with null: it gets replaced, not added again.
-    #[serde(borrow, default, deserialize_with = "present")]
-    stream_options: Option<&'a RawValue>,
-}
-
-fn present<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(deserializer).map(Some)
-}
-
-fn span_of(body: &[u8], raw: &str) -> Option<std::ops::Range<usize>> {
-    let start = (raw.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
-    let span = start..start + raw.len();
-    (body.get(span.clone()) == Some(raw.as_bytes())).then_some(span)
-}
-
-fn insert(body: &Bytes, span: std::ops::Range<usize>, replacement: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(body.len() - span.len() + replacement.len());
-    out.extend_from_slice(&body[..span.start]);
-    out.extend_from_slice(replacement);
-    out.extend_from_slice(&body[span.end..]);
-    out.freeze()
+    let at = span.start;
+    Some((splice(body, span, &options), at))
 }
 
 /// Reads one answer's usage as its body passes. Built with the request; [`UsageReader::begin`]
@@ -342,38 +303,6 @@ impl UsageReader {
     }
 }
 
-/// The end of the first complete event in `bytes` (after its blank line).
-fn event_end(bytes: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(newline) = memchr::memchr(b'\n', &bytes[from..]).map(|i| from + i) {
-        match bytes.get(newline + 1..) {
-            Some([b'\n', ..]) => return Some(newline + 2),
-            Some([b'\r', b'\n', ..]) => return Some(newline + 3),
-            _ => from = newline + 1,
-        }
-    }
-    None
-}
-
-/// The `data:` payload of an event (its first data line: OpenAI-style events have one).
-fn event_data(event: &[u8]) -> Option<&[u8]> {
-    let mut rest = event;
-    while !rest.is_empty() {
-        let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
-        let line = &rest[..end];
-        rest = rest.get(end + 1..).unwrap_or_default();
-        let Some(data) = line.strip_prefix(b"data:") else {
-            continue;
-        };
-        let data = data.strip_prefix(b" ").unwrap_or(data);
-        let data = data.strip_suffix(b"\r").unwrap_or(data);
-        return data.starts_with(b"{").then_some(data);
-    }
-    None
-}
-
-static STREAM_KEY: LazyLock<memmem::Finder<'static>> =
-    LazyLock::new(|| memmem::Finder::new(b"\"stream\""));
 static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
 
@@ -638,9 +567,16 @@ mod tests {
     use super::*;
 
     fn check_ask(path: &str, body: &str, expected: Option<&str>) {
-        let out = ask_for_usage(path, &Bytes::from(body.to_owned()));
-        let out = out.map(|b| String::from_utf8(b.to_vec()).unwrap());
-        assert_eq!(out.as_deref(), expected, "{body}");
+        let body = Bytes::from(body.to_owned());
+        let identity = crate::pipeline::identify::identify(&body).unwrap();
+        let out = match path {
+            "v1/chat/completions" | "v1/completions" => {
+                ask_for_usage(&body, identity.stream, identity.stream_options)
+            }
+            _ => None,
+        };
+        let out = out.map(|(b, _)| String::from_utf8(b.to_vec()).unwrap());
+        assert_eq!(out.as_deref(), expected, "{body:?}");
     }
 
     #[test]

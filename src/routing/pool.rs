@@ -45,20 +45,32 @@ impl Pool {
 
     /// The member that serves the next request: see `select`.
     pub fn pick(&self) -> &Arc<Endpoint> {
-        &self.members[self.select(None)]
+        &self.members[self.select()]
     }
 
-    /// The index of the member for the next attempt: the next one in weighted order that its
-    /// breaker admits, other than `avoid` (the member that just failed) when another is up. When
-    /// every member is ejected, the one that failed least recently, rather than nobody.
-    pub fn select(&self, avoid: Option<usize>) -> usize {
-        let cycle = self.schedule.len();
+    /// The index of the member for a request's first attempt: the next one in weighted order
+    /// that its breaker admits. Only first attempts advance the cursor, so retries never shift
+    /// the weights (issue 12: a failing member used to get every first attempt). When every
+    /// member is ejected, the one that failed least recently, rather than nobody.
+    pub fn select(&self) -> usize {
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        self.walk(start, None)
+    }
+
+    /// The index of the member for a retry after `failed` failed: the next one in weighted order
+    /// from where first attempts are, other than `failed` when another is up. The cursor stays
+    /// where it is.
+    pub fn select_after_failure(&self, failed: usize) -> usize {
+        let start = self.cursor.load(Ordering::Relaxed);
+        self.walk(start, Some(failed))
+    }
+
+    fn walk(&self, start: usize, avoid: Option<usize>) -> usize {
         if self.members.len() == 1 {
             return 0;
         }
+        let cycle = self.schedule.len();
         let now = now_ms();
-        let mut fallback_avoided = None;
         for step in 0..cycle {
             let index = self.schedule[start.wrapping_add(step) % cycle] as usize;
             if Some(index) == avoid {
@@ -68,12 +80,10 @@ impl Pool {
                 return index;
             }
         }
-        if let Some(avoid) = avoid {
-            if self.members[avoid].breaker.try_admit(now) {
-                fallback_avoided = Some(avoid);
-            }
+        match avoid {
+            Some(avoid) if self.members[avoid].breaker.try_admit(now) => avoid,
+            _ => self.least_recently_failed(),
         }
-        fallback_avoided.unwrap_or_else(|| self.least_recently_failed())
     }
 
     fn least_recently_failed(&self) -> usize {
@@ -184,12 +194,29 @@ mod tests {
     fn smooth_weighted_round_robin_is_exact_and_interleaved() {
         assert_eq!(smooth_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
         let pool = pool(&[1.0, 3.0]);
-        let picks: Vec<usize> = (0..400).map(|_| pool.select(None)).collect();
+        let picks: Vec<usize> = (0..400).map(|_| pool.select()).collect();
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 100);
         assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 300);
         // Interleaved: the light member never comes twice in a row, the heavy one at most 3 times.
         assert!(picks.windows(2).all(|w| w != [0, 0]));
         assert!(picks.windows(4).all(|w| w != [1, 1, 1, 1]));
+    }
+
+    #[test]
+    fn retries_do_not_move_the_first_attempts_off_their_weights() {
+        // Issue 12: every retry advanced the cursor, so in a two-member pool with one failing
+        // member, the failing one got every first attempt.
+        let pool = pool(&[1.0, 1.0]);
+        let firsts: Vec<usize> = (0..100)
+            .map(|_| {
+                let first = pool.select();
+                if first == 0 {
+                    assert_eq!(pool.select_after_failure(first), 1);
+                }
+                first
+            })
+            .collect();
+        assert_eq!(firsts.iter().filter(|&&i| i == 0).count(), 50);
     }
 
     #[test]
@@ -203,12 +230,12 @@ mod tests {
             .breaker
             .record(Verdict::Failed, &policy, now_ms());
         for _ in 0..30 {
-            assert_ne!(pool.select(None), 1);
-            assert_ne!(pool.select(Some(0)), 0);
+            assert_ne!(pool.select(), 1);
+            assert_ne!(pool.select_after_failure(0), 0);
         }
         // Alone, the avoided member is still chosen.
         let single = super::tests::pool(&[1.0]);
-        assert_eq!(single.select(Some(0)), 0);
+        assert_eq!(single.select_after_failure(0), 0);
     }
 
     #[test]
@@ -224,7 +251,7 @@ mod tests {
                 .breaker
                 .record(Verdict::Failed, &policy, at);
         }
-        assert_eq!(pool.select(None), 1);
-        assert_eq!(pool.select(Some(1)), 1);
+        assert_eq!(pool.select(), 1);
+        assert_eq!(pool.select_after_failure(1), 1);
     }
 }

@@ -4,10 +4,10 @@
 //! every route of that model, so a request sees one whole version of it and a lookup allocates
 //! nothing. Writers replace or remove a whole file's endpoints under one lock and re-publish only
 //! the models that file touches.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -66,9 +66,30 @@ pub struct TableChange {
 #[derive(Debug, Default)]
 pub struct RoutingTable {
     models: DashMap<Box<str>, Arc<ModelRoutes>>,
-    /// Each file's endpoints in load order; files in name order. Held while writing.
-    files: Mutex<BTreeMap<PathBuf, Vec<Arc<Endpoint>>>>,
+    /// The writers' view: each file's endpoints by model. Held while writing.
+    files: Mutex<Files>,
+    /// The readers' view of the files (`/admin/config`, `/metrics`, `llmux check`): replaced at
+    /// the end of each update, so a reader never waits for one.
+    published: RwLock<Arc<PublishedFiles>>,
     generation: AtomicU64,
+}
+
+/// Each file's endpoints in load order; files in name order.
+pub type PublishedFiles = BTreeMap<PathBuf, Arc<[Arc<Endpoint>]>>;
+
+/// Indexes that keep an update linear in the endpoints it touches, however large the table.
+#[derive(Debug, Default)]
+struct Files {
+    files: BTreeMap<PathBuf, FileEndpoints>,
+    /// Which files serve each model (in name order).
+    model_files: HashMap<Arc<str>, BTreeSet<Arc<Path>>>,
+}
+
+#[derive(Debug)]
+struct FileEndpoints {
+    path: Arc<Path>,
+    all: Arc<[Arc<Endpoint>]>,
+    by_model: HashMap<Arc<str>, Vec<Arc<Endpoint>>>,
 }
 
 impl RoutingTable {
@@ -104,11 +125,20 @@ impl RoutingTable {
 
     /// Every endpoint of every file, in file then load order.
     pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
-        let files = self
-            .files
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        files.values().flatten().cloned().collect()
+        self.published_files()
+            .values()
+            .flat_map(|endpoints| endpoints.iter().cloned())
+            .collect()
+    }
+
+    /// The files as last published; never waits for an update in progress.
+    pub fn published_files(&self) -> Arc<PublishedFiles> {
+        Arc::clone(
+            &self
+                .published
+                .read()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        )
     }
 
     /// Replaces the endpoints a file contributes, as a unit.
@@ -123,42 +153,67 @@ impl RoutingTable {
     }
 
     pub fn files(&self) -> Vec<PathBuf> {
-        let files = self
-            .files
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        files.keys().cloned().collect()
+        self.published_files().keys().cloned().collect()
     }
 
     fn update(&self, file: &Path, endpoints: Option<Vec<Arc<Endpoint>>>) -> TableChange {
-        let mut files = self
+        let mut guard = self
             .files
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
+        let Files { files, model_files } = &mut *guard;
         let mut touched: BTreeSet<Arc<str>> = BTreeSet::new();
-        if let Some(old) = files.get(file) {
-            touched.extend(old.iter().map(|e| Arc::clone(&e.exposed_model)));
+        let old = files.remove(file);
+        if let Some(old) = &old {
+            for model in old.by_model.keys() {
+                touched.insert(Arc::clone(model));
+                if let Some(serving) = model_files.get_mut(model) {
+                    serving.remove(&old.path);
+                    if serving.is_empty() {
+                        model_files.remove(model);
+                    }
+                }
+            }
         }
-        match endpoints {
-            Some(new) => {
-                let new = match files.get(file) {
-                    Some(old) => keep_unchanged(old, new),
-                    None => new,
-                };
-                touched.extend(new.iter().map(|e| Arc::clone(&e.exposed_model)));
-                files.insert(file.to_path_buf(), new);
+        if let Some(new) = endpoints {
+            let new = match &old {
+                Some(old) => keep_unchanged(&old.all, new),
+                None => new,
+            };
+            let path: Arc<Path> = Arc::from(file);
+            let mut by_model: HashMap<Arc<str>, Vec<Arc<Endpoint>>> = HashMap::new();
+            for endpoint in &new {
+                by_model
+                    .entry(Arc::clone(&endpoint.exposed_model))
+                    .or_default()
+                    .push(Arc::clone(endpoint));
             }
-            None => {
-                files.remove(file);
+            for model in by_model.keys() {
+                touched.insert(Arc::clone(model));
+                model_files
+                    .entry(Arc::clone(model))
+                    .or_default()
+                    .insert(Arc::clone(&path));
             }
+            files.insert(
+                file.to_path_buf(),
+                FileEndpoints {
+                    path,
+                    all: new.into(),
+                    by_model,
+                },
+            );
         }
 
         let mut change = TableChange::default();
         for model in touched {
-            let members: Vec<&Arc<Endpoint>> = files
-                .values()
+            let members: Vec<&Arc<Endpoint>> = model_files
+                .get(&model)
+                .into_iter()
                 .flatten()
-                .filter(|endpoint| endpoint.exposed_model == model)
+                .filter_map(|path| files.get(&**path))
+                .filter_map(|file| file.by_model.get(&model))
+                .flatten()
                 .collect();
             let previous = self.models.get(&*model).map(|e| Arc::clone(e.value()));
             if members.is_empty() {
@@ -179,6 +234,14 @@ impl RoutingTable {
                 None => change.models_added.push(model.to_string()),
             }
         }
+        let published: PublishedFiles = files
+            .iter()
+            .map(|(path, file)| (path.clone(), Arc::clone(&file.all)))
+            .collect();
+        *self
+            .published
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = Arc::new(published);
         if change != TableChange::default() {
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
@@ -186,18 +249,25 @@ impl RoutingTable {
     }
 }
 
-/// Groups a model's endpoints by path, in load order: each path's endpoints form its pool.
-fn build_model(model: &Arc<str>, created: u64, members: &[&Arc<Endpoint>]) -> ModelRoutes {
-    let mut by_path: Vec<(Box<str>, Vec<Arc<Endpoint>>)> = Vec::new();
+/// A model's endpoints grouped by path, each path's in load order, paths in order of first
+/// appearance: each group is a pool.
+fn by_path<'a>(members: &[&'a Arc<Endpoint>]) -> Vec<(Box<str>, Vec<&'a Arc<Endpoint>>)> {
+    let mut groups: Vec<(Box<str>, Vec<&Arc<Endpoint>>)> = Vec::new();
     for endpoint in members {
-        match by_path.iter_mut().find(|(path, _)| *path == endpoint.path) {
-            Some((_, list)) => list.push(Arc::clone(endpoint)),
-            None => by_path.push((endpoint.path.clone(), vec![Arc::clone(endpoint)])),
+        match groups.iter_mut().find(|(path, _)| *path == endpoint.path) {
+            Some((_, list)) => list.push(endpoint),
+            None => groups.push((endpoint.path.clone(), vec![endpoint])),
         }
     }
-    let routes = by_path
+    groups
+}
+
+fn build_model(model: &Arc<str>, created: u64, members: &[&Arc<Endpoint>]) -> ModelRoutes {
+    let routes = by_path(members)
         .into_iter()
-        .filter_map(|(path, list)| Pool::new(list).map(|pool| Route { path, pool }))
+        .filter_map(|(path, list)| {
+            Pool::new(list.into_iter().cloned().collect()).map(|pool| Route { path, pool })
+        })
         .collect();
     ModelRoutes {
         name: Arc::clone(model),
@@ -207,38 +277,53 @@ fn build_model(model: &Arc<str>, created: u64, members: &[&Arc<Endpoint>]) -> Mo
 }
 
 /// The new endpoints of a file, each one identical to an old one replaced by the old one, so its
-/// circuit breaker state survives a reload of its file.
+/// circuit breaker state survives a reload of its file. Old endpoints are indexed by model, path
+/// and target, so a file of many models is matched in linear time.
 fn keep_unchanged(old: &[Arc<Endpoint>], new: Vec<Arc<Endpoint>>) -> Vec<Arc<Endpoint>> {
-    let mut taken = vec![false; old.len()];
-    new.into_iter()
+    let mut candidates: HashMap<(&str, &str, &str), Vec<&Arc<Endpoint>>> = HashMap::new();
+    for endpoint in old {
+        candidates
+            .entry((
+                &endpoint.exposed_model,
+                &endpoint.path,
+                &endpoint.target_model_name,
+            ))
+            .or_default()
+            .push(endpoint);
+    }
+    let kept: Vec<Option<Arc<Endpoint>>> = new
+        .iter()
         .map(|endpoint| {
-            let same = old
-                .iter()
-                .enumerate()
-                .find(|(index, candidate)| !taken[*index] && candidate.same_config(&endpoint));
-            match same {
-                Some((index, candidate)) => {
-                    taken[index] = true;
-                    Arc::clone(candidate)
-                }
-                None => endpoint,
-            }
+            let key = (
+                &*endpoint.exposed_model,
+                &*endpoint.path,
+                &*endpoint.target_model_name,
+            );
+            let list = candidates.get_mut(&key)?;
+            let index = list.iter().position(|c| c.same_config(endpoint))?;
+            Some(Arc::clone(list.remove(index)))
         })
+        .collect();
+    drop(candidates);
+    new.into_iter()
+        .zip(kept)
+        .map(|(endpoint, kept)| kept.unwrap_or(endpoint))
         .collect()
 }
 
-/// True when a model would be rebuilt from exactly the endpoints it already has, so touching a
-/// file without changing it causes no route churn.
+/// True when a model would be rebuilt from exactly the endpoints it already has, in the same
+/// pools and order, so touching a file without changing it causes no route churn.
 fn same_members(previous: &ModelRoutes, members: &[&Arc<Endpoint>]) -> bool {
-    let old: Vec<&Arc<Endpoint>> = previous
+    let old_count: usize = previous.routes.iter().map(|r| r.pool.members().len()).sum();
+    let old = previous
         .routes
         .iter()
-        .flat_map(|route| route.pool.members())
-        .collect();
-    old.len() == members.len()
+        .flat_map(|route| route.pool.members());
+    let new = by_path(members).into_iter().flat_map(|(_, list)| list);
+    old_count == members.len()
         && old
-            .iter()
-            .all(|endpoint| members.iter().any(|m| endpoint.same_config(m)))
+            .zip(new)
+            .all(|(a, b)| Arc::ptr_eq(a, b) || a.same_config(b))
 }
 
 fn unix_now() -> u64 {

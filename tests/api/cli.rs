@@ -1,7 +1,10 @@
 //! The binary: `llmux check` and start-up errors.
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::json;
+
+use crate::helpers::{eventually, Binary};
 
 fn llmux() -> Command {
     Command::new(env!("CARGO_BIN_EXE_llmux"))
@@ -99,4 +102,59 @@ fn help_lists_every_setting_with_its_env_var() {
     ] {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
     }
+}
+
+#[tokio::test]
+async fn a_final_upstream_failure_writes_one_warn_line() {
+    // Issue 12: the attempt loop and the final answer both warned about the same failure.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = json!({"p": {"target_base_url": format!("http://127.0.0.1:{closed}"), "max_retries": 0,
+        "models": {"m": {"endpoints": [{"path": "v1/chat/completions", "target_model_name": "t"}]}}}});
+    std::fs::write(dir.path().join("p.json"), file.to_string()).unwrap();
+    let llmux = Binary::start(dir.path(), &[], &[]).await;
+
+    let response = reqwest::Client::new()
+        .post(llmux.url("/v1/chat/completions"))
+        .header("x-request-id", "req-one-warn")
+        .json(&json!({"model": "m"}))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 502);
+    eventually(Duration::from_secs(10), "the access log line", || async {
+        let lines = llmux.lines_with("req-one-warn");
+        lines
+            .iter()
+            .any(|l| l.contains(r#""status":502"#))
+            .then_some(())
+    })
+    .await;
+    let warnings: Vec<String> = llmux
+        .lines_with("req-one-warn")
+        .into_iter()
+        .filter(|line| line.contains(r#""level":40"#))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+}
+
+#[test]
+fn a_bad_log_filter_is_reported_once_naming_the_flag() {
+    // Issue 20: the message came twice and did not say which setting was wrong.
+    let dir = tempfile::tempdir().unwrap();
+    let output = llmux()
+        .args(["--log", "llmux=loud", "--port", "0", "--config-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--log"), "{stderr}");
+    assert_eq!(stderr.matches("llmux=loud").count(), 1, "{stderr}");
 }

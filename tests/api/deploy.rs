@@ -166,3 +166,258 @@ fn the_dockerfile_runs_as_non_root_with_a_curl_free_healthcheck() {
     }
     assert!(!dockerfile.contains("curl"));
 }
+
+fn env_of<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"].as_str() == Some(name))
+        .and_then(|v| v["value"].as_str())
+}
+
+/// `768Mi` -> bytes; `2` or `500m` -> millicores.
+fn quantity(text: &str) -> u64 {
+    for (suffix, factor) in [("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10), ("m", 1)] {
+        if let Some(number) = text.strip_suffix(suffix) {
+            return number.parse::<u64>().unwrap() * factor;
+        }
+    }
+    text.parse::<u64>().unwrap() * 1000
+}
+
+fn deployment_pod() -> Value {
+    let objects = kubernetes_objects();
+    of_kind(&objects, "Deployment")["spec"]["template"]["spec"].clone()
+}
+
+#[test]
+fn the_pod_spools_uploads_to_an_empty_dir_under_its_read_only_root() {
+    // Issue 20: readOnlyRootFilesystem with no writable /tmp made uploads with `file` first a 500.
+    let pod = deployment_pod();
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+    let spool = env_of(container, "LLMUX_SPOOL_DIR").expect("LLMUX_SPOOL_DIR is set");
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"].as_str() == Some(spool))
+        .expect("the spool dir is mounted");
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert!(volume["emptyDir"].is_mapping(), "{volume:?}");
+}
+
+#[test]
+fn the_memory_limit_fits_the_image_cache_by_the_documented_rule() {
+    // Issue 20: a 512Mi limit with the 512 MiB default cache was OOM-killed once the cache filled.
+    let pod = deployment_pod();
+    let container = &pod["containers"][0];
+    let cache: u64 = env_of(container, "LLMUX_IMAGE_CACHE_BYTES")
+        .map_or(llmux::cli::ServeArgs::new(".").image_cache_bytes, |v| {
+            v.parse().unwrap()
+        });
+    let limit = quantity(container["resources"]["limits"]["memory"].as_str().unwrap());
+    assert!(
+        limit >= 2 * cache + (256 << 20),
+        "memory limit {limit} < 2 x image cache {cache} + 256 MiB"
+    );
+    assert!(repo_file("deploy/kubernetes/deployment.yaml")
+        .contains("memory limit >= 2 x LLMUX_IMAGE_CACHE_BYTES + 256 MiB"));
+}
+
+#[test]
+fn the_termination_grace_covers_the_pre_stop_sleep_drain_delay_and_shutdown_grace() {
+    let pod = deployment_pod();
+    let container = &pod["containers"][0];
+    let command = container["lifecycle"]["preStop"]["exec"]["command"]
+        .as_sequence()
+        .expect("a preStop hook");
+    assert_eq!(command[0].as_str(), Some("sleep"));
+    let pre_stop: u64 = command[1].as_str().unwrap().parse().unwrap();
+    let drain: u64 = env_of(container, "LLMUX_DRAIN_DELAY")
+        .expect("LLMUX_DRAIN_DELAY is set")
+        .parse()
+        .unwrap();
+    let grace = grace_of(&container["env"]);
+    let termination = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        termination > pre_stop + drain + grace,
+        "{termination} <= {pre_stop} + {drain} + {grace}"
+    );
+}
+
+#[test]
+fn the_pod_meets_pod_security_restricted_and_pins_its_image() {
+    let pod = deployment_pod();
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"].as_str(),
+        Some("RuntimeDefault")
+    );
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"].as_bool(),
+        Some(false)
+    );
+    let image = container["image"].as_str().unwrap();
+    assert!(
+        image.contains(':') && !image.ends_with(":latest"),
+        "{image}"
+    );
+    assert_ne!(container["imagePullPolicy"].as_str(), Some("Always"));
+}
+
+#[test]
+fn the_cpu_limit_matches_the_worker_count() {
+    let pod = deployment_pod();
+    let container = &pod["containers"][0];
+    let workers: u64 = env_of(container, "LLMUX_WORKERS")
+        .expect("LLMUX_WORKERS is set: the default follows the node's cores, not the limit")
+        .parse()
+        .unwrap();
+    let cpu = quantity(container["resources"]["limits"]["cpu"].as_str().unwrap());
+    assert_eq!(cpu.div_ceil(1000), workers);
+}
+
+#[test]
+fn kubectl_apply_k_never_overwrites_the_operators_secret() {
+    let kustomization = documents("deploy/kubernetes/kustomization.yaml").remove(0);
+    let resources: Vec<&str> = kustomization["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    for resource in &resources {
+        let objects = documents(&format!("deploy/kubernetes/{resource}"));
+        assert!(
+            objects.iter().all(|o| o["kind"].as_str() != Some("Secret")),
+            "{resource} holds a Secret"
+        );
+    }
+    for needed in ["deployment.yaml", "service.yaml", "configmap.yaml"] {
+        assert!(resources.contains(&needed), "{resources:?}");
+    }
+    assert!(repo_file("deploy/kubernetes/secret.example.yaml").contains("kubectl create secret"));
+}
+
+#[test]
+fn compose_publishes_on_loopback_only_with_limits_that_follow_the_rules() {
+    let compose = documents("deploy/docker-compose.yml").remove(0);
+    let llmux = &compose["services"]["llmux"];
+    for port in llmux["ports"].as_sequence().unwrap() {
+        assert!(port.as_str().unwrap().starts_with("127.0.0.1:"), "{port:?}");
+    }
+    let environment = &llmux["environment"];
+    let workers: f64 = environment["LLMUX_WORKERS"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(llmux["cpus"].as_f64(), Some(workers));
+    let cache: u64 = environment["LLMUX_IMAGE_CACHE_BYTES"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let memory: u64 = llmux["mem_limit"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches('m')
+        .parse::<u64>()
+        .unwrap()
+        << 20;
+    assert!(memory >= 2 * cache + (256 << 20));
+    assert_eq!(llmux["read_only"].as_bool(), Some(true));
+    let spool = environment["LLMUX_SPOOL_DIR"].as_str().unwrap();
+    assert!(llmux["tmpfs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|t| t.as_str() == Some(spool)));
+}
+
+#[test]
+fn the_dockerfile_builds_dependencies_in_their_own_layer_and_release_builds_strip() {
+    let dockerfile = repo_file("Dockerfile");
+    let manifests = dockerfile.find("COPY Cargo.toml Cargo.lock").unwrap();
+    let sources = dockerfile.find("COPY src ./src").unwrap();
+    let dependency_build = dockerfile[manifests..sources]
+        .find("cargo build --release")
+        .expect("a cargo build between copying the manifests and the sources");
+    assert!(manifests + dependency_build < sources);
+    let cargo: toml_like::Manifest = toml_like::read(&repo_file("Cargo.toml"));
+    assert_eq!(cargo.release_strip.as_deref(), Some("true"));
+}
+
+/// Just enough of Cargo.toml: the `strip` key of `[profile.release]`.
+mod toml_like {
+    pub struct Manifest {
+        pub release_strip: Option<String>,
+    }
+
+    pub fn read(text: &str) -> Manifest {
+        let mut section = "";
+        let mut release_strip = None;
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('[') {
+                section = line;
+            } else if section == "[profile.release]" {
+                if let Some(value) = line.strip_prefix("strip = ") {
+                    release_strip = Some(value.to_owned());
+                }
+            }
+        }
+        Manifest { release_strip }
+    }
+}
+
+#[test]
+fn the_dashboard_scopes_process_panels_to_llmux_and_filters_by_instance() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&repo_file("deploy/grafana/llmux.json")).unwrap();
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert!(variables.contains(&"instance"), "{variables:?}");
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap_or("");
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            assert!(expr.contains("instance=~\"$instance\""), "{title}: {expr}");
+            if expr.contains("process_") {
+                assert!(expr.contains("llmux_build_info"), "{title}: {expr}");
+            }
+        }
+        if matches!(
+            title,
+            "Endpoints up" | "Endpoints ejected" | "Config errors"
+        ) {
+            let defaults = &panel["fieldConfig"]["defaults"];
+            assert!(
+                defaults["thresholds"]["steps"]
+                    .as_array()
+                    .is_some_and(|s| s.len() >= 2),
+                "{title}"
+            );
+            assert!(
+                defaults["mappings"]
+                    .as_array()
+                    .is_some_and(|m| !m.is_empty()),
+                "{title}"
+            );
+        }
+    }
+}

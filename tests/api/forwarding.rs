@@ -328,3 +328,70 @@ async fn a_file_in_fast_openai_api_proxy_format_loads_unchanged() {
     }
     let _ = provider_file; // the helper format is covered by every other test
 }
+
+#[tokio::test]
+async fn responses_compact_is_forwarded_like_responses_not_a_405() {
+    // Issue 12: `/v1/responses/{id}` swallowed `/v1/responses/compact`.
+    let app = spawn_app().await;
+
+    let response = app
+        .post_json(
+            "/v1/responses/compact",
+            json!({"model": "m", "input": "a long conversation"}),
+        )
+        .await;
+
+    assert_eq!(response.status(), 200);
+    let upstream = app.upstream.last_request();
+    assert_eq!(upstream.uri, "/v1/responses/compact");
+    assert_eq!(upstream.json()["model"], "target-m");
+}
+
+/// An upstream that answers every request on one connection with `head` and a tiny JSON body,
+/// written by hand: actix will not send a `Connection` header naming other headers.
+async fn raw_upstream(head: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buffer = [0u8; 4096];
+                // Reads the head and the (small) body the test sends, then answers.
+                while !String::from_utf8_lossy(&seen).contains("}") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => seen.extend_from_slice(&buffer[..read]),
+                    }
+                }
+                let body = r#"{"ok":true}"#;
+                let answer = format!("{head}content-length: {}\r\n\r\n{body}", body.len());
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn response_headers_named_by_the_upstream_connection_header_stay_behind() {
+    // Issue 12: the response side only checked a static list of hop-by-hop headers.
+    let url = raw_upstream(
+        "HTTP/1.1 200 OK\r\nconnection: close, x-upstream-hop\r\nx-upstream-hop: secret\r\n\
+         x-kept: yes\r\ncontent-type: application/json\r\n",
+    )
+    .await;
+    let file = json!({"p": {"target_base_url": url,
+        "models": {"m": {"endpoints": [{"path": "v1/chat/completions", "target_model_name": "t"}]}}}});
+    let app = Spawn::new().file("p.json", file).start().await;
+
+    let response = app
+        .post_json("/v1/chat/completions", json!({"model": "m"}))
+        .await;
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-kept"], "yes");
+    assert!(!response.headers().contains_key("x-upstream-hop"));
+    assert_eq!(response.text().await.unwrap(), r#"{"ok":true}"#);
+}

@@ -304,3 +304,14 @@ async fn ready_is_503_while_shutting_down_and_liveness_stays_200() {
         200
     );
 }
+
+#[tokio::test]
+async fn head_health_answers_200_for_load_balancers() {
+    // Issue 12: HEAD /health was a 405.
+    let app = spawn_app().await;
+
+    let response = app.http.head(app.url("/health")).send().await.unwrap();
+
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-request-id"));
+}

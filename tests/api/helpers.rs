@@ -1,11 +1,13 @@
 //! spawn_app: llmux on 127.0.0.1:0 with a temp config dir, next to an in-process mock upstream.
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use llmux::cli::ServeArgs;
 use llmux::startup::{Application, EnvSource};
 use serde_json::Value;
 use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub use crate::mock::{MockUpstream, Reply};
 
@@ -145,6 +147,28 @@ impl TestApp {
             .expect("request reaches llmux")
     }
 
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request reaches llmux")
+    }
+
+    pub async fn post_multipart(
+        &self,
+        path: &str,
+        form: reqwest::multipart::Form,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth("client-token-not-for-upstream")
+            .multipart(form)
+            .send()
+            .await
+            .expect("request reaches llmux")
+    }
+
     pub fn openai(&self) -> async_openai::Client<async_openai::config::OpenAIConfig> {
         let config = async_openai::config::OpenAIConfig::new()
             .with_api_base(self.url("/v1"))
@@ -166,4 +190,82 @@ pub async fn assert_openai_error(response: reqwest::Response, status: u16) -> Va
         "{body}"
     );
     error.clone()
+}
+
+/// Polls `check` every 20 ms until it yields a value; panics after `deadline`. Returns the value
+/// and how long it took.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> (T, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return (value, started.elapsed());
+        }
+        assert!(started.elapsed() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `llmux` binary serving on a free port; killed when dropped. Its JSON log lines are
+/// collected in `lines`.
+pub struct Binary {
+    pub child: tokio::process::Child,
+    pub port: u16,
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Binary {
+    /// Starts `llmux --port 0 --workers 1 --config-dir {dir} {args}` with `env` set, and waits
+    /// (at most 20 s) for its "llmux listening" line.
+    pub async fn start(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_llmux"));
+        command
+            .args(["--port", "0", "--workers", "1", "--config-dir"])
+            .arg(dir)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("llmux starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let collected = Arc::clone(&lines);
+        // Keep reading the logs so the pipe never fills.
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                collected.lock().unwrap().push(line);
+            }
+        });
+        let (port, _) = eventually(Duration::from_secs(20), "llmux listening", || {
+            let port = lines.lock().unwrap().iter().find_map(|line| {
+                let log: Value = serde_json::from_str(line).ok()?;
+                let listening = log["msg"].as_str()?.contains("llmux listening");
+                listening.then(|| log["port"].as_u64()).flatten()
+            });
+            async move { port.and_then(|port| u16::try_from(port).ok()) }
+        })
+        .await;
+        Self { child, port, lines }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The log lines written so far that contain `needle`.
+    pub fn lines_with(&self, needle: &str) -> Vec<String> {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
 }

@@ -41,6 +41,9 @@ async fn spawn_image_app(edit: impl FnOnce(&mut llmux::cli::ServeArgs) + 'static
 async fn generate(app: &TestApp, body: Value) -> Value {
     let response = app.post_json("/v1/images/generations", body).await;
     assert_eq!(response.status(), 200);
+    // Issue 12: image generations go through the attempt loop and say so.
+    assert_eq!(response.headers()["x-llmux-attempts"], "1");
+    assert!(response.headers().contains_key("x-llmux-upstream"));
     response.json().await.unwrap()
 }
 

@@ -6,21 +6,27 @@
 )]
 mod adaptation;
 mod admin_api;
+mod check;
 mod cli;
 mod deploy;
 mod errors;
 mod forwarding;
+mod harness;
 mod health;
 mod helpers;
 mod identity;
 mod images;
+mod limits;
+mod logs;
 mod metrics;
 mod mock;
 mod models;
 mod oidc;
 mod pools;
 mod postgres;
+mod prometheus;
 mod reload;
+mod reload_stall;
 mod shutdown;
 mod store;
 mod streaming;

@@ -10,7 +10,17 @@ use crate::helpers::{provider_file, spawn_app, Reply, Spawn, TestApp};
 
 /// Every sample of a scrape: `name{labels}` -> value.
 async fn scrape(app: &TestApp) -> BTreeMap<String, f64> {
-    let response = app.http.get(app.url("/metrics")).send().await.unwrap();
+    // Prometheus' own Accept header (issue 20: without it, the classic format is served).
+    let response = app
+        .http
+        .get(app.url("/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        )
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"]
         .to_str()
@@ -470,4 +480,23 @@ fn metric_names_are_found_in_promql() {
         names.into_iter().collect::<Vec<_>>(),
         ["llmux_request_duration_seconds_bucket", "process_open_fds"]
     );
+}
+
+#[tokio::test]
+async fn every_request_is_counted_404s_405s_and_health_checks_included() {
+    // Issue 12: only proxied requests were recorded; the accept stage records every request.
+    let app = spawn_app().await;
+
+    assert_eq!(app.get("/no/such/url").await.status(), 404);
+    assert_eq!(app.get("/v1/chat/completions").await.status(), 405);
+    assert_eq!(app.get("/health").await.status(), 200);
+
+    let series = |path: &str, status: u16| {
+        format!(
+            r#"llmux_requests_total{{model="unknown",provider="none",path="{path}",status="{status}"}}"#
+        )
+    };
+    assert_metric(&app, &series("unmatched", 404), 1.0).await;
+    assert_metric(&app, &series("v1/chat/completions", 405), 1.0).await;
+    assert_metric(&app, &series("health", 200), 1.0).await;
 }

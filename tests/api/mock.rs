@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
-use futures_util::{stream, StreamExt};
+use futures_util::{stream, FutureExt, StreamExt};
 use serde_json::{json, Value};
 
 /// A request the mock received.
@@ -53,6 +53,8 @@ pub enum Reply {
     Stall(Duration),
     /// An SSE answer that sends these events and then breaks off without `[DONE]`.
     SseThenBreak { events: Vec<String> },
+    /// The handler panics (to test that the mock surfaces it).
+    Panic,
     /// Any status and content type with a binary body.
     Bytes {
         status: u16,
@@ -80,7 +82,11 @@ struct MockState {
     /// SSE answers whose client (llmux) went away before the last event.
     streams_cancelled: AtomicUsize,
     streams_finished: AtomicUsize,
+    /// `Stall` answers whose client (llmux) went away before the answer's head.
+    stalls_cancelled: AtomicUsize,
     uploads: Mutex<Vec<Upload>>,
+    /// Panics of handlers, re-raised when the mock is dropped so the test fails.
+    panics: Mutex<Vec<String>>,
 }
 
 pub struct MockUpstream {
@@ -106,9 +112,11 @@ impl MockUpstream {
                 .app_data(app_state.clone())
                 .app_data(web::PayloadConfig::new(512 * 1024 * 1024))
                 .service(web::resource("/drain/{tail:.*}").to(drain))
-                .default_service(web::to(answer))
+                .default_service(web::to(answer_or_record_panic))
         })
         .workers(1)
+        // A client (llmux) that closes the connection drops the handler: `stalls_cancelled`.
+        .h1_allow_half_closed(false)
         .shutdown_timeout(0)
         .disable_signals()
         .listen(listener)
@@ -155,6 +163,11 @@ impl MockUpstream {
     pub fn streams_finished(&self) -> usize {
         self.state.streams_finished.load(Ordering::SeqCst)
     }
+
+    /// `Stall` answers abandoned because llmux closed the connection before the answer.
+    pub fn stalls_cancelled(&self) -> usize {
+        self.state.stalls_cancelled.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for MockUpstream {
@@ -162,7 +175,32 @@ impl Drop for MockUpstream {
         let handle = self.handle.clone();
         // Stopping is async; the server task ends with the test's runtime either way.
         drop(handle.stop(false));
+        let panics = std::mem::take(&mut *self.state.panics.lock().unwrap());
+        if !panics.is_empty() && !std::thread::panicking() {
+            panic!("the mock upstream's handler panicked: {panics:?}");
+        }
     }
+}
+
+/// A handler panic stays inside its actix worker: record it for `Drop` to re-raise.
+async fn answer_or_record_panic(
+    request: HttpRequest,
+    body: Bytes,
+    state: web::Data<MockState>,
+) -> HttpResponse {
+    let recorder = state.clone();
+    let answered = std::panic::AssertUnwindSafe(answer(request, body, state))
+        .catch_unwind()
+        .await;
+    answered.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default();
+        recorder.panics.lock().unwrap().push(message);
+        HttpResponse::InternalServerError().body("mock handler panicked")
+    })
 }
 
 async fn answer(request: HttpRequest, body: Bytes, state: web::Data<MockState>) -> HttpResponse {
@@ -191,7 +229,12 @@ async fn reply_with(reply: Reply, path: &str, body: &Bytes, state: Arc<MockState
     match reply {
         Reply::Echo => echo(path, body, state),
         Reply::Stall(pause) => {
+            let guard = StallGuard {
+                state: Arc::clone(&state),
+                answered: false,
+            };
             tokio::time::sleep(pause).await;
+            guard.answered();
             echo(path, body, state)
         }
         Reply::Raw {
@@ -210,6 +253,7 @@ async fn reply_with(reply: Reply, path: &str, body: &Bytes, state: Arc<MockState
             response.body(body)
         }
         Reply::Sse { events, gap } => sse(events, gap, state),
+        Reply::Panic => panic!("scripted mock panic"),
         Reply::SseThenBreak { events } => {
             // The pause lets the head and the events go out before the connection breaks.
             let frames = stream::iter(
@@ -269,6 +313,26 @@ fn echo(path: &str, body: &Bytes, state: Arc<MockState>) -> HttpResponse {
             "usage": {"prompt_tokens": 3, "total_tokens": 3}
         })),
         _ => HttpResponse::Ok().json(json!({"path": path, "model": model})),
+    }
+}
+
+/// Counts a stall as cancelled when it is dropped before it answered.
+struct StallGuard {
+    state: Arc<MockState>,
+    answered: bool,
+}
+
+impl StallGuard {
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for StallGuard {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.state.stalls_cancelled.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 

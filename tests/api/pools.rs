@@ -393,3 +393,36 @@ async fn a_pool_spans_two_files_and_providers() {
     assert_eq!(app.upstream.requests().len(), 20);
     assert_eq!(second.last_request().json()["model"], "beta");
 }
+
+#[tokio::test]
+async fn first_attempts_follow_the_weights_when_one_member_keeps_failing() {
+    // Issue 12: retries advanced the round-robin cursor, so the failing member of a two-member
+    // pool got every first attempt and every request paid a retry.
+    let failing = MockUpstream::start().await;
+    failing.always(Reply::json(503, json!({"error": {"message": "down"}})));
+    let app = Spawn::new()
+        .file(
+            "pool.json",
+            pool_file(&[(&failing.url, 1.0), ("{UPSTREAM}", 1.0)], 10.0),
+        )
+        // Never eject: the cursor alone decides first attempts.
+        .args(|args| args.eject_after = 1_000_000)
+        .start()
+        .await;
+
+    let mut first_try = 0;
+    for _ in 0..20 {
+        let response = app.post_json(CHAT, chat()).await;
+        assert_eq!(response.status(), 200);
+        if header(&response, "x-llmux-attempts") == "1" {
+            first_try += 1;
+        }
+        let _ = response.bytes().await;
+    }
+
+    assert_eq!(
+        first_try, 10,
+        "half the first attempts go to the healthy member"
+    );
+    assert_eq!(failing.requests().len(), 10);
+}

@@ -1,34 +1,16 @@
 //! Live config: edits in the config dir go live without a restart; a broken file keeps its last
 //! good routes; GET /admin/config shows what is served.
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{provider_file, Spawn, TestApp};
+use crate::helpers::{eventually, provider_file, Binary, Spawn, TestApp};
 
 /// Generous: the requirement is 2 s, the test machine is shared.
 const DEADLINE: Duration = Duration::from_secs(10);
-
-/// Polls `check` every 20 ms until it yields a value; panics after `DEADLINE`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> (T, Duration)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return (value, started.elapsed());
-        }
-        assert!(started.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn write(app: &TestApp, name: &str, config: &Value) {
     let text = config.to_string().replace("{UPSTREAM}", &app.upstream.url);
@@ -85,7 +67,7 @@ async fn a_new_file_is_served_within_two_seconds() {
         "second.json",
         &provider_file("other", "", &[("n", "target-n")]),
     );
-    let (_, took) = eventually("model n to be served", || async {
+    let (_, took) = eventually(DEADLINE, "model n to be served", || async {
         chat(&app, "n").await.ok().filter(|t| t == "target-n")
     })
     .await;
@@ -106,7 +88,7 @@ async fn an_edited_target_model_name_is_used_by_the_next_request() {
         "provider.json",
         &provider_file("mock", "", &[("m", "target-m-v2")]),
     );
-    let (_, took) = eventually("the new target", || async {
+    let (_, took) = eventually(DEADLINE, "the new target", || async {
         chat(&app, "m").await.ok().filter(|t| t == "target-m-v2")
     })
     .await;
@@ -136,7 +118,7 @@ async fn a_deleted_file_takes_its_routes_and_only_its_routes_away() {
     assert_eq!(chat(&app, "n").await, Ok("target-n".into()));
 
     std::fs::remove_file(app.config_dir.path().join("second.json")).unwrap();
-    eventually("model n to go", || async {
+    eventually(DEADLINE, "model n to go", || async {
         (chat(&app, "n").await == Err(404)).then_some(())
     })
     .await;
@@ -153,7 +135,7 @@ async fn a_renamed_file_is_a_delete_plus_an_add() {
     let dir = app.config_dir.path();
 
     std::fs::rename(dir.join("provider.json"), dir.join("renamed.json")).unwrap();
-    let (config, _) = eventually("the rename to show", || async {
+    let (config, _) = eventually(DEADLINE, "the rename to show", || async {
         let config = admin_config(&app).await;
         file_entry(&config, "provider.json")
             .is_none()
@@ -171,7 +153,7 @@ async fn a_renamed_file_is_a_delete_plus_an_add() {
 
     // Renamed to something that is not a config file: its routes go.
     std::fs::rename(dir.join("renamed.json"), dir.join("renamed.json.bak")).unwrap();
-    eventually("model m to go", || async {
+    eventually(DEADLINE, "model m to go", || async {
         (chat(&app, "m").await == Err(404)).then_some(())
     })
     .await;
@@ -194,7 +176,7 @@ async fn a_broken_file_keeps_its_last_good_routes_until_it_is_repaired() {
 
     // Invalid JSON: the file fails, its last good version keeps serving.
     std::fs::write(&path, "{\n  \"mock\": {\n    \"models\": {,\n").unwrap();
-    let (entry, _) = eventually("the syntax error to show", || async {
+    let (entry, _) = eventually(DEADLINE, "the syntax error to show", || async {
         let config = admin_config(&app).await;
         let entry = file_entry(&config, "provider.json").cloned().unwrap();
         (entry["status"] == "serving_last_good").then_some(entry)
@@ -216,7 +198,7 @@ async fn a_broken_file_keeps_its_last_good_routes_until_it_is_repaired() {
 
     // Wrong types: still failing, now pointing at the bad value.
     std::fs::write(&path, "{\n  \"mock\": {\n    \"target_base_url\": \"http://127.0.0.1:9\",\n    \"models\": 3\n  }\n}").unwrap();
-    let (entry, _) = eventually("the type error to show", || async {
+    let (entry, _) = eventually(DEADLINE, "the type error to show", || async {
         let config = admin_config(&app).await;
         let entry = file_entry(&config, "provider.json").cloned().unwrap();
         let message = entry["errors"][0]["message"]
@@ -242,7 +224,7 @@ async fn a_broken_file_keeps_its_last_good_routes_until_it_is_repaired() {
         "provider.json",
         &provider_file("mock", "", &[("m", "target-m-fixed")]),
     );
-    eventually("the repaired file", || async {
+    eventually(DEADLINE, "the repaired file", || async {
         chat(&app, "m").await.ok().filter(|t| t == "target-m-fixed")
     })
     .await;
@@ -261,7 +243,7 @@ async fn a_new_file_that_fails_serves_nothing_and_says_why() {
         "{\"p\": {\"target_base_url\": \"ftp://x\", \"models\": {}}}",
     )
     .unwrap();
-    let (entry, _) = eventually("the bad file to show", || async {
+    let (entry, _) = eventually(DEADLINE, "the bad file to show", || async {
         file_entry(&admin_config(&app).await, "bad.json").cloned()
     })
     .await;
@@ -314,7 +296,7 @@ async fn a_touched_file_with_no_change_causes_no_route_churn() {
 
     // Rewritten with the same bytes: events fire, a reload runs, nothing changes.
     std::fs::write(&path, &text).unwrap();
-    let (after, _) = eventually("a reload", || async {
+    let (after, _) = eventually(DEADLINE, "a reload", || async {
         let after = admin_config(&app).await;
         (after["reloads"].as_u64() > before["reloads"].as_u64()).then_some(after)
     })
@@ -343,7 +325,7 @@ async fn a_configmap_data_swap_is_reloaded_and_dot_entries_are_never_loaded() {
     version("..2026_11_22_21_00_00.1", "target-v1");
     std::os::unix::fs::symlink("..2026_11_22_21_00_00.1", dir.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/provider.json", dir.join("provider.json")).unwrap();
-    eventually("version 1", || async {
+    eventually(DEADLINE, "version 1", || async {
         chat(&app, "m").await.ok().filter(|t| t == "target-v1")
     })
     .await;
@@ -352,7 +334,7 @@ async fn a_configmap_data_swap_is_reloaded_and_dot_entries_are_never_loaded() {
     std::os::unix::fs::symlink("..2026_11_22_21_05_00.2", dir.join("..data_tmp")).unwrap();
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
     std::fs::remove_dir_all(dir.join("..2026_11_22_21_00_00.1")).unwrap();
-    eventually("version 2", || async {
+    eventually(DEADLINE, "version 2", || async {
         chat(&app, "m").await.ok().filter(|t| t == "target-v2")
     })
     .await;
@@ -387,7 +369,7 @@ async fn polling_mode_sees_edits_too() {
         "provider.json",
         &provider_file("mock", "", &[("m", "target-polled")]),
     );
-    let (_, took) = eventually("the polled edit", || async {
+    let (_, took) = eventually(DEADLINE, "the polled edit", || async {
         chat(&app, "m").await.ok().filter(|t| t == "target-polled")
     })
     .await;
@@ -453,7 +435,7 @@ async fn under_load_fifty_rewrites_fail_no_request_and_mix_no_versions() {
     }
     let rewriting = started.elapsed();
     // The last write (version a) must win.
-    eventually("the last version", || async {
+    eventually(DEADLINE, "the last version", || async {
         let config = admin_config(&app).await;
         let entry = file_entry(&config, "provider.json").cloned().unwrap();
         let routes = entry["routes"].as_array().unwrap().clone();
@@ -491,55 +473,6 @@ async fn under_load_fifty_rewrites_fail_no_request_and_mix_no_versions() {
     );
 }
 
-/// Kills the child by its PID when the test ends, even on a failed assertion.
-struct Server {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// Waits for a log line containing `needle`.
-    fn line_with(&self, needle: &str) -> String {
-        let started = Instant::now();
-        loop {
-            let left = DEADLINE.saturating_sub(started.elapsed());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(error) => panic!("no log line with {needle}: {error}"),
-            }
-        }
-    }
-}
-
-fn start_binary(config_dir: &Path, args: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llmux"))
-        .args(["--port", "0", "--workers", "1", "--config-dir"])
-        .arg(config_dir)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (sender, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Server { child, lines }
-}
-
 #[tokio::test]
 async fn sighup_forces_a_full_reload_even_without_watching() {
     let dir = tempfile::tempdir().unwrap();
@@ -549,9 +482,8 @@ async fn sighup_forces_a_full_reload_even_without_watching() {
     let endpoint =
         json!({"endpoints": [{"path": "v1/chat/completions", "target_model_name": "t"}]});
     std::fs::write(dir.path().join("a.json"), file(json!({"m": endpoint}))).unwrap();
-    let server = start_binary(dir.path(), &["--watch", "off"]);
-    let listening: Value = serde_json::from_str(&server.line_with("llmux listening")).unwrap();
-    let base = format!("http://127.0.0.1:{}", listening["port"]);
+    let server = Binary::start(dir.path(), &["--watch", "off"], &[]).await;
+    let base = server.url("");
     let http = reqwest::Client::new();
     let model_status = |model: &str| {
         let request = http.get(format!("{base}/v1/models/{model}"));
@@ -568,16 +500,20 @@ async fn sighup_forces_a_full_reload_even_without_watching() {
     assert_eq!(model_status("n").await, 404, "--watch off does not watch");
 
     let status = Command::new("kill")
-        .args(["-HUP", &server.child.id().to_string()])
+        .args(["-HUP", &server.child.id().unwrap().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    eventually("model n after SIGHUP", || async {
+    eventually(DEADLINE, "model n after SIGHUP", || async {
         (model_status("n").await == 200).then_some(())
     })
     .await;
 
-    let summary: Value = serde_json::from_str(&server.line_with("config reloaded")).unwrap();
+    let (line, _) = eventually(DEADLINE, "the reload line", || async {
+        server.lines_with("config reloaded").pop()
+    })
+    .await;
+    let summary: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(summary["reason"], "sighup", "{summary}");
     assert_eq!(summary["files_read"], 1, "{summary}");
     assert_eq!(summary["routes_added"], 1, "{summary}");

@@ -3,45 +3,32 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use serde_json::json;
 use tokio::process::{Child, Command};
 
-use crate::helpers::{provider_file, spawn_app, MockUpstream, Reply};
+use crate::helpers::{provider_file, spawn_app, Binary, MockUpstream, Reply};
 
-/// Starts `llmux serve` on a free port with `dir` as config dir; returns the child and its port,
-/// read from the "llmux listening" log line.
-async fn start_binary(dir: &std::path::Path, grace_seconds: u32) -> (Child, u16) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llmux"))
-        .args(["--port", "0", "--workers", "1", "--config-dir"])
-        .arg(dir)
-        .env("LLMUX_SHUTDOWN_GRACE", grace_seconds.to_string())
-        .env("TEST_PROVIDER_KEY", "sk-binary")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let Ok(log) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if log["msg"]
-                .as_str()
-                .is_some_and(|m| m.contains("llmux listening"))
-            {
-                return log["port"].as_u64().unwrap() as u16;
-            }
-        }
-        panic!("llmux exited before listening");
-    })
+/// Starts `llmux serve` on a free port with `dir` as config dir and the given shutdown grace.
+async fn start_binary(dir: &std::path::Path, grace_seconds: u32) -> Binary {
+    start_binary_with_drain_delay(dir, grace_seconds, "0").await
+}
+
+async fn start_binary_with_drain_delay(
+    dir: &std::path::Path,
+    grace_seconds: u32,
+    drain_delay: &str,
+) -> Binary {
+    let grace = grace_seconds.to_string();
+    Binary::start(
+        dir,
+        &[],
+        &[
+            ("LLMUX_SHUTDOWN_GRACE", &grace),
+            ("LLMUX_DRAIN_DELAY", drain_delay),
+            ("TEST_PROVIDER_KEY", "sk-binary"),
+        ],
+    )
     .await
-    .expect("llmux listens within 20s");
-    // Keep reading the logs so the pipe never fills.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, port)
 }
 
 fn send_sigterm(child: &Child) {
@@ -78,7 +65,9 @@ async fn sigterm_lets_a_slow_stream_finish_refuses_new_connections_and_exits_0()
             .replace("{UPSTREAM}", &upstream.url),
     )
     .unwrap();
-    let (mut child, port) = start_binary(dir.path(), 20).await;
+    let Binary {
+        mut child, port, ..
+    } = start_binary(dir.path(), 20).await;
     let http = reqwest::Client::new();
     let response = http
         .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
@@ -135,6 +124,61 @@ async fn sigterm_lets_a_slow_stream_finish_refuses_new_connections_and_exits_0()
 }
 
 #[tokio::test]
+async fn sigterm_turns_ready_to_503_and_keeps_serving_new_connections_for_the_drain_delay() {
+    // Issue 20: the listener closed at once, so connections Kubernetes still sent were refused.
+    let dir = tempfile::tempdir().unwrap();
+    let file = provider_file("mock", "", &[("m", "t")]).to_string();
+    std::fs::write(
+        dir.path().join("p.json"),
+        file.replace("{UPSTREAM}", "http://127.0.0.1:9"),
+    )
+    .unwrap();
+    let Binary {
+        mut child, port, ..
+    } = start_binary_with_drain_delay(dir.path(), 10, "2").await;
+    let get = |path: &'static str| async move {
+        // A new client each time: a new connection, not a kept-alive one.
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    };
+    assert_eq!(get("/ready").await.unwrap(), 200);
+
+    let signalled = Instant::now();
+    send_sigterm(&child);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while get("/ready").await.unwrap() != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "/ready still 200 1 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Inside the drain delay: new connections are served.
+    assert_eq!(get("/health").await.unwrap(), 200);
+    assert!(
+        signalled.elapsed() < Duration::from_millis(1800),
+        "{:?}",
+        signalled.elapsed()
+    );
+
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("llmux exits after the drain delay")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        signalled.elapsed()
+    );
+    assert!(get("/health").await.is_err());
+}
+
+#[tokio::test]
 async fn a_second_signal_stops_at_once() {
     let upstream = MockUpstream::start().await;
     upstream.push(Reply::Sse {
@@ -149,7 +193,9 @@ async fn a_second_signal_stops_at_once() {
             .replace("{UPSTREAM}", &upstream.url),
     )
     .unwrap();
-    let (mut child, port) = start_binary(dir.path(), 60).await;
+    let Binary {
+        mut child, port, ..
+    } = start_binary(dir.path(), 60).await;
     let response = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
         .json(&json!({"model": "m", "stream": true}))

@@ -5,7 +5,7 @@ use async_openai::types::{ChatCompletionRequestUserMessageArgs, CreateChatComple
 use futures_util::StreamExt;
 use serde_json::json;
 
-use crate::helpers::{spawn_app, Reply, Spawn};
+use crate::helpers::{eventually, spawn_app, Reply, Spawn};
 
 fn events(count: usize) -> Vec<String> {
     (0..count)
@@ -159,4 +159,40 @@ async fn an_upstream_silent_for_longer_than_request_timeout_ends_the_stream() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_client_that_gives_up_before_the_head_cancels_the_upstream_and_is_recorded_as_499() {
+    // Issue 12: the upstream request ran on until the upstream answered, recorded as a 200.
+    let app = spawn_app().await;
+    app.upstream.push(Reply::Stall(Duration::from_secs(5)));
+
+    let gave_up = app
+        .http
+        .post(app.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(json!({"model": "m"}).to_string())
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+
+    assert!(gave_up.is_err(), "the upstream stalls: the client gives up");
+    // Well before the stall's 5 s: the upstream request was cancelled, not waited for.
+    eventually(
+        Duration::from_secs(3),
+        "the upstream request to be cancelled",
+        || async { (app.upstream.stalls_cancelled() == 1).then_some(()) },
+    )
+    .await;
+    eventually(Duration::from_secs(3), "a 499 in the metrics", || async {
+        let text = app.get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .any(|line| {
+                line.starts_with("llmux_requests_total{")
+                    && line.contains(r#"status="499""#)
+                    && line.ends_with(" 1")
+            })
+            .then_some(())
+    })
+    .await;
 }

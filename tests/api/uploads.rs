@@ -88,16 +88,6 @@ fn file(name: &str, bytes: &[u8], content_type: &str) -> Part {
         .unwrap()
 }
 
-async fn post_form(app: &TestApp, path: &str, form: Form) -> reqwest::Response {
-    app.http
-        .post(app.url(path))
-        .bearer_auth("client-token-not-for-upstream")
-        .multipart(form)
-        .send()
-        .await
-        .expect("llmux answers")
-}
-
 #[tokio::test]
 async fn transcription_through_async_openai_sends_the_identical_file_and_the_target_model() {
     let app = spawn_upload_app().await;
@@ -214,9 +204,12 @@ async fn every_part_keeps_its_order_name_filename_and_content_type_with_repeated
         .text("x-unknown", "kept")
         .text("model", "m");
 
-    let response = post_form(&app, "/v1/images/edits", form).await;
+    let response = app.post_multipart("/v1/images/edits", form).await;
 
     assert_eq!(response.status(), 200);
+    // Issue 12: uploads answer with the attempt headers like every forwarded request.
+    assert_eq!(response.headers()["x-llmux-attempts"], "1");
+    assert!(response.headers().contains_key("x-llmux-upstream"));
     let upload = app.upstream.uploads().pop().unwrap();
     assert!(upload
         .content_type
@@ -248,7 +241,7 @@ async fn a_file_larger_than_the_memory_spool_before_the_model_goes_through_a_tem
         .text("model", "m")
         .text("response_format", "verbose_json");
 
-    let response = post_form(&app, "/v1/audio/transcriptions", form).await;
+    let response = app.post_multipart("/v1/audio/transcriptions", form).await;
 
     assert_eq!(response.status(), 200);
     let upload = app.upstream.uploads().pop().unwrap();
@@ -275,7 +268,8 @@ async fn an_upload_over_the_limit_is_a_413() {
         .text("model", "m")
         .part("file", file("a.wav", &noise(20_000, 10), "audio/wav"));
     let error = assert_openai_error(
-        post_form(&app, "/v1/audio/transcriptions", announced).await,
+        app.post_multipart("/v1/audio/transcriptions", announced)
+            .await,
         413,
     )
     .await;
@@ -293,7 +287,8 @@ async fn an_upload_over_the_limit_is_a_413() {
         .file_name("b.wav"),
     );
     let error = assert_openai_error(
-        post_form(&app, "/v1/audio/transcriptions", streamed).await,
+        app.post_multipart("/v1/audio/transcriptions", streamed)
+            .await,
         413,
     )
     .await;
@@ -305,7 +300,8 @@ async fn bodies_without_model_boundary_or_end_are_400s() {
     let app = spawn_upload_app().await;
     let no_model = Form::new().part("file", file("a.wav", b"RIFF", "audio/wav"));
     let error = assert_openai_error(
-        post_form(&app, "/v1/audio/transcriptions", no_model).await,
+        app.post_multipart("/v1/audio/transcriptions", no_model)
+            .await,
         400,
     )
     .await;
@@ -348,8 +344,11 @@ async fn an_unknown_model_in_an_upload_is_a_404_naming_it() {
     let form = Form::new()
         .text("model", "nope")
         .part("file", file("a.wav", b"RIFF", "audio/wav"));
-    let error =
-        assert_openai_error(post_form(&app, "/v1/audio/translations", form).await, 404).await;
+    let error = assert_openai_error(
+        app.post_multipart("/v1/audio/translations", form).await,
+        404,
+    )
+    .await;
     assert!(error["message"].as_str().unwrap().contains("`nope`"));
 }
 
@@ -385,7 +384,7 @@ async fn upload_200_mb(model_first: bool) {
             .text("model", "m")
             .part("file", file("w.wav", &noise(100_000, 1), "audio/wav"));
         assert_eq!(
-            post_form(&app, "/v1/audio/transcriptions", form)
+            app.post_multipart("/v1/audio/transcriptions", form)
                 .await
                 .status(),
             200
@@ -425,7 +424,7 @@ async fn upload_200_mb(model_first: bool) {
     };
     let started = Instant::now();
 
-    let response = post_form(&app, "/v1/audio/transcriptions", form).await;
+    let response = app.post_multipart("/v1/audio/transcriptions", form).await;
 
     let elapsed = started.elapsed();
     done.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -468,7 +467,7 @@ async fn the_request_timeout_starts_once_the_upload_is_sent() {
         .part("file", file("a.wav", &noise(1_000, 1), "audio/wav"));
     let started = Instant::now();
 
-    let response = post_form(&app, "/v1/audio/transcriptions", form).await;
+    let response = app.post_multipart("/v1/audio/transcriptions", form).await;
 
     let error = assert_openai_error(response, 504).await;
     assert_eq!(error["code"], "upstream_timeout");
@@ -494,7 +493,7 @@ async fn drop_params_leave_fields_out_before_and_after_the_model_and_model_field
         .text("timestamp_granularities[]", "word")
         .text("language", "de");
 
-    let response = post_form(&app, "/v1/audio/transcriptions", form).await;
+    let response = app.post_multipart("/v1/audio/transcriptions", form).await;
 
     assert_eq!(response.status(), 200);
     let upload = app.upstream.uploads().pop().unwrap();

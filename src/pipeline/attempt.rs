@@ -1,4 +1,4 @@
-//! Attempts on a pool: pick a member, send, and on a retryable failure wait and try the next
+//! attempt: attempts on a pool: pick a member, send, and on a retryable failure wait and try the next
 //! member, all before the client gets a response head and within the request's timeout.
 //!
 //! Retryable: connect errors, timeouts before the response head, 429, 500, 502, 503, 504. Never
@@ -12,20 +12,22 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, HttpDate};
-use actix_web::http::{StatusCode, Uri};
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::forward::{attempt as send_attempt, failure_outcome, respond};
-use super::log::AccessLog;
-use super::rewrite::{self, AnswerRewrite};
+use super::operation::Operation;
+use super::record::{AccessLog, Outcome};
+use super::route::{capture_response_id, Routed};
 use crate::errors::ApiError;
+use crate::proxy::forward::{attempt as send_attempt, failure_outcome, respond, UpstreamResponse};
+use crate::proxy::image_answer;
+use crate::proxy::rewrite::{self, AnswerRewrite};
 use crate::routing::breaker::{now_ms, BreakerPolicy, Transition, Verdict};
 use crate::routing::endpoint::Endpoint;
 use crate::routing::pool::Pool;
-use crate::routing::responses::ResponseOwners;
-use crate::routing::table::ModelRoutes;
+use crate::state::AppState;
 
 pub const X_LLMUX_ATTEMPTS: HeaderName = HeaderName::from_static("x-llmux-attempts");
 pub const X_LLMUX_UPSTREAM: HeaderName = HeaderName::from_static("x-llmux-upstream");
@@ -43,54 +45,68 @@ pub struct RetryPolicy {
     pub breaker: BreakerPolicy,
 }
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_retry_wait: Duration::from_secs(10),
-            breaker: BreakerPolicy::default(),
-        }
-    }
-}
-
-/// A request ready for any member of its pool: the body as the client sent it and where its
-/// `model` value is, so each attempt splices in its own member's target model.
+/// A request ready for any member of its pool: the body as the client sent it (plus what llmux
+/// asks for on its own, like `stream_options.include_usage`) and where its `model` value is, so
+/// each attempt splices in its own member's target model.
 pub struct Outbound {
-    pub routes: Arc<ModelRoutes>,
-    /// The OpenAI path the client called.
-    pub path: &'static str,
-    /// The route whose pool serves the request.
-    pub route_path: &'static str,
-    /// The upstream path when it is not the route's own (`v1/responses/input_tokens`).
-    pub upstream_path: Option<&'static str>,
+    pub operation: Operation,
+    pub routed: Routed,
     pub body: Bytes,
     pub model_span: Range<usize>,
-    /// The member every attempt goes to (it created the response a Responses API request
-    /// continues): no other member could answer it.
-    pub sticky: Option<Arc<Endpoint>>,
+}
+
+/// The upstream client for `endpoint`: the one place that chooses it (one per worker today;
+/// a client per provider TLS profile plugs in here).
+pub fn client_for<'c>(clients: &'c awc::Client, _endpoint: &Endpoint) -> &'c awc::Client {
+    clients
+}
+
+/// How one attempt ended, classified once: whether another attempt may follow, what the
+/// member's circuit breaker makes of it, and its outcome (the access log's and the metrics'
+/// label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Classified {
+    pub retryable: bool,
+    pub verdict: Verdict,
+    pub outcome: Outcome,
+}
+
+/// Classifies an attempt: connect errors, timeouts before the head and 429/500/502/503/504 are
+/// retryable; any other answer is the client's.
+pub fn classify(result: &Result<UpstreamResponse, ApiError>) -> Classified {
+    let (retryable, verdict, outcome) = match result {
+        Ok(response) => match response.status().as_u16() {
+            429 => (true, Verdict::Neutral, Outcome::Retried),
+            500 | 502 | 503 | 504 => (true, Verdict::Failed, Outcome::Retried),
+            _ => (false, Verdict::Healthy, Outcome::Ok),
+        },
+        Err(ApiError::UpstreamTimeout { .. }) => (true, Verdict::Failed, Outcome::UpstreamTimeout),
+        Err(ApiError::UpstreamUnreachable { .. }) => {
+            (true, Verdict::Failed, Outcome::UpstreamUnreachable)
+        }
+        Err(_) => (false, Verdict::Healthy, Outcome::Rejected),
+    };
+    Classified {
+        retryable,
+        verdict,
+        outcome,
+    }
 }
 
 /// Serves `outbound` from its pool, retrying as the module comment says. Always answers: an
 /// upstream answer passed through, or llmux's own error, with `x-llmux-attempts` and
 /// `x-llmux-upstream` naming the last member tried.
 pub async fn forward_with_retries(
-    client: &awc::Client,
+    clients: &awc::Client,
     request: &HttpRequest,
     outbound: Outbound,
-    policy: &RetryPolicy,
-    owners: &Arc<ResponseOwners>,
+    state: &AppState,
     mut log: AccessLog,
 ) -> HttpResponse {
-    let Some(pool) = outbound.routes.pool(outbound.route_path) else {
-        let error = ApiError::Internal(format!("no pool for /{}", outbound.route_path));
-        log.status = Some(error.status_code().as_u16());
-        return error.error_response();
-    };
-    let sticky = outbound.sticky.as_ref().and_then(|sticky| {
-        pool.members()
-            .iter()
-            .position(|member| Arc::ptr_eq(member, sticky))
-    });
-    let mut index = sticky.unwrap_or_else(|| pool.select(None));
+    let policy = &state.retry;
+    let pool = outbound.routed.pool();
+    let sticky = outbound.routed.sticky;
+    let mut index = sticky.unwrap_or_else(|| pool.select());
     let first = &pool.members()[index];
     let deadline = Instant::now() + first.request_timeout;
     let max_retries = first.max_retries;
@@ -99,38 +115,39 @@ pub async fn forward_with_retries(
         let member = Arc::clone(&pool.members()[index]);
         log.endpoint = Some(Arc::clone(&member));
         log.attempts = attempt;
-        let uri = match upstream_uri(&member, outbound.upstream_path) {
+        let uri = match outbound.routed.uri_for(&member) {
             Ok(uri) => uri,
-            Err(error) => return finish(Err(error), &member, attempt, log, None).await,
+            Err(error) => return finish(Err(error), &member, attempt, log, None, state).await,
         };
         // Each member gets the body rewritten for it (its model name, its adaptations).
         let (body, answer) = match rewrite::request(
             &member,
-            outbound.path,
+            outbound.operation,
             &outbound.body,
             outbound.model_span.clone(),
         ) {
             Ok(rewritten) => rewritten,
-            Err(error) => return finish(Err(error), &member, attempt, log, None).await,
+            Err(error) => return finish(Err(error), &member, attempt, log, None, state).await,
         };
-        let answer = Some((answer, owners));
         let timeout = deadline
             .saturating_duration_since(Instant::now())
             .min(member.request_timeout);
+        let client = client_for(clients, &member);
         let result = send_attempt(client, request, &member, uri, body, &log, timeout).await;
-        let (verdict, retryable) = classify(&result);
-        record(pool, &member, verdict, policy, &log);
-        let outcome = describe(&result);
-        if !retryable {
-            return finish(result, &member, attempt, log, answer).await;
+        let classified = classify(&result);
+        record_breaker(pool, &member, classified.verdict, policy, &log);
+        if !classified.retryable {
+            return finish(result, &member, attempt, log, Some(answer), state).await;
         }
+        let outcome = describe(&result);
+        let error = result.as_ref().err().map(ToString::to_string);
         if attempt > max_retries {
-            tracing::warn!(request_id = log.request_id(), attempt, member = %member.identity(), outcome, "upstream attempt failed; no retries left");
-            return finish(result, &member, attempt, log, answer).await;
+            tracing::warn!(request_id = log.request_id(), attempt, member = %member.identity(), outcome, error, "upstream attempt failed; no retries left");
+            return finish(result, &member, attempt, log, Some(answer), state).await;
         }
         let next = match sticky {
             Some(sticky) => sticky,
-            None => pool.select(Some(index)),
+            None => pool.select_after_failure(index),
         };
         let asked = match (&result, next == index) {
             (Ok(response), true) => requested_wait(response.status(), response.headers()),
@@ -138,18 +155,18 @@ pub async fn forward_with_retries(
         };
         if asked.is_some_and(|wait| wait > policy.max_retry_wait) {
             tracing::warn!(request_id = log.request_id(), attempt, member = %member.identity(), outcome, asked_wait_s = asked.map(|w| w.as_secs_f64()), max_retry_wait_s = policy.max_retry_wait.as_secs_f64(), "upstream asks for a longer wait than allowed; answering the client");
-            return finish(result, &member, attempt, log, answer).await;
+            return finish(result, &member, attempt, log, Some(answer), state).await;
         }
         let wait = asked.unwrap_or_else(|| backoff(attempt));
         if Instant::now() + wait >= deadline {
-            tracing::warn!(request_id = log.request_id(), attempt, member = %member.identity(), outcome, wait_ms = wait.as_millis() as u64, "upstream attempt failed; no time left to retry");
-            return finish(result, &member, attempt, log, answer).await;
+            tracing::warn!(request_id = log.request_id(), attempt, member = %member.identity(), outcome, error, wait_ms = wait.as_millis() as u64, "upstream attempt failed; no time left to retry");
+            return finish(result, &member, attempt, log, Some(answer), state).await;
         }
-        tracing::warn!(request_id = log.request_id(), attempt, member = %member.identity(), outcome, wait_ms = wait.as_millis() as u64, next = %pool.members()[next].identity(), "upstream attempt failed; retrying");
+        tracing::warn!(request_id = log.request_id(), attempt, member = %member.identity(), outcome, error, wait_ms = wait.as_millis() as u64, next = %pool.members()[next].identity(), "upstream attempt failed; retrying");
         if let Some(metrics) = &log.metrics {
             match &result {
                 Ok(response) => metrics.record_attempt("retried", response.status().as_u16()),
-                Err(error) => metrics.record_attempt(failure_outcome(error), 0),
+                Err(_) => metrics.record_attempt(classified.outcome.as_str(), 0),
             }
         }
         if let Ok(response) = result {
@@ -161,39 +178,21 @@ pub async fn forward_with_retries(
     }
 }
 
-/// The member's URI for the route's own path (`None`) or for another path on the same upstream.
-pub fn upstream_uri(member: &Endpoint, path: Option<&str>) -> Result<Uri, ApiError> {
-    match path {
-        None => Ok(member.upstream_uri.clone()),
-        Some(path) => member
-            .uri_for(path)
-            .map_err(|e| ApiError::Internal(e.to_string())),
-    }
-}
-
-/// The breaker verdict of an attempt and whether another may follow.
-fn classify(result: &Result<awc::ClientResponse, ApiError>) -> (Verdict, bool) {
-    match result {
-        Ok(response) => match response.status().as_u16() {
-            429 => (Verdict::Neutral, true),
-            500 | 502 | 503 | 504 => (Verdict::Failed, true),
-            _ => (Verdict::Healthy, false),
-        },
-        Err(ApiError::UpstreamTimeout { .. } | ApiError::UpstreamUnreachable { .. }) => {
-            (Verdict::Failed, true)
-        }
-        Err(_) => (Verdict::Healthy, false),
-    }
-}
-
-fn describe(result: &Result<awc::ClientResponse, ApiError>) -> String {
+fn describe(result: &Result<UpstreamResponse, ApiError>) -> String {
     match result {
         Ok(response) => format!("status {}", response.status().as_u16()),
-        Err(error) => failure_outcome(error).to_owned(),
+        Err(error) => failure_outcome(error).as_str().to_owned(),
     }
 }
 
-fn record(pool: &Pool, member: &Endpoint, verdict: Verdict, policy: &RetryPolicy, log: &AccessLog) {
+/// Feeds an attempt's verdict to the member's circuit breaker and logs what that changed.
+pub fn record_breaker(
+    pool: &Pool,
+    member: &Endpoint,
+    verdict: Verdict,
+    policy: &RetryPolicy,
+    log: &AccessLog,
+) {
     match member.breaker.record(verdict, &policy.breaker, now_ms()) {
         Some(Transition::Ejected { cooldown, failures }) => tracing::warn!(
             request_id = log.request_id(),
@@ -216,41 +215,72 @@ fn record(pool: &Pool, member: &Endpoint, verdict: Verdict, policy: &RetryPolicy
     }
 }
 
-/// The client's response for the last attempt, with the attempt headers. `answer` says how the
-/// upstream's answer is adapted for the client (`rewrite::answer`).
+/// The client's response for the last attempt, with the attempt headers: the upstream's answer
+/// through the response taps the request needs (`answer`), or llmux's error. The attempt loop
+/// already wrote the one warn line a failure deserves.
 async fn finish(
-    result: Result<awc::ClientResponse, ApiError>,
+    result: Result<UpstreamResponse, ApiError>,
     member: &Arc<Endpoint>,
     attempts: u32,
     mut log: AccessLog,
-    answer: Option<(AnswerRewrite, &Arc<ResponseOwners>)>,
+    answer: Option<AnswerRewrite>,
+    state: &AppState,
 ) -> HttpResponse {
     let mut response = match result {
-        Ok(response) => {
-            let response = respond(response, member, log);
-            match answer {
-                Some((answer, owners)) => rewrite::answer(answer, member, owners, Ok(response))
-                    .await
-                    .unwrap_or_else(|error| error.error_response()),
-                None => response,
-            }
-        }
+        Ok(response) => respond_with(response, member, log, answer, state).await,
         Err(error) => {
             log.status = Some(error.status_code().as_u16());
             log.outcome = failure_outcome(&error);
-            tracing::warn!(request_id = log.request_id(), member = %member.identity(), %error, "upstream request failed");
             error.error_response()
         }
     };
+    attempt_headers(&mut response, attempts, member);
+    response
+}
+
+/// The respond stage for an upstream answer: headers, body stream, then the taps the request
+/// asked for (base64 embeddings, image URLs, response-id capture).
+async fn respond_with(
+    response: UpstreamResponse,
+    member: &Arc<Endpoint>,
+    log: AccessLog,
+    answer: Option<AnswerRewrite>,
+    state: &AppState,
+) -> HttpResponse {
+    let Some(answer) = answer else {
+        return respond(response, member, log);
+    };
+    if let Some(images) = answer.images {
+        return image_answer::answer(
+            response,
+            member,
+            images,
+            &state.base_url,
+            &state.images,
+            log,
+        )
+        .await;
+    }
+    let response = respond(response, member, log);
+    let mut response = rewrite::answer(answer, member, response)
+        .await
+        .unwrap_or_else(|error| error.error_response());
+    if answer.capture_response_id {
+        response = capture_response_id(response, member, &state.responses);
+    }
+    response
+}
+
+/// `x-llmux-attempts` and `x-llmux-upstream` on every forwarded request's answer.
+pub fn attempt_headers(response: &mut HttpResponse, attempts: u32, member: &Endpoint) {
     let headers = response.headers_mut();
     headers.insert(X_LLMUX_ATTEMPTS, HeaderValue::from(attempts));
     headers.insert(X_LLMUX_UPSTREAM, member.identity.clone());
-    response
 }
 
 /// Reads a retried answer's body to its end (bounded in size and time) so its connection can
 /// serve again; what cannot be read is dropped with the connection.
-async fn discard(mut response: awc::ClientResponse, deadline: Instant) {
+async fn discard(mut response: UpstreamResponse, deadline: Instant) {
     let read = response.body().limit(DISCARD_LIMIT);
     let _ = tokio::time::timeout_at(deadline, read).await;
 }

@@ -1,0 +1,116 @@
+//! The JSON-span toolkit every body rewrite uses: find a member's span, then splice bytes at
+//! spans, so what is not rewritten reaches the other side byte for byte as sent (key order,
+//! number formatting and escapes stay the sender's). Spans come from serde's borrowed raw
+//! values (`span_of`), never from re-serializing.
+use std::fmt;
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::errors::ApiError;
+
+/// `body` with the bytes of `span` replaced by `replacement`.
+pub fn splice(body: &Bytes, span: Range<usize>, replacement: &str) -> Bytes {
+    if &body[span.clone()] == replacement.as_bytes() {
+        return body.clone();
+    }
+    let mut out = BytesMut::with_capacity(body.len() - span.len() + replacement.len());
+    out.extend_from_slice(&body[..span.start]);
+    out.extend_from_slice(replacement.as_bytes());
+    out.extend_from_slice(&body[span.end..]);
+    out.freeze()
+}
+
+/// One member of a JSON object: its key and where it sits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub key: String,
+    /// From the key's opening quote to the value's last byte.
+    pub span: Range<usize>,
+    pub value: Range<usize>,
+}
+
+/// The members of the object at `object` (a span of `body`), in order.
+pub fn members(body: &[u8], object: Range<usize>) -> Result<Vec<Member>, ApiError> {
+    let text = &body[object.clone()];
+    let raw: RawMembers<'_> =
+        serde_json::from_slice(text).map_err(|source| ApiError::InvalidJson { source })?;
+    let mut cursor = object.start
+        + text
+            .iter()
+            .position(|b| *b == b'{')
+            .ok_or_else(|| ApiError::invalid_request("The body must be a JSON object.", None))?
+        + 1;
+    let mut out = Vec::with_capacity(raw.0.len());
+    for (key, value) in raw.0 {
+        let value = span_of(body, value.get())
+            .ok_or_else(|| ApiError::Internal("member outside the body".into()))?;
+        let key_start = cursor
+            + body[cursor..value.start]
+                .iter()
+                .position(|b| *b == b'"')
+                .ok_or_else(|| ApiError::Internal("member key not found".into()))?;
+        cursor = value.end;
+        out.push(Member {
+            key,
+            span: key_start..value.end,
+            value,
+        });
+    }
+    Ok(out)
+}
+
+pub fn find<'m>(members: &'m [Member], key: &str) -> Option<&'m Member> {
+    members.iter().find(|m| m.key == key)
+}
+
+/// Where `part`, a slice borrowed from `body`, sits in it.
+pub fn span_of(body: &[u8], part: &str) -> Option<Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let span = start..start + part.len();
+    (body.get(span.clone()) == Some(part.as_bytes())).then_some(span)
+}
+
+/// `body` with each span replaced; spans do not overlap.
+pub fn apply(body: &Bytes, mut edits: Vec<(Range<usize>, String)>) -> Bytes {
+    if edits.is_empty() {
+        return body.clone();
+    }
+    edits.sort_by_key(|(span, _)| span.start);
+    let grow: usize = edits.iter().map(|(_, text)| text.len()).sum();
+    let mut out = BytesMut::with_capacity(body.len() + grow);
+    let mut copied = 0;
+    for (span, text) in edits {
+        out.extend_from_slice(&body[copied..span.start]);
+        out.extend_from_slice(text.as_bytes());
+        copied = span.end;
+    }
+    out.extend_from_slice(&body[copied..]);
+    out.freeze()
+}
+
+/// An object's members as (key, raw value) in order, duplicates kept.
+struct RawMembers<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for RawMembers<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = RawMembers<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some((key, value)) = map.next_entry::<String, &'de RawValue>()? {
+                    out.push((key, value));
+                }
+                Ok(RawMembers(out))
+            }
+        }
+        deserializer.deserialize_map(MembersVisitor)
+    }
+}
