@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmark llmux against a direct connection and nginx, in one run. Called by bench/run.sh.
+"""Benchmark llmux against a direct connection, nginx and the bare actix-web + awc forwarder
+(examples/forwarder.rs, the floor of llmux's stack), in one run. Called by bench/run.sh.
 
 Every process this starts is killed by PID before it exits, and every load is bounded in time.
 """
@@ -19,13 +20,17 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RELEASE = os.path.join(ROOT, "target", "release")
+# LLMUX_BUILD_DIR=target/profiling runs the profiling build (release with line tables) instead.
+RELEASE = os.environ.get("LLMUX_BUILD_DIR", os.path.join(ROOT, "target", "release"))
 QUICK = "--quick" in sys.argv
 REPEATS = 1 if QUICK else 3
 WRK_SECONDS = 3 if QUICK else 10
 RATE_SECONDS = 3 if QUICK else 10
 UPLOAD_MB = 50 if QUICK else 200
 STREAMS = 1000
+# `--log info` measures llmux with its access log (the default); the comparison default is warn,
+# like nginx with its access log off.
+LLMUX_LOG = "info" if "--log-info" in sys.argv else "warn"
 CORES = os.cpu_count() or 1
 PROXY_CPU = "0"
 LOAD_CPU = "1" if CORES > 1 else "0"
@@ -175,7 +180,7 @@ def main():
     with open(os.path.join(WORK, "post.lua"), "w") as f:
         f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
         f.write(f"wrk.body = {json.dumps(CHAT_BODY)}\n")
-    mock_port, nginx_port, llmux_port = free_port(), free_port(), free_port()
+    mock_port, nginx_port, llmux_port, forwarder_port = free_port(), free_port(), free_port(), free_port()
     spawn([os.path.join(RELEASE, "examples", "mock_upstream"), str(mock_port), "1"], LOAD_CPU)
     wait_port(mock_port)
 
@@ -212,6 +217,10 @@ http {{
                   stderr=subprocess.DEVNULL)
     wait_port(nginx_port)
 
+    forwarder = spawn([os.path.join(RELEASE, "examples", "forwarder"), str(forwarder_port),
+                       f"http://127.0.0.1:{mock_port}", "1"], PROXY_CPU)
+    wait_port(forwarder_port)
+
     configs = os.path.join(WORK, "configs")
     os.makedirs(configs)
     with open(os.path.join(configs, "bench.json"), "w") as f:
@@ -220,7 +229,7 @@ http {{
                                 {"path": "v1/chat/completions", "target_model_name": "bench-target"},
                                 {"path": "v1/audio/transcriptions", "target_model_name": "bench-target"}]}}}}, f)
     llmux = spawn([os.path.join(RELEASE, "llmux"), "--config-dir", configs, "--port", str(llmux_port),
-                   "--workers", "1", "--log", "warn", "--max-upload-bytes", str(1 << 30)], PROXY_CPU, stdout=subprocess.DEVNULL)
+                   "--workers", "1", "--log", LLMUX_LOG, "--max-upload-bytes", str(1 << 30)], PROXY_CPU, stdout=subprocess.DEVNULL)
     wait_port(llmux_port)
     time.sleep(0.5)
     idle_rss = rss_mb(llmux.pid)
@@ -228,6 +237,7 @@ http {{
     targets = {
         "direct": {"url": f"http://127.0.0.1:{mock_port}", "pid": None},
         "nginx": {"url": f"http://127.0.0.1:{nginx_port}", "pid": nginx.pid},
+        "forwarder": {"url": f"http://127.0.0.1:{forwarder_port}", "pid": forwarder.pid},
         "llmux": {"url": f"http://127.0.0.1:{llmux_port}", "pid": llmux.pid},
     }
     runs = {name: {scenario: [] for scenario, _ in SCENARIOS} for name in targets}
@@ -269,43 +279,50 @@ def render(runs, idle_rss):
         return med([a - b for a, b in pairs if isinstance(a, (int, float)) and isinstance(b, (int, float))])
 
     rows = []
-    def row(label, direct, nginx, llmux, vs_direct, vs_nginx, target):
-        fmt = lambda v: "—" if v is None or (isinstance(v, float) and v != v) else (f"{v:,.2f}" if isinstance(v, float) else str(v))
-        rows.append(f"| {label} | {fmt(direct)} | {fmt(nginx)} | {fmt(llmux)} | {fmt(vs_direct)} | {fmt(vs_nginx)} | {target} |")
+    proxies = ("nginx", "forwarder", "llmux")
 
-    rps = {n: med(field(n, "throughput", "rps")) for n in runs}
-    row("(a) chat req/s, 64 conns", rps["direct"], rps["nginx"], rps["llmux"],
-        ratio("llmux", "direct", "throughput", "rps"), ratio("llmux", "nginx", "throughput", "rps"), "≥ 0.9× nginx")
+    def fmt(v):
+        if v is None or (isinstance(v, float) and v != v):
+            return "—"
+        return f"{v:,.2f}" if isinstance(v, float) else str(v)
+
+    def row(label, values, ratios, target):
+        """values: name -> figure; ratios: llmux over direct, nginx, forwarder (None: not shown)."""
+        cells = [values.get(n) for n in ("direct",) + proxies] + list(ratios)
+        rows.append(f"| {label} | " + " | ".join(fmt(c) for c in cells) + f" | {target} |")
+
+    def measured(scenario, key, names=("direct",) + proxies):
+        return {n: med(field(n, scenario, key)) for n in names}
+
+    def ratios(scenario, key, against=("direct", "nginx", "forwarder")):
+        return [ratio("llmux", other, scenario, key) if other in against else None
+                for other in ("direct", "nginx", "forwarder")]
+
+    row("(a) chat req/s, 64 conns", measured("throughput", "rps"), ratios("throughput", "rps"), "≥ 0.9× nginx")
     for key, label in (("p50_ms", "(a) p50 ms"), ("p99_ms", "(a) p99 ms")):
-        v = {n: med(field(n, "throughput", key)) for n in runs}
-        row(label, v["direct"], v["nginx"], v["llmux"], ratio("llmux", "direct", "throughput", key),
-            ratio("llmux", "nginx", "throughput", key), "")
-    cpu = {n: med(field(n, "throughput", "cpu_us_per_req")) for n in ("nginx", "llmux")}
-    row("(a) proxy CPU µs/req", None, cpu["nginx"], cpu["llmux"], None,
-        ratio("llmux", "nginx", "throughput", "cpu_us_per_req"), "≤ 1.2× nginx")
-    rss = {n: med(field(n, "throughput", "rss_mb")) for n in ("nginx", "llmux")}
-    row("(a) proxy RSS MB after load", None, rss["nginx"], rss["llmux"], None, None, "")
+        row(label, measured("throughput", key), ratios("throughput", key), "")
+    row("(a) proxy CPU µs/req", measured("throughput", "cpu_us_per_req", proxies),
+        ratios("throughput", "cpu_us_per_req", ("nginx", "forwarder")), "≤ 1.10× forwarder (nginx beside it)")
+    row("(a) proxy RSS MB after load", measured("throughput", "rss_mb", proxies), [None] * 3, "")
     for key, label, target in (("p50_ms", "(b) 200 req/s: added p50 ms", "≤ 0.5 ms"),
                                ("p99_ms", "(b) 200 req/s: added p99 ms", "≤ nginx")):
-        direct = med(field("direct", "rate", key))
-        row(label, direct, added("nginx", "rate", key), added("llmux", "rate", key), None, None, target)
+        values = {n: added(n, "rate", key) for n in proxies}
+        values["direct"] = med(field("direct", "rate", key))
+        row(label, values, [None] * 3, target)
     for key, label, target in (("ttfc_p50_ms", "(c) 1000 streams: added TTFC p50 ms", ""),
                                ("ttfc_p99_ms", "(c) 1000 streams: added TTFC p99 ms", "≤ nginx")):
-        row(label, med(field("direct", "streams", key)), added("nginx", "streams", key),
-            added("llmux", "streams", key), None, None, target)
+        values = {n: added(n, "streams", key) for n in proxies}
+        values["direct"] = med(field("direct", "streams", key))
+        row(label, values, [None] * 3, target)
     for key, label, target in (("complete", "(c) streams complete", "1000"),
                                ("bunched_streams", "(c) streams bunched", "0"),
                                ("tight_gap_fraction", "(c) gaps < gap/4 (fraction)", "")):
-        v = {n: med(field(n, "streams", key)) for n in runs}
-        row(label, v["direct"], v["nginx"], v["llmux"], None, None, target)
-    mbs = {n: med(field(n, "upload", "mb_per_s")) for n in runs}
-    row(f"(d) {UPLOAD_MB} MB upload MB/s", mbs["direct"], mbs["nginx"], mbs["llmux"],
-        ratio("llmux", "direct", "upload", "mb_per_s"), ratio("llmux", "nginx", "upload", "mb_per_s"), "≥ 1.0× nginx")
-    growth = {n: med(field(n, "upload", "rss_growth_mb")) for n in ("nginx", "llmux")}
-    row("(d) upload peak − idle RSS MB", None, growth["nginx"], growth["llmux"], None, None, "≤ 16 MB")
-    row("(e) llmux idle RSS MB", None, None, idle_rss, None, None, "≤ 15 MB")
-    peak = {n: med(field(n, "streams", "peak_rss_mb")) for n in ("nginx", "llmux")}
-    row("(e) RSS with 1000 open streams MB", None, peak["nginx"], peak["llmux"], None, None, "≤ 64 MB")
+        row(label, measured("streams", key), [None] * 3, target)
+    row(f"(d) {UPLOAD_MB} MB upload MB/s", measured("upload", "mb_per_s"), ratios("upload", "mb_per_s"),
+        "≥ 1.0× nginx")
+    row("(d) upload peak − idle RSS MB", measured("upload", "rss_growth_mb", proxies), [None] * 3, "≤ 16 MB")
+    row("(e) llmux idle RSS MB", {"llmux": idle_rss}, [None] * 3, "≤ 15 MB")
+    row("(e) RSS with 1000 open streams MB", measured("streams", "peak_rss_mb", proxies), [None] * 3, "≤ 64 MB")
 
     errors = [f"- {n} {s}: {r['error']}" for n in runs for s in runs[n] for r in runs[n][s] if "error" in r]
     load = open("/proc/loadavg").read().split()[:3]
@@ -313,11 +330,11 @@ def render(runs, idle_rss):
         f"# llmux benchmark {'(quick) ' if QUICK else ''}{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         "",
         f"Machine: {machine_line()}. Load average at the end: {' '.join(load)}.",
-        f"Proxies pinned to CPU {PROXY_CPU} (llmux --workers 1 --log warn, nginx one process, no access log); load generator and mock on CPU {LOAD_CPU}.",
+        f"Proxies pinned to CPU {PROXY_CPU} (llmux --workers 1 --log {LLMUX_LOG}, nginx one process with no access log, the bare forwarder one worker); load generator and mock on CPU {LOAD_CPU}.",
         f"Repeats: {REPEATS}, proxies alternated; figures are medians over repeats, ratios are medians of per-repeat ratios.",
         "",
-        "| figure | direct | nginx | llmux | llmux / direct | llmux / nginx | target |",
-        "|---|---|---|---|---|---|---|",
+        "| figure | direct | nginx | forwarder | llmux | llmux / direct | llmux / nginx | llmux / forwarder | target |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     return "\n".join(head + rows + ([""] + ["Failures:"] + errors if errors else []) + [""])
 

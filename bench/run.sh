@@ -10,6 +10,6 @@ command -v taskset >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --release --bin llmux --example mock_upstream --example bench_client
+cargo build --release --bin llmux --example mock_upstream --example bench_client --example forwarder
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 exec python3 bench/run.py "$@"

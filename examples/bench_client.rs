@@ -4,6 +4,9 @@
 //! bench_client streams URL N CHUNKS GAP_MS          N concurrent SSE streams: time to first chunk,
 //!                                                   and whether events arrive spread out or bunched
 //! bench_client upload  URL MEGABYTES                one streamed multipart upload: MB/s
+//! bench_client count   URL N CONNECTIONS [BYTES]    exactly N chat requests over CONNECTIONS
+//!                                                   keep-alive connections (BYTES: pad the
+//!                                                   body to about that size): count, errors
 //!
 //! Prints one JSON object on stdout.
 #![expect(
@@ -186,6 +189,68 @@ async fn upload(url: String, megabytes: u64) {
     );
 }
 
+/// A chat body of about `bytes` bytes (at least the small one): one long user message.
+fn chat_body(bytes: usize) -> String {
+    let padding = bytes.saturating_sub(CHAT.len());
+    if padding == 0 {
+        return CHAT.to_owned();
+    }
+    let text = "lorem ipsum dolor sit amet ".repeat(padding / 27 + 1);
+    json!({"model": "bench", "messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": &text[..padding]}]})
+    .to_string()
+}
+
+async fn count(url: String, total: u64, connections: u64, bytes: usize) {
+    let body = Bytes::from(chat_body(bytes));
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..connections.max(1) {
+        // One client per task: each keeps its own keep-alive connection.
+        let client = client();
+        let (url, body, next) = (url.clone(), body.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut errors) = (0u64, 0u64);
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                let sent = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) if response.status().is_success() => {
+                        match response.bytes().await {
+                            Ok(_) => ok += 1,
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (ok, errors)
+        }));
+    }
+    let (mut ok, mut errors) = (0, 0);
+    let started = Instant::now();
+    for task in tasks {
+        // Under valgrind a request takes milliseconds: the deadline is generous but finite.
+        let deadline = Duration::from_secs(600).saturating_sub(started.elapsed());
+        match tokio::time::timeout(deadline, task).await {
+            Ok(Ok((o, e))) => {
+                ok += o;
+                errors += e;
+            }
+            _ => errors += 1,
+        }
+    }
+    println!(
+        "{}",
+        json!({"count": ok, "errors": errors, "body_bytes": body.len()})
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -196,8 +261,16 @@ async fn main() {
             streams(args[1].clone(), number(2) as usize, number(3), number(4)).await;
         }
         Some("upload") => upload(args[1].clone(), number(2)).await,
+        Some("count") => {
+            let bytes = if args.len() > 4 {
+                number(4) as usize
+            } else {
+                0
+            };
+            count(args[1].clone(), number(2), number(3), bytes).await;
+        }
         _ => {
-            eprintln!("usage: bench_client rate URL RPS SECONDS | streams URL N CHUNKS GAP_MS | upload URL MB");
+            eprintln!("usage: bench_client rate URL RPS SECONDS | streams URL N CHUNKS GAP_MS | upload URL MB | count URL N CONNECTIONS [BYTES]");
             std::process::exit(2);
         }
     }

@@ -5,6 +5,7 @@ pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod demo;
 pub mod errors;
 pub mod health;
 pub mod healthcheck;

@@ -17,6 +17,7 @@ use crate::api;
 use crate::cli::ServeArgs;
 use crate::config::load::process_env;
 use crate::config::watch::{ConfigWatch, LiveConfig, Scope};
+use crate::demo;
 use crate::errors;
 use crate::health::HealthProbes;
 use crate::images::ImageCache;
@@ -34,6 +35,8 @@ pub struct Application {
     state: web::Data<AppState>,
     watch: ConfigWatch,
     drain_delay: Duration,
+    /// The built-in demo backend (src/demo): serves while the application does.
+    demo: Server,
 }
 
 /// Limits on a request's headers beyond actix's own (at most 96 headers and a 128 KiB head,
@@ -102,6 +105,9 @@ impl Application {
                 args.config_dir.display()
             );
         }
+        // Before the first load: the loader resolves `builtin:demo` to this server's address.
+        let demo = demo::start().context("starting the built-in demo backend")?;
+        let env = demo::env_with_demo_url(env, demo.url.clone());
         let table = Arc::new(RoutingTable::new());
         let live = Arc::new(LiveConfig::new(&args.config_dir, Arc::clone(&table), env));
         // Start-up and the watcher load through the same code.
@@ -160,6 +166,7 @@ impl Application {
             admitter: Admitter::default(),
             metrics,
             spool_dir: args.spool_dir(),
+            started_at: std::time::SystemTime::now(),
         });
         let tls = Arc::new(tls_config()?);
         let connect_timeout = args.connect_timeout;
@@ -220,6 +227,7 @@ impl Application {
             state,
             watch,
             drain_delay: args.drain_delay,
+            demo: demo.server,
         })
     }
 
@@ -235,12 +243,19 @@ impl Application {
     /// stops with the server (or when this future is dropped).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let Self {
-            server, mut watch, ..
+            server,
+            mut watch,
+            demo,
+            ..
         } = self;
-        tokio::select! {
+        let demo_handle = demo.handle();
+        let result = tokio::select! {
             result = server => result,
+            result = demo => result,
             never = watch.forward_hangups() => match never {},
-        }
+        };
+        demo_handle.stop(false).await;
+        result
     }
 
     /// Serves until SIGTERM or SIGINT, then drains: /ready turns 503, the listener closes, requests
@@ -254,9 +269,13 @@ impl Application {
             server,
             mut watch,
             state,
+            demo,
             ..
         } = self;
         let handle = server.handle();
+        // The demo keeps serving until llmux has drained: requests in flight may be on it.
+        let demo_handle = demo.handle();
+        let _demo = actix_web::rt::spawn(demo);
         let mut server = actix_web::rt::spawn(server);
         let name = tokio::select! {
             served = &mut server => {
@@ -285,6 +304,7 @@ impl Application {
         tokio::select! {
             () = graceful => {
                 server.await??;
+                demo_handle.stop(false).await;
                 tracing::info!("drained, exiting");
                 Ok(Shutdown::Drained)
             }

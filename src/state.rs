@@ -33,6 +33,8 @@ pub struct AppState {
     pub images: Arc<ImageCache>,
     /// The admit stage's rules (client keys, allowed models, quotas).
     pub admitter: Admitter,
+    /// When this application was built, for the status page's uptime.
+    pub started_at: std::time::SystemTime,
     /// This application's Prometheus registry (one per app: tests run many in one process).
     pub metrics: Arc<Metrics>,
     /// Where upload parts before `model` are spooled (`--spool-dir`, default the temp dir).

@@ -1,11 +1,11 @@
 //! The whole URL map in one place.
 pub mod admin;
-
 pub mod health;
 pub mod images;
 pub mod metrics;
 pub mod models;
 pub mod responses;
+pub mod status;
 pub mod upload;
 
 use actix_web::{web, HttpRequest};
@@ -65,6 +65,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/health/{model:.+}").route(web::get().to(health::model)))
     .service(resource("/ready").route(web::get().to(health::readiness)))
     .service(resource("/admin/config").route(web::get().to(admin::config)))
+    // The status page shows what /admin/config does: access control guards it with the
+    // admin credential (seam: these three routes, next to /admin/config).
+    .service(resource("/").route(web::get().to(status::page)))
+    .service(resource("/status").route(web::get().to(status::page)))
+    .service(resource("/status.json").route(web::get().to(status::report)))
     .service(resource("/metrics").route(web::get().to(metrics::scrape)));
 }
 

@@ -19,6 +19,9 @@ use super::schema::{
     ConfigFile, EndpointSchema, ModelSchema, ProviderSchema, ENDPOINT_KEYS, MODEL_KEYS,
     PROVIDER_KEYS,
 };
+use crate::demo::settings::{
+    DemoProblem, DemoSchema, BUILTIN_DEMO, DEMO_URL_VARIABLE, UNSTARTED_DEMO_URL,
+};
 use crate::routing::endpoint::{
     identity_of, join_url, normalize_path, Endpoint, UpstreamImageFormat, DEFAULT_MAX_RETRIES,
 };
@@ -225,11 +228,16 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                 format!("provider `{provider_name}` declares no models"),
             );
         }
-        let provider_base = provider.target_base_url.as_ref().map(|url| {
-            report
-                .base_url(url, at("target_base_url"))
-                .map(|authority| (url, authority))
-        });
+        // `builtin:demo` is resolved per endpoint (src/demo), never validated as a URL.
+        let provider_base = provider
+            .target_base_url
+            .as_ref()
+            .filter(|url| *url != BUILTIN_DEMO)
+            .map(|url| {
+                report
+                    .base_url(url, at("target_base_url"))
+                    .map(|authority| (url, authority))
+            });
         let prefix = provider.prefix.as_deref().unwrap_or("");
         for (model_key, model) in &provider.models {
             let model_path = {
@@ -277,7 +285,33 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                     report.error(field("path"), "the path is empty".into());
                     continue;
                 }
+                let builtin_demo = endpoint
+                    .target_base_url
+                    .as_deref()
+                    .or(provider.target_base_url.as_deref())
+                    == Some(BUILTIN_DEMO);
+                let demo_base_url;
                 let (base_url, authority) = match (&endpoint.target_base_url, &provider_base) {
+                    _ if builtin_demo => {
+                        match demo_base(provider.demo.as_ref(), endpoint.demo.as_ref(), env) {
+                            Ok((url, authority)) => {
+                                demo_base_url = url;
+                                (&demo_base_url, authority)
+                            }
+                            Err(problem) => {
+                                let on_endpoint =
+                                    endpoint.demo.is_some_and(|d| d.sets(problem.key));
+                                let mut path = if on_endpoint {
+                                    field("demo")
+                                } else {
+                                    at("demo")
+                                };
+                                path.push(Segment::Key(problem.key.into()));
+                                report.error(path, problem.message);
+                                continue;
+                            }
+                        }
+                    }
                     (Some(url), _) => match report.base_url(url, field("target_base_url")) {
                         Some(authority) => (url, authority),
                         None => continue,
@@ -319,6 +353,8 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                     url = format!("{url}?{query}");
                 }
                 let upstream_image_format = match endpoint.upstream_image_format.as_deref() {
+                    // The demo's own image URLs point at its loopback address: llmux serves them.
+                    None if builtin_demo => UpstreamImageFormat::B64Json,
                     None | Some("url") => UpstreamImageFormat::AsRequested,
                     Some("b64_json") => UpstreamImageFormat::B64Json,
                     Some(other) => {
@@ -399,6 +435,23 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
         }
     }
     report.finish(Some(endpoints))
+}
+
+/// The base URL and authority of a `builtin:demo` endpoint: the demo server's address (from
+/// [`DEMO_URL_VARIABLE`], which startup answers) with the endpoint's `demo` settings.
+fn demo_base(
+    provider: Option<&DemoSchema>,
+    endpoint: Option<&DemoSchema>,
+    env: EnvLookup<'_>,
+) -> Result<(String, String), DemoProblem> {
+    let settings = DemoSchema::merged(provider, endpoint).resolve()?;
+    let demo_url = env(DEMO_URL_VARIABLE).unwrap_or_else(|| UNSTARTED_DEMO_URL.to_owned());
+    let authority = demo_url
+        .parse::<Uri>()
+        .ok()
+        .and_then(|uri| uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    Ok((settings.upstream_base(&demo_url), authority))
 }
 
 struct Report<'a> {

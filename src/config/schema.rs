@@ -30,6 +30,8 @@ pub struct ProviderSchema {
     #[serde(default, deserialize_with = "present")]
     pub health_path: Option<Option<String>>,
     pub max_retries: Option<u32>,
+    /// Settings of a `builtin:demo` provider (src/demo); an endpoint's own keys win.
+    pub demo: Option<crate::demo::settings::DemoSchema>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +65,8 @@ pub struct EndpointSchema {
     /// `b64_json`: the upstream only answers images as base64; llmux asks for that and serves
     /// URLs from its image-data cache to clients that want URLs.
     pub upstream_image_format: Option<String>,
+    /// Settings of a `builtin:demo` endpoint (src/demo), over its provider's.
+    pub demo: Option<crate::demo::settings::DemoSchema>,
 }
 
 /// Tells a key set to `null` (`Some(None)`) from a missing key (`None`, through `#[serde(default)]`).
@@ -92,6 +96,7 @@ pub const PROVIDER_KEYS: &[&str] = &[
     "model_field",
     "health_path",
     "max_retries",
+    "demo",
 ];
 pub const MODEL_KEYS: &[&str] = &["endpoints"];
 pub const ENDPOINT_KEYS: &[&str] = &[
@@ -113,6 +118,7 @@ pub const ENDPOINT_KEYS: &[&str] = &[
     "weight",
     "max_retries",
     "upstream_image_format",
+    "demo",
 ];
 
 /// The adaptation settings of a provider or an endpoint, side by side for merging.
