@@ -5,6 +5,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::access::AccessMode;
+use crate::admin::settings::AccessApiArgs;
+use crate::commands::admin::AdminArgs;
 use crate::config::watch::WatchMode;
 use crate::pipeline::attempt::UpstreamHeader;
 
@@ -32,6 +34,8 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
     /// Client keys for access control.
     Keys(KeysArgs),
+    /// Manage the access store without a server: `llmux admin keys list|create|revoke`.
+    Admin(AdminArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -204,6 +208,9 @@ pub struct ServeArgs {
     /// `other` [default: the first 100 key names in name order].
     #[arg(long, env = "LLMUX_KEY_METRICS_LABELS")]
     pub key_metrics_labels: Option<String>,
+    /// The admin and self-service APIs, their store and OIDC.
+    #[command(flatten)]
+    pub access: AccessApiArgs,
 }
 
 /// actix's default listen backlog (std's is 128).
@@ -255,6 +262,7 @@ impl ServeArgs {
             access_control: AccessMode::Auto,
             quota_decision_trace: false,
             key_metrics_labels: None,
+            access: AccessApiArgs::default(),
         }
     }
 

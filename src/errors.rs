@@ -94,6 +94,17 @@ pub enum ApiError {
     AdminNotConfigured,
     #[error("Access control could not check this request's limits: {0}")]
     AccessUnavailable(String),
+    // The admin and self-service APIs (`admin/`).
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("The access store is unavailable; requests to /v1 are still admitted from the last snapshot. Try again shortly.")]
+    StoreUnavailable,
 }
 
 /// Longest client-sent text llmux echoes in an error or a log line.
@@ -191,6 +202,11 @@ impl ApiError {
             Self::RateLimited { .. } => ("requests", None, Some("rate_limit_exceeded")),
             Self::AdminNotConfigured => ("server_error", None, Some("admin_not_configured")),
             Self::AccessUnavailable(_) => ("server_error", None, Some("access_unavailable")),
+            Self::Unauthorized(_) => ("authentication_error", None, Some("unauthorized")),
+            Self::Forbidden(_) => ("permission_error", None, Some("forbidden")),
+            Self::NotFound(_) => ("invalid_request_error", None, Some("not_found")),
+            Self::Conflict(_) => ("invalid_request_error", None, Some("conflict")),
+            Self::StoreUnavailable => ("server_error", None, Some("store_unavailable")),
         }
     }
 }
@@ -221,6 +237,11 @@ impl ResponseError for ApiError {
             Self::AdminNotConfigured | Self::AccessUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

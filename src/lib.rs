@@ -1,5 +1,6 @@
 //! llmux: one OpenAI-compatible URL in front of many model backends, routed by JSON config files.
 pub mod access;
+pub mod admin;
 pub mod api;
 pub mod check;
 pub mod cli;
@@ -11,6 +12,7 @@ pub mod health;
 pub mod healthcheck;
 pub mod images;
 pub mod metrics;
+pub mod oidc;
 pub mod pipeline;
 pub mod proxy;
 pub mod realtime;
@@ -19,6 +21,7 @@ pub mod secret;
 pub mod shared;
 pub mod startup;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod traces;
 pub mod upstream;

@@ -24,6 +24,14 @@ fn main() -> anyhow::Result<()> {
         Command::Keys(args) => {
             llmux::commands::keys::run(&args.command, &mut std::io::stdout().lock())
         }
+        Command::Admin(args) => {
+            let ok = llmux::commands::admin::run(
+                args,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            )?;
+            std::process::exit(if ok { 0 } else { 1 });
+        }
         Command::Healthcheck(args) => {
             match llmux::healthcheck::run(&args.host, args.port, args.timeout) {
                 Ok(()) => std::process::exit(0),

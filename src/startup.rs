@@ -14,6 +14,8 @@ use futures_util::future::Either;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::access;
+use crate::admin::settings::AccessApiSettings;
+use crate::admin::{self, AccessApi};
 use crate::api;
 use crate::api::prefix::PathPrefixes;
 use crate::cli::ServeArgs;
@@ -168,6 +170,11 @@ impl Application {
             },
             metrics.realtime.clone(),
         ));
+        // The store (and its data dir) exists only when the admin or self-service API is on.
+        let access_api = AccessApiSettings::from_args(&args.access)?
+            .map(AccessApi::start)
+            .transpose()?
+            .map(Arc::new);
 
         let listener = bind(&args.host, args.port, args.backlog)
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;
@@ -229,6 +236,7 @@ impl Application {
             let prefixes = PathPrefixes::new(&path_prefixes);
             // awc's client is not Send: each worker makes its own.
             let clients = upstream.clients();
+            let client = clients.default_client();
             App::new()
                 .app_data(server_state.clone())
                 .app_data(server_shared.clone())
@@ -253,6 +261,11 @@ impl Application {
                     cors(&cors_origins),
                 ))
                 .wrap_fn(accept::middleware)
+                .configure(|cfg| {
+                    if let Some(access_api) = &access_api {
+                        admin::configure(cfg, access_api, &client);
+                    }
+                })
                 .configure(api::configure)
                 .default_service(web::to(api::unknown_or_passthrough))
         })

@@ -1,2 +1,3 @@
 //! CLI subcommands other than `serve` and `check`.
+pub mod admin;
 pub mod keys;
