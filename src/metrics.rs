@@ -8,7 +8,7 @@
 //! `model="unknown"`, so clients cannot grow the series count. Everything that describes state
 //! rather than events (endpoint up, config generation, process figures) is read at scrape time.
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -203,8 +203,6 @@ pub struct Metrics {
     tokens: Family<TokenLabels, Counter>,
     tokens_per_second: HistogramFamily<ModelLabels>,
     in_flight: Gauge,
-    upstream_attempts: Family<OutcomeLabels, Counter>,
-    upstream_errors: Family<KindLabels, Counter>,
     config_errors: Gauge,
     image_cache_bytes: Gauge,
     endpoint_state: Arc<EndpointState>,
@@ -214,6 +212,36 @@ pub struct Metrics {
     no_provider: Arc<str>,
     /// Realtime WebSocket sessions (`realtime::metrics`).
     pub realtime: crate::realtime::metrics::RealtimeMetrics,
+    /// The series of each label set requests were recorded under, resolved once: looking up six
+    /// families per request (SipHash over every label, a read lock each) was about 4k
+    /// instructions per request (issue 16). Families are never cleared, so a handle stays valid.
+    series: DashMap<SeriesKey, Arc<RequestSeries>, foldhash::fast::RandomState>,
+    /// `upstream_attempts` by `ATTEMPT_OUTCOMES`, `upstream_errors` by `ERROR_KINDS`.
+    attempt_counters: [Counter; ATTEMPT_OUTCOMES.len()],
+    error_counters: [Counter; ERROR_KINDS.len()],
+}
+
+/// The labels of one finished request that pick its series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    model: Arc<str>,
+    provider: Arc<str>,
+    path: &'static str,
+    stream: bool,
+    status: u16,
+}
+
+/// The series one label set records into. Those a request may not touch (time to first byte,
+/// tokens, throughput) are created on first use, as the families' `get_or_create` did, so the
+/// exported series are the same as without this cache.
+#[derive(Debug)]
+struct RequestSeries {
+    requests: Counter,
+    duration: AtomicHistogram,
+    first_byte: OnceLock<AtomicHistogram>,
+    /// Prompt and completion counters, by `estimated` (false, true).
+    tokens: [OnceLock<[Counter; 2]>; 2],
+    tokens_per_second: OnceLock<AtomicHistogram>,
 }
 
 /// Upstream attempt outcomes, all exported from the start so rates exist before the first error.
@@ -276,22 +304,23 @@ impl Metrics {
             in_flight.clone(),
         );
         let upstream_attempts = Family::<OutcomeLabels, Counter>::default();
-        for outcome in ATTEMPT_OUTCOMES {
-            drop(upstream_attempts.get_or_create(&OutcomeLabels { outcome }));
-        }
+        let attempt_counters = ATTEMPT_OUTCOMES.map(|outcome| {
+            upstream_attempts
+                .get_or_create(&OutcomeLabels { outcome })
+                .clone()
+        });
         registry.register(
             "llmux_upstream_attempts",
             "Upstream calls by outcome: response (a status came back), timeout, unreachable",
-            upstream_attempts.clone(),
+            upstream_attempts,
         );
         let upstream_errors = Family::<KindLabels, Counter>::default();
-        for kind in ERROR_KINDS {
-            drop(upstream_errors.get_or_create(&KindLabels { kind }));
-        }
+        let error_counters =
+            ERROR_KINDS.map(|kind| upstream_errors.get_or_create(&KindLabels { kind }).clone());
         registry.register(
             "llmux_upstream_errors",
             "Upstream failures by kind: timeout, unreachable, body (failed mid-body), idle_timeout (silent mid-body), status_5xx",
-            upstream_errors.clone(),
+            upstream_errors,
         );
         let config_errors = Gauge::default();
         registry.register(
@@ -325,13 +354,14 @@ impl Metrics {
             tokens,
             tokens_per_second,
             in_flight,
-            upstream_attempts,
-            upstream_errors,
             config_errors,
             image_cache_bytes,
             endpoint_state,
             unknown_model: Arc::from(UNKNOWN_MODEL),
             no_provider: Arc::from(NO_PROVIDER),
+            series: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            attempt_counters,
+            error_counters,
         }
     }
 
@@ -362,27 +392,25 @@ impl Metrics {
     /// Records one finished request.
     pub fn record(&self, request: &RequestRecord<'_>) {
         let (model, provider) = match request.endpoint {
-            Some(endpoint) => (
-                Arc::clone(&endpoint.exposed_model),
-                Arc::clone(&endpoint.provider),
-            ),
-            None => (
-                Arc::clone(&self.unknown_model),
-                Arc::clone(&self.no_provider),
-            ),
+            Some(endpoint) => (&endpoint.exposed_model, &endpoint.provider),
+            None => (&self.unknown_model, &self.no_provider),
         };
-        let latency = LatencyLabels {
-            model: Arc::clone(&model),
-            provider: Arc::clone(&provider),
+        let series = self.series_of(SeriesKey {
+            model: Arc::clone(model),
+            provider: Arc::clone(provider),
             path: request.path,
             stream: request.stream,
-        };
-        self.duration
-            .get_or_create(&latency)
-            .observe(request.duration.as_secs_f64());
+            status: request.status,
+        });
+        series.duration.observe(request.duration.as_secs_f64());
         if let Some(first_byte) = request.first_byte {
-            self.first_byte
-                .get_or_create(&latency)
+            series
+                .first_byte
+                .get_or_init(|| {
+                    self.first_byte
+                        .get_or_create(&latency_labels(model, provider, request))
+                        .clone()
+                })
                 .observe(first_byte.as_secs_f64());
         }
         if request.endpoint.is_some() {
@@ -394,16 +422,9 @@ impl Metrics {
                 .observe(request.duration.saturating_sub(upstream_wait).as_secs_f64());
         }
         if let Some(usage) = request.usage {
-            self.record_usage(&model, &provider, usage, request);
+            self.record_usage(&series, model, provider, usage, request);
         }
-        self.requests
-            .get_or_create(&RequestLabels {
-                model,
-                provider,
-                path: request.path,
-                status: request.status,
-            })
-            .inc();
+        series.requests.inc();
     }
 
     /// Counts one upstream attempt by how it ended: `outcome` as the access log names it
@@ -418,34 +439,51 @@ impl Metrics {
             _ if status >= 500 => ("response", Some("status_5xx")),
             _ => ("response", None),
         };
-        self.upstream_attempts
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc();
-        if let Some(kind) = error {
-            self.upstream_errors
-                .get_or_create(&KindLabels { kind })
-                .inc();
+        if let Some(counter) = counter_named(&ATTEMPT_OUTCOMES, &self.attempt_counters, outcome) {
+            counter.inc();
         }
+        let error = error.and_then(|kind| counter_named(&ERROR_KINDS, &self.error_counters, kind));
+        if let Some(counter) = error {
+            counter.inc();
+        }
+    }
+
+    /// The series of `key`, created in the families on its first request.
+    fn series_of(&self, key: SeriesKey) -> Arc<RequestSeries> {
+        if let Some(series) = self.series.get(&key) {
+            return Arc::clone(&series);
+        }
+        let latency = LatencyLabels {
+            model: Arc::clone(&key.model),
+            provider: Arc::clone(&key.provider),
+            path: key.path,
+            stream: key.stream,
+        };
+        let requests = RequestLabels {
+            model: Arc::clone(&key.model),
+            provider: Arc::clone(&key.provider),
+            path: key.path,
+            status: key.status,
+        };
+        let series = RequestSeries {
+            requests: self.requests.get_or_create(&requests).clone(),
+            duration: self.duration.get_or_create(&latency).clone(),
+            first_byte: OnceLock::new(),
+            tokens: [OnceLock::new(), OnceLock::new()],
+            tokens_per_second: OnceLock::new(),
+        };
+        Arc::clone(&self.series.entry(key).or_insert_with(|| Arc::new(series)))
     }
 
     fn record_usage(
         &self,
+        series: &RequestSeries,
         model: &Arc<str>,
         provider: &Arc<str>,
         usage: Usage,
         request: &RequestRecord<'_>,
     ) {
-        for (kind, count) in [
-            ("prompt", usage.prompt),
-            ("completion", usage.completion),
-            ("cached", usage.cached),
-            ("reasoning", usage.reasoning),
-        ] {
-            // Prompt and completion series exist from a model's first request; cached and
-            // reasoning only once a backend reports them.
-            if count == 0 && matches!(kind, "cached" | "reasoning") {
-                continue;
-            }
+        let token_counter = |kind: &'static str| {
             self.tokens
                 .get_or_create(&TokenLabels {
                     model: Arc::clone(model),
@@ -453,7 +491,18 @@ impl Metrics {
                     r#type: kind,
                     estimated: usage.estimated,
                 })
-                .inc_by(count);
+                .clone()
+        };
+        // Prompt and completion series exist from a model's first request; cached and
+        // reasoning only once a backend reports them.
+        let [prompt, completion] = series.tokens[usize::from(usage.estimated)]
+            .get_or_init(|| [token_counter("prompt"), token_counter("completion")]);
+        prompt.inc_by(usage.prompt);
+        completion.inc_by(usage.completion);
+        for (kind, count) in [("cached", usage.cached), ("reasoning", usage.reasoning)] {
+            if count != 0 {
+                token_counter(kind).inc_by(count);
+            }
         }
         let decoding = request
             .first_token
@@ -466,10 +515,15 @@ impl Metrics {
             {
                 // The first token arrived at `first_token`; the rest took `decoding`.
                 let rate = (usage.completion - 1) as f64 / decoding.as_secs_f64();
-                self.tokens_per_second
-                    .get_or_create(&ModelLabels {
-                        model: Arc::clone(model),
-                        provider: Arc::clone(provider),
+                series
+                    .tokens_per_second
+                    .get_or_init(|| {
+                        self.tokens_per_second
+                            .get_or_create(&ModelLabels {
+                                model: Arc::clone(model),
+                                provider: Arc::clone(provider),
+                            })
+                            .clone()
                     })
                     .observe(rate);
             }
@@ -503,6 +557,25 @@ impl Metrics {
     pub fn set_image_cache_bytes(&self, bytes: u64) {
         self.image_cache_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+}
+
+/// The counter of `name` in `counters`, which follow `names`.
+fn counter_named<'a>(names: &[&str], counters: &'a [Counter], name: &str) -> Option<&'a Counter> {
+    let index = names.iter().position(|candidate| *candidate == name)?;
+    counters.get(index)
+}
+
+fn latency_labels(
+    model: &Arc<str>,
+    provider: &Arc<str>,
+    request: &RequestRecord<'_>,
+) -> LatencyLabels {
+    LatencyLabels {
+        model: Arc::clone(model),
+        provider: Arc::clone(provider),
+        path: request.path,
+        stream: request.stream,
     }
 }
 

@@ -175,6 +175,20 @@ pub const OPERATIONS: &[&str] = &[
     "files",
     "batches",
     "models",
+    // The model-less families, by their config names (`"families"`), and the rest.
+    "uploads",
+    "vector_stores",
+    "containers",
+    "conversations",
+    "assistants",
+    "threads",
+    "fine_tuning",
+    "evals",
+    "videos",
+    "audio_voices",
+    "chat_completions",
+    "realtime",
+    "passthrough",
 ];
 
 #[cfg(test)]

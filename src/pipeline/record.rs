@@ -212,7 +212,8 @@ impl Drop for AccessLog {
             stream = self.stream,
             bytes = self.bytes,
             outcome = self.outcome.as_str(),
-            client = self.client.map(|c| c.to_string()),
+            // Written through the formatter's reused buffer: `to_string` allocated per line.
+            client = self.client.map(tracing::field::display),
             attempts = self.attempts,
             session_ended_by = self.realtime.as_ref().map(|r| r.ended_by.as_str()),
             close_code = self.realtime.as_ref().and_then(|r| r.close_code),

@@ -310,6 +310,9 @@ impl UsageReader {
 
 static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+/// Built once: `memmem::rfind` builds its searcher on every call (about 1k instructions).
+static USAGE_KEY_FROM_END: LazyLock<memmem::FinderRev<'static>> =
+    LazyLock::new(|| memmem::FinderRev::new(b"\"usage\""));
 
 /// Whether the event has `"usage":{`: chunks of a stream with usage carry `"usage":null` until
 /// the last one.
@@ -442,7 +445,7 @@ impl From<ReportedUsage> for Usage {
 /// from the end finds it without parsing the whole answer (embeddings answers run to megabytes).
 fn json_usage(answer: &[u8]) -> Option<Usage> {
     let mut end = answer.len();
-    while let Some(at) = memmem::rfind(&answer[..end], b"\"usage\"") {
+    while let Some(at) = USAGE_KEY_FROM_END.rfind(&answer[..end]) {
         end = at;
         let rest = &answer[at + 7..];
         let Some(colon) = rest.iter().position(|b| !b.is_ascii_whitespace()) else {

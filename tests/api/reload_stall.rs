@@ -70,11 +70,15 @@ async fn a_30000_model_reload_never_stalls_requests_metrics_or_admin_config() {
                 let mut worst = Duration::ZERO;
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
-                    let response =
-                        tokio::time::timeout(Duration::from_secs(30), http.get(&url).send())
-                            .await
-                            .expect("answered within 30 s")
-                            .unwrap();
+                    let response = tokio::time::timeout(
+                        Duration::from_secs(30),
+                        http.get(&url)
+                            .bearer_auth(crate::helpers::ADMIN_TOKEN)
+                            .send(),
+                    )
+                    .await
+                    .expect("answered within 30 s")
+                    .unwrap();
                     assert_eq!(response.status(), 200);
                     response.bytes().await.unwrap();
                     worst = worst.max(started.elapsed());
@@ -89,6 +93,7 @@ async fn a_30000_model_reload_never_stalls_requests_metrics_or_admin_config() {
     let generation = app
         .http
         .get(app.url("/admin/config"))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
         .send()
         .await
         .unwrap()
@@ -109,6 +114,7 @@ async fn a_30000_model_reload_never_stalls_requests_metrics_or_admin_config() {
         let now = app
             .http
             .get(app.url("/admin/config"))
+            .bearer_auth(crate::helpers::ADMIN_TOKEN)
             .send()
             .await
             .unwrap()
