@@ -241,6 +241,8 @@ impl Application {
                 .app_data(server_state.clone())
                 .app_data(server_shared.clone())
                 .app_data(web::Data::new(clients))
+                // The admin API's OIDC fetches use a plain client of their own.
+                .app_data(web::Data::new(client.clone()))
                 .app_data(server_realtime.clone())
                 .wrap_fn(move |mut request, service| {
                     prefixes.strip(&mut request);
