@@ -276,9 +276,11 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
             proxy_buffering off;
-            proxy_request_buffering off;
             proxy_connect_timeout 1s;
-            proxy_next_upstream error timeout;
+            # A create sent on a kept-alive connection to the replica just killed meets a reset:
+            # nginx retries POSTs on the next replica only with `non_idempotent`, and only with
+            # the (small) request body buffered.
+            proxy_next_upstream error timeout non_idempotent;
         }}
     }}
 }}
