@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use super::key::{KeyDigest, KeyEntry, KeyLimits, KeySource, Patterns, OPERATIONS};
 use super::limits::Window;
 use super::quota::{normalize_api_path, Override, Policy};
-use crate::config::load::{Problem, Severity};
+use crate::config::load::{segments_of, unknown_key_hint, Problem, Severity};
 use crate::config::locate::{
     display_path, element_positions, locate, position_of, Position, Segment,
 };
@@ -586,29 +586,6 @@ fn path_of(path: &serde_path_to_error::Path) -> Vec<Segment> {
         .collect()
 }
 
-fn segments_of(path: &serde_ignored::Path<'_>) -> Vec<Segment> {
-    let mut out = Vec::new();
-    let mut current = path;
-    loop {
-        match current {
-            serde_ignored::Path::Root => break,
-            serde_ignored::Path::Seq { parent, index } => {
-                out.push(Segment::Index(*index));
-                current = parent;
-            }
-            serde_ignored::Path::Map { parent, key } => {
-                out.push(Segment::Key(key.clone()));
-                current = parent;
-            }
-            serde_ignored::Path::Some { parent }
-            | serde_ignored::Path::NewtypeStruct { parent }
-            | serde_ignored::Path::NewtypeVariant { parent } => current = parent,
-        }
-    }
-    out.reverse();
-    out
-}
-
 fn unknown_key_message(path: &[Segment]) -> String {
     let Some(Segment::Key(key)) = path.last() else {
         return "unknown entry (ignored)".into();
@@ -623,32 +600,7 @@ fn unknown_key_message(path: &[Segment]) -> String {
         },
         _ => &[],
     };
-    let suggestion = known
-        .iter()
-        .map(|candidate| (strsim_distance(key, candidate), candidate))
-        .filter(|(distance, _)| *distance <= 3)
-        .min();
-    match suggestion {
-        Some((_, candidate)) => {
-            format!("unknown key `{key}` is ignored (did you mean `{candidate}`?)")
-        }
-        None => format!("unknown key `{key}` is ignored"),
-    }
-}
-
-/// Levenshtein distance, for "did you mean" hints.
-fn strsim_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut current = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous[j] + usize::from(ca != *cb);
-            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
-        }
-        previous = current;
-    }
-    previous[b.len()]
+    unknown_key_hint(key, known)
 }
 
 #[cfg(test)]

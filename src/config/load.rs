@@ -840,7 +840,7 @@ pub fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn segments_of(path: &serde_ignored::Path<'_>) -> Vec<Segment> {
+pub(crate) fn segments_of(path: &serde_ignored::Path<'_>) -> Vec<Segment> {
     let mut out = Vec::new();
     let mut current = path;
     loop {
@@ -874,6 +874,12 @@ fn unknown_key_message(path: &[Segment]) -> String {
         6 => ENDPOINT_KEYS,
         _ => &[],
     };
+    unknown_key_hint(key, known)
+}
+
+/// "unknown key `x` is ignored", with the nearest of `known` when one is close (also used by the
+/// key files' `llmux_access` section).
+pub(crate) fn unknown_key_hint(key: &str, known: &[&str]) -> String {
     let suggestion = known
         .iter()
         .map(|candidate| (edit_distance(key, candidate), candidate))
