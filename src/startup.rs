@@ -142,7 +142,20 @@ impl Application {
             took_ms = started.elapsed().as_secs_f64() * 1000.0,
             "config loaded"
         );
-        let access = Arc::new(access::startup::access_control(&args, &key_files, &*env)?);
+        // The store (and its data dir) exists only when the admin or self-service API is on. Its
+        // keys, policies and protected endpoints are the key table's `database` source.
+        let access_api = AccessApiSettings::from_args(&args.access)?
+            .map(AccessApi::start)
+            .transpose()?
+            .map(Arc::new);
+        if let Some(access_api) = &access_api {
+            access::database::follow(Arc::clone(key_files.table()), &access_api.store);
+        }
+        let mut access = access::startup::access_control(&args, &key_files, &*env)?;
+        if let Some(access_api) = &access_api {
+            access = access.with_usage_sink(Arc::new(access_api.store.clone()));
+        }
+        let access = Arc::new(access);
         if table.route_count() == 0 {
             tracing::warn!(config_dir = %args.config_dir.display(), "no routes loaded: every model will answer 404");
         }
@@ -170,11 +183,6 @@ impl Application {
             },
             metrics.realtime.clone(),
         ));
-        // The store (and its data dir) exists only when the admin or self-service API is on.
-        let access_api = AccessApiSettings::from_args(&args.access)?
-            .map(AccessApi::start)
-            .transpose()?
-            .map(Arc::new);
 
         let listener = bind(&args.host, args.port, args.backlog)
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;

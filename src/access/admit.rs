@@ -21,6 +21,7 @@ use actix_web::http::header::{HeaderMap, AUTHORIZATION};
 use smallvec::SmallVec;
 
 use super::admin::AdminToken;
+use super::database::UsageSink;
 use super::key::{KeyDigest, KeyEntry};
 use super::limits::{openai_duration, Measure, Reading, Rule, Window};
 use super::store::{Adjustment, Charge, CounterKey, CounterStore, KeyLimit, StoreError};
@@ -39,6 +40,8 @@ pub struct AdmitRequest<'a> {
     pub operation: &'a str,
     /// The request path, normalised (`/v1/chat/completions`).
     pub path: &'a str,
+    /// The request method (`POST`): with the path, what protected endpoints name.
+    pub method: &'a str,
     /// The model asked for, when the operation names one.
     pub model: Option<&'a str>,
     /// Tokens the request may use (input size + `max_tokens`); called only when a token limit applies.
@@ -270,6 +273,16 @@ pub struct Admission {
     /// Present when the answer should carry it (admin credential, or enabled server-wide).
     pub trace: Option<DecisionTrace>,
     held: Option<Held>,
+    /// A database key's use, counted in the store when the request ends (not when refunded).
+    usage: Option<UsageRecord>,
+}
+
+struct UsageRecord {
+    sink: Arc<dyn UsageSink>,
+    bucket: Arc<str>,
+    /// The real usage once settled (input + output tokens).
+    tokens: u64,
+    refunded: bool,
 }
 
 struct Held {
@@ -297,6 +310,7 @@ impl Admission {
             headers: RateLimitHeaders::default(),
             trace: None,
             held: None,
+            usage: None,
         }
     }
 
@@ -310,6 +324,9 @@ impl Admission {
     /// Settles the token counters to `used` (input + output), replacing the estimate. May be
     /// called again as a stream reports more.
     pub fn settle_tokens(&mut self, used: u64) {
+        if let Some(usage) = &mut self.usage {
+            usage.tokens = used;
+        }
         let Some(held) = &mut self.held else { return };
         let now = unix_ms(SystemTime::now());
         let adjustments: SmallVec<[Adjustment; 4]> = held
@@ -335,6 +352,9 @@ impl Admission {
     /// answered), so the client should not pay for it.
     pub fn refund(&mut self) {
         self.settle_tokens(0);
+        if let Some(usage) = &mut self.usage {
+            usage.refunded = true;
+        }
         let Some(held) = &mut self.held else { return };
         let adjustments: SmallVec<[Adjustment; 4]> = held
             .requests
@@ -353,7 +373,11 @@ impl Admission {
 
 impl Drop for Admission {
     /// Releases the concurrency slots: when the answer's last byte went, or the client left.
+    /// Counts a database key's request and tokens in the store (in memory; written in batches).
     fn drop(&mut self) {
+        if let Some(usage) = self.usage.take().filter(|usage| !usage.refunded) {
+            usage.sink.record(&usage.bucket, 1, usage.tokens);
+        }
         let Some(held) = &mut self.held else { return };
         if held.slots.is_empty() {
             return;
@@ -406,6 +430,8 @@ pub struct AccessControl {
     admin: Option<AdminToken>,
     /// `LLMUX_QUOTA_DECISION_TRACE=on`: every answer carries the trace.
     trace_all: bool,
+    /// Where database keys' use is counted (the store), when there is one.
+    usage: Option<Arc<dyn UsageSink>>,
 }
 
 /// What one limit is, beside its charge: for the headers and the trace.
@@ -433,7 +459,14 @@ impl AccessControl {
             store,
             admin,
             trace_all,
+            usage: None,
         }
+    }
+
+    /// Counts the use of keys that name a usage bucket (database keys) in `sink`.
+    pub fn with_usage_sink(mut self, sink: Arc<dyn UsageSink>) -> Self {
+        self.usage = Some(sink);
+        self
     }
 
     pub fn table(&self) -> &Arc<AccessTable> {
@@ -491,10 +524,11 @@ impl AccessControl {
         request: &AdmitRequest<'_>,
         now: SystemTime,
     ) -> Result<Admission, Rejection> {
-        if !self.enabled() {
+        let snapshot = self.table.snapshot();
+        // Off, only the protected endpoints (fast-openai-api-proxy's) need a key.
+        if !self.enabled() && !snapshot.is_protected(request.path, request.method) {
             return Ok(Admission::open());
         }
-        let snapshot = self.table.snapshot();
         let entry = identify_key(&snapshot, headers).map_err(Rejection::anonymous)?;
         self.admit_key(headers, request, now, &snapshot, entry)
             .await
@@ -507,10 +541,11 @@ impl AccessControl {
     /// The caller of a request that names no model (`GET /v1/models`): `Ok(None)` when access
     /// control is off; the key's entry otherwise, refused when missing, unknown, expired or disabled.
     pub fn caller(&self, headers: &HeaderMap) -> Result<Option<KeyView>, Denial> {
-        if !self.enabled() {
+        let snapshot = self.table.snapshot();
+        // Protecting `GET /v1/models` covers `/v1/models/{model}` too: both list models.
+        if !self.enabled() && !snapshot.is_protected("/v1/models", "GET") {
             return Ok(None);
         }
-        let snapshot = self.table.snapshot();
         let entry = identify_key(&snapshot, headers)?;
         if entry.disabled {
             return Err(Denial::KeyDisabled);
@@ -570,6 +605,7 @@ impl AccessControl {
                 headers: RateLimitHeaders::default(),
                 trace,
                 held: None,
+                usage: self.usage_record(entry),
             });
         }
         let acquired = self
@@ -622,6 +658,18 @@ impl AccessControl {
             headers: headers_out,
             trace,
             held: Some(held),
+            usage: self.usage_record(entry),
+        })
+    }
+}
+
+impl AccessControl {
+    fn usage_record(&self, entry: &KeyEntry) -> Option<UsageRecord> {
+        Some(UsageRecord {
+            sink: Arc::clone(self.usage.as_ref()?),
+            bucket: Arc::clone(entry.usage_bucket.as_ref()?),
+            tokens: 0,
+            refunded: false,
         })
     }
 }
@@ -933,6 +981,7 @@ mod tests {
         AdmitRequest {
             operation: "chat",
             path: "/v1/chat/completions",
+            method: "POST",
             model: Some(model),
             token_estimate: &|| 100,
         }
@@ -1013,6 +1062,7 @@ mod tests {
         let embeddings = AdmitRequest {
             operation: "embeddings",
             path: "/v1/embeddings",
+            method: "POST",
             model: Some("openai/e"),
             token_estimate: &|| 0,
         };
@@ -1131,6 +1181,7 @@ mod tests {
         let embeddings = AdmitRequest {
             operation: "embeddings",
             path: "/v1/embeddings",
+            method: "POST",
             model: Some("e"),
             token_estimate: &|| 0,
         };

@@ -123,12 +123,22 @@ const OVERRIDE_KEYS: &[&str] = &[
     "ends_at",
 ];
 
-/// One file's access control, validated.
+/// One source's access control, validated (a key file's, or the database's).
 #[derive(Debug, Clone, Default)]
 pub struct AccessSection {
     pub keys: Vec<KeyEntry>,
     pub policies: Vec<Policy>,
     pub overrides: Vec<Override>,
+    /// `(path, METHOD)` pairs that need a key even with access control off (the database's
+    /// protected endpoints; key files declare none).
+    pub protected_endpoints: Vec<ProtectedEndpoint>,
+}
+
+/// fast-openai-api-proxy's protected endpoint: an exact normalised path and an upper-case method.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProtectedEndpoint {
+    pub path: Box<str>,
+    pub method: Box<str>,
 }
 
 /// What a file's text says about access control.
@@ -560,6 +570,7 @@ impl Report<'_> {
                 .map(|ops| ops.into_iter().map(String::into_boxed_str).collect()),
             limits,
             source: self.source(&path),
+            usage_bucket: None,
         })
     }
 

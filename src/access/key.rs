@@ -66,7 +66,7 @@ pub fn mask(key: &str) -> String {
     format!("{KEY_PREFIX}…{tail}")
 }
 
-/// Where an entry came from: a config file (with the entry's position) or, later, a database.
+/// Where an entry came from: a config file (with the entry's position) or the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
     File {
@@ -141,6 +141,9 @@ pub struct KeyEntry {
     /// The `key` label of its metrics: its name, or `other` beyond the table's label set
     /// (bounded cardinality). Set by the table when it publishes.
     pub metric_label: Arc<str>,
+    /// Where the store counts this key's use (`key:<id>` for a database key, whose admin API
+    /// shows the figures); `None` for file keys.
+    pub usage_bucket: Option<Arc<str>>,
 }
 
 impl KeyEntry {

@@ -3,6 +3,7 @@
 //! admin credential. The pipeline's admit stage calls [`admit::AccessControl::admit`].
 pub mod admin;
 pub mod admit;
+pub mod database;
 pub mod file;
 pub mod key;
 pub mod limits;

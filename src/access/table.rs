@@ -1,14 +1,15 @@
-//! The key table: every source's keys, policies and overrides merged into one immutable
-//! snapshot, looked up by digest in O(1) without allocation or IO. Each source (a config file;
-//! later a database) is replaced as a unit and keeps its last good version when a new one
-//! conflicts with another source (a duplicate key digest, policy or override names both places).
+//! The key table: every source's keys, policies, overrides and protected endpoints merged into
+//! one immutable snapshot, looked up by digest in O(1) without allocation or IO. Each source (a
+//! config file; the database, `access::database`) is replaced as a unit and keeps its last good
+//! version when a new one conflicts with another source (a duplicate key digest, policy or
+//! override, or a database key named like a file key, names both places).
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use super::file::AccessSection;
+use super::file::{AccessSection, ProtectedEndpoint};
 use super::key::{KeyDigest, KeyEntry, KeySource};
 use super::quota::{Override, Policy};
 
@@ -28,6 +29,9 @@ pub struct AccessSnapshot {
     pub policies: Vec<Policy>,
     /// Owner -> that owner's overrides.
     overrides: HashMap<Arc<str>, Vec<Override>>,
+    /// Paths and methods that need a key even with access control off.
+    /// Path -> its protected methods.
+    protected: HashMap<Box<str>, Vec<Box<str>>>,
 }
 
 impl AccessSnapshot {
@@ -59,6 +63,13 @@ impl AccessSnapshot {
 
     pub fn overrides(&self) -> impl Iterator<Item = &Override> {
         self.overrides.values().flatten()
+    }
+
+    /// Whether `method path` (`POST`, `/v1/chat/completions`) is a protected endpoint.
+    pub fn is_protected(&self, path: &str, method: &str) -> bool {
+        self.protected
+            .get(path)
+            .is_some_and(|methods| methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
     }
 }
 
@@ -195,6 +206,13 @@ impl AccessTable {
                     .or_default()
                     .push(entry.clone());
             }
+            for ProtectedEndpoint { path, method } in &section.protected_endpoints {
+                snapshot
+                    .protected
+                    .entry(path.clone())
+                    .or_default()
+                    .push(method.clone());
+            }
         }
         *self
             .snapshot
@@ -228,6 +246,14 @@ fn conflicts_with_others(
         .flat_map(|s| s.keys.iter())
         .map(|k| (k.digest, k))
         .collect();
+    // Key files may repeat a name (names are labels there), but a database key named like a
+    // file key would make the admin API and the files disagree about which key that is.
+    let names: HashMap<&str, &KeyEntry> = sources
+        .iter()
+        .filter(|(other, _)| *other != id && is_database(other) != is_database(id))
+        .flat_map(|(_, s)| s.keys.iter())
+        .map(|k| (&*k.name, k))
+        .collect();
     for key in &section.keys {
         if let Some(first) = digests.get(&key.digest) {
             conflicts.push(Conflict {
@@ -235,6 +261,14 @@ fn conflicts_with_others(
                 message: format!(
                     "key `{}` has the same key_sha256 as key `{}` at {}",
                     key.name, first.name, first.source
+                ),
+            });
+        } else if let Some(first) = names.get(&*key.name) {
+            conflicts.push(Conflict {
+                at: key.source.clone(),
+                message: format!(
+                    "key `{}` has the same name as the key at {}",
+                    key.name, first.source
                 ),
             });
         }
@@ -279,6 +313,10 @@ fn conflicts_with_others(
     conflicts
 }
 
+fn is_database(id: &SourceId) -> bool {
+    matches!(id, SourceId::Named(_))
+}
+
 /// Key digests are SHA-256 outputs, uniformly random: their first bytes are already a good
 /// hash, so lookups skip SipHash. (Nobody outside can choose which digests are in the table.)
 #[derive(Default)]
@@ -318,6 +356,7 @@ mod tests {
                 position: None,
             },
             metric_label: name.into(),
+            usage_bucket: None,
         }
     }
 

@@ -122,6 +122,7 @@ impl Admitter {
                 &access_admit::AdmitRequest {
                     operation: operation_name(admit.operation),
                     path: &path,
+                    method: request.method().as_str(),
                     model: Some(admit.model),
                     token_estimate: &estimate,
                 },

@@ -282,6 +282,54 @@ impl Store {
         self.inner.context.snapshot.subscribe()
     }
 
+    /// Runs a task on the store's runtime until the store drops (the key table's feed).
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.inner.runtime.handle.spawn(task);
+    }
+
+    /// Reads the snapshot of an existing store without creating, migrating or writing anything
+    /// (`llmux check`). `Ok(None)`: there is no store there (no SQLite file, or a database
+    /// without llmux's tables).
+    pub fn read_existing(location: &StoreLocation) -> Result<Option<Snapshot>, StoreError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| StoreError::DataDir {
+                path: PathBuf::from("<runtime>"),
+                source,
+            })?;
+        runtime.block_on(async {
+            sqlx::any::install_default_drivers();
+            let url = match location {
+                StoreLocation::Sqlite { data_dir } => {
+                    let file = data_dir.join(SQLITE_FILE);
+                    if !file.is_file() {
+                        return Ok(None);
+                    }
+                    format!("sqlite://{}?mode=ro", file.display())
+                }
+                StoreLocation::Postgres { url } => url.clone(),
+            };
+            let pool = AnyPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect(&url)
+                .await?;
+            let read = tokio::time::timeout(OPERATION_TIMEOUT, async {
+                match snapshot::revision(&pool).await {
+                    // No revision table: llmux never migrated this database.
+                    Err(sqlx::Error::Database(_)) => Ok(None),
+                    Err(error) => Err(StoreError::from(error)),
+                    Ok(_) => snapshot::load(&pool).await.map(Some),
+                }
+            })
+            .await
+            .unwrap_or(Err(StoreError::Timeout));
+            pool.close().await;
+            read
+        })
+    }
+
     /// Runs `work` on the store's runtime, bounded by the operation timeout.
     pub(crate) async fn run<T, F, Fut>(&self, work: F) -> Result<T, StoreError>
     where
