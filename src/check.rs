@@ -5,12 +5,23 @@ use std::path::Path;
 use crate::access;
 use crate::config::load::{load_file, process_env, scan_dir, Severity};
 use crate::routing::table::RoutingTable;
+use crate::store::records::Snapshot;
 
 /// The widest a table column grows.
 const MAX_COLUMN: usize = 80;
 
 /// Prints the table and problems to `out`. Returns whether the config has no error.
 pub fn run(config_dir: &Path, out: &mut impl Write) -> std::io::Result<bool> {
+    run_with(config_dir, None, out)
+}
+
+/// [`run`], with the keys of an access store (`Ok(None)`: configured, but none there yet) checked
+/// against the key files'; a store that cannot be read is an error.
+pub fn run_with(
+    config_dir: &Path,
+    database: Option<Result<Option<Snapshot>, String>>,
+    out: &mut impl Write,
+) -> std::io::Result<bool> {
     let scan = match scan_dir(config_dir) {
         Ok(scan) => scan,
         Err(error) => {
@@ -92,7 +103,16 @@ pub fn run(config_dir: &Path, out: &mut impl Write) -> std::io::Result<bool> {
         writeln!(out, "{}", line(row))?;
     }
     // Access control: the keys of every `llmux_access` section (never a key or a full digest).
-    let (key_rows, key_problems) = access::listing::check_dir(config_dir);
+    let database = match database {
+        Some(Err(problem)) => {
+            ok = false;
+            writeln!(out, "error: {problem}")?;
+            None
+        }
+        Some(Ok(snapshot)) => snapshot,
+        None => None,
+    };
+    let (key_rows, key_problems) = access::listing::check_dir_with(config_dir, database.as_ref());
     ok &= key_problems.iter().all(|p| p.severity != Severity::Error);
     problems.extend(key_problems);
     if !key_rows.is_empty() {

@@ -68,6 +68,13 @@ pub struct CheckArgs {
     /// Directory of provider JSON files.
     #[arg(long, env = "LLMUX_CONFIG_DIR", default_value = "./configs")]
     pub config_dir: PathBuf,
+    /// The access store's data dir: its SQLite file's keys are checked too when it exists
+    /// (never created).
+    #[arg(long, env = "LLMUX_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL of the access store whose keys are checked too; wins over --data-dir.
+    #[arg(long, env = "LLMUX_DATABASE_URL", hide_env_values = true, value_parser = crate::commands::check::parse_secret)]
+    pub database_url: Option<crate::secret::ApiKey>,
 }
 
 #[derive(Debug, Clone, Args)]

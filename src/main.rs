@@ -8,7 +8,7 @@ use llmux::telemetry;
 fn main() -> anyhow::Result<()> {
     match Cli::parse().into_command() {
         Command::Check(args) => {
-            let ok = llmux::check::run(&args.config_dir, &mut std::io::stdout().lock())?;
+            let ok = llmux::commands::check::run(&args, &mut std::io::stdout().lock())?;
             std::process::exit(if ok { 0 } else { 1 });
         }
         Command::Serve(args) => {

@@ -9,7 +9,8 @@ use time::OffsetDateTime;
 
 use super::reload::KeyFiles;
 use super::table::AccessTable;
-use crate::config::load::{config_files, Problem};
+use crate::config::load::{config_files, Problem, Severity};
+use crate::store::records::Snapshot;
 
 pub const KEY_HEADER: [&str; 7] = [
     "KEY NAME", "OWNER", "SHA-256", "EXPIRES", "STATE", "LIMITS", "SOURCE",
@@ -18,11 +19,29 @@ pub const KEY_HEADER: [&str; 7] = [
 /// Loads every key file of `dir` as the server would; returns one row per key (sorted by
 /// source) and the key files' problems.
 pub fn check_dir(dir: &Path) -> (Vec<[String; 7]>, Vec<Problem>) {
+    check_dir_with(dir, None)
+}
+
+/// [`check_dir`], with the keys of a store's `database` snapshot beside the files' (as the
+/// server merges them): a database key with a file key's name or digest is an error.
+pub fn check_dir_with(dir: &Path, database: Option<&Snapshot>) -> (Vec<[String; 7]>, Vec<Problem>) {
     let files = KeyFiles::new(Arc::new(AccessTable::new()));
     let mut problems = Vec::new();
     for path in config_files(dir).unwrap_or_default() {
         if let Ok(text) = std::fs::read_to_string(&path) {
             problems.extend(files.file_read(&path, &text));
+        }
+    }
+    if let Some(database) = database {
+        let section = super::database::section_of(database);
+        if let Err(conflicts) = files.table().replace_source(super::database::source_id(), section) {
+            problems.extend(conflicts.into_iter().map(|conflict| Problem {
+                severity: Severity::Error,
+                file: conflict.at.to_string().into(),
+                json_path: super::database::DATABASE_SOURCE.into(),
+                position: None,
+                message: conflict.message,
+            }));
         }
     }
     let snapshot = files.table().snapshot();
