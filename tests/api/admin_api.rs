@@ -17,6 +17,8 @@ use crate::helpers::{assert_openai_error, provider_file, Spawn, TestApp};
 use crate::postgres::Postgres;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// A key of the apps' key file: admits `/v1` calls whatever the database holds.
+pub const FILE_KEY: &str = "llmux_file-key-of-the-admin-tests";
 
 pub struct AdminApp {
     pub app: TestApp,
@@ -35,6 +37,13 @@ pub async fn spawn_admin_app(
         .file(
             "provider.json",
             provider_file("mock", "", &[("m", "target-m")]),
+        )
+        .file(
+            "keys.json",
+            json!({"llmux_access": {"keys": [{
+                "name": "file-key",
+                "key_sha256": crate::mock::sha256_hex(FILE_KEY.as_bytes()),
+            }]}}),
         )
         .args(move |args| {
             args.access.admin_token = Some(ApiKey::new(ADMIN_TOKEN));
@@ -890,8 +899,22 @@ async fn start_up_refuses_inconsistent_access_settings_naming_the_setting() {
 async fn the_admin_api_answers_503_while_the_database_is_down_and_v1_keeps_serving() {
     let mut postgres = Postgres::start();
     let app = spawn_admin_app(Some(postgres.url.clone()), |_| {}).await;
-    app.admin_json(Method::POST, "/api/admin/keys", Some(json!({"name": "k"})))
+    let created = app
+        .admin_json(Method::POST, "/api/admin/keys", Some(json!({"name": "k"})))
         .await;
+    let key = created["api_key"].as_str().unwrap();
+    let chat = |key: &str| {
+        app.app
+            .http
+            .post(app.app.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&json!({"model": "m", "messages": []}))
+            .send()
+    };
+    crate::helpers::eventually(Duration::from_secs(2), "the key to admit", || async {
+        (chat(key).await.unwrap().status() == 200).then_some(())
+    })
+    .await;
     postgres.stop();
     let started = Instant::now();
     let response = app.admin(Method::GET, "/api/admin/keys", None).await;
@@ -901,14 +924,8 @@ async fn the_admin_api_answers_503_while_the_database_is_down_and_v1_keeps_servi
         "{:?}",
         started.elapsed()
     );
-    let chat = app
-        .app
-        .post_json(
-            "/v1/chat/completions",
-            json!({"model": "m", "messages": []}),
-        )
-        .await;
-    assert_eq!(chat.status(), 200);
+    // The snapshot still admits the database's key.
+    assert_eq!(chat(key).await.unwrap().status(), 200);
 }
 
 #[tokio::test]
@@ -923,15 +940,17 @@ async fn a_server_started_while_postgres_is_down_serves_and_picks_the_store_up_l
     assert_openai_error(app.admin(Method::GET, "/api/admin/keys", None).await, 503).await;
     let chat = app
         .app
-        .post_json(
-            "/v1/chat/completions",
-            json!({"model": "m", "messages": []}),
-        )
-        .await;
+        .http
+        .post(app.app.url("/v1/chat/completions"))
+        .bearer_auth(FILE_KEY)
+        .json(&json!({"model": "m", "messages": []}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
         chat.status(),
         200,
-        "requests are served while the store is unreachable"
+        "requests a key file admits are served while the store is unreachable"
     );
 
     // initdb takes seconds: off the test's runtime, whose pooled connections must stay served.

@@ -11,6 +11,7 @@ mod admission;
 mod check;
 mod cli;
 mod connectivity;
+mod database_admission;
 mod demo;
 mod deploy;
 mod errors;
