@@ -44,32 +44,43 @@ pub fn source_id() -> SourceId {
 pub fn follow(table: Arc<AccessTable>, store: &Store) {
     let mut snapshots = store.subscribe();
     let first = Arc::clone(&snapshots.borrow_and_update());
-    apply(&table, &first);
+    let mut last_problems = apply(&table, &first, None).err();
     store.spawn(async move {
         while snapshots.changed().await.is_ok() {
             let snapshot = Arc::clone(&snapshots.borrow_and_update());
-            apply(&table, &snapshot);
+            last_problems = apply(&table, &snapshot, last_problems.as_deref()).err();
         }
     });
 }
 
-/// Replaces the database section with `snapshot`'s. Returns whether the table took it.
-pub fn apply(table: &AccessTable, snapshot: &Snapshot) -> bool {
-    match table.replace_source(source_id(), section_of(snapshot)) {
-        Ok(()) => true,
-        Err(conflicts) => {
-            let problems: Vec<String> = conflicts
-                .iter()
-                .map(|conflict| format!("{}: {}", conflict.at, conflict.message))
-                .collect();
-            tracing::warn!(
-                revision = snapshot.revision,
-                problems = %problems.join("; "),
-                "the database's keys and quotas conflict with a key file: keeping the database's last good version"
-            );
-            false
-        }
+/// Replaces the database section with `snapshot`'s, or says why the table refused it (every
+/// conflict, naming both places; never a key). A refusal is logged once, not again for later
+/// revisions refused for the same reasons (`already_logged`).
+pub fn apply(
+    table: &AccessTable,
+    snapshot: &Snapshot,
+    already_logged: Option<&str>,
+) -> Result<(), String> {
+    let conflicts = table
+        .replace_source(source_id(), section_of(snapshot))
+        .err()
+        .unwrap_or_default();
+    if conflicts.is_empty() {
+        return Ok(());
     }
+    let problems = conflicts
+        .iter()
+        .map(|conflict| format!("{}: {}", conflict.at, conflict.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if already_logged != Some(problems.as_str()) {
+        tracing::warn!(
+            revision = snapshot.revision,
+            problems = %problems,
+            "the database's keys conflict with a key file: keeping the database's last good version"
+        );
+    }
+    Err(problems)
 }
 
 /// The one conversion of a store snapshot into the table's terms. Rows the table cannot use
@@ -78,7 +89,11 @@ pub fn section_of(snapshot: &Snapshot) -> AccessSection {
     AccessSection {
         keys: snapshot.keys.iter().filter_map(key_entry).collect(),
         policies: snapshot.quota_policies.iter().map(policy).collect(),
-        overrides: snapshot.quota_overrides.iter().map(quota_override).collect(),
+        overrides: snapshot
+            .quota_overrides
+            .iter()
+            .map(quota_override)
+            .collect(),
         protected_endpoints: snapshot
             .protected_endpoints
             .iter()
@@ -133,7 +148,9 @@ fn key_entry(record: &KeyRecord) -> Option<KeyEntry> {
 
 /// The admin API refuses limits below 1; a row edited by hand to 0 or less is no limit.
 fn positive(limit: Option<i64>) -> Option<u64> {
-    limit.and_then(|limit| u64::try_from(limit).ok()).filter(|&limit| limit > 0)
+    limit
+        .and_then(|limit| u64::try_from(limit).ok())
+        .filter(|&limit| limit > 0)
 }
 
 fn window(window: WindowType) -> Window {
@@ -282,7 +299,12 @@ mod tests {
     #[test]
     fn a_database_key_named_like_a_file_key_keeps_the_last_good_database_section() {
         let table = AccessTable::new();
-        assert!(apply(&table, &snapshot(vec![record("k1", "ci", "llmux_one")])));
+        assert!(apply(
+            &table,
+            &snapshot(vec![record("k1", "ci", "llmux_one")]),
+            None
+        )
+        .is_ok());
         let file_key = KeyEntry {
             source: KeySource::File {
                 file: Arc::from(std::path::Path::new("keys.json")),
@@ -305,12 +327,8 @@ mod tests {
             record("k1", "ci", "llmux_one"),
             record("k3", "deploy", "llmux_three"),
         ]);
-        assert!(!apply(&table, &clash));
-        let conflicts = table
-            .replace_source(source_id(), section_of(&clash))
-            .unwrap_err();
         assert_eq!(
-            format!("{}: {}", conflicts[0].at, conflicts[0].message),
+            apply(&table, &clash, None).unwrap_err(),
             "database key `deploy` (id k3): key `deploy` has the same name as the key at keys.json"
         );
         let now = table.snapshot();
@@ -320,6 +338,10 @@ mod tests {
         assert!(!now.is_protected("/v1/chat/completions", "GET"));
         // Same digest as the file key: refused as well.
         let same_digest = snapshot(vec![record("k4", "other", "llmux_file")]);
-        assert!(!apply(&table, &same_digest));
+        let problem = apply(&table, &same_digest, None).unwrap_err();
+        assert!(
+            problem.contains("same key_sha256 as key `deploy` at keys.json"),
+            "{problem}"
+        );
     }
 }

@@ -34,7 +34,10 @@ pub fn check_dir_with(dir: &Path, database: Option<&Snapshot>) -> (Vec<[String; 
     }
     if let Some(database) = database {
         let section = super::database::section_of(database);
-        if let Err(conflicts) = files.table().replace_source(super::database::source_id(), section) {
+        if let Err(conflicts) = files
+            .table()
+            .replace_source(super::database::source_id(), section)
+        {
             problems.extend(conflicts.into_iter().map(|conflict| Problem {
                 severity: Severity::Error,
                 file: conflict.at.to_string().into(),

@@ -21,7 +21,9 @@ struct DatabaseApp {
     _data: TempDir,
 }
 
-async fn spawn_database_app(edit: impl FnOnce(&mut llmux::cli::ServeArgs) + 'static) -> DatabaseApp {
+async fn spawn_database_app(
+    edit: impl FnOnce(&mut llmux::cli::ServeArgs) + 'static,
+) -> DatabaseApp {
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().join("data");
     let app = Spawn::new()
@@ -70,7 +72,12 @@ impl DatabaseApp {
     }
 
     /// `POST /v1/chat/completions` for `model` with `key`, optionally asking for the trace.
-    async fn chat(&self, key: Option<&str>, model: &str, trace_token: Option<&str>) -> reqwest::Response {
+    async fn chat(
+        &self,
+        key: Option<&str>,
+        model: &str,
+        trace_token: Option<&str>,
+    ) -> reqwest::Response {
         let mut request = self
             .app
             .http
@@ -129,12 +136,16 @@ async fn within_one_minute(needed: u64) {
 async fn fast_openai_api_proxys_admission_scenario_passes_with_database_policies_and_overrides() {
     let app = spawn_database_app(|_| {}).await;
     // No policy: a database key's call is admitted (and nobody without a key is).
-    let (_, bob) = app.create_key(json!({"name": "bob", "owner_id": "bob"})).await;
+    let (_, bob) = app
+        .create_key(json!({"name": "bob", "owner_id": "bob"}))
+        .await;
     app.wait_until_admitted(&bob).await;
     assert_openai_error(app.chat(None, "m", None).await, 401).await;
     let free = app.chat(Some(&bob), "m", Some(ADMIN_TOKEN)).await;
     assert_eq!(free.status(), 200);
-    assert!(decision(&free).unwrap().starts_with("source=none;allowed=true"));
+    assert!(decision(&free)
+        .unwrap()
+        .starts_with("source=none;allowed=true"));
 
     // A per-user policy of 3 a minute, alice's override of 2, carol exempt.
     let policy = app
@@ -149,13 +160,19 @@ async fn fast_openai_api_proxys_admission_scenario_passes_with_database_policies
         app.admin(
             Method::POST,
             "/api/admin/quota-overrides",
-            Some(json!({"api_path": "/v1/chat/completions", "model": "m", "owner_id": owner,
-                        "window_type": "minute", "request_limit": 2, "exempt": exempt})),
+            Some(
+                json!({"api_path": "/v1/chat/completions", "model": "m", "owner_id": owner,
+                        "window_type": "minute", "request_limit": 2, "exempt": exempt}),
+            ),
         )
         .await;
     }
-    let (_, alice) = app.create_key(json!({"name": "alice", "owner_id": "alice"})).await;
-    let (_, carol) = app.create_key(json!({"name": "carol", "owner_id": "carol"})).await;
+    let (_, alice) = app
+        .create_key(json!({"name": "alice", "owner_id": "alice"}))
+        .await;
+    let (_, carol) = app
+        .create_key(json!({"name": "carol", "owner_id": "carol"}))
+        .await;
     app.wait_until_admitted(&carol).await;
 
     // Per-user override of 2: 200, 200, 429 with Retry-After.
@@ -168,7 +185,10 @@ async fn fast_openai_api_proxys_admission_scenario_passes_with_database_policies
     assert_eq!(refused.status(), 429);
     assert!(refused.headers().contains_key("retry-after"));
     let trace = decision(&refused).unwrap();
-    assert!(trace.starts_with("source=override;allowed=false"), "{trace}");
+    assert!(
+        trace.starts_with("source=override;allowed=false"),
+        "{trace}"
+    );
     assert!(!trace.contains("alice"), "never an owner id: {trace}");
     let body = assert_openai_error(refused, 429).await;
     assert_eq!(body["code"], "rate_limit_exceeded");
@@ -179,7 +199,10 @@ async fn fast_openai_api_proxys_admission_scenario_passes_with_database_policies
     let traced = app.chat(Some(&bob), "m", Some(ADMIN_TOKEN)).await;
     assert_eq!(traced.status(), 200);
     let trace = decision(&traced).unwrap();
-    assert!(trace.contains("source=policy") && trace.contains("bucket=owner"), "{trace}");
+    assert!(
+        trace.contains("source=policy") && trace.contains("bucket=owner"),
+        "{trace}"
+    );
     let plain = app.chat(Some(&bob), "m", None).await;
     assert_eq!(plain.status(), 200);
     assert_eq!(decision(&plain), None);
@@ -201,7 +224,9 @@ async fn fast_openai_api_proxys_admission_scenario_passes_with_database_policies
     for _ in 0..5 {
         let exempt = app.chat(Some(&carol), "m", Some(ADMIN_TOKEN)).await;
         assert_eq!(exempt.status(), 200);
-        assert!(decision(&exempt).unwrap().starts_with("source=override-exempt"));
+        assert!(decision(&exempt)
+            .unwrap()
+            .starts_with("source=override-exempt"));
     }
 
     // The policy switched to one global counter of 2: dave's first call passes, then erin,
@@ -210,19 +235,28 @@ async fn fast_openai_api_proxys_admission_scenario_passes_with_database_policies
     app.admin(
         Method::PUT,
         &format!("/api/admin/quota-policies/{id}"),
-        Some(json!({"api_path": "/v1/chat/completions", "model": "m", "window_type": "minute",
-                    "request_limit": 2, "enforce_per_user": false})),
+        Some(
+            json!({"api_path": "/v1/chat/completions", "model": "m", "window_type": "minute",
+                    "request_limit": 2, "enforce_per_user": false}),
+        ),
     )
     .await;
-    let (_, dave) = app.create_key(json!({"name": "dave", "owner_id": "dave"})).await;
-    let (_, erin) = app.create_key(json!({"name": "erin", "owner_id": "erin"})).await;
+    let (_, dave) = app
+        .create_key(json!({"name": "dave", "owner_id": "dave"}))
+        .await;
+    let (_, erin) = app
+        .create_key(json!({"name": "erin", "owner_id": "erin"}))
+        .await;
     app.wait_until_admitted(&erin).await;
     assert_eq!(app.chat(Some(&dave), "m", None).await.status(), 200);
     assert_eq!(app.chat(Some(&dave), "m", None).await.status(), 200);
     let cross_user = app.chat(Some(&erin), "m", Some(ADMIN_TOKEN)).await;
     assert_eq!(cross_user.status(), 429);
     let trace = decision(&cross_user).unwrap();
-    assert!(trace.contains("source=policy") && trace.contains("bucket=global"), "{trace}");
+    assert!(
+        trace.contains("source=policy") && trace.contains("bucket=global"),
+        "{trace}"
+    );
     // Still exempt.
     assert_eq!(app.chat(Some(&carol), "m", None).await.status(), 200);
 }
@@ -231,7 +265,9 @@ async fn fast_openai_api_proxys_admission_scenario_passes_with_database_policies
 async fn a_database_keys_default_quota_applies_and_its_usage_shows_real_v1_traffic() {
     let app = spawn_database_app(|_| {}).await;
     within_one_minute(20).await;
-    let (id, key) = app.create_key(json!({"name": "quota", "owner_id": "q"})).await;
+    let (id, key) = app
+        .create_key(json!({"name": "quota", "owner_id": "q"}))
+        .await;
     app.admin(
         Method::PUT,
         &format!("/api/admin/keys/{id}/quota"),
@@ -269,18 +305,25 @@ async fn a_database_keys_default_quota_applies_and_its_usage_shows_real_v1_traff
         }
         calls.set(calls.get() + 1);
         under_quota += 1;
-        assert!(under_quota <= 3, "the default quota of 3 a minute did not apply");
+        assert!(
+            under_quota <= 3,
+            "the default quota of 3 a minute did not apply"
+        );
     }
     assert_eq!(under_quota, 3);
     // The usage endpoint counts the calls that passed, refused ones not (the record stage
     // counts a call once its answer is written, so allow it a moment).
     let calls = calls.get();
-    let (usage, _) = eventually(Duration::from_secs(2), "the usage to count every call", || async {
-        let usage = app
-            .admin(Method::GET, &format!("/api/admin/keys/{id}/usage"), None)
-            .await;
-        (usage["used"] == calls).then_some(usage)
-    })
+    let (usage, _) = eventually(
+        Duration::from_secs(2),
+        "the usage to count every call",
+        || async {
+            let usage = app
+                .admin(Method::GET, &format!("/api/admin/keys/{id}/usage"), None)
+                .await;
+            (usage["used"] == calls).then_some(usage)
+        },
+    )
     .await;
     assert_eq!(usage["requests_per_minute"], 3);
     assert_eq!(usage["remaining"], (3 - calls).max(0));
@@ -315,14 +358,8 @@ async fn model_enumeration_stays_closed_for_a_database_keys_allowed_models() {
     let unknown = assert_openai_error(app.chat(Some(&key), "nothing", None).await, 404).await;
     assert_eq!(forbidden["code"], unknown["code"]);
     assert_eq!(
-        forbidden["message"]
-            .as_str()
-            .unwrap()
-            .replace("other", "X"),
-        unknown["message"]
-            .as_str()
-            .unwrap()
-            .replace("nothing", "X")
+        forbidden["message"].as_str().unwrap().replace("other", "X"),
+        unknown["message"].as_str().unwrap().replace("nothing", "X")
     );
     let direct = app
         .app
@@ -347,9 +384,13 @@ async fn protected_endpoints_need_a_database_key_while_access_control_is_off() {
         Some(json!({"path": "v1/chat/completions/", "method": "post"})),
     )
     .await;
-    eventually(Duration::from_secs(2), "the endpoint to be protected", || async {
-        (app.chat(None, "m", None).await.status() == StatusCode::UNAUTHORIZED).then_some(())
-    })
+    eventually(
+        Duration::from_secs(2),
+        "the endpoint to be protected",
+        || async {
+            (app.chat(None, "m", None).await.status() == StatusCode::UNAUTHORIZED).then_some(())
+        },
+    )
     .await;
     assert_openai_error(app.chat(Some("llmux_not-a-key"), "m", None).await, 401).await;
     assert_eq!(app.chat(Some(&key), "m", None).await.status(), 200);
@@ -363,36 +404,93 @@ async fn protected_endpoints_need_a_database_key_while_access_control_is_off() {
 }
 
 #[tokio::test]
-async fn a_database_key_named_like_a_file_key_is_refused_and_the_last_good_keys_stay() {
+async fn a_database_key_named_like_a_file_key_is_refused_once_in_the_log_and_the_last_good_keys_stay(
+) {
+    let upstream = crate::mock::MockUpstream::start().await;
+    let config_dir = tempfile::tempdir().unwrap();
     let file_key = "llmux_file-key-for-the-name-clash";
-    let keys_file = json!({"llmux_access": {"keys": [{
-        "name": "deploy",
-        "key_sha256": crate::mock::sha256_hex(file_key.as_bytes()),
-    }]}});
+    std::fs::write(
+        config_dir.path().join("provider.json"),
+        provider_file("mock", "", &[("m", "target-m")])
+            .to_string()
+            .replace("{UPSTREAM}", &upstream.url),
+    )
+    .unwrap();
+    std::fs::write(
+        config_dir.path().join("keys.json"),
+        json!({"llmux_access": {"keys": [{
+            "name": "deploy",
+            "key_sha256": crate::mock::sha256_hex(file_key.as_bytes()),
+        }]}})
+        .to_string(),
+    )
+    .unwrap();
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().join("data");
-    let app = Spawn::new()
-        .env("LLMUX_ADMIN_TOKEN", ADMIN_TOKEN)
-        .file("provider.json", provider_file("mock", "", &[("m", "target-m")]))
-        .file("keys.json", keys_file)
-        .args(move |args| {
-            args.access.admin_token = Some(ApiKey::new(ADMIN_TOKEN));
-            args.access.data_dir = data_dir;
-        })
-        .start()
-        .await;
-    let app = DatabaseApp { app, _data: data };
-    let (_, first) = app.create_key(json!({"name": "first"})).await;
-    app.wait_until_admitted(&first).await;
-    let (_, clash) = app.create_key(json!({"name": "deploy"})).await;
-    let (_, later) = app.create_key(json!({"name": "later"})).await;
-    // Give the table every chance to take the refused revision.
+    let server = Binary::start(
+        config_dir.path(),
+        &["--watch", "off", "--data-dir", data_dir.to_str().unwrap()],
+        &[
+            ("LLMUX_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("TEST_PROVIDER_KEY", "sk-upstream"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let create = |name: &str| {
+        let request = http
+            .post(server.url("/api/admin/keys"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"name": name}));
+        async move {
+            let created: Value = request.send().await.unwrap().json().await.unwrap();
+            created["api_key"].as_str().unwrap().to_owned()
+        }
+    };
+    let chat = |key: &str| {
+        let request = http
+            .post(server.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&json!({"model": "m", "messages": []}));
+        async move { request.send().await.unwrap().status() }
+    };
+    let first = create("first").await;
+    eventually(Duration::from_secs(2), "the first key to admit", || {
+        let status = chat(&first);
+        async move { (status.await == 200).then_some(()) }
+    })
+    .await;
+    let clash = create("deploy").await;
+    let (warning, _) = eventually(Duration::from_secs(2), "the conflict warning", || {
+        let lines = server.lines_with("conflict with a key file");
+        async move { lines.into_iter().next() }
+    })
+    .await;
+    let later = create("later").await;
+    // Give the table every chance to take a later revision (the store polls every 500 ms).
     tokio::time::sleep(Duration::from_millis(1200)).await;
     for key in [&clash, &later] {
-        assert_openai_error(app.chat(Some(key), "m", None).await, 401).await;
+        assert_eq!(chat(key).await, 401);
     }
-    assert_eq!(app.chat(Some(&first), "m", None).await.status(), 200);
-    assert_eq!(app.chat(Some(file_key), "m", None).await.status(), 200);
+    assert_eq!(chat(&first).await, 200);
+    assert_eq!(chat(file_key).await, 200);
+    assert!(
+        warning.contains("database key `deploy`")
+            && warning.contains("has the same name as the key at")
+            && warning.contains("keys.json"),
+        "{warning}"
+    );
+    assert_eq!(
+        server.lines_with("conflict with a key file").len(),
+        1,
+        "one warning while the conflict lasts"
+    );
+    for secret in [file_key, &first, &clash, &later] {
+        assert!(server.lines_with(secret).is_empty(), "a key in the log");
+        assert!(server
+            .lines_with(&crate::mock::sha256_hex(secret.as_bytes()))
+            .is_empty());
+    }
 }
 
 #[tokio::test]
@@ -444,13 +542,15 @@ async fn llmux_check_reports_a_database_key_named_like_a_file_key_without_creati
     let other = create("other");
     let (ok, out) = check(&data_dir);
     assert!(ok, "{out}");
-    assert!(out.contains("other") && out.contains("database key `other`"), "{out}");
+    assert!(
+        out.contains("other") && out.contains("database key `other`"),
+        "{out}"
+    );
     let deploy = create("deploy");
     let (ok, out) = check(&data_dir);
     assert!(!ok, "{out}");
     assert!(
-        out.contains("key `deploy` has the same name as the key at")
-            && out.contains("keys.json"),
+        out.contains("key `deploy` has the same name as the key at") && out.contains("keys.json"),
         "{out}"
     );
     for secret in [file_key, &other, &deploy] {
