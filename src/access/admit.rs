@@ -524,11 +524,11 @@ impl AccessControl {
         request: &AdmitRequest<'_>,
         now: SystemTime,
     ) -> Result<Admission, Rejection> {
-        let snapshot = self.table.snapshot();
         // Off, only the protected endpoints (fast-openai-api-proxy's) need a key.
-        if !self.enabled() && !snapshot.is_protected(request.path, request.method) {
+        if !self.enabled() && !self.table.protects(request.path, request.method) {
             return Ok(Admission::open());
         }
+        let snapshot = self.table.snapshot();
         let entry = identify_key(&snapshot, headers).map_err(Rejection::anonymous)?;
         self.admit_key(headers, request, now, &snapshot, entry)
             .await
@@ -541,11 +541,11 @@ impl AccessControl {
     /// The caller of a request that names no model (`GET /v1/models`): `Ok(None)` when access
     /// control is off; the key's entry otherwise, refused when missing, unknown, expired or disabled.
     pub fn caller(&self, headers: &HeaderMap) -> Result<Option<KeyView>, Denial> {
-        let snapshot = self.table.snapshot();
         // Protecting `GET /v1/models` covers `/v1/models/{model}` too: both list models.
-        if !self.enabled() && !snapshot.is_protected("/v1/models", "GET") {
+        if !self.enabled() && !self.table.protects("/v1/models", "GET") {
             return Ok(None);
         }
+        let snapshot = self.table.snapshot();
         let entry = identify_key(&snapshot, headers)?;
         if entry.disabled {
             return Err(Denial::KeyDisabled);

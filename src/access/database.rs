@@ -299,12 +299,10 @@ mod tests {
     #[test]
     fn a_database_key_named_like_a_file_key_keeps_the_last_good_database_section() {
         let table = AccessTable::new();
-        assert!(apply(
-            &table,
-            &snapshot(vec![record("k1", "ci", "llmux_one")]),
-            None
-        )
-        .is_ok());
+        assert!(!table.protects("/v1/chat/completions", "POST"));
+        let good = snapshot(vec![record("k1", "ci", "llmux_one")]);
+        assert!(apply(&table, &good, None).is_ok());
+        assert!(table.protects("/v1/chat/completions", "post"));
         let file_key = KeyEntry {
             source: KeySource::File {
                 file: Arc::from(std::path::Path::new("keys.json")),

@@ -104,6 +104,9 @@ pub struct AccessTable {
     snapshot: RwLock<Arc<AccessSnapshot>>,
     /// Set by the first section ever loaded: `--access-control auto` turns on then, and stays on.
     configured: AtomicBool,
+    /// Whether the snapshot protects any endpoint: with access control off, the one question a
+    /// request asks (no snapshot taken while nothing is protected).
+    any_protected: AtomicBool,
 }
 
 impl AccessTable {
@@ -131,6 +134,11 @@ impl AccessTable {
     /// Whether any source ever had a section (even one removed since).
     pub fn ever_configured(&self) -> bool {
         self.configured.load(Ordering::Acquire)
+    }
+
+    /// Whether `method path` is a protected endpoint now.
+    pub fn protects(&self, path: &str, method: &str) -> bool {
+        self.any_protected.load(Ordering::Acquire) && self.snapshot().is_protected(path, method)
     }
 
     /// Whether any source has a section now.
@@ -214,10 +222,12 @@ impl AccessTable {
                     .push(method.clone());
             }
         }
+        let any_protected = !snapshot.protected.is_empty();
         *self
             .snapshot
             .write()
             .unwrap_or_else(|poison| poison.into_inner()) = Arc::new(snapshot);
+        self.any_protected.store(any_protected, Ordering::Release);
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<SourceId, Arc<AccessSection>>> {
