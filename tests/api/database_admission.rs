@@ -682,3 +682,55 @@ async fn a_key_created_on_replica_a_admits_on_replica_b_and_its_revocation_on_a_
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_database_key_disabled_expired_or_revoked_through_the_admin_api_is_refused_saying_why() {
+    let app = spawn_database_app(|_| {}).await;
+    let (id, key) = app.create_key(json!({"name": "k", "owner_id": "o"})).await;
+    app.wait_until_admitted(&key).await;
+    assert_eq!(app.chat(Some(&key), "m", None).await.status(), 200);
+    let refused_with = |reason: &'static str| {
+        let app = &app;
+        let key = key.clone();
+        async move {
+            eventually(Duration::from_secs(2), reason, || async {
+                let response = app.chat(Some(&key), "m", None).await;
+                if response.status() != StatusCode::UNAUTHORIZED {
+                    return None;
+                }
+                let error = assert_openai_error(response, 401).await;
+                assert_eq!(error["code"], "invalid_api_key");
+                let message = error["message"].as_str().unwrap().to_owned();
+                message.contains(reason).then_some(message)
+            })
+            .await
+        }
+    };
+    app.admin(
+        Method::PATCH,
+        &format!("/api/admin/keys/{id}"),
+        Some(json!({"disabled": true})),
+    )
+    .await;
+    refused_with("disabled").await;
+    app.admin(
+        Method::PATCH,
+        &format!("/api/admin/keys/{id}"),
+        Some(json!({"disabled": false, "expires_at": "2020-01-01T00:00:00Z"})),
+    )
+    .await;
+    refused_with("expired").await;
+    app.admin(
+        Method::PATCH,
+        &format!("/api/admin/keys/{id}"),
+        Some(json!({"expires_at": null})),
+    )
+    .await;
+    eventually(Duration::from_secs(2), "the key to work again", || async {
+        (app.chat(Some(&key), "m", None).await.status() == 200).then_some(())
+    })
+    .await;
+    app.admin(Method::DELETE, &format!("/api/admin/keys/{id}"), None)
+        .await;
+    refused_with("Incorrect API key").await;
+}
