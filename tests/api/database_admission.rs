@@ -641,7 +641,7 @@ async fn a_key_created_on_replica_a_admits_on_replica_b_and_its_revocation_on_a_
         async move { (status.await == 401).then_some(()) }
     })
     .await;
-    println!(
+    eprintln!(
         "replica B admitted a key created on A after {} ms and refused it {} ms after A revoked it",
         admitted_after.as_millis(),
         refused_after.as_millis()
