@@ -134,7 +134,21 @@ async fn within_one_minute(needed: u64) {
 
 #[tokio::test]
 async fn fast_openai_api_proxys_admission_scenario_passes_with_database_policies_and_overrides() {
-    let app = spawn_database_app(|_| {}).await;
+    admission_scenario(&spawn_database_app(|_| {}).await).await;
+}
+
+#[tokio::test]
+async fn fast_openai_api_proxys_admission_scenario_passes_on_postgresql_too() {
+    let postgres = Postgres::start();
+    let url = postgres.url.clone();
+    let app =
+        spawn_database_app(move |args| args.access.database_url = Some(ApiKey::new(url))).await;
+    admission_scenario(&app).await;
+}
+
+/// Per-user override 200/200/429, the policy itself, the trace only for admins, the exempt owner,
+/// no policy → 200, the policy switched to global → a cross-user 429.
+async fn admission_scenario(app: &DatabaseApp) {
     // No policy: a database key's call is admitted (and nobody without a key is).
     let (_, bob) = app
         .create_key(json!({"name": "bob", "owner_id": "bob"}))
