@@ -695,6 +695,21 @@ async fn a_key_created_on_replica_a_admits_on_replica_b_and_its_revocation_on_a_
         }
     })
     .await;
+    // `llmux check` lists the shared store's keys beside the files' (read-only).
+    let output = Command::new(env!("CARGO_BIN_EXE_llmux"))
+        .args(["check", "--config-dir"])
+        .arg(config_dir.path())
+        .args(["--database-url", &postgres.url])
+        .output()
+        .unwrap();
+    let out = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{out}");
+    assert!(out.contains("database key `counted`"), "{out}");
+    assert!(
+        !out.contains("database key `shared`"),
+        "a revoked key is not listed: {out}"
+    );
+    assert!(!out.contains(&counted), "{out}");
 }
 
 #[tokio::test]
