@@ -14,6 +14,7 @@ use futures_util::future::Either;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::access;
+use crate::access::admin::AdminGate;
 use crate::admin::settings::AccessApiSettings;
 use crate::admin::{self, AccessApi};
 use crate::api;
@@ -142,7 +143,17 @@ impl Application {
             took_ms = started.elapsed().as_secs_f64() * 1000.0,
             "config loaded"
         );
-        let access = Arc::new(access::startup::access_control(&args, &key_files, &*env)?);
+        // The admin credential is read once, here: the admin API, `/admin/*`, the status page
+        // and the decision trace all check this one (`access::admin`).
+        let access_settings = AccessApiSettings::from_args(&args.access, &*env)?;
+        let admin_token = access_settings
+            .as_ref()
+            .and_then(|settings| settings.admin_token.clone());
+        let access = Arc::new(access::startup::access_control(
+            &args,
+            &key_files,
+            admin_token,
+        )?);
         if table.route_count() == 0 {
             tracing::warn!(config_dir = %args.config_dir.display(), "no routes loaded: every model will answer 404");
         }
@@ -171,10 +182,15 @@ impl Application {
             metrics.realtime.clone(),
         ));
         // The store (and its data dir) exists only when the admin or self-service API is on.
-        let access_api = AccessApiSettings::from_args(&args.access)?
+        let access_api = access_settings
             .map(AccessApi::start)
             .transpose()?
             .map(Arc::new);
+        let admin_gate: web::Data<AdminGate> = web::Data::from(
+            access_api
+                .as_ref()
+                .map_or_else(Default::default, |api| Arc::clone(&api.gate)),
+        );
 
         let listener = bind(&args.host, args.port, args.backlog)
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;
@@ -244,6 +260,7 @@ impl Application {
                 // The admin API's OIDC fetches use a plain client of their own.
                 .app_data(web::Data::new(client.clone()))
                 .app_data(server_realtime.clone())
+                .app_data(admin_gate.clone())
                 .wrap_fn(move |mut request, service| {
                     prefixes.strip(&mut request);
                     service.call(request)

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::access::admin::AdminToken;
 use crate::cli::parse_seconds;
 use crate::oidc::OidcSettings;
 use crate::secret::ApiKey;
@@ -12,10 +13,14 @@ use crate::store::{StoreError, StoreLocation};
 
 #[derive(Debug, Clone, Args)]
 pub struct AccessApiArgs {
-    /// Bearer token of the admin API at /api/admin (at least 16 characters); setting it turns
-    /// the admin API on.
+    /// The admin credential (at least 16 characters): a bearer token for /admin/*, the admin
+    /// API at /api/admin and, with access control on, the status page. Setting it turns the
+    /// admin API on.
     #[arg(long, env = "LLMUX_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_secret)]
     pub admin_token: Option<ApiKey>,
+    /// A file holding the admin credential (its first line), instead of --admin-token.
+    #[arg(long, env = "LLMUX_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Turns the self-service API at /api on: callers manage their own keys, proven by OIDC or
     /// an existing valid llmux key.
     #[arg(long, env = "LLMUX_SELF_SERVICE_API")]
@@ -74,6 +79,7 @@ impl Default for AccessApiArgs {
     fn default() -> Self {
         Self {
             admin_token: None,
+            admin_token_file: None,
             self_service_api: false,
             data_dir: PathBuf::from("./data"),
             database_url: None,
@@ -144,7 +150,8 @@ impl SelfServiceMode {
 #[derive(Debug, Clone)]
 pub struct AccessApiSettings {
     pub admin: AdminMode,
-    pub admin_token: Option<ApiKey>,
+    /// The admin credential (`access::admin`), read once here.
+    pub admin_token: Option<AdminToken>,
     pub self_service: SelfServiceMode,
     pub oidc: Option<OidcSettings>,
     pub store: StoreLocation,
@@ -160,11 +167,14 @@ impl From<StoreError> for SettingsError {
     }
 }
 
-const MIN_ADMIN_TOKEN_CHARS: usize = 16;
-
 impl AccessApiSettings {
     /// `None` when neither API is on: then no store is opened and no data dir is created.
-    pub fn from_args(args: &AccessApiArgs) -> Result<Option<Self>, SettingsError> {
+    /// `env` is where `LLMUX_ADMIN_TOKEN` / `LLMUX_ADMIN_TOKEN_FILE` are read when the flags
+    /// are unset (the process environment, or a test's map).
+    pub fn from_args(
+        args: &AccessApiArgs,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, SettingsError> {
         let refuse = |message: &str| Err(SettingsError(message.to_owned()));
         let issuer = args
             .oidc_issuer
@@ -190,13 +200,14 @@ impl AccessApiSettings {
         if args.self_service_oidc_only && !args.self_service_api {
             return refuse("LLMUX_SELF_SERVICE_OIDC_ONLY (--self-service-oidc-only) is set but the self-service API is off: set LLMUX_SELF_SERVICE_API (--self-service-api)");
         }
-        if let Some(token) = &args.admin_token {
-            if args.admin_oidc_only {
-                return refuse("LLMUX_ADMIN_TOKEN (--admin-token) is set but LLMUX_ADMIN_OIDC_ONLY (--admin-oidc-only) refuses it: unset one of them");
-            }
-            if token.expose().chars().count() < MIN_ADMIN_TOKEN_CHARS {
-                return refuse("LLMUX_ADMIN_TOKEN (--admin-token) must be at least 16 characters");
-            }
+        let admin_token = AdminToken::read(
+            args.admin_token.as_ref(),
+            args.admin_token_file.as_deref(),
+            env,
+        )
+        .map_err(SettingsError)?;
+        if admin_token.is_some() && args.admin_oidc_only {
+            return refuse("LLMUX_ADMIN_TOKEN (--admin-token) is set but LLMUX_ADMIN_OIDC_ONLY (--admin-oidc-only) refuses it: unset one of them");
         }
         let oidc = match issuer {
             None => None,
@@ -242,7 +253,7 @@ impl AccessApiSettings {
         let oidc_admin = oidc
             .as_ref()
             .is_some_and(|oidc| !oidc.admin_values.is_empty());
-        let admin = match (args.admin_token.is_some(), oidc_admin, args.admin_oidc_only) {
+        let admin = match (admin_token.is_some(), oidc_admin, args.admin_oidc_only) {
             (_, true, true) => AdminMode::OidcOnly,
             (true, true, false) => AdminMode::Hybrid,
             (true, false, _) => AdminMode::StaticTokenOnly,
@@ -268,7 +279,7 @@ impl AccessApiSettings {
         )?;
         Ok(Some(Self {
             admin,
-            admin_token: args.admin_token.clone(),
+            admin_token,
             self_service,
             oidc,
             store,
@@ -304,7 +315,7 @@ mod tests {
     ) {
         let mut args = AccessApiArgs::default();
         edit(&mut args);
-        let result = AccessApiSettings::from_args(&args)
+        let result = AccessApiSettings::from_args(&args, &|_| None)
             .map(|settings| settings.map(|settings| (settings.admin, settings.self_service)));
         match (result, expected) {
             (Ok(got), Ok(want)) => assert_eq!(got, want),

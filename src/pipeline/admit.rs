@@ -16,8 +16,8 @@ use actix_web::{HttpMessage, HttpRequest};
 use super::operation::Operation;
 use super::record::{AccessLog, Outcome};
 use crate::access::admit::{
-    self as access_admit, max_output_tokens, AccessControl, AdminCheck, Denial, KeyView,
-    RateLimitHeaders, DECISION_HEADER,
+    self as access_admit, max_output_tokens, AccessControl, Denial, KeyView, RateLimitHeaders,
+    DECISION_HEADER,
 };
 use crate::access::metrics::AccessMetrics;
 use crate::errors::ApiError;
@@ -176,17 +176,6 @@ impl Admitter {
     /// model it may not use does not exist for it.
     pub fn may_see(caller: Option<&KeyView>, model: &str) -> bool {
         caller.is_none_or(|key| key.may_use_model(model))
-    }
-
-    /// The gate of `/admin/*`: the admin token, 503 when none is configured.
-    pub fn admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        match self.access.check_admin(headers) {
-            AdminCheck::Allowed => Ok(()),
-            AdminCheck::NotConfigured => Err(ApiError::AdminNotConfigured),
-            AdminCheck::Unauthorized => Err(ApiError::InvalidApiKey {
-                reason: "This endpoint needs the admin token as `Authorization: Bearer TOKEN`.",
-            }),
-        }
     }
 }
 
