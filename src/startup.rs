@@ -26,6 +26,7 @@ use crate::demo;
 use crate::errors;
 use crate::health::HealthProbes;
 use crate::metrics::Metrics;
+use crate::oidc::callers::OidcCallers;
 use crate::pipeline::accept;
 use crate::pipeline::admit::Admitter;
 use crate::pipeline::attempt::RetryPolicy;
@@ -186,6 +187,11 @@ impl Application {
             .map(AccessApi::start)
             .transpose()?
             .map(Arc::new);
+        // `--oidc-v1`: the admin API's OIDC verifier (one key cache) identifies /v1 callers too.
+        let oidc_callers = access_api.as_ref().and_then(|api| {
+            let defaults = api.settings.oidc_v1.as_ref()?;
+            Some(OidcCallers::new(Arc::clone(api.oidc.as_ref()?), defaults))
+        });
         let admin_gate: web::Data<AdminGate> = web::Data::from(
             access_api
                 .as_ref()
@@ -218,7 +224,7 @@ impl Application {
             },
             max_upload_bytes: args.max_upload_bytes,
             images: Arc::clone(&shared.images),
-            admitter: Admitter::new(access, metrics.access.clone()),
+            admitter: Admitter::new(access, metrics.access.clone()).with_oidc_callers(oidc_callers),
             metrics,
             spool_dir: args.spool_dir(),
             started_at: std::time::SystemTime::now(),

@@ -131,6 +131,11 @@ impl Caller {
 pub struct KeyView(Arc<KeyEntry>);
 
 impl KeyView {
+    /// A caller proven another way (an OIDC token on /v1).
+    pub fn of(entry: Arc<KeyEntry>) -> Self {
+        Self(entry)
+    }
+
     pub fn may_use_model(&self, model: &str) -> bool {
         self.0.may_use_model(model)
     }
@@ -465,6 +470,27 @@ impl AccessControl {
         }
         let snapshot = self.table.snapshot();
         let entry = identify_key(&snapshot, headers).map_err(Rejection::anonymous)?;
+        self.admit_key(headers, request, now, &snapshot, entry)
+            .await
+            .map_err(|denial| Rejection {
+                denial,
+                caller: Some(Caller::of(entry)),
+            })
+    }
+
+    /// Decides on a request whose caller was proven another way (an OIDC token on /v1,
+    /// `oidc::callers`): the same checks and limits as for a key entry.
+    pub async fn admit_entry(
+        &self,
+        headers: &HeaderMap,
+        request: &AdmitRequest<'_>,
+        now: SystemTime,
+        entry: &Arc<KeyEntry>,
+    ) -> Result<Admission, Rejection> {
+        if !self.enabled() {
+            return Ok(Admission::open());
+        }
+        let snapshot = self.table.snapshot();
         self.admit_key(headers, request, now, &snapshot, entry)
             .await
             .map_err(|denial| Rejection {

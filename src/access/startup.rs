@@ -28,8 +28,13 @@ pub fn access_control(
             );
         }
     }
+    // OIDC tokens on /v1 are credentials: with them on, `auto` needs one from the start.
+    let mode = match args.access_control {
+        AccessMode::Auto if args.access.oidc_v1 => AccessMode::On,
+        mode => mode,
+    };
     let access = AccessControl::new(
-        args.access_control,
+        mode,
         Arc::clone(key_files.table()),
         Arc::new(MemoryStore::new()),
         admin,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::access::admin::AdminToken;
+use crate::access::key::KeyLimits;
 use crate::cli::parse_seconds;
 use crate::oidc::OidcSettings;
 use crate::secret::ApiKey;
@@ -67,6 +68,24 @@ pub struct AccessApiArgs {
     /// Self-service accepts only OIDC callers, not llmux keys.
     #[arg(long, env = "LLMUX_SELF_SERVICE_OIDC_ONLY")]
     pub self_service_oidc_only: bool,
+    /// OIDC bearer tokens also authenticate /v1 calls: a token that verifies (issuer, audience,
+    /// expiry, a known key) is a caller with owner `oidc:<sub>`, under the quota policies and
+    /// overrides of that owner and the defaults below. Needs --oidc-issuer; turns access control
+    /// on in `auto` mode.
+    #[arg(long, env = "LLMUX_OIDC_V1")]
+    pub oidc_v1: bool,
+    /// Models OIDC callers may use on /v1 (comma-separated glob patterns) [default: every model].
+    #[arg(long, env = "LLMUX_OIDC_V1_ALLOWED_MODELS", value_delimiter = ',')]
+    pub oidc_v1_allowed_models: Vec<String>,
+    /// Requests per minute of each OIDC caller on /v1 [default: unlimited].
+    #[arg(long, env = "LLMUX_OIDC_V1_REQUESTS_PER_MINUTE")]
+    pub oidc_v1_requests_per_minute: Option<u64>,
+    /// Tokens per minute of each OIDC caller on /v1 [default: unlimited].
+    #[arg(long, env = "LLMUX_OIDC_V1_TOKENS_PER_MINUTE")]
+    pub oidc_v1_tokens_per_minute: Option<u64>,
+    /// Tokens per day of each OIDC caller on /v1 [default: unlimited].
+    #[arg(long, env = "LLMUX_OIDC_V1_TOKENS_PER_DAY")]
+    pub oidc_v1_tokens_per_day: Option<u64>,
     /// Time allowed for each discovery or JWKS fetch, in seconds.
     #[arg(long, env = "LLMUX_OIDC_FETCH_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
     pub oidc_fetch_timeout: Duration,
@@ -93,6 +112,11 @@ impl Default for AccessApiArgs {
             oidc_self_service_values: Vec::new(),
             admin_oidc_only: false,
             self_service_oidc_only: false,
+            oidc_v1: false,
+            oidc_v1_allowed_models: Vec::new(),
+            oidc_v1_requests_per_minute: None,
+            oidc_v1_tokens_per_minute: None,
+            oidc_v1_tokens_per_day: None,
             oidc_fetch_timeout: Duration::from_secs(5),
             oidc_jwks_max_age: Duration::from_secs(300),
         }
@@ -154,7 +178,17 @@ pub struct AccessApiSettings {
     pub admin_token: Option<AdminToken>,
     pub self_service: SelfServiceMode,
     pub oidc: Option<OidcSettings>,
+    /// Present when OIDC tokens also authenticate /v1 calls.
+    pub oidc_v1: Option<OidcV1Defaults>,
     pub store: StoreLocation,
+}
+
+/// What an OIDC caller on /v1 may do (`--oidc-v1-*`), beside the policies of its owner.
+#[derive(Debug, Clone, Default)]
+pub struct OidcV1Defaults {
+    /// Glob patterns; `None`: every model.
+    pub allowed_models: Option<Vec<String>>,
+    pub limits: KeyLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +224,9 @@ impl AccessApiSettings {
             }
             if args.oidc_jwks_url.is_some() {
                 return refuse("LLMUX_OIDC_JWKS_URL (--oidc-jwks-url) needs LLMUX_OIDC_ISSUER (--oidc-issuer): tokens are checked against the issuer");
+            }
+            if args.oidc_v1 {
+                return refuse("LLMUX_OIDC_V1 (--oidc-v1) needs LLMUX_OIDC_ISSUER (--oidc-issuer)");
             }
             if args.oidc_audience.is_some() {
                 return refuse(
@@ -282,6 +319,16 @@ impl AccessApiSettings {
             admin_token,
             self_service,
             oidc,
+            oidc_v1: args.oidc_v1.then(|| OidcV1Defaults {
+                allowed_models: Some(clean(&args.oidc_v1_allowed_models))
+                    .filter(|models| !models.is_empty()),
+                limits: KeyLimits {
+                    requests_per_minute: args.oidc_v1_requests_per_minute,
+                    tokens_per_minute: args.oidc_v1_tokens_per_minute,
+                    tokens_per_day: args.oidc_v1_tokens_per_day,
+                    ..KeyLimits::default()
+                },
+            }),
             store,
         }))
     }
@@ -398,6 +445,13 @@ mod tests {
         check(
             |args| args.oidc_jwks_url = Some("https://x/jwks".into()),
             Err("LLMUX_OIDC_JWKS_URL"),
+        );
+        check(
+            |args| {
+                token(args);
+                args.oidc_v1 = true;
+            },
+            Err("LLMUX_OIDC_ISSUER"),
         );
         check(
             |args| {
