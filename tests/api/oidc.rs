@@ -569,3 +569,45 @@ async fn an_unknown_kid_waiting_on_a_hung_provider_slows_no_v1_caller_with_a_kno
         "the refresh is bounded by the fetch timeout"
     );
 }
+
+#[tokio::test]
+async fn an_oidc_admin_passes_the_same_gate_on_admin_config_and_the_status_page() {
+    let key = SigningKey::rsa("rsa-a.der", "gate", Algorithm::RS256);
+    let provider = IdentityProvider::start(&[&key]).await;
+    let app = spawn_admin_app(
+        None,
+        oidc(&provider, |args| {
+            args.access_control = llmux::access::AccessMode::On;
+        }),
+    )
+    .await;
+    let admin = key.sign(&provider.claims("root", &["llmux-admin"]));
+    let user = key.sign(&provider.claims("alice", &["user"]));
+    let get = |path: &'static str, token: String| {
+        let app = &app;
+        async move {
+            app.app
+                .http
+                .get(app.app.url(path))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    for path in ["/admin/config", "/status.json"] {
+        assert_eq!(get(path, admin.clone()).await.status(), 200, "{path}");
+        assert_eq!(
+            get(path, ADMIN_TOKEN.to_owned()).await.status(),
+            200,
+            "{path}"
+        );
+        // A valid token without the admin role looks exactly like a wrong token here.
+        let not_admin = assert_openai_error(get(path, user.clone()).await, 401).await;
+        let wrong = assert_openai_error(get(path, "wrong-token".to_owned()).await, 401).await;
+        assert_eq!(not_admin, wrong, "{path}");
+    }
+    // The admin API keeps fast-openai-api-proxy's 403 for a valid non-admin token.
+    assert_openai_error(get("/api/admin/keys", user).await, 403).await;
+}
