@@ -428,6 +428,22 @@ impl Browser {
         self.call("Input.insertText", json!({"text": text})).await;
     }
 
+    /// Saves a PNG of the page under `dir` (and `STATUS_SCREENSHOT_DIR` when set).
+    async fn screenshot(&mut self, dir: &Path, name: &str) {
+        let shot = self
+            .call("Page.captureScreenshot", json!({"format": "png"}))
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        let file = dir.join(name);
+        std::fs::write(&file, &png).unwrap();
+        if let Some(keep) = std::env::var_os("STATUS_SCREENSHOT_DIR") {
+            std::fs::copy(&file, Path::new(&keep).join(name)).unwrap();
+        }
+    }
+
     async fn close(mut self) {
         let _ = self.call("Browser.close", json!({})).await;
         let exited = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
@@ -461,6 +477,9 @@ async fn chromium_signs_in_through_the_form_on_a_phone_and_sees_the_models() {
             .await,
         json!(false)
     );
+    browser
+        .screenshot(temp.path(), "status-sign-in-phone.png")
+        .await;
 
     // A wrong credential is refused and the form says so.
     browser
@@ -501,18 +520,9 @@ async fn chromium_signs_in_through_the_form_on_a_phone_and_sees_the_models() {
         "page is {width} px wide on a 390 px phone"
     );
 
-    let shot = browser
-        .call("Page.captureScreenshot", json!({"format": "png"}))
+    browser
+        .screenshot(temp.path(), "status-signed-in-phone.png")
         .await;
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(shot["data"].as_str().unwrap())
-        .unwrap();
-    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    let file = temp.path().join("status-signed-in-phone.png");
-    std::fs::write(&file, &png).unwrap();
-    if let Some(dir) = std::env::var_os("STATUS_SCREENSHOT_DIR") {
-        std::fs::copy(&file, Path::new(&dir).join(file.file_name().unwrap())).unwrap();
-    }
 
     // Signing out forgets the credential.
     browser
