@@ -99,8 +99,9 @@ struct Traffic {
 /// With access control on, the page and its report show the router's topology only to an admin.
 /// "On" means: client keys are required (a key file loaded, or `--access-control on`), or an
 /// admin credential is configured (whoever set one said this router has admin-only facts;
-/// `/admin/config` shows the same ones behind it). Without either the page stays open.
-async fn admitted(
+/// `/admin/config` shows the same ones behind it). Without either the page stays open. The page's
+/// per-model health (`/health/{model}`, which lists endpoints) follows the same rule.
+pub async fn admitted(
     request: &HttpRequest,
     state: &AppState,
     gate: &AdminGate,

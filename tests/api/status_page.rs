@@ -99,6 +99,21 @@ async fn with_keys_the_status_report_needs_the_admin_credential_and_refusals_loo
     assert_eq!(admin.status(), 200);
     let report: Value = admin.json().await.unwrap();
     assert_eq!(report["models"][0]["name"], "demo/chat");
+
+    // The page's per-model health lists endpoints: the same rule.
+    for token in [None, Some(CLIENT_KEY)] {
+        assert_openai_error(get_with(&app, "/health/demo/chat", token, "*/*").await, 401).await;
+    }
+    let health = get_with(&app, "/health/demo/chat", Some(ADMIN_TOKEN), "*/*").await;
+    assert_eq!(health.status(), 200);
+    // Liveness and readiness stay open for probes.
+    for path in ["/health", "/ready"] {
+        assert_eq!(
+            get_with(&app, path, None, "*/*").await.status(),
+            200,
+            "{path}"
+        );
+    }
 }
 
 #[tokio::test]
