@@ -307,7 +307,12 @@ impl AccessApiSettings {
             (true, true, false) => SelfServiceMode::OidcOrKey,
             (true, false, _) => SelfServiceMode::KeyOnly,
         };
-        if admin == AdminMode::Disabled && self_service == SelfServiceMode::Disabled {
+        // OIDC on /v1 alone (no admin values, no self-service) still needs the verifier, which
+        // lives with the APIs: the store opens too.
+        if admin == AdminMode::Disabled
+            && self_service == SelfServiceMode::Disabled
+            && !args.oidc_v1
+        {
             return Ok(None);
         }
         let store = StoreLocation::from_settings(
@@ -452,6 +457,14 @@ mod tests {
                 args.oidc_v1 = true;
             },
             Err("LLMUX_OIDC_ISSUER"),
+        );
+        check(
+            |args| {
+                issuer(args);
+                args.oidc_admin_values = Vec::new();
+                args.oidc_v1 = true;
+            },
+            Ok(Some((AdminMode::Disabled, SelfServiceMode::Disabled))),
         );
         check(
             |args| {
