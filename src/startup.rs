@@ -14,6 +14,7 @@ use futures_util::future::Either;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::access;
+use crate::access::admin::AdminGate;
 use crate::admin::settings::AccessApiSettings;
 use crate::admin::{self, AccessApi};
 use crate::api;
@@ -25,6 +26,7 @@ use crate::demo;
 use crate::errors;
 use crate::health::HealthProbes;
 use crate::metrics::Metrics;
+use crate::oidc::callers::OidcCallers;
 use crate::pipeline::accept;
 use crate::pipeline::admit::Admitter;
 use crate::pipeline::attempt::RetryPolicy;
@@ -142,16 +144,22 @@ impl Application {
             took_ms = started.elapsed().as_secs_f64() * 1000.0,
             "config loaded"
         );
+        // The admin credential is read once, here: the admin API, `/admin/*`, the status page
+        // and the decision trace all check this one (`access::admin`).
+        let access_settings = AccessApiSettings::from_args(&args.access, &*env)?;
+        let admin_token = access_settings
+            .as_ref()
+            .and_then(|settings| settings.admin_token.clone());
         // The store (and its data dir) exists only when the admin or self-service API is on. Its
         // keys, policies and protected endpoints are the key table's `database` source.
-        let access_api = AccessApiSettings::from_args(&args.access)?
+        let access_api = access_settings
             .map(AccessApi::start)
             .transpose()?
             .map(Arc::new);
         if let Some(access_api) = &access_api {
             access::database::follow(Arc::clone(key_files.table()), &access_api.store);
         }
-        let mut access = access::startup::access_control(&args, &key_files, &*env)?;
+        let mut access = access::startup::access_control(&args, &key_files, admin_token)?;
         if let Some(access_api) = &access_api {
             access = access.with_usage_sink(Arc::new(access_api.store.clone()));
         }
@@ -183,6 +191,16 @@ impl Application {
             },
             metrics.realtime.clone(),
         ));
+        // `--oidc-v1`: the admin API's OIDC verifier (one key cache) identifies /v1 callers too.
+        let oidc_callers = access_api.as_ref().and_then(|api| {
+            let defaults = api.settings.oidc_v1.as_ref()?;
+            Some(OidcCallers::new(Arc::clone(api.oidc.as_ref()?), defaults))
+        });
+        let admin_gate: web::Data<AdminGate> = web::Data::from(
+            access_api
+                .as_ref()
+                .map_or_else(Default::default, |api| Arc::clone(&api.gate)),
+        );
 
         let listener = bind(&args.host, args.port, args.backlog)
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;
@@ -210,7 +228,7 @@ impl Application {
             },
             max_upload_bytes: args.max_upload_bytes,
             images: Arc::clone(&shared.images),
-            admitter: Admitter::new(access, metrics.access.clone()),
+            admitter: Admitter::new(access, metrics.access.clone()).with_oidc_callers(oidc_callers),
             metrics,
             spool_dir: args.spool_dir(),
             started_at: std::time::SystemTime::now(),
@@ -252,6 +270,7 @@ impl Application {
                 // The admin API's OIDC fetches use a plain client of their own.
                 .app_data(web::Data::new(client.clone()))
                 .app_data(server_realtime.clone())
+                .app_data(admin_gate.clone())
                 .wrap_fn(move |mut request, service| {
                     prefixes.strip(&mut request);
                     service.call(request)

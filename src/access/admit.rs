@@ -134,6 +134,11 @@ impl Caller {
 pub struct KeyView(Arc<KeyEntry>);
 
 impl KeyView {
+    /// A caller proven another way (an OIDC token on /v1).
+    pub fn of(entry: Arc<KeyEntry>) -> Self {
+        Self(entry)
+    }
+
     pub fn may_use_model(&self, model: &str) -> bool {
         self.0.may_use_model(model)
     }
@@ -412,16 +417,6 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .filter(|key| !key.is_empty())
 }
 
-/// The outcome of [`AccessControl::check_admin`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdminCheck {
-    Allowed,
-    /// No admin token is configured (503).
-    NotConfigured,
-    /// Missing or wrong admin token (401).
-    Unauthorized,
-}
-
 /// Access control as the server runs it: the mode, the key table, the counters, the admin token.
 pub struct AccessControl {
     mode: AccessMode,
@@ -488,27 +483,6 @@ impl AccessControl {
         }
     }
 
-    /// Whether a request to `/admin/*` may pass: 503 when no admin token is configured, 401
-    /// without the right one.
-    pub fn check_admin(&self, headers: &HeaderMap) -> AdminCheck {
-        match (&self.admin, self.is_admin(headers)) {
-            (None, _) => AdminCheck::NotConfigured,
-            (Some(_), true) => AdminCheck::Allowed,
-            (Some(_), false) => AdminCheck::Unauthorized,
-        }
-    }
-
-    /// Whether `headers` carry the admin token as `Authorization: Bearer`.
-    pub fn is_admin(&self, headers: &HeaderMap) -> bool {
-        let presented = headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim());
-        matches!((&self.admin, presented), (Some(admin), Some(token)) if admin.verify(token))
-    }
-
     fn wants_trace(&self, headers: &HeaderMap) -> bool {
         self.trace_all
             || match (&self.admin, headers.get(ADMIN_TRACE_HEADER)) {
@@ -530,6 +504,27 @@ impl AccessControl {
         }
         let snapshot = self.table.snapshot();
         let entry = identify_key(&snapshot, headers).map_err(Rejection::anonymous)?;
+        self.admit_key(headers, request, now, &snapshot, entry)
+            .await
+            .map_err(|denial| Rejection {
+                denial,
+                caller: Some(Caller::of(entry)),
+            })
+    }
+
+    /// Decides on a request whose caller was proven another way (an OIDC token on /v1,
+    /// `oidc::callers`): the same checks and limits as for a key entry.
+    pub async fn admit_entry(
+        &self,
+        headers: &HeaderMap,
+        request: &AdmitRequest<'_>,
+        now: SystemTime,
+        entry: &Arc<KeyEntry>,
+    ) -> Result<Admission, Rejection> {
+        if !self.enabled() {
+            return Ok(Admission::open());
+        }
+        let snapshot = self.table.snapshot();
         self.admit_key(headers, request, now, &snapshot, entry)
             .await
             .map_err(|denial| Rejection {
@@ -1279,28 +1274,6 @@ mod tests {
         assert_eq!(
             admitted, 3,
             "the override's 3 a day replace the policy's 1 a minute"
-        );
-    }
-
-    #[test]
-    fn admin_credentials_are_bearer_tokens_checked_in_constant_time() {
-        let control = control(&keys(""), AccessMode::On);
-        assert!(control.is_admin(&bearer("admin-secret")));
-        assert!(!control.is_admin(&bearer("admin-secre")));
-        assert!(!control.is_admin(&HeaderMap::new()));
-        assert_eq!(
-            control.check_admin(&bearer("admin-secret")),
-            AdminCheck::Allowed
-        );
-        assert_eq!(
-            control.check_admin(&bearer("llmux_k")),
-            AdminCheck::Unauthorized
-        );
-        let mut without = control;
-        without.admin = None;
-        assert_eq!(
-            without.check_admin(&bearer("admin-secret")),
-            AdminCheck::NotConfigured
         );
     }
 }

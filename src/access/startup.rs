@@ -1,9 +1,8 @@
 //! Building access control at start-up: refuse to start on a broken key file (fail closed),
-//! read the admin token, warn when nothing protects a non-loopback listener.
+//! take the admin token (read once by `admin::settings`), warn when nothing protects a
+//! non-loopback listener.
 use std::net::IpAddr;
 use std::sync::Arc;
-
-use anyhow::Context;
 
 use super::admin::AdminToken;
 use super::admit::AccessControl;
@@ -16,7 +15,7 @@ use crate::cli::ServeArgs;
 pub fn access_control(
     args: &ServeArgs,
     key_files: &KeyFiles,
-    env: &dyn Fn(&str) -> Option<String>,
+    admin: Option<AdminToken>,
 ) -> anyhow::Result<AccessControl> {
     let failing = key_files.failing();
     if let Some((file, error)) = failing.first() {
@@ -29,11 +28,13 @@ pub fn access_control(
             );
         }
     }
-    let admin = AdminToken::from_env(env)
-        .map_err(anyhow::Error::msg)
-        .context("reading the admin token")?;
+    // OIDC tokens on /v1 are credentials: with them on, `auto` needs one from the start.
+    let mode = match args.access_control {
+        AccessMode::Auto if args.access.oidc_v1 => AccessMode::On,
+        mode => mode,
+    };
     let access = AccessControl::new(
-        args.access_control,
+        mode,
         Arc::clone(key_files.table()),
         Arc::new(MemoryStore::new()),
         admin,

@@ -1,12 +1,9 @@
 //! Who is calling the admin or self-service API. The admin token is compared in constant time;
 //! an OIDC token must verify; a self-service key must be a live, usable llmux key. An arbitrary
 //! bearer string is never an identity (fast-openai-api-proxy's self-service hole).
-use actix_web::http::header;
 use actix_web::HttpRequest;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
-use crate::admin::settings::AdminMode;
+use crate::access::admin::{bearer, Admin, AdminRefusal};
 use crate::admin::AccessApi;
 use crate::errors::ApiError;
 use crate::oidc::{Oidc, OidcUser};
@@ -41,17 +38,6 @@ impl Caller {
     }
 }
 
-fn bearer(request: &HttpRequest) -> Option<&str> {
-    let value = request
-        .headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
 fn unauthorized() -> ApiError {
     ApiError::Unauthorized(
         "Unauthorized: send `Authorization: Bearer <token>` with a valid credential.".into(),
@@ -65,33 +51,21 @@ async fn oidc_user(oidc: &Oidc, token: &str, client: &awc::Client) -> Result<Oid
     })
 }
 
-/// An admin: the admin token (unless OIDC-only) or an OIDC token with an admin value.
+/// An admin: whoever passes the admin gate (`access::admin`, shared with `/admin/*` and the
+/// status page): the admin token (unless OIDC-only) or an OIDC token with an admin value. A
+/// valid OIDC token without one is a 403 here, as in fast-openai-api-proxy.
 pub async fn admin(
     request: &HttpRequest,
     api: &AccessApi,
     client: &awc::Client,
 ) -> Result<Caller, ApiError> {
-    let token = bearer(request).ok_or_else(unauthorized)?;
-    if api.settings.admin != AdminMode::OidcOnly {
-        if let Some(expected) = &api.settings.admin_token {
-            // Digests first: equal lengths, so the comparison leaks nothing about the token.
-            let given = Sha256::digest(token.as_bytes());
-            let wanted = Sha256::digest(expected.expose().as_bytes());
-            if bool::from(given.as_slice().ct_eq(wanted.as_slice())) {
-                return Ok(Caller::AdminToken);
-            }
-        }
-    }
-    let Some(oidc) = api.oidc.as_deref().filter(|_| Oidc::looks_like_jwt(token)) else {
-        return Err(unauthorized());
-    };
-    let user = oidc_user(oidc, token, client).await?;
-    if oidc.is_admin(&user) {
-        Ok(Caller::Oidc(user))
-    } else {
-        Err(ApiError::Forbidden(
+    match api.gate.check(request.headers(), client).await {
+        Ok(Admin::Token) => Ok(Caller::AdminToken),
+        Ok(Admin::Oidc(user)) => Ok(Caller::Oidc(user)),
+        Err(AdminRefusal::NotAnAdmin) => Err(ApiError::Forbidden(
             "Your token is valid but carries none of the admin roles or groups.".into(),
-        ))
+        )),
+        Err(AdminRefusal::Unauthorized | AdminRefusal::NotConfigured) => Err(unauthorized()),
     }
 }
 
@@ -102,7 +76,7 @@ pub async fn self_service(
     api: &AccessApi,
     client: &awc::Client,
 ) -> Result<Caller, ApiError> {
-    let token = bearer(request).ok_or_else(unauthorized)?;
+    let token = bearer(request.headers()).ok_or_else(unauthorized)?;
     if let Some(oidc) = api.oidc.as_deref().filter(|_| Oidc::looks_like_jwt(token)) {
         let user = oidc_user(oidc, token, client).await?;
         return if oidc.may_self_serve(&user) {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use actix_web::web;
 
+use crate::access::admin::AdminGate;
 use crate::admin::settings::{AccessApiSettings, AdminMode, SelfServiceMode, SettingsError};
 use crate::errors::{self, ApiError};
 use crate::oidc::Oidc;
@@ -22,6 +23,8 @@ pub struct AccessApi {
     pub settings: AccessApiSettings,
     pub store: Store,
     pub oidc: Option<Arc<Oidc>>,
+    /// The admin gate, shared with `/admin/*` and the status page.
+    pub gate: Arc<AdminGate>,
     /// Set by the first worker, which keeps the OIDC keys fresh.
     oidc_refresher: AtomicBool,
 }
@@ -35,10 +38,20 @@ impl AccessApi {
             WhenUnreachable::KeepTrying,
         )?;
         let oidc = settings.oidc.clone().map(|oidc| Arc::new(Oidc::new(oidc)));
+        let oidc_admins = oidc
+            .as_ref()
+            .filter(|oidc| !oidc.settings().admin_values.is_empty())
+            .filter(|_| matches!(settings.admin, AdminMode::Hybrid | AdminMode::OidcOnly));
+        let token = settings
+            .admin_token
+            .clone()
+            .filter(|_| settings.admin != AdminMode::OidcOnly);
+        let gate = Arc::new(AdminGate::new(token, oidc_admins.cloned()));
         Ok(Self {
             settings,
             store,
             oidc,
+            gate,
             oidc_refresher: AtomicBool::new(false),
         })
     }

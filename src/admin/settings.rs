@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::access::admin::AdminToken;
+use crate::access::key::KeyLimits;
 use crate::cli::parse_seconds;
 use crate::oidc::OidcSettings;
 use crate::secret::ApiKey;
@@ -12,10 +14,14 @@ use crate::store::{StoreError, StoreLocation};
 
 #[derive(Debug, Clone, Args)]
 pub struct AccessApiArgs {
-    /// Bearer token of the admin API at /api/admin (at least 16 characters); setting it turns
-    /// the admin API on.
+    /// The admin credential (at least 16 characters): a bearer token for /admin/*, the admin
+    /// API at /api/admin and, with access control on, the status page. Setting it turns the
+    /// admin API on.
     #[arg(long, env = "LLMUX_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_secret)]
     pub admin_token: Option<ApiKey>,
+    /// A file holding the admin credential (its first line), instead of --admin-token.
+    #[arg(long, env = "LLMUX_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Turns the self-service API at /api on: callers manage their own keys, proven by OIDC or
     /// an existing valid llmux key.
     #[arg(long, env = "LLMUX_SELF_SERVICE_API")]
@@ -62,6 +68,24 @@ pub struct AccessApiArgs {
     /// Self-service accepts only OIDC callers, not llmux keys.
     #[arg(long, env = "LLMUX_SELF_SERVICE_OIDC_ONLY")]
     pub self_service_oidc_only: bool,
+    /// OIDC bearer tokens also authenticate /v1 calls: a token that verifies (issuer, audience,
+    /// expiry, a known key) is a caller with owner `oidc:<sub>`, under the quota policies and
+    /// overrides of that owner and the defaults below. Needs --oidc-issuer; turns access control
+    /// on in `auto` mode.
+    #[arg(long, env = "LLMUX_OIDC_V1")]
+    pub oidc_v1: bool,
+    /// Models OIDC callers may use on /v1 (comma-separated glob patterns) [default: every model].
+    #[arg(long, env = "LLMUX_OIDC_V1_ALLOWED_MODELS", value_delimiter = ',')]
+    pub oidc_v1_allowed_models: Vec<String>,
+    /// Requests per minute of each OIDC caller on /v1 [default: unlimited].
+    #[arg(long, env = "LLMUX_OIDC_V1_REQUESTS_PER_MINUTE")]
+    pub oidc_v1_requests_per_minute: Option<u64>,
+    /// Tokens per minute of each OIDC caller on /v1 [default: unlimited].
+    #[arg(long, env = "LLMUX_OIDC_V1_TOKENS_PER_MINUTE")]
+    pub oidc_v1_tokens_per_minute: Option<u64>,
+    /// Tokens per day of each OIDC caller on /v1 [default: unlimited].
+    #[arg(long, env = "LLMUX_OIDC_V1_TOKENS_PER_DAY")]
+    pub oidc_v1_tokens_per_day: Option<u64>,
     /// Time allowed for each discovery or JWKS fetch, in seconds.
     #[arg(long, env = "LLMUX_OIDC_FETCH_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
     pub oidc_fetch_timeout: Duration,
@@ -74,6 +98,7 @@ impl Default for AccessApiArgs {
     fn default() -> Self {
         Self {
             admin_token: None,
+            admin_token_file: None,
             self_service_api: false,
             data_dir: PathBuf::from("./data"),
             database_url: None,
@@ -87,6 +112,11 @@ impl Default for AccessApiArgs {
             oidc_self_service_values: Vec::new(),
             admin_oidc_only: false,
             self_service_oidc_only: false,
+            oidc_v1: false,
+            oidc_v1_allowed_models: Vec::new(),
+            oidc_v1_requests_per_minute: None,
+            oidc_v1_tokens_per_minute: None,
+            oidc_v1_tokens_per_day: None,
             oidc_fetch_timeout: Duration::from_secs(5),
             oidc_jwks_max_age: Duration::from_secs(300),
         }
@@ -144,10 +174,21 @@ impl SelfServiceMode {
 #[derive(Debug, Clone)]
 pub struct AccessApiSettings {
     pub admin: AdminMode,
-    pub admin_token: Option<ApiKey>,
+    /// The admin credential (`access::admin`), read once here.
+    pub admin_token: Option<AdminToken>,
     pub self_service: SelfServiceMode,
     pub oidc: Option<OidcSettings>,
+    /// Present when OIDC tokens also authenticate /v1 calls.
+    pub oidc_v1: Option<OidcV1Defaults>,
     pub store: StoreLocation,
+}
+
+/// What an OIDC caller on /v1 may do (`--oidc-v1-*`), beside the policies of its owner.
+#[derive(Debug, Clone, Default)]
+pub struct OidcV1Defaults {
+    /// Glob patterns; `None`: every model.
+    pub allowed_models: Option<Vec<String>>,
+    pub limits: KeyLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,11 +201,14 @@ impl From<StoreError> for SettingsError {
     }
 }
 
-const MIN_ADMIN_TOKEN_CHARS: usize = 16;
-
 impl AccessApiSettings {
     /// `None` when neither API is on: then no store is opened and no data dir is created.
-    pub fn from_args(args: &AccessApiArgs) -> Result<Option<Self>, SettingsError> {
+    /// `env` is where `LLMUX_ADMIN_TOKEN` / `LLMUX_ADMIN_TOKEN_FILE` are read when the flags
+    /// are unset (the process environment, or a test's map).
+    pub fn from_args(
+        args: &AccessApiArgs,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, SettingsError> {
         let refuse = |message: &str| Err(SettingsError(message.to_owned()));
         let issuer = args
             .oidc_issuer
@@ -181,6 +225,9 @@ impl AccessApiSettings {
             if args.oidc_jwks_url.is_some() {
                 return refuse("LLMUX_OIDC_JWKS_URL (--oidc-jwks-url) needs LLMUX_OIDC_ISSUER (--oidc-issuer): tokens are checked against the issuer");
             }
+            if args.oidc_v1 {
+                return refuse("LLMUX_OIDC_V1 (--oidc-v1) needs LLMUX_OIDC_ISSUER (--oidc-issuer)");
+            }
             if args.oidc_audience.is_some() {
                 return refuse(
                     "LLMUX_OIDC_AUDIENCE (--oidc-audience) needs LLMUX_OIDC_ISSUER (--oidc-issuer)",
@@ -190,13 +237,14 @@ impl AccessApiSettings {
         if args.self_service_oidc_only && !args.self_service_api {
             return refuse("LLMUX_SELF_SERVICE_OIDC_ONLY (--self-service-oidc-only) is set but the self-service API is off: set LLMUX_SELF_SERVICE_API (--self-service-api)");
         }
-        if let Some(token) = &args.admin_token {
-            if args.admin_oidc_only {
-                return refuse("LLMUX_ADMIN_TOKEN (--admin-token) is set but LLMUX_ADMIN_OIDC_ONLY (--admin-oidc-only) refuses it: unset one of them");
-            }
-            if token.expose().chars().count() < MIN_ADMIN_TOKEN_CHARS {
-                return refuse("LLMUX_ADMIN_TOKEN (--admin-token) must be at least 16 characters");
-            }
+        let admin_token = AdminToken::read(
+            args.admin_token.as_ref(),
+            args.admin_token_file.as_deref(),
+            env,
+        )
+        .map_err(SettingsError)?;
+        if admin_token.is_some() && args.admin_oidc_only {
+            return refuse("LLMUX_ADMIN_TOKEN (--admin-token) is set but LLMUX_ADMIN_OIDC_ONLY (--admin-oidc-only) refuses it: unset one of them");
         }
         let oidc = match issuer {
             None => None,
@@ -242,7 +290,7 @@ impl AccessApiSettings {
         let oidc_admin = oidc
             .as_ref()
             .is_some_and(|oidc| !oidc.admin_values.is_empty());
-        let admin = match (args.admin_token.is_some(), oidc_admin, args.admin_oidc_only) {
+        let admin = match (admin_token.is_some(), oidc_admin, args.admin_oidc_only) {
             (_, true, true) => AdminMode::OidcOnly,
             (true, true, false) => AdminMode::Hybrid,
             (true, false, _) => AdminMode::StaticTokenOnly,
@@ -259,7 +307,12 @@ impl AccessApiSettings {
             (true, true, false) => SelfServiceMode::OidcOrKey,
             (true, false, _) => SelfServiceMode::KeyOnly,
         };
-        if admin == AdminMode::Disabled && self_service == SelfServiceMode::Disabled {
+        // OIDC on /v1 alone (no admin values, no self-service) still needs the verifier, which
+        // lives with the APIs: the store opens too.
+        if admin == AdminMode::Disabled
+            && self_service == SelfServiceMode::Disabled
+            && !args.oidc_v1
+        {
             return Ok(None);
         }
         let store = StoreLocation::from_settings(
@@ -268,9 +321,19 @@ impl AccessApiSettings {
         )?;
         Ok(Some(Self {
             admin,
-            admin_token: args.admin_token.clone(),
+            admin_token,
             self_service,
             oidc,
+            oidc_v1: args.oidc_v1.then(|| OidcV1Defaults {
+                allowed_models: Some(clean(&args.oidc_v1_allowed_models))
+                    .filter(|models| !models.is_empty()),
+                limits: KeyLimits {
+                    requests_per_minute: args.oidc_v1_requests_per_minute,
+                    tokens_per_minute: args.oidc_v1_tokens_per_minute,
+                    tokens_per_day: args.oidc_v1_tokens_per_day,
+                    ..KeyLimits::default()
+                },
+            }),
             store,
         }))
     }
@@ -304,7 +367,7 @@ mod tests {
     ) {
         let mut args = AccessApiArgs::default();
         edit(&mut args);
-        let result = AccessApiSettings::from_args(&args)
+        let result = AccessApiSettings::from_args(&args, &|_| None)
             .map(|settings| settings.map(|settings| (settings.admin, settings.self_service)));
         match (result, expected) {
             (Ok(got), Ok(want)) => assert_eq!(got, want),
@@ -387,6 +450,21 @@ mod tests {
         check(
             |args| args.oidc_jwks_url = Some("https://x/jwks".into()),
             Err("LLMUX_OIDC_JWKS_URL"),
+        );
+        check(
+            |args| {
+                token(args);
+                args.oidc_v1 = true;
+            },
+            Err("LLMUX_OIDC_ISSUER"),
+        );
+        check(
+            |args| {
+                issuer(args);
+                args.oidc_admin_values = Vec::new();
+                args.oidc_v1 = true;
+            },
+            Ok(Some((AdminMode::Disabled, SelfServiceMode::Disabled))),
         );
         check(
             |args| {

@@ -3,39 +3,47 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::access::admin::{AdminGate, AdminRefusal};
 use crate::config::load::{Problem, Severity};
 use crate::config::watch::FileStatus;
 use crate::errors::ApiError;
 use crate::routing::endpoint::Endpoint;
 use crate::state::AppState;
 
-/// The middleware in front of `/admin/*`: the admin token or an OpenAI-shaped refusal.
-pub fn gate<S, B>(
+/// The middleware in front of `/admin/*` (`middleware::from_fn`): the admin gate
+/// (`access::admin`) or an OpenAI-shaped refusal: 503 saying how to set a credential when none is
+/// configured, 401 otherwise.
+pub async fn gate<B: MessageBody + 'static>(
     request: ServiceRequest,
-    service: &S,
-) -> impl std::future::Future<Output = Result<ServiceResponse<EitherBody<B>>, Error>> + 'static
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
-    S::Future: 'static,
-    B: MessageBody + 'static,
-{
-    let verdict = match request.app_data::<web::Data<AppState>>() {
-        Some(state) => state.admitter.admin(request.headers()),
-        None => Err(crate::errors::ApiError::AdminNotConfigured),
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, Error> {
+    let gate = request.app_data::<web::Data<AdminGate>>().cloned();
+    let client = request.app_data::<web::Data<awc::Client>>().cloned();
+    let verdict = match (gate, client) {
+        (Some(gate), Some(client)) => gate.check(request.headers(), &client).await,
+        _ => Err(AdminRefusal::NotConfigured),
     };
-    let outcome = match verdict {
-        Ok(()) => Ok(service.call(request)),
-        Err(error) => Err(request.into_response(error.error_response())),
-    };
-    async move {
-        match outcome {
-            Ok(future) => Ok(future.await?.map_into_left_body()),
-            Err(refused) => Ok(refused.map_into_right_body()),
-        }
+    match verdict {
+        Ok(_) => Ok(next.call(request).await?.map_into_left_body()),
+        Err(refusal) => Ok(request
+            .into_response(refusal_error(refusal).error_response())
+            .map_into_right_body()),
+    }
+}
+
+/// What `/admin/*` and the status page answer when the gate refuses: a wrong token and a valid
+/// OIDC token without an admin role look the same.
+pub fn refusal_error(refusal: AdminRefusal) -> ApiError {
+    match refusal {
+        AdminRefusal::NotConfigured => ApiError::AdminNotConfigured,
+        AdminRefusal::Unauthorized | AdminRefusal::NotAnAdmin => ApiError::InvalidApiKey {
+            reason: "This endpoint needs the admin credential as `Authorization: Bearer TOKEN`.",
+        },
     }
 }
 

@@ -2,9 +2,10 @@
 //! (GET /health/{model}).
 use std::sync::atomic::Ordering;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
+use crate::access::admin::AdminGate;
 use crate::errors::ApiError;
 use crate::health::{check_model, EndpointStatus, ModelStatus};
 use crate::shared::SharedState;
@@ -41,11 +42,16 @@ fn not_ready(reason: &str) -> HttpResponse {
 }
 
 /// Probes the model's endpoints: 200 ok or degraded, 503 when none is up, 404 for an unknown model.
+/// It lists endpoints: with access control on, like the status page, only for the admin.
 pub async fn model(
+    request: HttpRequest,
     model: web::Path<String>,
     state: web::Data<AppState>,
     clients: web::Data<UpstreamClients>,
+    gate: web::Data<AdminGate>,
+    client: web::Data<awc::Client>,
 ) -> Result<HttpResponse, ApiError> {
+    crate::api::status::admitted(&request, &state, &gate, &client).await?;
     let model = model.into_inner();
     let routes = state
         .table

@@ -87,10 +87,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(resource("/health/{model:.+}").route(web::get().to(health::model)))
     .service(resource("/ready").route(web::get().to(health::readiness)))
-    // Everything under /admin needs the admin token (503 when none is configured).
+    // Everything under /admin needs the admin credential (503 when none is configured).
     .service(
         web::scope("/admin")
-            .wrap_fn(admin::gate)
+            .wrap(actix_web::middleware::from_fn(admin::gate))
             .service(resource("/config").route(web::get().to(admin::config))),
     )
     // The status page shows what /admin/config does: access control guards it with the

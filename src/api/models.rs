@@ -36,7 +36,7 @@ pub async fn list(
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = state.admitter.caller(request.headers())?;
+    let caller = state.admitter.caller(&request).await?;
     let models = state.table.models();
     Ok(HttpResponse::Ok().json(ModelList {
         object: "list",
@@ -57,7 +57,7 @@ pub async fn retrieve(
     model: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let model = model.into_inner();
-    let caller = state.admitter.caller(request.headers())?;
+    let caller = state.admitter.caller(&request).await?;
     let routes = state
         .table
         .lookup(&model)

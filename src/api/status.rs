@@ -1,16 +1,19 @@
 //! GET / and /status: the status page (one HTML file in the binary, no external assets), and
-//! GET /status.json, which the page polls: version, uptime, config files and their problems, every
+//! GET /status.json, which the page polls (both behind the admin gate when access control is on): version, uptime, config files and their problems, every
 //! model with its endpoints, and per-model request counters and latency buckets from llmux's own
 //! metrics (the page turns two polls into recent rates and percentiles).
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use actix_web::http::header;
-use actix_web::{web, HttpResponse};
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::access::admin::{AdminGate, AdminRefusal};
+use crate::api::admin;
 use crate::config::load::Severity;
 use crate::config::watch::FileStatus;
+use crate::errors::ApiError;
 use crate::state::AppState;
 
 /// The page: HTML, CSS and script in one file.
@@ -93,14 +96,63 @@ struct Traffic {
     duration_buckets: Vec<(Option<f64>, u64)>,
 }
 
-pub async fn page() -> HttpResponse {
-    HttpResponse::Ok()
+/// With access control on, the page and its report show the router's topology only to an admin.
+/// "On" means: client keys are required (a key file loaded, or `--access-control on`), or an
+/// admin credential is configured (whoever set one said this router has admin-only facts;
+/// `/admin/config` shows the same ones behind it). Without either the page stays open. The page's
+/// per-model health (`/health/{model}`, which lists endpoints) follows the same rule.
+pub async fn admitted(
+    request: &HttpRequest,
+    state: &AppState,
+    gate: &AdminGate,
+    client: &awc::Client,
+) -> Result<(), ApiError> {
+    if !state.admitter.access().enabled() && !gate.is_configured() {
+        return Ok(());
+    }
+    match gate.check(request.headers(), client).await {
+        Ok(_) => Ok(()),
+        // Nobody can be an admin here (keys but no credential): the same 401, no hint why.
+        Err(AdminRefusal::NotConfigured) => Err(admin::refusal_error(AdminRefusal::Unauthorized)),
+        Err(refusal) => Err(admin::refusal_error(refusal)),
+    }
+}
+
+/// `/` and `/status`. A browser (which cannot send a header on navigation) refused by the gate
+/// gets the same page with status 401: the page holds no data and shows its sign-in form; any
+/// other client gets the OpenAI-shaped 401.
+pub async fn page(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+    gate: web::Data<AdminGate>,
+    client: web::Data<awc::Client>,
+) -> HttpResponse {
+    let status = match admitted(&request, &state, &gate, &client).await {
+        Ok(()) => StatusCode::OK,
+        Err(_) if wants_html(&request) => StatusCode::UNAUTHORIZED,
+        Err(error) => return error.error_response(),
+    };
+    HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .body(PAGE)
 }
 
-pub async fn report(state: web::Data<AppState>) -> HttpResponse {
+fn wants_html(request: &HttpRequest) -> bool {
+    request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"))
+}
+
+pub async fn report(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+    gate: web::Data<AdminGate>,
+    client: web::Data<awc::Client>,
+) -> Result<HttpResponse, ApiError> {
+    admitted(&request, &state, &gate, &client).await?;
     let config = state.live.status();
     let mut traffic = state
         .metrics
@@ -138,7 +190,7 @@ pub async fn report(state: web::Data<AppState>) -> HttpResponse {
         })
         .collect();
     let now = SystemTime::now();
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(StatusReport {
             version: env!("CARGO_PKG_VERSION"),
@@ -157,7 +209,7 @@ pub async fn report(state: web::Data<AppState>) -> HttpResponse {
                 files: config.files.iter().map(file_report).collect(),
             },
             models,
-        })
+        }))
 }
 
 fn file_report(file: &FileStatus) -> FileReport {

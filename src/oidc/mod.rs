@@ -2,6 +2,7 @@
 //! fetched asynchronously (awc, on the caller's worker) and cached; a token whose key is cached
 //! never waits for the identity provider, an unknown `kid` triggers one refresh for everyone
 //! (single flight, at most one per `min_refresh_interval`), bounded by `fetch_timeout`.
+pub mod callers;
 pub mod claims;
 
 use std::sync::{Arc, RwLock};

@@ -11,22 +11,27 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
-use actix_web::{HttpMessage, HttpRequest};
+use actix_web::{web, HttpMessage, HttpRequest};
 
 use super::operation::Operation;
 use super::record::{AccessLog, Outcome};
+use crate::access::admin::bearer;
 use crate::access::admit::{
-    self as access_admit, max_output_tokens, AccessControl, AdminCheck, Denial, KeyView,
-    RateLimitHeaders, DECISION_HEADER,
+    self as access_admit, max_output_tokens, AccessControl, Denial, KeyView, RateLimitHeaders,
+    Rejection, DECISION_HEADER,
 };
+use crate::access::key::KeyEntry;
 use crate::access::metrics::AccessMetrics;
 use crate::errors::ApiError;
+use crate::oidc::callers::OidcCallers;
 use crate::proxy::usage::{count_tokens, request_text, Usage};
 
 /// Who decides admissions: built once, shared by every worker (`AppState::admitter`).
 pub struct Admitter {
     access: Arc<AccessControl>,
     metrics: AccessMetrics,
+    /// `--oidc-v1`: OIDC bearer tokens identify callers too.
+    oidc: Option<OidcCallers>,
 }
 
 /// What admission knows about a request.
@@ -93,7 +98,29 @@ pub struct Admission {
 
 impl Admitter {
     pub fn new(access: Arc<AccessControl>, metrics: AccessMetrics) -> Self {
-        Self { access, metrics }
+        Self {
+            access,
+            metrics,
+            oidc: None,
+        }
+    }
+
+    /// OIDC bearer tokens (JWTs) identify callers too, before the key table is asked.
+    pub fn with_oidc_callers(mut self, callers: Option<OidcCallers>) -> Self {
+        self.oidc = callers;
+        self
+    }
+
+    /// Identify, for OIDC tokens on /v1: `None` when that is off or the bearer is not a JWT (a
+    /// client key, then); a token that fails verification is the same 401 as an unknown key.
+    async fn oidc_caller(&self, request: &HttpRequest) -> Option<Result<Arc<KeyEntry>, Denial>> {
+        let callers = self.oidc.as_ref().filter(|_| self.access.enabled())?;
+        let token = bearer(request.headers()).filter(|token| OidcCallers::is_token(token))?;
+        let client = request.app_data::<web::Data<awc::Client>>()?;
+        Some(callers.caller(token, client).await.map_err(|error| {
+            tracing::info!(error = %error, "OIDC token on /v1 refused");
+            Denial::UnknownKey
+        }))
     }
 
     pub fn access(&self) -> &AccessControl {
@@ -115,20 +142,26 @@ impl Admitter {
         }
         let path = format!("/{}", admit.operation.path());
         let estimate = || admit.token_reservation();
-        let decision = self
-            .access
-            .admit(
-                admit.headers,
-                &access_admit::AdmitRequest {
-                    operation: operation_name(admit.operation),
-                    path: &path,
-                    method: request.method().as_str(),
-                    model: Some(admit.model),
-                    token_estimate: &estimate,
-                },
-                SystemTime::now(),
-            )
-            .await;
+        let access_request = access_admit::AdmitRequest {
+            operation: operation_name(admit.operation),
+            path: &path,
+            method: request.method().as_str(),
+            model: Some(admit.model),
+            token_estimate: &estimate,
+        };
+        let now = SystemTime::now();
+        let decision = match self.oidc_caller(request).await {
+            Some(Ok(entry)) => {
+                self.access
+                    .admit_entry(admit.headers, &access_request, now, &entry)
+                    .await
+            }
+            Some(Err(denial)) => Err(Rejection {
+                denial,
+                caller: None,
+            }),
+            None => self.access.admit(admit.headers, &access_request, now).await,
+        };
         match decision {
             Ok(grant) => {
                 if let Some(caller) = &grant.caller {
@@ -165,29 +198,20 @@ impl Admitter {
         }
     }
 
-    /// The key `headers` present, for listings that are not admissions (`GET /v1/models`):
-    /// `Ok(None)` when access control is off.
-    pub fn caller(&self, headers: &HeaderMap) -> Result<Option<KeyView>, ApiError> {
-        self.access
-            .caller(headers)
-            .map_err(|denial| error_of(denial, "", Operation::ChatCompletions))
+    /// The caller `request` presents (a key, or an OIDC token with `--oidc-v1`), for listings
+    /// that are not admissions (`GET /v1/models`): `Ok(None)` when access control is off.
+    pub async fn caller(&self, request: &HttpRequest) -> Result<Option<KeyView>, ApiError> {
+        let caller = match self.oidc_caller(request).await {
+            Some(found) => found.map(|entry| Some(KeyView::of(entry))),
+            None => self.access.caller(request.headers()),
+        };
+        caller.map_err(|denial| error_of(denial, "", Operation::ChatCompletions))
     }
 
     /// Whether the caller may see `model` in `GET /v1/models` (and `/v1/models/{model}`): a
     /// model it may not use does not exist for it.
     pub fn may_see(caller: Option<&KeyView>, model: &str) -> bool {
         caller.is_none_or(|key| key.may_use_model(model))
-    }
-
-    /// The gate of `/admin/*`: the admin token, 503 when none is configured.
-    pub fn admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        match self.access.check_admin(headers) {
-            AdminCheck::Allowed => Ok(()),
-            AdminCheck::NotConfigured => Err(ApiError::AdminNotConfigured),
-            AdminCheck::Unauthorized => Err(ApiError::InvalidApiKey {
-                reason: "This endpoint needs the admin token as `Authorization: Bearer TOKEN`.",
-            }),
-        }
     }
 }
 

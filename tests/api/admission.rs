@@ -30,9 +30,18 @@ fn key_file(keys: Vec<Value>) -> Value {
     json!({"llmux_access": {"keys": keys}})
 }
 
-/// llmux serving models `m`, `openai/gpt-4o` and `llama-3` with `keys.json` and the admin token.
+/// llmux serving models `m`, `openai/gpt-4o` and `llama-3` with `keys.json`.
 async fn spawn_with(access: Value) -> TestApp {
-    Spawn::new()
+    start_with(Spawn::new(), access).await
+}
+
+/// `spawn_with`, plus the admin token (which turns the admin API and its store on).
+async fn spawn_with_admin(access: Value) -> TestApp {
+    start_with(Spawn::new().admin_token(), access).await
+}
+
+async fn start_with(spawn: Spawn, access: Value) -> TestApp {
+    spawn
         .file(
             "provider.json",
             provider_file(
@@ -438,7 +447,7 @@ async fn an_upload_counts_against_the_request_quota() {
 
 #[tokio::test]
 async fn the_client_key_never_reaches_the_upstream() {
-    let app = spawn_with(key_file(vec![entry(
+    let app = spawn_with_admin(key_file(vec![entry(
         "k",
         "llmux_secret_client_key",
         json!({}),
@@ -478,7 +487,7 @@ async fn the_client_key_never_reaches_the_upstream() {
 
 #[tokio::test]
 async fn admin_endpoints_need_the_admin_token() {
-    let app = spawn_with(key_file(vec![entry("k", "llmux_k", json!({}))])).await;
+    let app = spawn_with_admin(key_file(vec![entry("k", "llmux_k", json!({}))])).await;
 
     let anonymous = app.get("/admin/config").await;
     assert_openai_error(anonymous, 401).await;
@@ -504,7 +513,6 @@ async fn admin_endpoints_need_the_admin_token() {
 async fn without_an_admin_token_admin_endpoints_answer_503_saying_why() {
     let app = Spawn::new()
         .file("provider.json", provider_file("mock", "", &[("m", "t")]))
-        .without_env("LLMUX_ADMIN_TOKEN")
         .start()
         .await;
 
@@ -520,7 +528,7 @@ async fn without_an_admin_token_admin_endpoints_answer_503_saying_why() {
 
 #[tokio::test]
 async fn the_decision_trace_is_for_admins_only_and_a_client_cannot_ask_for_it() {
-    let app = spawn_with(json!({"llmux_access": {
+    let app = spawn_with_admin(json!({"llmux_access": {
         "keys": [entry("k", "llmux_k", json!({"owner_id": "alice"}))],
         "quota_policies": [{"api_path": "/v1/chat/completions", "window_type": "minute", "request_limit": 10}]
     }}))
@@ -620,11 +628,14 @@ async fn no_key_or_digest_shows_in_logs_errors_admin_config_or_metrics() {
         .to_string(),
     )
     .unwrap();
+    // The admin token turns the admin API on: its store goes to a temp dir.
+    let data = tempfile::tempdir().unwrap();
     let binary = Binary::start(
         dir.path(),
         &["--log", "debug"],
         &[
             ("LLMUX_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("LLMUX_DATA_DIR", data.path().to_str().unwrap()),
             ("TEST_PROVIDER_KEY", "sk-upstream"),
         ],
     )

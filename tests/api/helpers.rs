@@ -20,7 +20,7 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
     }
 });
 
-/// The admin token apps started by `Spawn` have (`/admin/*` needs it).
+/// The admin token of apps started with `Spawn::admin_token` (`/admin/*` needs it).
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
 
 /// The key provider configs in tests read from `TEST_PROVIDER_KEY`.
@@ -33,24 +33,34 @@ pub struct TestApp {
     pub config_dir: TempDir,
     pub upstream: MockUpstream,
     pub http: reqwest::Client,
+    /// The admin API's store, with an admin token (kept so the dir lives as long as the app).
+    pub _data_dir: Option<TempDir>,
 }
 
 pub struct Spawn {
     files: Vec<(String, String)>,
     env: HashMap<String, String>,
     args: Box<dyn FnOnce(&mut ServeArgs)>,
+    data_dir: Option<TempDir>,
 }
 
 impl Spawn {
     pub fn new() -> Self {
         Self {
             files: Vec::new(),
-            env: HashMap::from([
-                ("TEST_PROVIDER_KEY".to_owned(), PROVIDER_KEY.to_owned()),
-                ("LLMUX_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned()),
-            ]),
+            env: HashMap::from([("TEST_PROVIDER_KEY".to_owned(), PROVIDER_KEY.to_owned())]),
             args: Box::new(|_| {}),
+            data_dir: None,
         }
+    }
+
+    /// Sets `LLMUX_ADMIN_TOKEN` to `ADMIN_TOKEN`. The admin credential also turns the admin API
+    /// on, so the app gets a store in a temp data dir of its own.
+    pub fn admin_token(mut self) -> Self {
+        self.env
+            .insert("LLMUX_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned());
+        self.data_dir = Some(tempfile::tempdir().expect("temp dir"));
+        self
     }
 
     pub fn file(mut self, name: &str, json: impl ToString) -> Self {
@@ -61,12 +71,6 @@ impl Spawn {
     /// Sets a variable of the environment llmux reads (keys, `OTEL_*`).
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.insert(name.to_owned(), value.to_owned());
-        self
-    }
-
-    /// Unsets a variable (`LLMUX_ADMIN_TOKEN`, set by default).
-    pub fn without_env(mut self, name: &str) -> Self {
-        self.env.remove(name);
         self
     }
 
@@ -88,6 +92,9 @@ impl Spawn {
         }
         let mut args = ServeArgs::new(config_dir.path());
         args.workers = Some(2);
+        if let Some(data_dir) = &self.data_dir {
+            args.access.data_dir = data_dir.path().to_owned();
+        }
         (self.args)(&mut args);
         let env = self.env;
         let env: EnvSource = Arc::new(move |name: &str| env.get(name).cloned());
@@ -100,6 +107,7 @@ impl Spawn {
             config_dir,
             upstream,
             http: reqwest::Client::new(),
+            _data_dir: self.data_dir,
         }
     }
 

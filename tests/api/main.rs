@@ -7,6 +7,7 @@
 mod access;
 mod adaptation;
 mod admin_api;
+mod admin_credential;
 mod admission;
 mod check;
 mod cli;

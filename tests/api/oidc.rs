@@ -1,4 +1,5 @@
-//! OIDC for the admin and self-service APIs against an in-test identity provider.
+//! OIDC for the admin and self-service APIs, and for /v1 with `--oidc-v1`, against an in-test
+//! identity provider.
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -7,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::admin_api::{spawn_admin_app, AdminApp, ADMIN_TOKEN};
-use crate::helpers::assert_openai_error;
+use crate::helpers::{assert_openai_error, provider_file, Spawn, TestApp};
 use crate::identity::{IdentityProvider, SigningKey};
 
 fn oidc(
@@ -396,4 +397,217 @@ async fn keys_are_fetched_before_the_first_token_and_dropped_keys_expire_with_th
         status(&app, Method::GET, "/api/admin/health", &new_token).await,
         200
     );
+}
+
+/// llmux with OIDC bearer tokens on /v1 (`--oidc-v1`): OIDC callers may use model `m` (not
+/// `other`), 3 requests a minute each, plus what `access` (a key file) says.
+async fn spawn_oidc_v1(provider: &IdentityProvider, access: Value) -> TestApp {
+    let edit = oidc(provider, |args| {
+        args.access.oidc_v1 = true;
+        args.access.oidc_v1_allowed_models = vec!["m".into()];
+        args.access.oidc_v1_requests_per_minute = Some(3);
+    });
+    Spawn::new()
+        .admin_token()
+        .file(
+            "provider.json",
+            provider_file("mock", "", &[("m", "target-m"), ("other", "target-o")]),
+        )
+        .file("keys.json", access)
+        .args(edit)
+        .start()
+        .await
+}
+
+async fn chat(app: &TestApp, token: &str, model: &str) -> reqwest::Response {
+    app.http
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(token)
+        .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn no_keys() -> Value {
+    json!({"llmux_access": {"keys": []}})
+}
+
+#[tokio::test]
+async fn an_oidc_token_on_v1_is_a_caller_owned_by_oidc_sub_with_the_default_models_and_limits() {
+    let key = SigningKey::rsa("rsa-a.der", "v1", Algorithm::RS256);
+    let provider = IdentityProvider::start(&[&key]).await;
+    let app = spawn_oidc_v1(&provider, no_keys()).await;
+    let alice = key.sign(&provider.claims("alice", &["user"]));
+    let bob = key.sign(&provider.claims("bob", &[]));
+
+    for _ in 0..3 {
+        assert_eq!(chat(&app, &alice, "m").await.status(), 200);
+    }
+    let limited = assert_openai_error(chat(&app, &alice, "m").await, 429).await;
+    assert_eq!(limited["code"], "rate_limit_exceeded", "{limited}");
+    // Each owner has its own counter.
+    assert_eq!(chat(&app, &bob, "m").await.status(), 200);
+    // A model outside the defaults does not exist for an OIDC caller.
+    let hidden = assert_openai_error(chat(&app, &bob, "other").await, 404).await;
+    let missing = assert_openai_error(chat(&app, &bob, "no-such-model").await, 404).await;
+    assert_eq!(hidden["code"], missing["code"]);
+    let models: Value = app
+        .http
+        .get(app.url("/v1/models"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["m"]);
+    // The caller's token never goes upstream.
+    for request in app.upstream.requests() {
+        for (name, value) in &request.headers {
+            assert!(!value.contains(&alice) && !value.contains(&bob), "{name}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_v1_token_that_fails_verification_is_the_same_401_as_an_invalid_key() {
+    let key = SigningKey::rsa("rsa-a.der", "v1", Algorithm::RS256);
+    let stranger = SigningKey::ec("not-published", Algorithm::ES256);
+    let provider = IdentityProvider::start(&[&key]).await;
+    let app = spawn_oidc_v1(&provider, no_keys()).await;
+    let mut expired = provider.claims("alice", &[]);
+    expired["exp"] = json!(llmux::store::now() - 600);
+    let mut wrong_audience = provider.claims("alice", &[]);
+    wrong_audience["aud"] = json!("someone-else");
+    let mut wrong_issuer = provider.claims("alice", &[]);
+    wrong_issuer["iss"] = json!("http://127.0.0.1:1/realms/other");
+
+    let invalid_key = assert_openai_error(chat(&app, "llmux_not_a_key", "m").await, 401).await;
+    for (what, token) in [
+        ("expired", key.sign(&expired)),
+        ("wrong audience", key.sign(&wrong_audience)),
+        ("wrong issuer", key.sign(&wrong_issuer)),
+        ("unknown kid", stranger.sign(&provider.claims("alice", &[]))),
+    ] {
+        let refused = assert_openai_error(chat(&app, &token, "m").await, 401).await;
+        assert_eq!(refused, invalid_key, "{what}");
+    }
+    assert!(app.upstream.requests().is_empty());
+}
+
+#[tokio::test]
+async fn quota_policies_and_overrides_apply_to_oidc_owners() {
+    let key = SigningKey::ec("v1", Algorithm::ES256);
+    let provider = IdentityProvider::start(&[&key]).await;
+    let access = json!({"llmux_access": {
+        "keys": [],
+        "quota_policies": [{"api_path": "/v1/chat/completions", "model": "m",
+                            "window_type": "minute", "request_limit": 1}],
+        "quota_overrides": [{"api_path": "/v1/chat/completions", "model": "m",
+                             "owner_id": "oidc:carol", "window_type": "minute", "exempt": true}]
+    }});
+    let app = spawn_oidc_v1(&provider, access).await;
+    let carol = key.sign(&provider.claims("carol", &[]));
+    let dave = key.sign(&provider.claims("dave", &[]));
+
+    assert_eq!(chat(&app, &dave, "m").await.status(), 200);
+    assert_openai_error(chat(&app, &dave, "m").await, 429).await;
+    for _ in 0..3 {
+        assert_eq!(
+            chat(&app, &carol, "m").await.status(),
+            200,
+            "carol is exempt"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_kid_waiting_on_a_hung_provider_slows_no_v1_caller_with_a_known_key() {
+    let cached = SigningKey::rsa("rsa-a.der", "cached", Algorithm::RS256);
+    let unknown = SigningKey::ec("unknown", Algorithm::ES256);
+    let provider = IdentityProvider::start(&[&cached]).await;
+    let app = spawn_oidc_v1(&provider, no_keys()).await;
+    let users: Vec<String> = ["u1", "u2", "u3"]
+        .iter()
+        .map(|user| cached.sign(&provider.claims(user, &[])))
+        .collect();
+    assert_eq!(chat(&app, &users[0], "m").await.status(), 200);
+
+    provider.hang();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let unknown_token = unknown.sign(&provider.claims("eve", &[]));
+    let started = Instant::now();
+    let stuck = chat(&app, &unknown_token, "m");
+    let others = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut slowest = Duration::ZERO;
+        for user in &users {
+            for _ in 0..2 {
+                let sent = Instant::now();
+                assert_eq!(chat(&app, user, "m").await.status(), 200);
+                slowest = slowest.max(sent.elapsed());
+            }
+        }
+        slowest
+    };
+    let (stuck, slowest) = tokio::join!(stuck, others);
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a caller with a known key waited {slowest:?}"
+    );
+    assert_openai_error(stuck, 401).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the refresh is bounded by the fetch timeout"
+    );
+}
+
+#[tokio::test]
+async fn an_oidc_admin_passes_the_same_gate_on_admin_config_and_the_status_page() {
+    let key = SigningKey::rsa("rsa-a.der", "gate", Algorithm::RS256);
+    let provider = IdentityProvider::start(&[&key]).await;
+    let app = spawn_admin_app(
+        None,
+        oidc(&provider, |args| {
+            args.access_control = llmux::access::AccessMode::On;
+        }),
+    )
+    .await;
+    let admin = key.sign(&provider.claims("root", &["llmux-admin"]));
+    let user = key.sign(&provider.claims("alice", &["user"]));
+    let get = |path: &'static str, token: String| {
+        let app = &app;
+        async move {
+            app.app
+                .http
+                .get(app.app.url(path))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    for path in ["/admin/config", "/status.json"] {
+        assert_eq!(get(path, admin.clone()).await.status(), 200, "{path}");
+        assert_eq!(
+            get(path, ADMIN_TOKEN.to_owned()).await.status(),
+            200,
+            "{path}"
+        );
+        // A valid token without the admin role looks exactly like a wrong token here.
+        let not_admin = assert_openai_error(get(path, user.clone()).await, 401).await;
+        let wrong = assert_openai_error(get(path, "wrong-token".to_owned()).await, 401).await;
+        assert_eq!(not_admin, wrong, "{path}");
+    }
+    // The admin API keeps fast-openai-api-proxy's 403 for a valid non-admin token.
+    assert_openai_error(get("/api/admin/keys", user).await, 403).await;
 }
