@@ -58,6 +58,7 @@ impl OidcCallers {
             limits: self.limits,
             source: KeySource::Named(Arc::from("oidc")),
             metric_label: Arc::from(METRIC_LABEL),
+            usage_bucket: None,
         }))
     }
 }
