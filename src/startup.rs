@@ -142,7 +142,6 @@ impl Application {
             took_ms = started.elapsed().as_secs_f64() * 1000.0,
             "config loaded"
         );
-        let access = Arc::new(access::startup::access_control(&args, &key_files, &*env)?);
         if table.route_count() == 0 {
             tracing::warn!(config_dir = %args.config_dir.display(), "no routes loaded: every model will answer 404");
         }
@@ -152,6 +151,13 @@ impl Application {
         settings.fail_closed = args.redis_fail_closed;
         let shared = SharedState::build(args.redis_url.as_deref(), settings)
             .context("--redis-url / LLMUX_REDIS_URL is not a Redis URL")?;
+        // Limits count where the shared state lives: Redis with --redis-url, else this process.
+        let access = Arc::new(access::startup::access_control(
+            &args,
+            &key_files,
+            Arc::clone(&shared.counters),
+            &*env,
+        )?);
         let mut metrics = Metrics::new(Arc::clone(&table));
         if let Some(redis) = &shared.redis {
             metrics.register_collector(Box::new(RedisHealthMetrics(Arc::clone(redis.health()))));
