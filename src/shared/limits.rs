@@ -610,3 +610,220 @@ async fn renew_slots(redis: &Redis, local: &Local, script: &redis::Script) {
         Err(_) => local.dirty.store(true, Ordering::Release),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::access::key::KeyDigest;
+    use crate::access::limits::Window;
+    use crate::access::store::{KeyLimit, MemoryStore};
+
+    /// 2026-12-01T10:00:00Z.
+    const NOW: u64 = 1_796_119_200_000;
+    const HOUR_MS: u64 = 3_600_000;
+
+    fn local() -> Local {
+        Local {
+            replica: "r1".into(),
+            ttl_ms: 30_000,
+            slots: Mutex::new(HashMap::new()),
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    fn key(limit: KeyLimit) -> CounterKey {
+        CounterKey::Key {
+            digest: KeyDigest([0xab; 32]),
+            limit,
+        }
+    }
+
+    fn charge(counter: CounterKey, rule: Rule, cost: u64) -> Charge {
+        Charge {
+            counter,
+            rule,
+            cost,
+        }
+    }
+
+    #[test]
+    fn the_script_gets_one_key_and_four_arguments_per_charge() {
+        let charges = [
+            charge(
+                key(KeyLimit::MaxConcurrentRequests),
+                Rule::Concurrent { limit: 2 },
+                1,
+            ),
+            charge(
+                key(KeyLimit::RequestsPerMinute),
+                Rule::Smooth { limit: 60 },
+                1,
+            ),
+            charge(
+                key(KeyLimit::TokensPerDay),
+                Rule::windowed(1000, Window::Day),
+                300,
+            ),
+        ];
+        let mut call = ScriptCall::new(&local());
+        for charge in &charges {
+            call.push(Change::from(charge), NOW);
+        }
+        let digest = "ab".repeat(32);
+        let day_start = NOW - 10 * HOUR_MS;
+        let day_end = day_start + 24 * HOUR_MS;
+        assert_eq!(
+            call,
+            ScriptCall {
+                keys: vec![
+                    REPLICAS_KEY.into(),
+                    format!("llmux:limit:key:{digest}:max_concurrent_requests:inflight"),
+                    format!("llmux:limit:key:{digest}:requests_per_minute:gcra"),
+                    format!("llmux:limit:key:{digest}:tokens_per_day:day:{day_start}"),
+                ],
+                args: [
+                    "r1", "30000", "n", "2", "1", "0", "s", "60", "1", "0", "c", "1000", "300",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([(day_end + CALENDAR_GRACE_MS).to_string()])
+                .collect(),
+            }
+        );
+    }
+
+    #[test]
+    fn an_adjustment_carries_its_signed_delta_in_the_window_it_was_made_in() {
+        let adjustment = Adjustment {
+            counter: key(KeyLimit::RequestsPerHour),
+            rule: Rule::windowed(10, Window::Hour),
+            delta: -1,
+        };
+        let mut call = ScriptCall::new(&local());
+        call.push(Change::from(&adjustment), NOW + HOUR_MS + 5);
+        assert!(call.keys[1].ends_with(&format!(":hour:{}", NOW + HOUR_MS)));
+        assert_eq!(&call.args[2..5], ["c", "10", "-1"]);
+    }
+
+    #[test]
+    fn quota_counters_cannot_collide_whatever_their_owner_is_called() {
+        let quota = |owner: Option<&str>, rule: &str| CounterKey::Quota {
+            rule: rule.into(),
+            measure: Measure::Requests,
+            owner: owner.map(Into::into),
+        };
+        let smooth = Rule::Smooth { limit: 1 };
+        let a = redis_key(&quota(Some("a:b"), "c"), smooth, NOW);
+        let b = redis_key(&quota(Some("a"), "b:c"), smooth, NOW);
+        let global = redis_key(&quota(None, "c"), smooth, NOW);
+        assert_eq!(a, "llmux:limit:quota:requests:3:a:b:c:gcra");
+        assert_ne!(a, b);
+        assert_eq!(global, "llmux:limit:quota:requests:-:c:gcra");
+    }
+
+    #[test]
+    fn answers_are_parsed_or_refused_whole() {
+        let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let parsed = parse_answer(&strings(&["1", "0", "12.5"]), 2).unwrap();
+        assert!(parsed.0);
+        assert_eq!(parsed.1.as_slice(), [0.0, 12.5]);
+        assert!(!parse_answer(&strings(&["0", "3"]), 1).unwrap().0);
+        for bad in [
+            &["1"][..],
+            &["1", "2", "3"],
+            &["2", "1"],
+            &["1", "x"],
+            &["1", "-1"],
+            &["1", "inf"],
+            &[],
+        ] {
+            assert!(parse_answer(&strings(bad), 1).is_none(), "{bad:?}");
+        }
+    }
+
+    /// The readings from the script's states are the memory store's, admitted or not.
+    #[test]
+    fn readings_from_the_scripts_states_match_the_memory_stores() {
+        let memory = MemoryStore::new();
+        let minute = charge(
+            key(KeyLimit::RequestsPerMinute),
+            Rule::Smooth { limit: 60 },
+            1,
+        );
+        let tokens = |cost| {
+            charge(
+                key(KeyLimit::TokensPerDay),
+                Rule::windowed(100, Window::Day),
+                cost,
+            )
+        };
+        let slots = charge(
+            key(KeyLimit::MaxConcurrentRequests),
+            Rule::Concurrent { limit: 3 },
+            1,
+        );
+        // States as the script would read them before each admission.
+        let mut level = 0.0;
+        let mut used = 0;
+        let mut in_flight = 0;
+        for (round, cost) in [40, 40, 30, 10, 15].into_iter().enumerate() {
+            let charges = [minute.clone(), tokens(cost), slots.clone()];
+            let expected = memory.acquire_now(NOW, &charges);
+            let states = [level, used as f64, in_flight as f64];
+            let admitted = level + 1.0 <= 60.0 && used + cost <= 100 && in_flight < 3;
+            let got = readings(&charges, &states, admitted, NOW);
+            assert_eq!(got, expected, "round {round}");
+            if admitted {
+                level += 1.0;
+                used += cost;
+                in_flight += 1;
+            }
+        }
+        assert_eq!(in_flight, 3);
+        let refused = readings(
+            &[minute, tokens(1), slots],
+            &[3.0, 100.0, 3.0],
+            false,
+            NOW,
+        );
+        assert_eq!(refused.readings[0].remaining, 57);
+        assert_eq!(refused.readings[2].retry_after, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn this_replica_counts_its_slots_and_rewrites_them_whole_only_after_a_failure() {
+        let local = local();
+        let slot = charge(
+            key(KeyLimit::MaxConcurrentRequests),
+            Rule::Concurrent { limit: 2 },
+            1,
+        );
+        let minute = charge(
+            key(KeyLimit::RequestsPerMinute),
+            Rule::Smooth { limit: 60 },
+            1,
+        );
+        assert!(local.renewal(false).is_none(), "nothing held: no renewal");
+        local.hold(&[slot.clone(), minute], NOW);
+        local.hold(std::slice::from_ref(&slot), NOW);
+        let renewal = local.renewal(false).unwrap();
+        assert_eq!(renewal.keys.len(), 2, "only concurrency counters");
+        assert_eq!(renewal.args[2], "-");
+        assert_eq!(local.renewal(true).unwrap().args[2], "2");
+        let release = Adjustment {
+            counter: slot.counter.clone(),
+            rule: slot.rule,
+            delta: -1,
+        };
+        local.release(&[release.clone(), release], NOW);
+        assert_eq!(local.renewal(true).unwrap().args[2], "0");
+        local.dirty.store(true, Ordering::Release);
+        local.forget_released();
+        assert!(local.renewal(false).is_some(), "kept while a write failed");
+        local.dirty.store(false, Ordering::Release);
+        local.forget_released();
+        assert!(local.renewal(false).is_none());
+    }
+}
