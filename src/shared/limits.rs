@@ -417,7 +417,12 @@ fn parse_answer(answer: &[String], charges: usize) -> Option<(bool, SmallVec<[f6
     };
     let states = states
         .iter()
-        .map(|state| state.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0))
+        .map(|state| {
+            state
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0)
+        })
         .collect::<Option<_>>()?;
     Some((admitted, states))
 }
@@ -533,7 +538,9 @@ fn spawn_background(
             .enable_all()
             .build()
         else {
-            tracing::error!("no runtime for the limit counters' background sender: adjustments stay unsent");
+            tracing::error!(
+                "no runtime for the limit counters' background sender: adjustments stay unsent"
+            );
             return;
         };
         runtime.block_on(async move {
@@ -683,13 +690,11 @@ mod tests {
                     format!("llmux:limit:key:{digest}:requests_per_minute:gcra"),
                     format!("llmux:limit:key:{digest}:tokens_per_day:day:{day_start}"),
                 ],
-                args: [
-                    "r1", "30000", "n", "2", "1", "0", "s", "60", "1", "0", "c", "1000", "300",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .chain([(day_end + CALENDAR_GRACE_MS).to_string()])
-                .collect(),
+                args: ["r1", "30000", "n", "2", "1", "0", "s", "60", "1", "0", "c", "1000", "300",]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain([(day_end + CALENDAR_GRACE_MS).to_string()])
+                    .collect(),
             }
         );
     }
@@ -782,12 +787,7 @@ mod tests {
             }
         }
         assert_eq!(in_flight, 3);
-        let refused = readings(
-            &[minute, tokens(1), slots],
-            &[3.0, 100.0, 3.0],
-            false,
-            NOW,
-        );
+        let refused = readings(&[minute, tokens(1), slots], &[3.0, 100.0, 3.0], false, NOW);
         assert_eq!(refused.readings[0].remaining, 57);
         assert_eq!(refused.readings[2].retry_after, Duration::from_secs(1));
     }

@@ -1,7 +1,8 @@
 //! Three llmux processes behind a real nginx (round robin), sharing state through a real
 //! redis-server (issue 13): ids and image URLs made by one replica work through any other, a
-//! replica SIGKILLed and restarted loses nothing, and a Redis that stops costs requests no more
-//! than its deadline and comes back by itself.
+//! replica SIGKILLed and restarted loses nothing, one key's request and token limits count once
+//! across the replicas, and a Redis that stops costs requests no more than its deadline (limits
+//! fail open, or closed when configured) and comes back by itself.
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::Path;
@@ -431,7 +432,11 @@ impl Cluster {
 
     /// A chat completion as `key`, through nginx (or `base` when given): status, Retry-After,
     /// error body, time taken.
-    async fn chat_as(&self, key: &str, base: Option<&str>) -> (u16, Option<String>, Value, Duration) {
+    async fn chat_as(
+        &self,
+        key: &str,
+        base: Option<&str>,
+    ) -> (u16, Option<String>, Value, Duration) {
         let started = Instant::now();
         let url = match base {
             Some(base) => format!("{base}/v1/chat/completions"),
@@ -917,7 +922,11 @@ async fn three_replicas_behind_nginx_count_a_keys_limits_together_and_fail_open_
         if *status != 200 {
             assert_eq!(*status, 429, "{body}");
             assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
-            let seconds: u64 = retry_after.as_deref().expect("Retry-After").parse().unwrap();
+            let seconds: u64 = retry_after
+                .as_deref()
+                .expect("Retry-After")
+                .parse()
+                .unwrap();
             assert!((1..=2).contains(&seconds), "Retry-After {seconds}");
         }
     }
@@ -954,7 +963,10 @@ async fn three_replicas_behind_nginx_count_a_keys_limits_together_and_fail_open_
         assert_eq!(status, 503, "fails closed: {body}");
         assert_eq!(body["error"]["type"], "server_error", "{body}");
         assert_eq!(body["error"]["code"], "access_unavailable", "{body}");
-        assert!(took <= slowest(&before) + REDIS_DEADLINE + SLACK, "{took:?}");
+        assert!(
+            took <= slowest(&before) + REDIS_DEADLINE + SLACK,
+            "{took:?}"
+        );
     }
     let metrics = reqwest::get(format!("{}/metrics", cluster.replicas[0].address()))
         .await

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use llmux::config::load::parse_file;
-use llmux::routing::table::RoutingTable;
-use llmux::shared::connection::RedisState;
 use llmux::access::key::KeyDigest;
 use llmux::access::limits::{Measure, Rule, Window};
 use llmux::access::store::{
     Acquired, Adjustment, Charge, CounterKey, CounterStore, KeyLimit, MemoryStore,
 };
+use llmux::config::load::parse_file;
+use llmux::routing::table::RoutingTable;
+use llmux::shared::connection::RedisState;
 use llmux::shared::owners::IdFamily;
 use llmux::shared::{SharedSettings, SharedState};
 use serde_json::json;
@@ -296,13 +296,17 @@ async fn a_60_per_minute_key_admits_60_across_replicas_and_limits_are_all_or_non
         }],
     );
     // Adjustments go out in the background, within the deadline.
-    eventually("the settlement counts", Duration::from_secs(3), async || {
-        acquire(&replicas[1], &[tokens_per_day(2, 100, 0)])
-            .await
-            .readings[0]
-            .remaining
-            == 80
-    })
+    eventually(
+        "the settlement counts",
+        Duration::from_secs(3),
+        async || {
+            acquire(&replicas[1], &[tokens_per_day(2, 100, 0)])
+                .await
+                .readings[0]
+                .remaining
+                == 80
+        },
+    )
     .await;
     assert!(acquire(&replicas[1], &budget(80)).await.admitted);
     let full = acquire(&replicas[0], &budget(1)).await;
@@ -512,12 +516,16 @@ async fn with_redis_stopped_calls_return_within_the_deadline_then_sharing_resume
     .await;
     // Counted in Redis again, across replicas: one slot, taken by b, is full for a.
     let one = [slot(6, 1)];
-    eventually("slots are shared again", Duration::from_secs(5), async || {
-        a.counters
-            .acquire(now_ms(), &one)
-            .await
-            .is_ok_and(|acquired| acquired.admitted)
-    })
+    eventually(
+        "slots are shared again",
+        Duration::from_secs(5),
+        async || {
+            a.counters
+                .acquire(now_ms(), &one)
+                .await
+                .is_ok_and(|acquired| acquired.admitted)
+        },
+    )
     .await;
     assert!(!acquire(&b, &one).await.admitted);
     assert_eq!(a.redis.as_ref().unwrap().health().state(), RedisState::Up);
@@ -609,10 +617,7 @@ async fn health_reports_redis_while_ready_stays_ready_and_metrics_count_failures
 
     redis.restart();
     eventually("redis is up again", Duration::from_secs(5), async || {
-        let _ = shared
-            .counters
-            .acquire(now_ms(), &[per_minute(8, 1)])
-            .await;
+        let _ = shared.counters.acquire(now_ms(), &[per_minute(8, 1)]).await;
         health().await["redis"] == "up"
     })
     .await;
