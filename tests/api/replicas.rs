@@ -911,7 +911,7 @@ async fn three_replicas_behind_nginx_count_a_keys_limits_together_and_fail_open_
 
     // 60 a minute, 90 asked at once through three replicas: 60 pass, plus the one a second the
     // smooth limit gives back while the burst runs.
-    let (answers, took) = burst(&cluster, &key_of("sixty"), 90, 6).await;
+    let (answers, took) = burst(&cluster, &key_of("sixty"), 90, 3).await;
     let admitted = answers.iter().filter(|(status, ..)| *status == 200).count();
     let refill = took.as_secs() as usize;
     assert!(
