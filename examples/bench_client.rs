@@ -33,8 +33,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// `BENCH_API_KEY` set: every request carries it as `Authorization: Bearer` (access control on).
 fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(key) = std::env::var("BENCH_API_KEY") {
+        let value = format!("Bearer {key}").parse().expect("a header value");
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     reqwest::Client::builder()
+        .default_headers(headers)
         .pool_max_idle_per_host(4096)
         .tcp_nodelay(true)
         .build()

@@ -159,11 +159,6 @@ impl Application {
         if let Some(access_api) = &access_api {
             access::database::follow(Arc::clone(key_files.table()), &access_api.store);
         }
-        let mut access = access::startup::access_control(&args, &key_files, admin_token)?;
-        if let Some(access_api) = &access_api {
-            access = access.with_usage_sink(Arc::new(access_api.store.clone()));
-        }
-        let access = Arc::new(access);
         if table.route_count() == 0 {
             tracing::warn!(config_dir = %args.config_dir.display(), "no routes loaded: every model will answer 404");
         }
@@ -173,6 +168,17 @@ impl Application {
         settings.fail_closed = args.redis_fail_closed;
         let shared = SharedState::build(args.redis_url.as_deref(), settings)
             .context("--redis-url / LLMUX_REDIS_URL is not a Redis URL")?;
+        // Limits count where the shared state lives: Redis with --redis-url, else this process.
+        let mut access = access::startup::access_control(
+            &args,
+            &key_files,
+            Arc::clone(&shared.counters),
+            admin_token,
+        )?;
+        if let Some(access_api) = &access_api {
+            access = access.with_usage_sink(Arc::new(access_api.store.clone()));
+        }
+        let access = Arc::new(access);
         let mut metrics = Metrics::new(Arc::clone(&table));
         if let Some(redis) = &shared.redis {
             metrics.register_collector(Box::new(RedisHealthMetrics(Arc::clone(redis.health()))));

@@ -7,14 +7,17 @@ use std::sync::Arc;
 use super::admin::AdminToken;
 use super::admit::AccessControl;
 use super::reload::KeyFiles;
-use super::store::MemoryStore;
+use super::store::CounterStore;
 use super::table::LabelSet;
 use super::AccessMode;
 use crate::cli::ServeArgs;
 
+/// `counters`: where limits count (`shared::SharedState::counters`: this process's memory, or
+/// Redis with `--redis-url`).
 pub fn access_control(
     args: &ServeArgs,
     key_files: &KeyFiles,
+    counters: Arc<dyn CounterStore>,
     admin: Option<AdminToken>,
 ) -> anyhow::Result<AccessControl> {
     let failing = key_files.failing();
@@ -36,7 +39,7 @@ pub fn access_control(
     let access = AccessControl::new(
         mode,
         Arc::clone(key_files.table()),
-        Arc::new(MemoryStore::new()),
+        counters,
         admin,
         args.quota_decision_trace,
     );

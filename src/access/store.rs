@@ -1,6 +1,7 @@
 //! Where limit counters live: the `CounterStore` trait (one call per admission, all or nothing)
-//! and its in-memory implementation. A store shared by several replicas (Redis) implements the
-//! same trait with one round trip per admission: `acquire` is one script over every charge.
+//! and its in-memory implementation. The store shared by several replicas
+//! (`shared::limits::RedisCounters`, with `--redis-url`) implements the same trait with the same
+//! decisions in one round trip per admission: `acquire` is one script over every charge.
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};

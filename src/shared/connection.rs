@@ -220,6 +220,11 @@ impl RedisHealth {
         };
     }
 
+    /// Counts a write that was never sent (its queue was full).
+    pub fn count_dropped(&self, operation: &'static str) {
+        self.count(operation, "dropped");
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis())
             .unwrap_or(u64::MAX)
@@ -327,7 +332,7 @@ impl Collector for RedisHealthMetrics {
             .clone();
         let mut metric = encoder.encode_descriptor(
             "llmux_redis_errors",
-            "Redis calls that failed, by operation and kind (timeout, unreachable, error, skipped while backing off)",
+            "Redis calls that failed, by operation and kind (timeout, unreachable, error, skipped while backing off, dropped when the queue was full)",
             None,
             prometheus_client::metrics::MetricType::Counter,
         )?;

@@ -1,596 +1,829 @@
-//! Counters behind rate limits and quotas: several limits checked and counted in one atomic
-//! step (all or none), in this replica's memory or, with Redis, cluster-wide in one round trip
-//! (one Lua script).
+//! Limit counters in Redis, shared by every replica: access control's
+//! [`CounterStore`](crate::access::store::CounterStore) with the same decisions as its in-memory
+//! `MemoryStore` (GCRA minute limits, UTC calendar windows, token reservations settled later,
+//! concurrency), one round trip per admission.
 //!
-//! - [`Limit::Rate`]: GCRA (the generic cell rate algorithm): `limit` per `period`, a burst of
-//!   up to `limit` at once, then one every `period / limit`. One number per key, no window edge
-//!   where twice the limit gets through.
-//! - [`Limit::Quota`]: a counter over a calendar window (UTC minute, hour, day or month) that
-//!   starts again at the window's end: request quotas, and token budgets where the cost is a
-//!   reservation ([`LimitCounters::settle`] corrects it once the real count is known).
+//! - `acquire` is ONE `EVALSHA` (redis-rs loads the script on `NOSCRIPT`) covering every charge
+//!   of the admission: the script reads each counter, decides all or nothing, applies the charges
+//!   when all fit and answers the states it read. The readings (rate-limit headers, retry-after)
+//!   are then computed here by `access::limits::check` from those states, so they are the memory
+//!   store's to the digit.
+//! - `adjust` (settled tokens, refunds, released slots) is called from `Drop`: it only queues the
+//!   adjustments on a bounded channel. One background task (on a thread of its own) sends them in
+//!   order, batching what is queued into one script call.
+//! - Minute limits and concurrency use Redis's clock (`TIME`); calendar windows are placed by the
+//!   caller's `now_ms` (a key per window start, expiring after the window's end).
+//! - Concurrency: each counter is a hash of in-flight counts per replica; a replica's liveness is
+//!   a field of `llmux:limit:replicas` (expiry in Redis time) that it renews every third of
+//!   `lease_ttl` while it holds slots. The script ignores (and deletes) the counts of replicas
+//!   whose liveness expired, so a replica killed mid-request frees its slots within `lease_ttl`.
+//!   This replica also keeps its own counts: after any failed or dropped write it writes them
+//!   back whole with the next renewal, so Redis converges to what is really in flight.
+//! - Redis unreachable (deadline `--redis-timeout`, then the connection's back-off): fail open by
+//!   default (admitted, readings as if the counters were empty, counted in
+//!   `llmux_limits_unchecked_total{decision="open"}`), or an error with `--redis-fail-closed`
+//!   (access control answers 503).
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use smallvec::SmallVec;
+use tokio::sync::mpsc;
 
 use super::connection::{Redis, RedisHealth};
+use crate::access::limits::{self, CounterState, Measure, Reading, Rule};
+use crate::access::store::{Acquired, Adjustment, Charge, CounterKey, CounterStore, StoreError};
 
-/// One limit of an admission.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Limit {
-    /// At most `limit` of cost per `period` (GCRA, burst `limit`).
-    Rate {
-        key: String,
-        limit: u64,
-        period: Duration,
-        cost: u64,
-    },
-    /// At most `limit` of cost per calendar `window`.
-    Quota {
-        key: String,
-        window: Window,
-        limit: u64,
-        cost: u64,
-    },
-}
+/// How long a replica's concurrency slots count without it renewing them; it renews every
+/// third of that while it holds any.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+/// Adjustment batches queued for the background sender at most; past it they are dropped (and
+/// concurrency counts rewritten whole at the next renewal).
+pub const ADJUSTMENT_QUEUE: usize = 10_000;
+/// Queued batches sent in one script call at most.
+const BATCH: usize = 64;
+/// The replicas' liveness hash.
+const REPLICAS_KEY: &str = "llmux:limit:replicas";
+/// A calendar counter lives this long past its window's end (clocks of replicas differ a little).
+const CALENDAR_GRACE_MS: u64 = 60_000;
 
-/// A calendar window, in UTC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Window {
-    Minute,
-    Hour,
-    Day,
-    Month,
-}
-
-/// What an admission decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Every limit had room; each was counted. `at` is the clock reading that placed quota
-    /// costs in their windows: pass it to [`LimitCounters::settle`].
-    Admitted { at: SystemTime },
-    /// `limits[index]` has no room (nothing was counted); it has room again after `retry_after`.
-    Limited { index: usize, retry_after: Duration },
-    /// The counters could not be reached: `admitted` is the configured failure mode (open:
-    /// true, closed: false).
-    Unchecked { admitted: bool },
-}
-
-pub trait LimitCounters: Send + Sync {
-    /// Checks every limit and, when all have room, counts the cost against each: all or none.
-    fn admit<'a>(&'a self, limits: &'a [Limit]) -> BoxFuture<'a, Verdict>;
-
-    /// Adds `delta` (negative to give back) to the quota counter of `key` in the window that
-    /// `at` fell in, if that window still counts: a token reservation settled with the real count.
-    fn settle<'a>(
-        &'a self,
-        key: &'a str,
-        window: Window,
-        at: SystemTime,
-        delta: i64,
-    ) -> BoxFuture<'a, ()>;
-}
-
-impl Window {
-    /// The window `at` falls in: its start and end, in seconds since the Unix epoch.
-    pub fn bounds(self, at: SystemTime) -> (i64, i64) {
-        let seconds = at.duration_since(UNIX_EPOCH).map_or(0, |since| {
-            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
-        });
-        let fixed = |length: i64| {
-            let start = seconds - seconds.rem_euclid(length);
-            (start, start + length)
-        };
-        match self {
-            Self::Minute => fixed(60),
-            Self::Hour => fixed(3600),
-            Self::Day => fixed(86_400),
-            Self::Month => month_bounds(seconds).unwrap_or_else(|| fixed(86_400)),
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Minute => "minute",
-            Self::Hour => "hour",
-            Self::Day => "day",
-            Self::Month => "month",
-        }
-    }
-}
-
-fn month_bounds(seconds: i64) -> Option<(i64, i64)> {
-    let date = time::OffsetDateTime::from_unix_timestamp(seconds)
-        .ok()?
-        .date();
-    let first = time::Date::from_calendar_date(date.year(), date.month(), 1).ok()?;
-    let next_year = match date.month() {
-        time::Month::December => date.year() + 1,
-        _ => date.year(),
-    };
-    let next = time::Date::from_calendar_date(next_year, date.month().next(), 1).ok()?;
-    let start = first.midnight().assume_utc().unix_timestamp();
-    let end = next.midnight().assume_utc().unix_timestamp();
-    Some((start, end))
-}
-
-/// The counter key of a quota window: its key, its window kind and its start.
-fn quota_key(key: &str, window: Window, start: i64) -> String {
-    format!("llmux:quota:{}:{start}:{key}", window.as_str())
-}
-
-fn rate_key(key: &str) -> String {
-    format!("llmux:rate:{key}")
-}
-
-fn unix_ms(at: SystemTime) -> f64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |since| since.as_secs_f64() * 1000.0)
-}
-
-/// A limit as numbers: how a rate or a quota is checked and counted, wherever it is stored.
-enum Plan {
-    /// Emission interval and tolerance (both ms), cost.
-    Rate {
-        key: String,
-        emission: f64,
-        tolerance: f64,
-        cost: u64,
-    },
-    /// Limit, window end (Unix ms), cost.
-    Quota {
-        key: String,
-        limit: u64,
-        end_ms: f64,
-        cost: u64,
-    },
-}
-
-fn plans(limits: &[Limit], at: SystemTime) -> Vec<Plan> {
-    limits
-        .iter()
-        .map(|limit| match limit {
-            Limit::Rate {
-                key,
-                limit,
-                period,
-                cost,
-            } => {
-                let period_ms = period.as_secs_f64() * 1000.0;
-                Plan::Rate {
-                    key: rate_key(key),
-                    emission: period_ms / (*limit).max(1) as f64,
-                    tolerance: period_ms,
-                    cost: *cost,
-                }
-            }
-            Limit::Quota {
-                key,
-                window,
-                limit,
-                cost,
-            } => {
-                let (start, end) = window.bounds(at);
-                Plan::Quota {
-                    key: quota_key(key, *window, start),
-                    limit: *limit,
-                    end_ms: end as f64 * 1000.0,
-                    cost: *cost,
-                }
-            }
-        })
-        .collect()
-}
-
-/// One replica's counters.
-#[derive(Debug, Default)]
-pub struct MemoryLimits {
-    /// Counter key -> (value, expiry in Unix ms): a rate's theoretical arrival time, a quota's
-    /// count.
-    counters: Mutex<HashMap<String, (f64, f64)>>,
-}
-
-/// Past this many counters, expired ones are dropped before adding another.
-const MEMORY_COUNTERS_BEFORE_SWEEP: usize = 10_000;
-
-impl MemoryLimits {
-    /// The admission at `now` (exposed for tests that move the clock).
-    pub fn admit_at(&self, limits: &[Limit], now: SystemTime) -> Verdict {
-        let now_ms = unix_ms(now);
-        let plans = plans(limits, now);
-        let mut counters = self
-            .counters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let live = |counters: &HashMap<String, (f64, f64)>, key: &str| {
-            counters
-                .get(key)
-                .filter(|(_, expires)| *expires > now_ms)
-                .map(|(value, _)| *value)
-        };
-        let mut updates = Vec::with_capacity(plans.len());
-        for (index, plan) in plans.iter().enumerate() {
-            match plan {
-                Plan::Rate {
-                    key,
-                    emission,
-                    tolerance,
-                    cost,
-                } => {
-                    let tat = live(&counters, key).unwrap_or(now_ms).max(now_ms);
-                    let new_tat = tat + emission * *cost as f64;
-                    if new_tat - now_ms > *tolerance {
-                        return limited(index, new_tat - tolerance - now_ms);
-                    }
-                    updates.push((key.clone(), new_tat, new_tat));
-                }
-                Plan::Quota {
-                    key,
-                    limit,
-                    end_ms,
-                    cost,
-                } => {
-                    let used = live(&counters, key).unwrap_or(0.0);
-                    if *cost > 0 && used + *cost as f64 > *limit as f64 {
-                        return limited(index, end_ms - now_ms);
-                    }
-                    updates.push((key.clone(), used + *cost as f64, *end_ms));
-                }
-            }
-        }
-        if counters.len() > MEMORY_COUNTERS_BEFORE_SWEEP {
-            counters.retain(|_, (_, expires)| *expires > now_ms);
-        }
-        for (key, value, expires) in updates {
-            counters.insert(key, (value, expires));
-        }
-        Verdict::Admitted { at: now }
-    }
-
-    pub fn settle_now(&self, key: &str, window: Window, at: SystemTime, delta: i64) {
-        let (start, _) = window.bounds(at);
-        let mut counters = self
-            .counters
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((used, _)) = counters.get_mut(&quota_key(key, window, start)) {
-            *used = (*used + delta as f64).max(0.0);
-        }
-    }
-}
-
-fn limited(index: usize, retry_after_ms: f64) -> Verdict {
-    Verdict::Limited {
-        index,
-        retry_after: Duration::from_secs_f64((retry_after_ms / 1000.0).max(0.001)),
-    }
-}
-
-impl LimitCounters for MemoryLimits {
-    fn admit<'a>(&'a self, limits: &'a [Limit]) -> BoxFuture<'a, Verdict> {
-        Box::pin(std::future::ready(self.admit_at(limits, SystemTime::now())))
-    }
-
-    fn settle<'a>(
-        &'a self,
-        key: &'a str,
-        window: Window,
-        at: SystemTime,
-        delta: i64,
-    ) -> BoxFuture<'a, ()> {
-        self.settle_now(key, window, at, delta);
-        Box::pin(std::future::ready(()))
-    }
-}
-
-/// Cluster-wide counters: one Lua script per admission, timed by Redis's clock (replicas'
-/// clocks only place quota windows).
-pub struct RedisLimits {
-    redis: Redis,
-    fail_closed: bool,
-    admit: redis::Script,
-    settle: redis::Script,
-}
-
-/// KEYS: one counter per limit. ARGV: four per limit: kind (`r` rate, `q` quota), then for a
-/// rate the emission interval and tolerance (ms), for a quota the limit and the window's end
-/// (Unix ms), then the cost. Returns {0} when admitted (every counter updated), {i, ms} when
-/// limit i (1-based) has room again in ms (nothing updated).
-const ADMIT_SCRIPT: &str = r"
+/// KEYS[1]: the replicas' liveness hash; KEYS[1 + i]: charge i's counter. ARGV[1]: this replica's
+/// id; ARGV[2]: the lease TTL (ms); then four per charge: kind (`s` smooth, `c` calendar, `n`
+/// concurrent), limit, cost, and for a calendar counter its expiry (Unix ms).
+/// Answers {admitted (1 or 0), state of each counter before charging}: a smooth counter's level
+/// drained to now, a calendar counter's use, the requests in flight on live replicas.
+const ACQUIRE_SCRIPT: &str = r"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local updates = {}
-for i = 1, #KEYS do
-  local kind = ARGV[i * 4 - 3]
-  local a = tonumber(ARGV[i * 4 - 2])
-  local b = tonumber(ARGV[i * 4 - 1])
-  local cost = tonumber(ARGV[i * 4])
-  local stored = tonumber(redis.call('GET', KEYS[i]) or '')
-  if kind == 'r' then
-    local tat = stored or now
-    if tat < now then tat = now end
-    local new_tat = tat + a * cost
-    if new_tat - now > b then return {i, math.ceil(new_tat - b - now)} end
-    updates[i] = new_tat
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local replica, ttl = ARGV[1], tonumber(ARGV[2])
+local function in_flight(key)
+  local fields = redis.call('HGETALL', key)
+  local total = 0
+  for j = 1, #fields, 2 do
+    local until_ms = tonumber(redis.call('HGET', KEYS[1], fields[j]) or '0')
+    if fields[j] == replica or until_ms > now then
+      total = total + tonumber(fields[j + 1])
+    else
+      redis.call('HDEL', key, fields[j])
+    end
+  end
+  return total
+end
+local n = #KEYS - 1
+local states, admitted = {}, 1
+for i = 1, n do
+  local key, kind = KEYS[i + 1], ARGV[i * 4 - 1]
+  local limit, cost = tonumber(ARGV[i * 4]), tonumber(ARGV[i * 4 + 1])
+  local state
+  if kind == 's' then
+    local stored = redis.call('HMGET', key, 'l', 't')
+    local level, at = tonumber(stored[1]) or 0, tonumber(stored[2]) or now
+    state = math.max(0, level - math.max(0, now - at) * limit / 60000)
+  elseif kind == 'c' then
+    state = tonumber(redis.call('GET', key) or '0') or 0
   else
-    local used = stored or 0
-    if cost > 0 and used + cost > a then return {i, math.ceil(b - now)} end
-    updates[i] = cost
+    state = in_flight(key)
+  end
+  states[i] = state
+  if state + cost > limit then admitted = 0 end
+end
+if admitted == 1 then
+  for i = 1, n do
+    local key, kind = KEYS[i + 1], ARGV[i * 4 - 1]
+    local limit, cost = tonumber(ARGV[i * 4]), tonumber(ARGV[i * 4 + 1])
+    if kind == 's' then
+      local level = states[i] + cost
+      redis.call('HSET', key, 'l', string.format('%.17g', level), 't', now)
+      redis.call('PEXPIRE', key, math.ceil(level * 60000 / limit) + 1000)
+    elseif kind == 'c' then
+      redis.call('INCRBY', key, cost)
+      redis.call('PEXPIREAT', key, ARGV[i * 4 + 2])
+    else
+      redis.call('HINCRBY', key, replica, cost)
+      redis.call('PEXPIRE', key, ttl)
+      redis.call('HSET', KEYS[1], replica, now + ttl)
+    end
   end
 end
-for i = 1, #KEYS do
-  if ARGV[i * 4 - 3] == 'r' then
-    local ttl = math.max(1, math.ceil(updates[i] - now))
-    redis.call('SET', KEYS[i], string.format('%.3f', updates[i]), 'PX', ttl)
-  else
-    redis.call('INCRBY', KEYS[i], updates[i])
-    redis.call('PEXPIREAT', KEYS[i], math.ceil(tonumber(ARGV[i * 4 - 1])))
-  end
-end
-return {0}
+local answer = {tostring(admitted)}
+for i = 1, n do answer[i + 1] = string.format('%.17g', states[i]) end
+return answer
 ";
 
-/// KEYS: a quota counter. ARGV: delta. Applied only while the counter exists; never below 0.
-const SETTLE_SCRIPT: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local used = redis.call('INCRBY', KEYS[1], ARGV[1])
-if used < 0 then redis.call('SET', KEYS[1], 0, 'KEEPTTL') end
+/// KEYS and ARGV as for the acquire script, with a signed delta in place of the cost. Applies
+/// every adjustment; never below empty.
+const ADJUST_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local replica = ARGV[1]
+for i = 1, #KEYS - 1 do
+  local key, kind = KEYS[i + 1], ARGV[i * 4 - 1]
+  local limit, delta = tonumber(ARGV[i * 4]), tonumber(ARGV[i * 4 + 1])
+  if kind == 's' then
+    local stored = redis.call('HMGET', key, 'l', 't')
+    local level, at = tonumber(stored[1]) or 0, tonumber(stored[2]) or now
+    level = math.max(0, math.max(0, level - math.max(0, now - at) * limit / 60000) + delta)
+    if level > 0 then
+      redis.call('HSET', key, 'l', string.format('%.17g', level), 't', now)
+      redis.call('PEXPIRE', key, math.ceil(level * 60000 / limit) + 1000)
+    else
+      redis.call('DEL', key)
+    end
+  elseif kind == 'c' then
+    local used = math.max(0, (tonumber(redis.call('GET', key) or '0') or 0) + delta)
+    redis.call('SET', key, used, 'PXAT', ARGV[i * 4 + 2])
+  else
+    if redis.call('HINCRBY', key, replica, delta) <= 0 then redis.call('HDEL', key, replica) end
+  end
+end
 return 1
 ";
 
-impl RedisLimits {
-    /// `fail_closed`: refuse (rather than admit) when Redis cannot be asked.
-    pub fn new(redis: Redis, fail_closed: bool) -> Self {
+/// KEYS[1]: the replicas' liveness hash; KEYS[1 + i]: a concurrency counter this replica holds
+/// slots of. ARGV[1]: replica id; ARGV[2]: TTL (ms); ARGV[2 + i]: this replica's count in counter
+/// i, or `-` to leave it as it is. Renews this replica's liveness and drops expired replicas.
+const RENEW_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local replica, ttl = ARGV[1], tonumber(ARGV[2])
+local fields = redis.call('HGETALL', KEYS[1])
+for j = 1, #fields, 2 do
+  if tonumber(fields[j + 1]) <= now then redis.call('HDEL', KEYS[1], fields[j]) end
+end
+redis.call('HSET', KEYS[1], replica, now + ttl)
+for i = 2, #KEYS do
+  local count = ARGV[i + 1]
+  if count ~= '-' then
+    if tonumber(count) > 0 then
+      redis.call('HSET', KEYS[i], replica, count)
+    else
+      redis.call('HDEL', KEYS[i], replica)
+    end
+  end
+  redis.call('PEXPIRE', KEYS[i], ttl)
+end
+return 1
+";
+
+/// The counters of every replica, in Redis.
+pub struct RedisCounters {
+    redis: Redis,
+    fail_closed: bool,
+    acquire: redis::Script,
+    local: Arc<Local>,
+    /// Adjustments with the time they were made at (it places calendar windows).
+    adjustments: mpsc::Sender<(u64, Vec<Adjustment>)>,
+}
+
+/// What this replica knows by itself: its id, the slots it holds, and whether Redis may have
+/// missed a change to them.
+struct Local {
+    replica: String,
+    ttl_ms: u64,
+    /// Concurrency counter (Redis key) -> (its limit, slots this replica holds in it).
+    slots: Mutex<HashMap<String, (u64, u64)>>,
+    /// A write of slot counts failed or was dropped: write them whole at the next renewal.
+    dirty: AtomicBool,
+}
+
+impl RedisCounters {
+    /// `fail_closed`: refuse (rather than admit) when Redis cannot be asked. `lease_ttl`: how long
+    /// this replica's concurrency slots count if it stops renewing them (it died).
+    pub fn new(redis: Redis, fail_closed: bool, lease_ttl: Duration) -> Self {
+        let local = Arc::new(Local {
+            replica: crate::images::new_id(),
+            ttl_ms: u64::try_from(lease_ttl.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            slots: Mutex::new(HashMap::new()),
+            dirty: AtomicBool::new(false),
+        });
+        let (sender, receiver) = mpsc::channel(ADJUSTMENT_QUEUE);
+        spawn_background(redis.clone(), Arc::clone(&local), receiver, lease_ttl);
         Self {
             redis,
             fail_closed,
-            admit: redis::Script::new(ADMIT_SCRIPT),
-            settle: redis::Script::new(SETTLE_SCRIPT),
+            acquire: redis::Script::new(ACQUIRE_SCRIPT),
+            local,
+            adjustments: sender,
         }
     }
 
-    pub fn health(&self) -> &std::sync::Arc<RedisHealth> {
+    pub fn health(&self) -> &Arc<RedisHealth> {
         self.redis.health()
+    }
+
+    /// Redis could not be asked: the configured failure mode.
+    fn unchecked(&self, now_ms: u64, charges: &[Charge]) -> Result<Acquired, StoreError> {
+        let admitted = !self.fail_closed;
+        self.redis.health().count_unchecked(admitted);
+        if !admitted {
+            return Err(StoreError("redis is unreachable".into()));
+        }
+        self.local.dirty.store(true, Ordering::Release);
+        self.local.hold(charges, now_ms);
+        Ok(Acquired {
+            admitted: true,
+            readings: charges
+                .iter()
+                .map(|charge| limits::check(charge.rule, None, charge.cost, now_ms).0)
+                .collect(),
+        })
     }
 }
 
-impl LimitCounters for RedisLimits {
-    fn admit<'a>(&'a self, limits: &'a [Limit]) -> BoxFuture<'a, Verdict> {
+impl CounterStore for RedisCounters {
+    fn acquire<'a>(
+        &'a self,
+        now_ms: u64,
+        charges: &'a [Charge],
+    ) -> BoxFuture<'a, Result<Acquired, StoreError>> {
         Box::pin(async move {
-            if limits.is_empty() {
-                return Verdict::Admitted {
-                    at: SystemTime::now(),
-                };
+            if charges.is_empty() {
+                return Ok(Acquired {
+                    admitted: true,
+                    readings: SmallVec::new(),
+                });
             }
-            let at = SystemTime::now();
-            let plans = plans(limits, at);
-            let mut invocation = self.admit.prepare_invoke();
-            for plan in &plans {
-                match plan {
-                    Plan::Rate {
-                        key,
-                        emission,
-                        tolerance,
-                        cost,
-                    } => invocation
-                        .key(key)
-                        .arg("r")
-                        .arg(*emission)
-                        .arg(*tolerance)
-                        .arg(*cost),
-                    Plan::Quota {
-                        key,
-                        limit,
-                        end_ms,
-                        cost,
-                    } => invocation
-                        .key(key)
-                        .arg("q")
-                        .arg(*limit)
-                        .arg(*end_ms)
-                        .arg(*cost),
-                };
+            let mut call = ScriptCall::new(&self.local);
+            for charge in charges {
+                call.push(Change::from(charge), now_ms);
             }
-            let answer: Result<Vec<i64>, _> = self
+            let mut invocation = self.acquire.prepare_invoke();
+            call.add_to(&mut invocation);
+            let answer: Result<Vec<String>, _> = self
                 .redis
-                .run("admit", |mut connection| async move {
+                .run("acquire_limits", |mut connection| async move {
                     invocation.invoke_async(&mut connection).await
                 })
                 .await;
-            match answer.as_deref() {
-                Ok([0]) => Verdict::Admitted { at },
-                Ok([limit, retry_ms]) if *limit >= 1 => Verdict::Limited {
-                    index: usize::try_from(*limit - 1).unwrap_or(0),
-                    retry_after: Duration::from_millis(
-                        u64::try_from(*retry_ms).unwrap_or(0).max(1),
-                    ),
-                },
-                Ok(other) => {
-                    tracing::warn!(answer = ?other, "the admission script answered something unexpected");
-                    self.unchecked()
+            let parsed = match answer {
+                Ok(answer) => parse_answer(&answer, charges.len()),
+                Err(_) => return self.unchecked(now_ms, charges),
+            };
+            match parsed {
+                Some((admitted, states)) => {
+                    if admitted {
+                        self.local.hold(charges, now_ms);
+                    }
+                    Ok(readings(charges, &states, admitted, now_ms))
                 }
-                Err(_) => self.unchecked(),
+                None => {
+                    tracing::warn!(
+                        "the limit script answered something llmux did not expect (another program's keys?)"
+                    );
+                    self.unchecked(now_ms, charges)
+                }
             }
         })
     }
 
-    fn settle<'a>(
-        &'a self,
-        key: &'a str,
-        window: Window,
-        at: SystemTime,
-        delta: i64,
-    ) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            if delta == 0 {
-                return;
-            }
-            let (start, _) = window.bounds(at);
-            let counter = quota_key(key, window, start);
-            let settled: Result<i64, _> = self
-                .redis
-                .run("settle", |mut connection| async move {
-                    self.settle
-                        .key(&counter)
-                        .arg(delta)
-                        .invoke_async(&mut connection)
-                        .await
-                })
-                .await;
-            if let Err(error) = settled {
-                tracing::debug!(error = %error, "a reservation was not settled");
-            }
-        })
+    fn adjust(&self, now_ms: u64, adjustments: &[Adjustment]) {
+        if adjustments.is_empty() {
+            return;
+        }
+        // This replica's own slot counts follow the adjustments as the sender sends them, so
+        // that a whole rewrite of them never counts a release still queued.
+        if let Err(error) = self.adjustments.try_send((now_ms, adjustments.to_vec())) {
+            let (now_ms, adjustments) = error.into_inner();
+            self.local.release(&adjustments, now_ms);
+            self.local.dirty.store(true, Ordering::Release);
+            self.redis.health().count_dropped("adjust_limits");
+        }
     }
 }
 
-impl RedisLimits {
-    fn unchecked(&self) -> Verdict {
-        let admitted = !self.fail_closed;
-        self.redis.health().count_unchecked(admitted);
-        Verdict::Unchecked { admitted }
+/// One counter change as the scripts take it.
+struct Change<'a> {
+    counter: &'a CounterKey,
+    rule: Rule,
+    amount: i64,
+}
+
+impl<'a> From<&'a Charge> for Change<'a> {
+    fn from(charge: &'a Charge) -> Self {
+        Self {
+            counter: &charge.counter,
+            rule: charge.rule,
+            amount: i64::try_from(charge.cost).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+impl<'a> From<&'a Adjustment> for Change<'a> {
+    fn from(adjustment: &'a Adjustment) -> Self {
+        Self {
+            counter: &adjustment.counter,
+            rule: adjustment.rule,
+            amount: adjustment.delta,
+        }
+    }
+}
+
+/// A script's KEYS and ARGV, built from changes (pure: unit-tested below).
+#[derive(Debug, PartialEq)]
+struct ScriptCall {
+    keys: Vec<String>,
+    args: Vec<String>,
+}
+
+impl ScriptCall {
+    fn new(local: &Local) -> Self {
+        Self {
+            keys: vec![REPLICAS_KEY.to_owned()],
+            args: vec![local.replica.clone(), local.ttl_ms.to_string()],
+        }
+    }
+
+    /// Adds a change made at `now_ms` (which places a calendar change in its window).
+    fn push(&mut self, change: Change<'_>, now_ms: u64) {
+        let (kind, expiry) = match change.rule {
+            Rule::Smooth { .. } => ("s", 0),
+            Rule::Calendar { window, .. } => {
+                let (_, end) = window.calendar_bounds(now_ms);
+                ("c", end.saturating_add(CALENDAR_GRACE_MS))
+            }
+            Rule::Concurrent { .. } => ("n", 0),
+        };
+        self.keys
+            .push(redis_key(change.counter, change.rule, now_ms));
+        self.args.extend([
+            kind.to_owned(),
+            change.rule.limit().max(1).to_string(),
+            change.amount.to_string(),
+            expiry.to_string(),
+        ]);
+    }
+
+    fn add_to(&self, invocation: &mut redis::ScriptInvocation<'_>) {
+        for key in &self.keys {
+            invocation.key(key);
+        }
+        for arg in &self.args {
+            invocation.arg(arg);
+        }
+    }
+}
+
+/// The Redis key of a counter. Key limits are named by the key's digest (hex) and limit, quota
+/// counters by their measure, owner (length-prefixed, so no owner name can collide with
+/// another's) and rule; a calendar counter adds its window's start, so a new window starts
+/// empty and the old one expires by itself.
+fn redis_key(counter: &CounterKey, rule: Rule, now_ms: u64) -> String {
+    let mut key = match counter {
+        CounterKey::Key { digest, limit } => {
+            format!("llmux:limit:key:{}:{}", digest.to_hex(), limit.name())
+        }
+        CounterKey::Quota {
+            rule,
+            measure,
+            owner,
+        } => {
+            let measure = match measure {
+                Measure::Requests => "requests",
+                Measure::Tokens => "tokens",
+                Measure::Concurrent => "concurrent",
+            };
+            let owner = match owner {
+                Some(owner) => format!("{}:{owner}", owner.len()),
+                None => "-".to_owned(),
+            };
+            format!("llmux:limit:quota:{measure}:{owner}:{rule}")
+        }
+    };
+    match rule {
+        Rule::Smooth { .. } => key.push_str(":gcra"),
+        Rule::Calendar { window, .. } => {
+            let (start, _) = window.calendar_bounds(now_ms);
+            key.push_str(&format!(":{}:{start}", window.name()));
+        }
+        Rule::Concurrent { .. } => key.push_str(":inflight"),
+    }
+    key
+}
+
+/// `{admitted, state...}` as the acquire script answers it; `None` when it is not that.
+fn parse_answer(answer: &[String], charges: usize) -> Option<(bool, SmallVec<[f64; 8]>)> {
+    let (admitted, states) = answer.split_first()?;
+    if states.len() != charges {
+        return None;
+    }
+    let admitted = match admitted.as_str() {
+        "1" => true,
+        "0" => false,
+        _ => return None,
+    };
+    let states = states
+        .iter()
+        .map(|state| {
+            state
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0)
+        })
+        .collect::<Option<_>>()?;
+    Some((admitted, states))
+}
+
+/// The readings of an admission from the states the script read, computed exactly as the memory
+/// store computes them (`limits::check` on the same states).
+fn readings(charges: &[Charge], states: &[f64], admitted: bool, now_ms: u64) -> Acquired {
+    let readings = charges
+        .iter()
+        .zip(states)
+        .map(|(charge, &state)| {
+            let state = match charge.rule {
+                Rule::Smooth { .. } => CounterState::Smooth {
+                    level: state,
+                    at_ms: now_ms,
+                },
+                Rule::Calendar { window, .. } => CounterState::Calendar {
+                    window_start_ms: window.calendar_bounds(now_ms).0,
+                    used: state as u64,
+                },
+                Rule::Concurrent { .. } => CounterState::Concurrent {
+                    in_flight: state as u64,
+                },
+            };
+            let reading: Reading = limits::check(charge.rule, Some(state), charge.cost, now_ms).0;
+            match admitted || !reading.retry_after.is_zero() {
+                true => reading,
+                // Nothing is charged: a limit that would have fit shows what it has now.
+                false => limits::check(charge.rule, Some(state), 0, now_ms).0,
+            }
+        })
+        .collect();
+    Acquired { admitted, readings }
+}
+
+impl Local {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts the concurrency slots an admitted request holds.
+    fn hold(&self, charges: &[Charge], now_ms: u64) {
+        let mut slots = None;
+        for charge in charges {
+            if let Rule::Concurrent { limit } = charge.rule {
+                let slots = slots.get_or_insert_with(|| self.lock());
+                let held = slots
+                    .entry(redis_key(&charge.counter, charge.rule, now_ms))
+                    .or_insert((limit, 0));
+                held.1 = held.1.saturating_add(charge.cost);
+            }
+        }
+    }
+
+    /// Counts the concurrency slots given back.
+    fn release(&self, adjustments: &[Adjustment], now_ms: u64) {
+        let mut slots = None;
+        for adjustment in adjustments {
+            if let Rule::Concurrent { .. } = adjustment.rule {
+                let slots = slots.get_or_insert_with(|| self.lock());
+                let key = redis_key(&adjustment.counter, adjustment.rule, now_ms);
+                if let Some(held) = slots.get_mut(&key) {
+                    held.1 = held.1.saturating_add_signed(adjustment.delta);
+                }
+            }
+        }
+    }
+
+    /// The renewal's call: every counter this replica holds slots of, with its counts when
+    /// Redis may have missed a change (`whole`); `None` when it holds none.
+    fn renewal(&self, whole: bool) -> Option<ScriptCall> {
+        let slots = self.lock();
+        if slots.is_empty() {
+            return None;
+        }
+        let mut call = ScriptCall::new(self);
+        for (key, (_, held)) in slots.iter() {
+            if *held == 0 && !whole {
+                continue;
+            }
+            call.keys.push(key.clone());
+            call.args.push(match whole {
+                true => held.to_string(),
+                false => "-".to_owned(),
+            });
+        }
+        Some(call)
+    }
+
+    /// After a renewal went out: counters back at zero are forgotten, unless a write failed
+    /// meanwhile (the next whole renewal must clear them in Redis).
+    fn forget_released(&self) {
+        if !self.dirty.load(Ordering::Acquire) {
+            self.lock().retain(|_, (_, held)| *held > 0);
+        }
+    }
+}
+
+/// The background sender: queued adjustments in order, and the renewal of this replica's
+/// liveness while it holds slots. On a thread with a runtime of its own, so that it outlives no
+/// store (it ends when the store's sender is dropped) and depends on no worker.
+fn spawn_background(
+    redis: Redis,
+    local: Arc<Local>,
+    mut receiver: mpsc::Receiver<(u64, Vec<Adjustment>)>,
+    lease_ttl: Duration,
+) {
+    let every = (lease_ttl / 3).max(Duration::from_millis(10));
+    let run = move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            tracing::error!(
+                "no runtime for the limit counters' background sender: adjustments stay unsent"
+            );
+            return;
+        };
+        runtime.block_on(async move {
+            let adjust = redis::Script::new(ADJUST_SCRIPT);
+            let renew = redis::Script::new(RENEW_SCRIPT);
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    first = receiver.recv() => {
+                        let Some(first) = first else { return };
+                        let mut batch = vec![first];
+                        while batch.len() < BATCH {
+                            match receiver.try_recv() {
+                                Ok(more) => batch.push(more),
+                                Err(_) => break,
+                            }
+                        }
+                        send_adjustments(&redis, &local, &adjust, &batch).await;
+                    }
+                    _ = ticks.tick() => renew_slots(&redis, &local, &renew).await,
+                }
+            }
+        });
+    };
+    if let Err(error) = std::thread::Builder::new()
+        .name("llmux-limits".into())
+        .spawn(run)
+    {
+        tracing::error!(%error, "cannot start the limit counters' background sender");
+    }
+}
+
+/// Sends queued adjustments, in the order they were made, in one script call.
+async fn send_adjustments(
+    redis: &Redis,
+    local: &Local,
+    script: &redis::Script,
+    batch: &[(u64, Vec<Adjustment>)],
+) {
+    let mut call = ScriptCall::new(local);
+    for (now_ms, adjustments) in batch {
+        local.release(adjustments, *now_ms);
+        for adjustment in adjustments {
+            call.push(Change::from(adjustment), *now_ms);
+        }
+    }
+    let mut invocation = script.prepare_invoke();
+    call.add_to(&mut invocation);
+    let sent: Result<i64, _> = redis
+        .run("adjust_limits", |mut connection| async move {
+            invocation.invoke_async(&mut connection).await
+        })
+        .await;
+    if sent.is_err() {
+        local.dirty.store(true, Ordering::Release);
+    }
+}
+
+async fn renew_slots(redis: &Redis, local: &Local, script: &redis::Script) {
+    let whole = local.dirty.swap(false, Ordering::AcqRel);
+    let Some(call) = local.renewal(whole) else {
+        return;
+    };
+    let mut invocation = script.prepare_invoke();
+    call.add_to(&mut invocation);
+    let renewed: Result<i64, _> = redis
+        .run("renew_slots", |mut connection| async move {
+            invocation.invoke_async(&mut connection).await
+        })
+        .await;
+    match renewed {
+        Ok(_) => local.forget_released(),
+        Err(_) => local.dirty.store(true, Ordering::Release),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::access::key::KeyDigest;
+    use crate::access::limits::Window;
+    use crate::access::store::{KeyLimit, MemoryStore};
 
-    /// A UTC time written `YYYY-MM-DDTHH:MM:SSZ`.
-    fn at(text: &str) -> SystemTime {
-        let number = |range: std::ops::Range<usize>| text[range].parse::<u8>().unwrap();
-        let year: i32 = text[0..4].parse().unwrap();
-        let month = time::Month::try_from(number(5..7)).unwrap();
-        let date = time::Date::from_calendar_date(year, month, number(8..10)).unwrap();
-        let moment = date
-            .with_hms(number(11..13), number(14..16), number(17..19))
-            .unwrap()
-            .assume_utc();
-        UNIX_EPOCH + Duration::from_secs(u64::try_from(moment.unix_timestamp()).unwrap())
+    /// 2026-12-01T10:00:00Z.
+    const NOW: u64 = 1_796_119_200_000;
+    const HOUR_MS: u64 = 3_600_000;
+
+    fn local() -> Local {
+        Local {
+            replica: "r1".into(),
+            ttl_ms: 30_000,
+            slots: Mutex::new(HashMap::new()),
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    fn key(limit: KeyLimit) -> CounterKey {
+        CounterKey::Key {
+            digest: KeyDigest([0xab; 32]),
+            limit,
+        }
+    }
+
+    fn charge(counter: CounterKey, rule: Rule, cost: u64) -> Charge {
+        Charge {
+            counter,
+            rule,
+            cost,
+        }
     }
 
     #[test]
-    fn windows_are_utc_calendar_windows() {
-        let check = |window: Window, now: &str, start: &str, end: &str| {
-            let (s, e) = window.bounds(at(now));
-            let seconds = |t: &str| at(t).duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
-            assert_eq!(
-                (s, e),
-                (seconds(start), seconds(end)),
-                "{window:?} at {now}"
-            );
-        };
-        check(
-            Window::Minute,
-            "2026-12-01T10:15:42Z",
-            "2026-12-01T10:15:00Z",
-            "2026-12-01T10:16:00Z",
-        );
-        check(
-            Window::Hour,
-            "2026-12-01T10:15:42Z",
-            "2026-12-01T10:00:00Z",
-            "2026-12-01T11:00:00Z",
-        );
-        check(
-            Window::Day,
-            "2026-12-01T10:15:42Z",
-            "2026-12-01T00:00:00Z",
-            "2026-12-02T00:00:00Z",
-        );
-        check(
-            Window::Month,
-            "2026-12-31T23:59:59Z",
-            "2026-12-01T00:00:00Z",
-            "2027-01-01T00:00:00Z",
-        );
-        check(
-            Window::Month,
-            "2028-02-29T12:00:00Z",
-            "2028-02-01T00:00:00Z",
-            "2028-03-01T00:00:00Z",
-        );
-    }
-
-    #[test]
-    fn a_rate_admits_its_burst_then_one_per_interval() {
-        let limits = MemoryLimits::default();
-        let rate = [Limit::Rate {
-            key: "k".into(),
-            limit: 60,
-            period: Duration::from_secs(60),
-            cost: 1,
-        }];
-        let start = at("2026-12-01T10:00:00Z");
-        let admitted = (0..100)
-            .filter(|_| matches!(limits.admit_at(&rate, start), Verdict::Admitted { .. }))
-            .count();
-        assert_eq!(admitted, 60);
-        match limits.admit_at(&rate, start) {
-            Verdict::Limited {
-                index: 0,
-                retry_after,
-            } => {
-                assert_eq!(retry_after, Duration::from_secs(1));
+    fn the_script_gets_one_key_and_four_arguments_per_charge() {
+        let charges = [
+            charge(
+                key(KeyLimit::MaxConcurrentRequests),
+                Rule::Concurrent { limit: 2 },
+                1,
+            ),
+            charge(
+                key(KeyLimit::RequestsPerMinute),
+                Rule::Smooth { limit: 60 },
+                1,
+            ),
+            charge(
+                key(KeyLimit::TokensPerDay),
+                Rule::windowed(1000, Window::Day),
+                300,
+            ),
+        ];
+        let mut call = ScriptCall::new(&local());
+        for charge in &charges {
+            call.push(Change::from(charge), NOW);
+        }
+        let digest = "ab".repeat(32);
+        let day_start = NOW - 10 * HOUR_MS;
+        let day_end = day_start + 24 * HOUR_MS;
+        assert_eq!(
+            call,
+            ScriptCall {
+                keys: vec![
+                    REPLICAS_KEY.into(),
+                    format!("llmux:limit:key:{digest}:max_concurrent_requests:inflight"),
+                    format!("llmux:limit:key:{digest}:requests_per_minute:gcra"),
+                    format!("llmux:limit:key:{digest}:tokens_per_day:day:{day_start}"),
+                ],
+                args: ["r1", "30000", "n", "2", "1", "0", "s", "60", "1", "0", "c", "1000", "300",]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain([(day_end + CALENDAR_GRACE_MS).to_string()])
+                    .collect(),
             }
-            other => panic!("expected limited, got {other:?}"),
-        }
-        let later = start + Duration::from_secs(1);
-        assert!(matches!(
-            limits.admit_at(&rate, later),
-            Verdict::Admitted { .. }
-        ));
-        assert!(matches!(
-            limits.admit_at(&rate, later),
-            Verdict::Limited { .. }
-        ));
+        );
     }
 
     #[test]
-    fn limits_are_counted_all_or_none_and_reservations_settle() {
-        let limits = MemoryLimits::default();
-        let now = at("2026-12-01T10:00:00Z");
-        let both = |cost: u64| {
-            vec![
-                Limit::Rate {
-                    key: "k".into(),
-                    limit: 10,
-                    period: Duration::from_secs(60),
-                    cost: 1,
-                },
-                Limit::Quota {
-                    key: "k".into(),
-                    window: Window::Day,
-                    limit: 100,
-                    cost,
-                },
-            ]
+    fn an_adjustment_carries_its_signed_delta_in_the_window_it_was_made_in() {
+        let adjustment = Adjustment {
+            counter: key(KeyLimit::RequestsPerHour),
+            rule: Rule::windowed(10, Window::Hour),
+            delta: -1,
         };
-        assert!(matches!(
-            limits.admit_at(&both(80), now),
-            Verdict::Admitted { .. }
-        ));
-        // The quota refuses: the rate must not have counted this one.
-        assert!(matches!(
-            limits.admit_at(&both(30), now),
-            Verdict::Limited { index: 1, .. }
-        ));
-        limits.settle_now("k", Window::Day, now, -70);
-        for _ in 0..9 {
-            assert!(matches!(
-                limits.admit_at(&both(1), now),
-                Verdict::Admitted { .. }
-            ));
+        let mut call = ScriptCall::new(&local());
+        call.push(Change::from(&adjustment), NOW + HOUR_MS + 5);
+        assert!(call.keys[1].ends_with(&format!(":hour:{}", NOW + HOUR_MS)));
+        assert_eq!(&call.args[2..5], ["c", "10", "-1"]);
+    }
+
+    #[test]
+    fn quota_counters_cannot_collide_whatever_their_owner_is_called() {
+        let quota = |owner: Option<&str>, rule: &str| CounterKey::Quota {
+            rule: rule.into(),
+            measure: Measure::Requests,
+            owner: owner.map(Into::into),
+        };
+        let smooth = Rule::Smooth { limit: 1 };
+        let a = redis_key(&quota(Some("a:b"), "c"), smooth, NOW);
+        let b = redis_key(&quota(Some("a"), "b:c"), smooth, NOW);
+        let global = redis_key(&quota(None, "c"), smooth, NOW);
+        assert_eq!(a, "llmux:limit:quota:requests:3:a:b:c:gcra");
+        assert_ne!(a, b);
+        assert_eq!(global, "llmux:limit:quota:requests:-:c:gcra");
+    }
+
+    #[test]
+    fn answers_are_parsed_or_refused_whole() {
+        let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let parsed = parse_answer(&strings(&["1", "0", "12.5"]), 2).unwrap();
+        assert!(parsed.0);
+        assert_eq!(parsed.1.as_slice(), [0.0, 12.5]);
+        assert!(!parse_answer(&strings(&["0", "3"]), 1).unwrap().0);
+        for bad in [
+            &["1"][..],
+            &["1", "2", "3"],
+            &["2", "1"],
+            &["1", "x"],
+            &["1", "-1"],
+            &["1", "inf"],
+            &[],
+        ] {
+            assert!(parse_answer(&strings(bad), 1).is_none(), "{bad:?}");
         }
-        assert!(matches!(
-            limits.admit_at(&both(1), now),
-            Verdict::Limited { index: 0, .. }
-        ));
-        let tomorrow = now + Duration::from_secs(86_400);
-        assert!(matches!(
-            limits.admit_at(&both(100), tomorrow),
-            Verdict::Admitted { .. }
-        ));
+    }
+
+    /// The readings from the script's states are the memory store's, admitted or not.
+    #[test]
+    fn readings_from_the_scripts_states_match_the_memory_stores() {
+        let memory = MemoryStore::new();
+        let minute = charge(
+            key(KeyLimit::RequestsPerMinute),
+            Rule::Smooth { limit: 60 },
+            1,
+        );
+        let tokens = |cost| {
+            charge(
+                key(KeyLimit::TokensPerDay),
+                Rule::windowed(100, Window::Day),
+                cost,
+            )
+        };
+        let slots = charge(
+            key(KeyLimit::MaxConcurrentRequests),
+            Rule::Concurrent { limit: 3 },
+            1,
+        );
+        // States as the script would read them before each admission.
+        let mut level = 0.0;
+        let mut used = 0;
+        let mut in_flight = 0;
+        for (round, cost) in [40, 40, 30, 10, 15].into_iter().enumerate() {
+            let charges = [minute.clone(), tokens(cost), slots.clone()];
+            let expected = memory.acquire_now(NOW, &charges);
+            let states = [level, used as f64, in_flight as f64];
+            let admitted = level + 1.0 <= 60.0 && used + cost <= 100 && in_flight < 3;
+            let got = readings(&charges, &states, admitted, NOW);
+            assert_eq!(got, expected, "round {round}");
+            if admitted {
+                level += 1.0;
+                used += cost;
+                in_flight += 1;
+            }
+        }
+        assert_eq!(in_flight, 3);
+        let refused = readings(&[minute, tokens(1), slots], &[3.0, 100.0, 3.0], false, NOW);
+        assert_eq!(refused.readings[0].remaining, 57);
+        assert_eq!(refused.readings[2].retry_after, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn this_replica_counts_its_slots_and_rewrites_them_whole_only_after_a_failure() {
+        let local = local();
+        let slot = charge(
+            key(KeyLimit::MaxConcurrentRequests),
+            Rule::Concurrent { limit: 2 },
+            1,
+        );
+        let minute = charge(
+            key(KeyLimit::RequestsPerMinute),
+            Rule::Smooth { limit: 60 },
+            1,
+        );
+        assert!(local.renewal(false).is_none(), "nothing held: no renewal");
+        local.hold(&[slot.clone(), minute], NOW);
+        local.hold(std::slice::from_ref(&slot), NOW);
+        let renewal = local.renewal(false).unwrap();
+        assert_eq!(renewal.keys.len(), 2, "only concurrency counters");
+        assert_eq!(renewal.args[2], "-");
+        assert_eq!(local.renewal(true).unwrap().args[2], "2");
+        let release = Adjustment {
+            counter: slot.counter.clone(),
+            rule: slot.rule,
+            delta: -1,
+        };
+        local.release(&[release.clone(), release], NOW);
+        assert_eq!(local.renewal(true).unwrap().args[2], "0");
+        local.dirty.store(true, Ordering::Release);
+        local.forget_released();
+        assert!(local.renewal(false).is_some(), "kept while a write failed");
+        local.dirty.store(false, Ordering::Release);
+        local.forget_released();
+        assert!(local.renewal(false).is_none());
     }
 }

@@ -1,13 +1,14 @@
-//! State that several replicas share: which endpoint made an id, image data, limit counters and
-//! concurrency leases. Each kind is one trait with an in-memory implementation (one instance,
-//! the default) and a Redis one (`--redis-url`), chosen once at start-up.
+//! State that several replicas share: which endpoint made an id, image data, and the counters
+//! of access control's limits (rates, quotas, token budgets, concurrency). Each kind is one trait
+//! with an in-memory implementation (one instance, the default) and a Redis one (`--redis-url`),
+//! chosen once at start-up. The counters' trait is access control's own
+//! (`access::store::CounterStore`; its memory implementation is `access::store::MemoryStore`).
 //!
 //! Redis trouble never hangs a request: every call has a deadline (`--redis-timeout`), and while
 //! Redis is unreachable ids and images fall back to what this replica knows and limits fail open
 //! (or closed with `--redis-fail-closed`); sharing resumes by itself when Redis is back.
 pub mod connection;
 pub mod image_data;
-pub mod leases;
 pub mod limits;
 pub mod owners;
 
@@ -16,9 +17,9 @@ use std::time::Duration;
 
 use self::connection::Redis;
 use self::image_data::{ImageStore, RedisImages};
-use self::leases::{ConcurrencyLeases, MemoryLeases, RedisLeases, DEFAULT_LEASE_TTL};
-use self::limits::{LimitCounters, MemoryLimits, RedisLimits};
+use self::limits::{RedisCounters, DEFAULT_LEASE_TTL};
 use self::owners::{IdOwners, MemoryOwners, RedisOwners};
+use crate::access::store::{CounterStore, MemoryStore};
 use crate::images::ImageCache;
 use crate::routing::responses::{ResponseOwners, DEFAULT_CAPACITY, DEFAULT_TTL};
 
@@ -26,8 +27,8 @@ use crate::routing::responses::{ResponseOwners, DEFAULT_CAPACITY, DEFAULT_TTL};
 pub struct SharedState {
     pub owners: Arc<dyn IdOwners>,
     pub images: Arc<dyn ImageStore>,
-    pub limits: Arc<dyn LimitCounters>,
-    pub leases: Arc<dyn ConcurrencyLeases>,
+    /// Access control's limit counters.
+    pub counters: Arc<dyn CounterStore>,
     /// The Redis behind them, when `--redis-url` is set.
     pub redis: Option<Redis>,
 }
@@ -41,7 +42,7 @@ pub struct SharedSettings {
     pub fail_closed: bool,
     pub image_cache_bytes: u64,
     pub image_cache_ttl: Duration,
-    /// How long a concurrency lease lives without renewal.
+    /// How long a replica's concurrency slots count without renewal (a replica that died).
     pub lease_ttl: Duration,
 }
 
@@ -70,8 +71,7 @@ impl SharedState {
                 settings.image_cache_bytes,
                 settings.image_cache_ttl,
             )),
-            limits: Arc::new(MemoryLimits::default()),
-            leases: Arc::new(MemoryLeases::default()),
+            counters: Arc::new(MemoryStore::new()),
             redis: None,
         }
     }
@@ -93,8 +93,7 @@ impl SharedState {
                 settings.image_cache_bytes,
                 settings.image_cache_ttl,
             )),
-            limits: Arc::new(RedisLimits::new(redis.clone(), settings.fail_closed)),
-            leases: Arc::new(RedisLeases::new(
+            counters: Arc::new(RedisCounters::new(
                 redis.clone(),
                 settings.fail_closed,
                 settings.lease_ttl,

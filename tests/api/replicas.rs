@@ -1,7 +1,8 @@
 //! Three llmux processes behind a real nginx (round robin), sharing state through a real
 //! redis-server (issue 13): ids and image URLs made by one replica work through any other, a
-//! replica SIGKILLed and restarted loses nothing, and a Redis that stops costs requests no more
-//! than its deadline and comes back by itself.
+//! replica SIGKILLed and restarted loses nothing, one key's request and token limits count once
+//! across the replicas, and a Redis that stops costs requests no more than its deadline (limits
+//! fail open, or closed when configured) and comes back by itself.
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::Path;
@@ -62,6 +63,7 @@ impl ResponsesUpstream {
                 .route("/v1/responses/{id}/cancel", web::post().to(cancel))
                 .route("/v1/responses/{id}/input_items", web::get().to(input_items))
                 .route("/v1/images/generations", web::post().to(image))
+                .route("/v1/chat/completions", web::post().to(chat))
         })
         .workers(1)
         .disable_signals()
@@ -167,6 +169,18 @@ async fn image(state: web::Data<UpstreamState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({"created": 1, "data": [{"b64_json": STANDARD.encode(bytes)}]}))
 }
 
+/// Tokens every chat answer reports using (input + output).
+const CHAT_TOKENS: u64 = 100;
+
+async fn chat(body: web::Json<Value>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": body["model"],
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "Hi"}}],
+        "usage": {"prompt_tokens": 20, "completion_tokens": CHAT_TOKENS - 20, "total_tokens": CHAT_TOKENS}
+    }))
+}
+
 /// One llmux process (the binary), on a port of its own.
 struct Replica {
     port: u16,
@@ -174,16 +188,28 @@ struct Replica {
     config_dir: std::path::PathBuf,
     redis_url: String,
     base_url: String,
+    /// Flags beyond the ones every replica gets.
+    extra_args: Vec<String>,
 }
 
 impl Replica {
     async fn start(config_dir: &Path, redis_url: &str, base_url: &str) -> Self {
+        Self::start_with(config_dir, redis_url, base_url, &[]).await
+    }
+
+    async fn start_with(
+        config_dir: &Path,
+        redis_url: &str,
+        base_url: &str,
+        extra_args: &[&str],
+    ) -> Self {
         let mut replica = Self {
             port: free_port(),
             child: None,
             config_dir: config_dir.to_owned(),
             redis_url: redis_url.to_owned(),
             base_url: base_url.to_owned(),
+            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
         };
         replica.restart().await;
         replica
@@ -215,6 +241,7 @@ impl Replica {
             .args(["--redis-url", &self.redis_url])
             .arg("--redis-timeout")
             .arg(REDIS_DEADLINE.as_secs_f64().to_string())
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(Stdio::inherit())
@@ -344,11 +371,16 @@ struct Cluster {
     replicas: Vec<Replica>,
     nginx: Nginx,
     http: reqwest::Client,
-    _config_dir: tempfile::TempDir,
+    config_dir: tempfile::TempDir,
 }
 
 impl Cluster {
     async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// With `keys`, a key file (`llmux_access` section) beside the providers: access control on.
+    async fn start_with(keys: Option<Value>) -> Self {
         let redis = RedisServer::start();
         let upstreams = [
             ResponsesUpstream::start("a").await,
@@ -356,7 +388,10 @@ impl Cluster {
         ];
         let config_dir = tempfile::tempdir().unwrap();
         let provider = |url: &str, images: bool| {
-            let mut endpoints = vec![json!({"path": "v1/responses", "target_model_name": "t"})];
+            let mut endpoints = vec![
+                json!({"path": "v1/responses", "target_model_name": "t"}),
+                json!({"path": "v1/chat/completions", "target_model_name": "t"}),
+            ];
             if images {
                 endpoints.push(
                     json!({"path": "v1/images/generations", "target_model_name": "img",
@@ -371,6 +406,9 @@ impl Cluster {
             "upstream-b": provider(&upstreams[1].url, false),
         });
         std::fs::write(config_dir.path().join("providers.json"), config.to_string()).unwrap();
+        if let Some(keys) = keys {
+            std::fs::write(config_dir.path().join("keys.json"), keys.to_string()).unwrap();
+        }
         let nginx_port = free_port();
         let base_url = format!("http://127.0.0.1:{nginx_port}");
         let mut replicas = Vec::new();
@@ -388,8 +426,38 @@ impl Cluster {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
-            _config_dir: config_dir,
+            config_dir,
         }
+    }
+
+    /// A chat completion as `key`, through nginx (or `base` when given): status, Retry-After,
+    /// error body, time taken.
+    async fn chat_as(
+        &self,
+        key: &str,
+        base: Option<&str>,
+    ) -> (u16, Option<String>, Value, Duration) {
+        let started = Instant::now();
+        let url = match base {
+            Some(base) => format!("{base}/v1/chat/completions"),
+            None => self.nginx.url("/v1/chat/completions"),
+        };
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(key)
+            .json(&json!({"model": "m", "max_tokens": 80,
+                          "messages": [{"role": "user", "content": "Hi"}]}))
+            .send()
+            .await
+            .expect("nginx answers");
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, retry_after, body, started.elapsed())
     }
 
     /// A request through nginx: status, JSON body (when there is one), time taken.
@@ -742,4 +810,186 @@ async fn three_replicas_behind_nginx_share_ids_and_images_through_kills_and_redi
     }
     assert!(problems.is_empty(), "after Redis came back: {problems:#?}");
     cluster.check_kept(&after).await.unwrap();
+}
+
+/// A key entry for the key file: `name`, its key `llmux_{name}_key`, and limits.
+fn key_entry(name: &str, limits: Value) -> Value {
+    let mut entry = json!({"name": name, "key_sha256": sha256_hex(&key_of(name))});
+    for (limit, value) in limits.as_object().unwrap() {
+        entry[limit] = value.clone();
+    }
+    entry
+}
+
+fn key_of(name: &str) -> String {
+    format!("llmux_{name}_key")
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Until every replica (and `also`) has called Redis since it came back: requests of a key with
+/// a limit nobody reaches.
+async fn wait_until_every_replica_sees_redis(cluster: &Cluster, also: &Replica) {
+    let started = Instant::now();
+    loop {
+        let mut up = true;
+        for replica in cluster.replicas.iter().chain([also]) {
+            let _ = cluster
+                .chat_as(&key_of("roomy"), Some(&replica.address()))
+                .await;
+            let url = format!("{}/health", replica.address());
+            let body: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            up &= body["redis"] == "up";
+        }
+        if up {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "Redis not seen again: {}",
+            cluster.redis_metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `count` chat requests as `key` through nginx, `clients` at a time: the statuses (with
+/// Retry-After) and how long it took.
+async fn burst(
+    cluster: &Cluster,
+    key: &str,
+    count: usize,
+    clients: usize,
+) -> (Vec<(u16, Option<String>, Value)>, Duration) {
+    use futures_util::StreamExt;
+    let started = Instant::now();
+    let answers = futures_util::stream::iter(0..count)
+        .map(|_| async {
+            let (status, retry_after, body, _) = cluster.chat_as(key, None).await;
+            (status, retry_after, body)
+        })
+        .buffer_unordered(clients)
+        .collect::<Vec<_>>()
+        .await;
+    (answers, started.elapsed())
+}
+
+/// 20 chat requests as `key` through nginx, one after another: status, body and time of each.
+async fn timed(cluster: &Cluster, key: &str) -> Vec<(u16, Value, Duration)> {
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let (status, _, body, took) = cluster.chat_as(key, None).await;
+        times.push((status, body, took));
+    }
+    times
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_behind_nginx_count_a_keys_limits_together_and_fail_open_or_closed_without_redis(
+) {
+    let keys = json!({"llmux_access": {"keys": [
+        key_entry("sixty", json!({"requests_per_minute": 60})),
+        key_entry("budget", json!({"tokens_per_day": 1000})),
+        key_entry("roomy", json!({"requests_per_minute": 1_000_000})),
+        key_entry("ten", json!({"requests_per_minute": 10})),
+    ]}});
+    let mut cluster = Cluster::start_with(Some(keys)).await;
+    let strict = Replica::start_with(
+        cluster.config_dir.path(),
+        &cluster.redis.url(),
+        &cluster.nginx.url(""),
+        &["--redis-fail-closed"],
+    )
+    .await;
+    wait_until_every_replica_sees_redis(&cluster, &strict).await;
+
+    // 60 a minute, 90 asked at once through three replicas: 60 pass, plus the one a second the
+    // smooth limit gives back while the burst runs.
+    let (answers, took) = burst(&cluster, &key_of("sixty"), 90, 3).await;
+    let admitted = answers.iter().filter(|(status, ..)| *status == 200).count();
+    let refill = took.as_secs() as usize;
+    assert!(
+        (60..=61 + refill).contains(&admitted),
+        "{admitted} of 90 admitted in {took:?}"
+    );
+    for (status, retry_after, body) in &answers {
+        if *status != 200 {
+            assert_eq!(*status, 429, "{body}");
+            assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+            let seconds: u64 = retry_after
+                .as_deref()
+                .expect("Retry-After")
+                .parse()
+                .unwrap();
+            assert!((1..=2).contains(&seconds), "Retry-After {seconds}");
+        }
+    }
+
+    // 1000 tokens a day, 100 used per request (reserved first, settled from the answer's usage
+    // by whichever replica served it): about 10 requests, wherever they land.
+    let (answers, _) = burst(&cluster, &key_of("budget"), 30, 1).await;
+    let admitted = answers.iter().filter(|(status, ..)| *status == 200).count() as u64;
+    let used = admitted * CHAT_TOKENS;
+    assert!(
+        (800..=1000 + CHAT_TOKENS).contains(&used),
+        "{admitted} requests of {CHAT_TOKENS} tokens admitted on a budget of 1000"
+    );
+
+    // Redis stops: requests wait no more than the deadline extra, limits fail open (the key
+    // over its limit passes) or closed (the strict replica answers 503).
+    let before = timed(&cluster, &key_of("roomy")).await;
+    cluster.redis.stop();
+    let during = timed(&cluster, &key_of("sixty")).await;
+    for (status, body, _) in &during {
+        assert_eq!(*status, 200, "fails open: {body}");
+    }
+    let slowest = |times: &[(u16, Value, Duration)]| times.iter().map(|t| t.2).max().unwrap();
+    assert!(
+        slowest(&during) <= slowest(&before) + REDIS_DEADLINE + SLACK,
+        "slowest {:?} with Redis down, {:?} with it up",
+        slowest(&during),
+        slowest(&before)
+    );
+    for _ in 0..5 {
+        let (status, _, body, took) = cluster
+            .chat_as(&key_of("roomy"), Some(&strict.address()))
+            .await;
+        assert_eq!(status, 503, "fails closed: {body}");
+        assert_eq!(body["error"]["type"], "server_error", "{body}");
+        assert_eq!(body["error"]["code"], "access_unavailable", "{body}");
+        assert!(
+            took <= slowest(&before) + REDIS_DEADLINE + SLACK,
+            "{took:?}"
+        );
+    }
+    let metrics = reqwest::get(format!("{}/metrics", cluster.replicas[0].address()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"llmux_limits_unchecked_total{decision="open"}"#),
+        "{metrics}"
+    );
+
+    // Redis is back (empty): limits count across replicas again, by themselves.
+    cluster.redis.restart();
+    wait_until_every_replica_sees_redis(&cluster, &strict).await;
+    let (answers, took) = burst(&cluster, &key_of("ten"), 20, 4).await;
+    let admitted = answers.iter().filter(|(status, ..)| *status == 200).count();
+    assert!(
+        (10..=11 + took.as_secs() as usize / 6).contains(&admitted),
+        "{admitted} of 20 admitted in {took:?} once Redis was back"
+    );
+    let (status, _, body, _) = cluster
+        .chat_as(&key_of("roomy"), Some(&strict.address()))
+        .await;
+    assert_eq!(status, 200, "the strict replica admits again: {body}");
 }

@@ -4,14 +4,17 @@
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use llmux::access::key::KeyDigest;
+use llmux::access::limits::{Measure, Rule, Window};
+use llmux::access::store::{
+    Acquired, Adjustment, Charge, CounterKey, CounterStore, KeyLimit, MemoryStore,
+};
 use llmux::config::load::parse_file;
 use llmux::routing::table::RoutingTable;
 use llmux::shared::connection::RedisState;
-use llmux::shared::leases::LeaseVerdict;
-use llmux::shared::limits::{Limit, Verdict, Window};
 use llmux::shared::owners::IdFamily;
 use llmux::shared::{SharedSettings, SharedState};
 use serde_json::json;
@@ -59,24 +62,6 @@ fn table(base_url: &str) -> RoutingTable {
         load.endpoints.expect("the provider file loads"),
     );
     table
-}
-
-fn rate(key: &str, limit: u64) -> Limit {
-    Limit::Rate {
-        key: key.into(),
-        limit,
-        period: Duration::from_secs(60),
-        cost: 1,
-    }
-}
-
-fn quota(key: &str, limit: u64, cost: u64) -> Limit {
-    Limit::Quota {
-        key: key.into(),
-        window: Window::Day,
-        limit,
-        cost,
-    }
 }
 
 /// Runs `call` and asserts it returned within the Redis deadline (plus scheduling slack).
@@ -211,150 +196,243 @@ async fn an_image_stored_by_one_replica_is_served_by_another_bounded_in_bytes_an
     assert!(a.images.get("m", &later[2]).await.is_none(), "expired");
 }
 
+/// A key's limit counter (key `byte`), as access control names it.
+fn counter(byte: u8, limit: KeyLimit) -> CounterKey {
+    CounterKey::Key {
+        digest: KeyDigest([byte; 32]),
+        limit,
+    }
+}
+
+fn per_minute(byte: u8, limit: u64) -> Charge {
+    Charge {
+        counter: counter(byte, KeyLimit::RequestsPerMinute),
+        rule: Rule::Smooth { limit },
+        cost: 1,
+    }
+}
+
+fn tokens_per_day(byte: u8, limit: u64, cost: u64) -> Charge {
+    Charge {
+        counter: counter(byte, KeyLimit::TokensPerDay),
+        rule: Rule::windowed(limit, Window::Day),
+        cost,
+    }
+}
+
+fn slot(byte: u8, limit: u64) -> Charge {
+    Charge {
+        counter: counter(byte, KeyLimit::MaxConcurrentRequests),
+        rule: Rule::Concurrent { limit },
+        cost: 1,
+    }
+}
+
+fn release(charge: &Charge) -> Adjustment {
+    Adjustment {
+        counter: charge.counter.clone(),
+        rule: charge.rule,
+        delta: -1,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+async fn acquire(replica: &SharedState, charges: &[Charge]) -> Acquired {
+    replica
+        .counters
+        .acquire(now_ms(), charges)
+        .await
+        .expect("redis answers")
+}
+
 #[tokio::test]
-async fn a_60_per_minute_rate_admits_60_across_replicas_and_limits_are_all_or_none() {
+async fn a_60_per_minute_key_admits_60_across_replicas_and_limits_are_all_or_none() {
     let redis = RedisServer::start();
     let replicas = [
         replica(&redis, settings()),
         replica(&redis, settings()),
         replica(&redis, settings()),
     ];
-    let limits = [rate("key-1", 60)];
+    let limits = [per_minute(1, 60)];
     let mut admitted = 0;
     for round in 0..100 {
-        match replicas[round % 3].limits.admit(&limits).await {
-            Verdict::Admitted { .. } => admitted += 1,
-            Verdict::Limited {
-                index: 0,
-                retry_after,
-            } => {
-                assert!(retry_after <= Duration::from_secs(1), "{retry_after:?}");
+        let acquired = acquire(&replicas[round % 3], &limits).await;
+        match acquired.admitted {
+            true => admitted += 1,
+            false => {
+                let retry_after = acquired.readings[0].retry_after;
+                assert!(
+                    retry_after <= Duration::from_secs(1) && !retry_after.is_zero(),
+                    "{retry_after:?}"
+                );
             }
-            other => panic!("unexpected {other:?}"),
         }
     }
     assert!((60..=61).contains(&admitted), "admitted {admitted} of 100");
 
-    // A daily token budget of 100: a reservation of 80, settled to 20 used.
-    let budget = |cost| [rate("key-2", 1000), quota("key-2", 100, cost)];
-    let at = match replicas[0].limits.admit(&budget(80)).await {
-        Verdict::Admitted { at } => at,
-        other => panic!("unexpected {other:?}"),
+    // A daily token budget of 100: a reservation of 80, settled to 20 used by another replica.
+    let budget = |cost| [per_minute(2, 1000), tokens_per_day(2, 100, cost)];
+    let first = acquire(&replicas[0], &budget(80)).await;
+    assert!(first.admitted);
+    assert_eq!(first.readings[1].remaining, 20);
+    let refused = acquire(&replicas[1], &budget(30)).await;
+    assert!(!refused.admitted);
+    assert_eq!(
+        refused.readings[0].remaining, 999,
+        "what the refused request would have used is not charged"
+    );
+    replicas[2].counters.adjust(
+        now_ms(),
+        &[Adjustment {
+            counter: counter(2, KeyLimit::TokensPerDay),
+            rule: Rule::windowed(100, Window::Day),
+            delta: -60,
+        }],
+    );
+    // Adjustments go out in the background, within the deadline.
+    eventually(
+        "the settlement counts",
+        Duration::from_secs(3),
+        async || {
+            acquire(&replicas[1], &[tokens_per_day(2, 100, 0)])
+                .await
+                .readings[0]
+                .remaining
+                == 80
+        },
+    )
+    .await;
+    assert!(acquire(&replicas[1], &budget(80)).await.admitted);
+    let full = acquire(&replicas[0], &budget(1)).await;
+    assert!(!full.admitted);
+    assert_eq!(full.readings[1].remaining, 0);
+    assert!(full.readings[1].retry_after > Duration::from_secs(1));
+}
+
+/// The same admissions, spread over three replicas on Redis and run on one memory store, get
+/// the same decisions and the same remaining counts.
+#[tokio::test]
+async fn redis_counters_decide_as_the_memory_store_does() {
+    let redis = RedisServer::start();
+    let replicas = [
+        replica(&redis, settings()),
+        replica(&redis, settings()),
+        replica(&redis, settings()),
+    ];
+    let memory = MemoryStore::new();
+    let mut admitted = 0;
+    let hourly = |cost| Charge {
+        counter: CounterKey::Quota {
+            rule: "policy:/v1/chat/completions:*:hour".into(),
+            measure: Measure::Requests,
+            owner: Some("alice".into()),
+        },
+        rule: Rule::windowed(25, Window::Hour),
+        cost,
     };
-    assert!(matches!(
-        replicas[1].limits.admit(&budget(30)).await,
-        Verdict::Limited { index: 1, .. }
-    ));
-    replicas[2]
-        .limits
-        .settle("key-2", Window::Day, at, -60)
-        .await;
-    assert!(matches!(
-        replicas[1].limits.admit(&budget(80)).await,
-        Verdict::Admitted { .. }
-    ));
-    assert!(matches!(
-        replicas[0].limits.admit(&budget(1)).await,
-        Verdict::Limited { index: 1, .. }
-    ));
-    // The refused admissions counted nothing against the rate: 2 of 1000 are used.
-    let rate_only = [Limit::Rate {
-        key: "key-2".into(),
-        limit: 1000,
-        period: Duration::from_secs(60),
-        cost: 998,
-    }];
-    assert!(matches!(
-        replicas[0].limits.admit(&rate_only).await,
-        Verdict::Admitted { .. }
-    ));
+    for round in 0..40u64 {
+        let charges = [
+            slot(3, 2),
+            per_minute(3, 30),
+            hourly(1),
+            tokens_per_day(3, 500, round * 7 % 60),
+        ];
+        let now = now_ms();
+        let expected = memory.acquire_now(now, &charges);
+        let got = replicas[round as usize % 3]
+            .counters
+            .acquire(now, &charges)
+            .await
+            .unwrap();
+        assert_eq!(got.admitted, expected.admitted, "round {round}");
+        admitted += usize::from(got.admitted);
+        for (index, (got, expected)) in got.readings.iter().zip(&expected.readings).enumerate() {
+            // The minute limit drains by Redis's clock there, by the test's here: a few ms apart.
+            let tolerance = u64::from(index == 1);
+            assert!(
+                got.remaining.abs_diff(expected.remaining) <= tolerance,
+                "round {round}, limit {index}: {got:?} on Redis, {expected:?} in memory"
+            );
+        }
+        if got.admitted {
+            // The slot is given back by the replica that took it, before the next round.
+            let released = [release(&charges[0])];
+            memory.adjust(now, &released);
+            replicas[round as usize % 3].counters.adjust(now, &released);
+            let look = [Charge {
+                cost: 0,
+                ..slot(3, 2)
+            }];
+            eventually("the slot is back", Duration::from_secs(3), async || {
+                acquire(&replicas[(round as usize + 1) % 3], &look)
+                    .await
+                    .readings[0]
+                    .remaining
+                    == 2
+            })
+            .await;
+        }
+    }
+    assert!(
+        (10..30).contains(&admitted),
+        "the run reached a limit: {admitted} of 40 admitted"
+    );
 }
 
 #[tokio::test]
-async fn concurrency_leases_are_shared_and_expire_when_their_replica_dies() {
+async fn concurrency_slots_are_shared_and_freed_when_their_replica_dies() {
     let redis = RedisServer::start();
     let mut short = settings();
     short.lease_ttl = Duration::from_millis(600);
     let (a, b) = (replica(&redis, short), replica(&redis, short));
+    let two = [slot(4, 2)];
 
-    let first = match a.leases.acquire("key-3", 2).await {
-        LeaseVerdict::Held(lease) => lease,
-        other => panic!("unexpected {other:?}"),
-    };
-    let second = match b.leases.acquire("key-3", 2).await {
-        LeaseVerdict::Held(lease) => lease,
-        other => panic!("unexpected {other:?}"),
-    };
-    assert!(matches!(
-        a.leases.acquire("key-3", 2).await,
-        LeaseVerdict::Full
-    ));
-    // A held lease is renewed: still held well past its TTL.
+    assert!(acquire(&a, &two).await.admitted);
+    assert!(acquire(&b, &two).await.admitted);
+    assert!(!acquire(&a, &two).await.admitted);
+    // Held slots are renewed: still held well past the TTL.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(matches!(
-        b.leases.acquire("key-3", 2).await,
-        LeaseVerdict::Full
-    ));
+    assert!(!acquire(&b, &two).await.admitted);
 
-    drop(first);
-    let mut third = None;
+    a.counters.adjust(now_ms(), &[release(&two[0])]);
     eventually(
         "a released slot is free",
         Duration::from_secs(3),
-        async || {
-            third = match b.leases.acquire("key-3", 2).await {
-                LeaseVerdict::Held(lease) => Some(lease),
-                _ => None,
-            };
-            third.is_some()
-        },
+        async || acquire(&b, &two).await.admitted,
     )
     .await;
-
-    // A replica that dies mid-request: its runtime stops, nothing releases or renews.
-    drop(second);
-    let url = redis.url();
-    // On its own thread, so this test's runtime keeps renewing the leases it holds meanwhile.
-    let taken = tokio::task::spawn_blocking(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let dying = SharedState::on_redis(&url, short).unwrap();
-            eventually(
-                "the dying replica takes the slot b gave back",
-                Duration::from_secs(3),
-                async || match dying.leases.acquire("key-3", 2).await {
-                    LeaseVerdict::Held(lease) => {
-                        std::mem::forget(lease);
-                        true
-                    }
-                    _ => false,
-                },
-            )
-            .await;
-        });
-        Instant::now()
-    })
-    .await
-    .unwrap();
-    assert!(matches!(
-        a.leases.acquire("key-3", 2).await,
-        LeaseVerdict::Full
-    ));
+    // b holds two now; it gives one back, and a replica that dies takes it.
+    b.counters.adjust(now_ms(), &[release(&two[0])]);
+    let dying = replica(&redis, short);
     eventually(
-        "the dead replica's lease expires",
+        "the dying replica takes the slot b gave back",
         Duration::from_secs(3),
-        async || matches!(a.leases.acquire("key-3", 2).await, LeaseVerdict::Held(_)),
+        async || acquire(&dying, &two).await.admitted,
+    )
+    .await;
+    let taken = Instant::now();
+    // It dies mid-request: nothing releases or renews its slot.
+    drop(dying);
+    assert!(!acquire(&a, &two).await.admitted);
+    eventually(
+        "the dead replica's slot is freed",
+        Duration::from_secs(3),
+        async || acquire(&a, &two).await.admitted,
     )
     .await;
     let lived = taken.elapsed();
     assert!(
         lived >= Duration::from_millis(500),
-        "expired after {lived:?}, before its TTL"
+        "freed after {lived:?}, before its TTL"
     );
-    drop(third);
+    // b's slot, renewed all along, still counts: a holds one, b one.
+    assert!(!acquire(&a, &two).await.admitted);
 }
 
 #[tokio::test]
@@ -376,25 +454,19 @@ async fn with_redis_stopped_calls_return_within_the_deadline_then_sharing_resume
         .unwrap()
         .pick()
         .clone();
-    assert!(matches!(
-        a.limits.admit(&[rate("key-4", 100)]).await,
-        Verdict::Admitted { .. }
-    ));
+    let limits = [slot(5, 1), per_minute(5, 100)];
+    assert!(acquire(&a, &limits).await.admitted);
+    a.counters.adjust(now_ms(), &[release(&limits[0])]);
 
     redis.stop();
     for round in 0..20 {
-        let verdict = within_deadline("admit", a.limits.admit(&[rate("key-4", 100)])).await;
-        assert_eq!(
-            verdict,
-            Verdict::Unchecked { admitted: true },
-            "round {round}"
-        );
-        let verdict = within_deadline("admit", strict.limits.admit(&[rate("key-4", 100)])).await;
-        assert_eq!(
-            verdict,
-            Verdict::Unchecked { admitted: false },
-            "round {round}"
-        );
+        let open = within_deadline("acquire", a.counters.acquire(now_ms(), &limits)).await;
+        let open = open.expect("fails open");
+        assert!(open.admitted, "round {round}");
+        assert_eq!(open.readings[1].remaining, 99, "as if nothing were counted");
+        a.counters.adjust(now_ms(), &[release(&limits[0])]);
+        let refused = within_deadline("acquire", strict.counters.acquire(now_ms(), &limits)).await;
+        assert!(refused.is_err(), "round {round}: fails closed");
         let id = format!("resp_down_{round}");
         within_deadline(
             "remember",
@@ -415,10 +487,6 @@ async fn with_redis_stopped_calls_return_within_the_deadline_then_sharing_resume
         assert!(within_deadline("get", a.images.get("m", &image))
             .await
             .is_some());
-        assert!(matches!(
-            within_deadline("acquire", a.leases.acquire("key-4", 1)).await,
-            LeaseVerdict::Unchecked { admitted: true }
-        ));
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     assert_eq!(a.redis.as_ref().unwrap().health().state(), RedisState::Down);
@@ -438,13 +506,28 @@ async fn with_redis_stopped_calls_return_within_the_deadline_then_sharing_resume
         "limits are checked again",
         Duration::from_secs(5),
         async || {
-            matches!(
-                strict.limits.admit(&[rate("key-4", 100)]).await,
-                Verdict::Admitted { .. }
-            )
+            strict
+                .counters
+                .acquire(now_ms(), &[per_minute(5, 100)])
+                .await
+                .is_ok_and(|acquired| acquired.admitted)
         },
     )
     .await;
+    // Counted in Redis again, across replicas: one slot, taken by b, is full for a.
+    let one = [slot(6, 1)];
+    eventually(
+        "slots are shared again",
+        Duration::from_secs(5),
+        async || {
+            a.counters
+                .acquire(now_ms(), &one)
+                .await
+                .is_ok_and(|acquired| acquired.admitted)
+        },
+    )
+    .await;
+    assert!(!acquire(&b, &one).await.admitted);
     assert_eq!(a.redis.as_ref().unwrap().health().state(), RedisState::Up);
 }
 
@@ -452,20 +535,15 @@ async fn with_redis_stopped_calls_return_within_the_deadline_then_sharing_resume
 async fn a_hung_redis_costs_a_request_at_most_the_deadline_then_nothing_while_backing_off() {
     let redis = RedisServer::start();
     let a = replica(&redis, impatient());
-    assert!(matches!(
-        a.limits.admit(&[rate("key-5", 100)]).await,
-        Verdict::Admitted { .. }
-    ));
+    let limits = [per_minute(7, 100)];
+    assert!(acquire(&a, &limits).await.admitted);
 
     redis.freeze();
     let started = Instant::now();
-    let mut verdicts = Vec::new();
     for _ in 0..50 {
-        verdicts.push(within_deadline("admit", a.limits.admit(&[rate("key-5", 100)])).await);
+        let acquired = within_deadline("acquire", a.counters.acquire(now_ms(), &limits)).await;
+        assert!(acquired.expect("fails open").admitted);
     }
-    assert!(verdicts
-        .iter()
-        .all(|v| *v == Verdict::Unchecked { admitted: true }));
     // 50 calls back to back: only the first three (then one probe per back-off) wait for the deadline.
     assert!(
         started.elapsed() < DEADLINE * 10,
@@ -478,10 +556,10 @@ async fn a_hung_redis_costs_a_request_at_most_the_deadline_then_nothing_while_ba
         "limits are checked again",
         Duration::from_secs(5),
         async || {
-            matches!(
-                a.limits.admit(&[rate("key-5", 100)]).await,
-                Verdict::Admitted { .. }
-            )
+            a.counters
+                .acquire(now_ms(), &limits)
+                .await
+                .is_ok_and(|acquired| acquired.readings[0].remaining < 98)
         },
     )
     .await;
@@ -516,7 +594,11 @@ async fn health_reports_redis_while_ready_stays_ready_and_metrics_count_failures
     assert_eq!(health().await, json!({"status": "ok", "redis": "up"}));
 
     redis.stop();
-    within_deadline("admit", shared.limits.admit(&[rate("key-6", 1)])).await;
+    let _ = within_deadline(
+        "acquire",
+        shared.counters.acquire(now_ms(), &[per_minute(8, 1)]),
+    )
+    .await;
     assert_eq!(health().await, json!({"status": "ok", "redis": "down"}));
     let ready = http.get(format!("{address}/ready")).send().await.unwrap();
     assert_eq!(
@@ -535,7 +617,7 @@ async fn health_reports_redis_while_ready_stays_ready_and_metrics_count_failures
 
     redis.restart();
     eventually("redis is up again", Duration::from_secs(5), async || {
-        let _ = shared.limits.admit(&[rate("key-6", 1)]).await;
+        let _ = shared.counters.acquire(now_ms(), &[per_minute(8, 1)]).await;
         health().await["redis"] == "up"
     })
     .await;
