@@ -25,6 +25,10 @@ type CounterKey = (String, WindowType, i64);
 #[derive(Debug, Default)]
 pub(crate) struct PendingUsage {
     counters: Mutex<HashMap<CounterKey, Counts>>,
+    /// Held by a batch write from taking the counters to its commit, and by a reader from
+    /// reading the pending counters to reading the written ones: a batch written in between
+    /// would otherwise be counted twice (pending, then stored).
+    writing: tokio::sync::Mutex<()>,
 }
 
 impl PendingUsage {
@@ -84,39 +88,36 @@ impl Store {
         at: i64,
     ) -> Result<Counts, StoreError> {
         let start = window.start_of(at);
-        let pending = self
-            .inner
-            .context
-            .usage
-            .get(&(bucket.clone(), window, start));
-        let stored = self
-            .run(move |context| async move {
-                let row = sqlx::query(
-                    "SELECT requests, tokens FROM usage_counters \
+        self.run(move |context| async move {
+            let _writes_wait = context.usage.writing.lock().await;
+            let pending = context.usage.get(&(bucket.clone(), window, start));
+            let row = sqlx::query(
+                "SELECT requests, tokens FROM usage_counters \
                      WHERE bucket = $1 AND window_type = $2 AND window_start = $3",
-                )
-                .bind(bucket)
-                .bind(window.as_str())
-                .bind(start)
-                .fetch_optional(&context.pool)
-                .await?;
-                match row {
-                    Some(row) => Ok(Counts {
-                        requests: row.try_get("requests")?,
-                        tokens: row.try_get("tokens")?,
-                    }),
-                    None => Ok(Counts::default()),
-                }
-            })
+            )
+            .bind(bucket)
+            .bind(window.as_str())
+            .bind(start)
+            .fetch_optional(&context.pool)
             .await?;
-        Ok(Counts {
-            requests: stored.requests + pending.requests,
-            tokens: stored.tokens + pending.tokens,
+            let stored = match row {
+                Some(row) => Counts {
+                    requests: row.try_get("requests")?,
+                    tokens: row.try_get("tokens")?,
+                },
+                None => Counts::default(),
+            };
+            Ok(Counts {
+                requests: stored.requests + pending.requests,
+                tokens: stored.tokens + pending.tokens,
+            })
         })
+        .await
     }
 }
 
 async fn write(context: &Context) -> Result<(), StoreError> {
+    let _readers_wait = context.usage.writing.lock().await;
     let batch = context.usage.take();
     if batch.is_empty() {
         return Ok(());

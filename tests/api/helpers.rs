@@ -42,6 +42,7 @@ pub struct Spawn {
     env: HashMap<String, String>,
     args: Box<dyn FnOnce(&mut ServeArgs)>,
     data_dir: Option<TempDir>,
+    v1_open: bool,
 }
 
 impl Spawn {
@@ -51,7 +52,15 @@ impl Spawn {
             env: HashMap::from([("TEST_PROVIDER_KEY".to_owned(), PROVIDER_KEY.to_owned())]),
             args: Box::new(|_| {}),
             data_dir: None,
+            v1_open: false,
         }
+    }
+
+    /// The admin credential for `/admin/*` with `/v1` left open (`--access-control off`): an
+    /// admin API with no key yet would refuse every call, and these tests are about routes.
+    pub fn admin_token_v1_open(mut self) -> Self {
+        self.v1_open = true;
+        self.admin_token()
     }
 
     /// Sets `LLMUX_ADMIN_TOKEN` to `ADMIN_TOKEN`. The admin credential also turns the admin API
@@ -94,6 +103,9 @@ impl Spawn {
         args.workers = Some(2);
         if let Some(data_dir) = &self.data_dir {
             args.access.data_dir = data_dir.path().to_owned();
+        }
+        if self.v1_open {
+            args.access_control = llmux::access::AccessMode::Off;
         }
         (self.args)(&mut args);
         let env = self.env;

@@ -55,7 +55,7 @@ fn file_entry<'a>(config: &'a Value, name: &str) -> Option<&'a Value> {
 
 async fn app_serving_m() -> TestApp {
     Spawn::new()
-        .admin_token()
+        .admin_token_v1_open()
         .file(
             "provider.json",
             provider_file("mock", "", &[("m", "target-m")]),
@@ -112,7 +112,7 @@ async fn an_edited_target_model_name_is_used_by_the_next_request() {
 #[tokio::test]
 async fn a_deleted_file_takes_its_routes_and_only_its_routes_away() {
     let app = Spawn::new()
-        .admin_token()
+        .admin_token_v1_open()
         .file(
             "provider.json",
             provider_file("mock", "", &[("m", "target-m")]),
@@ -170,7 +170,7 @@ async fn a_renamed_file_is_a_delete_plus_an_add() {
 #[tokio::test]
 async fn a_broken_file_keeps_its_last_good_routes_until_it_is_repaired() {
     let app = Spawn::new()
-        .admin_token()
+        .admin_token_v1_open()
         .file(
             "provider.json",
             provider_file("mock", "", &[("m", "target-m")]),
@@ -321,7 +321,7 @@ async fn a_touched_file_with_no_change_causes_no_route_churn() {
 /// an update writes a new stamped dir and swaps `..data` in one rename.
 #[tokio::test]
 async fn a_configmap_data_swap_is_reloaded_and_dot_entries_are_never_loaded() {
-    let app = Spawn::new().admin_token().start().await;
+    let app = Spawn::new().admin_token_v1_open().start().await;
     let dir = app.config_dir.path();
     let version = |stamp: &str, target: &str| {
         let versioned = dir.join(stamp);
@@ -365,7 +365,7 @@ async fn a_configmap_data_swap_is_reloaded_and_dot_entries_are_never_loaded() {
 #[tokio::test]
 async fn polling_mode_sees_edits_too() {
     let app = Spawn::new()
-        .admin_token()
+        .admin_token_v1_open()
         .file(
             "provider.json",
             provider_file("mock", "", &[("m", "target-m")]),
@@ -397,7 +397,7 @@ async fn polling_mode_sees_edits_too() {
 async fn under_load_fifty_rewrites_fail_no_request_and_mix_no_versions() {
     let app = Arc::new(
         Spawn::new()
-            .admin_token()
+            .admin_token_v1_open()
             .file(
                 "provider.json",
                 provider_file("mock", "", &[("m", "target-a")]),

@@ -55,7 +55,7 @@ async fn worst_latency(app: &crate::helpers::TestApp, count: usize) -> Duration 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_30000_model_reload_never_stalls_requests_metrics_or_admin_config() {
     let app = Spawn::new()
-        .admin_token()
+        .admin_token_v1_open()
         .file("a.json", provider_file("mock", "", &[("m", "t")]))
         .file("big.json", big_file(30_000, "v1"))
         .start()
