@@ -116,7 +116,7 @@ pub async fn forward_with_retries(
     request: &HttpRequest,
     outbound: Outbound,
     state: &AppState,
-    mut log: AccessLog,
+    mut log: Box<AccessLog>,
 ) -> HttpResponse {
     let policy = &state.retry;
     let pool = outbound.routed.pool();
@@ -203,7 +203,8 @@ pub async fn forward_with_retries(
             }
         }
         if let Ok(response) = result {
-            discard(response, deadline).await;
+            // Boxed: retries are rare, and every request's future would carry its state.
+            Box::pin(discard(response, deadline)).await;
         }
         tokio::time::sleep_until(wake).await;
         index = next;
@@ -274,7 +275,7 @@ async fn finish(
     result: Result<UpstreamResponse, ApiError>,
     member: &Arc<Endpoint>,
     attempts: u32,
-    mut log: AccessLog,
+    mut log: Box<AccessLog>,
     answer: Option<AnswerRewrite>,
     state: &AppState,
 ) -> HttpResponse {
@@ -296,7 +297,7 @@ async fn finish(
 async fn respond_with(
     response: UpstreamResponse,
     member: &Arc<Endpoint>,
-    log: AccessLog,
+    log: Box<AccessLog>,
     answer: Option<AnswerRewrite>,
     state: &AppState,
 ) -> HttpResponse {
@@ -304,20 +305,25 @@ async fn respond_with(
         return respond(response, member, log);
     };
     if let Some(images) = answer.images {
-        return image_answer::answer(
+        // Boxed: its state (a whole answer being read) would make every request's future larger.
+        return Box::pin(image_answer::answer(
             response,
             member,
             images,
             &state.base_url,
             &*state.images,
             log,
-        )
+        ))
         .await;
     }
     let response = respond(response, member, log);
-    let mut response = rewrite::answer(answer, member, response)
-        .await
-        .unwrap_or_else(|error| error.error_response());
+    // Boxed like the images answer: only embeddings requests read their answer whole.
+    let mut response = match answer.base64_embeddings {
+        true => Box::pin(rewrite::answer(answer, member, response))
+            .await
+            .unwrap_or_else(|error| error.error_response()),
+        false => response,
+    };
     if answer.capture_response_id {
         response = capture_response_id(response, member, &state.responses);
     }
@@ -433,6 +439,20 @@ fn parse_reset(text: &str) -> Option<Duration> {
         rest = &rest[unit_end..];
     }
     seconds(total)
+}
+
+#[cfg(test)]
+#[allow(unreachable_code, unused_variables, clippy::diverging_sub_expression)]
+pub fn sizes_tmp() -> String {
+    fn out<F: std::future::Future>(_: &impl Fn() -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    format!(
+        "finish {} respond_with {} discard {}",
+        out(&|| finish(todo!(), todo!(), todo!(), todo!(), todo!(), todo!())),
+        out(&|| respond_with(todo!(), todo!(), todo!(), todo!(), todo!())),
+        out(&|| discard(todo!(), todo!()))
+    )
 }
 
 #[cfg(test)]

@@ -49,8 +49,12 @@ pub async fn forward_json(
     state: web::Data<AppState>,
     clients: web::Data<UpstreamClients>,
 ) -> HttpResponse {
-    let mut log = AccessLog::of_request(&request, operation, &state.metrics);
-    match prepare(operation, &request, payload, &state, &mut log).await {
+    // Boxed: the record is large and moves from stage to stage into the answer's body stream
+    // (issue 16: each move of it by value was a memcpy of about 2 KB).
+    let mut log = Box::new(AccessLog::of_request(&request, operation, &state.metrics));
+    // Boxed too: the read and admit stages' state would otherwise sit in this future beside the
+    // attempt loop's, and the whole future is moved into actix's box.
+    match Box::pin(prepare(operation, &request, payload, &state, &mut log)).await {
         Ok(outbound) => forward_with_retries(&clients, &request, outbound, &state, log).await,
         Err(error) => log.reject(error),
     }
@@ -278,4 +282,41 @@ pub async fn forward_by_response_id(
     }
     attempt::attempt_headers(&mut response, 1, &endpoint, state.upstream_header);
     response
+}
+
+#[cfg(test)]
+mod sizes_tmp {
+    use super::*;
+    fn out<F: std::future::Future>(_: &impl Fn() -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    macro_rules! size {
+        ($name:expr, $f:expr) => {
+            eprintln!("SIZE {:50} {}", $name, out(&$f));
+        };
+    }
+    #[allow(unreachable_code, unused_variables, clippy::diverging_sub_expression)]
+    #[test]
+    fn future_sizes() {
+        eprintln!("SIZE AccessLog {}", std::mem::size_of::<AccessLog>());
+        eprintln!("SIZE Outbound {}", std::mem::size_of::<Outbound>());
+        eprintln!("SIZE UsageReader {}", std::mem::size_of::<UsageReader>());
+        eprintln!("SIZE HttpResponse {}", std::mem::size_of::<HttpResponse>());
+        eprintln!("SIZE UpstreamResponse {}", std::mem::size_of::<crate::proxy::forward::UpstreamResponse>());
+        eprintln!("SIZE Admission {}", std::mem::size_of::<Option<admit::Admission>>());
+        eprintln!("SIZE RequestTrace {}", std::mem::size_of::<Option<crate::traces::RequestTrace>>());
+        size!("forward_json", || forward_json(todo!(), todo!(), todo!(), todo!(), todo!()));
+        size!("prepare", || prepare(todo!(), todo!(), todo!(), todo!(), todo!()));
+        size!("forward_with_retries", || forward_with_retries(todo!(), todo!(), todo!(), todo!(), todo!()));
+        size!("send_attempt", || crate::proxy::forward::attempt(todo!(), todo!(), todo!(), todo!(), todo!() as crate::proxy::json::SplicedBody, todo!(), todo!()));
+        size!("json_body", || read::json_body(todo!(), todo!(), todo!(), todo!()));
+        size!("route", || route::route(todo!(), todo!(), todo!(), todo!(), todo!()));
+        size!("admit", || {
+            let state: &'static AppState = todo!();
+            state.admitter.admit(todo!(), todo!(), todo!())
+        });
+        eprintln!("SIZE finish {}", attempt::sizes_tmp());
+        size!("image_answer", || crate::proxy::image_answer::answer(todo!(), todo!(), todo!(), todo!(), todo!(), todo!() as Box<AccessLog>));
+        size!("rewrite_answer", || crate::proxy::rewrite::answer(todo!(), todo!(), todo!()));
+    }
 }

@@ -6,7 +6,6 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Uri;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use awc::error::{ConnectError, SendRequestError};
-use bytes::Bytes;
 
 use super::decode::{Coding, Decoded};
 use super::headers::{copy_request_headers, copy_response_headers, X_REQUEST_ID};
@@ -24,8 +23,9 @@ pub async fn forward<B: MessageBody + 'static>(
     endpoint: &Arc<Endpoint>,
     uri: Uri,
     body: B,
-    mut log: AccessLog,
+    log: impl Into<Box<AccessLog>>,
 ) -> Result<HttpResponse, ApiError> {
+    let mut log = log.into();
     let upstream = upstream_request(client, request, endpoint, uri, &log);
     let response = send(upstream, endpoint, body, &mut log).await?;
     Ok(respond(response, endpoint, log))
@@ -85,12 +85,12 @@ pub async fn send<B: MessageBody + 'static>(
 
 /// One attempt of a retried request: sends `body` and waits, at most `timeout`, for the head of
 /// the answer. Failures are the caller's to log (it decides whether another attempt follows).
-pub async fn attempt(
+pub async fn attempt<B: MessageBody + 'static>(
     client: &awc::Client,
     request: &HttpRequest,
     endpoint: &Endpoint,
     uri: Uri,
-    body: Bytes,
+    body: B,
     log: &AccessLog,
     timeout: std::time::Duration,
 ) -> Result<UpstreamResponse, ApiError> {
@@ -104,11 +104,13 @@ pub async fn attempt(
 }
 
 /// The upstream's answer as the client's response, its body streamed through as it arrives.
+/// `log` goes boxed into the body stream: pass a `Box` along when there is one (one move).
 pub fn respond(
     mut response: UpstreamResponse,
     endpoint: &Endpoint,
-    mut log: AccessLog,
+    log: impl Into<Box<AccessLog>>,
 ) -> HttpResponse {
+    let mut log = log.into();
     let status = response.status();
     log.status = Some(status.as_u16());
     let mut builder = HttpResponse::build(status);

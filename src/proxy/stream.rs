@@ -35,12 +35,15 @@ pin_project! {
         finished: bool,
         // The upstream body ended; what the usage reader held back is still to go out.
         inner_done: bool,
-        log: AccessLog,
+        // Boxed: the record is large (admission, trace) and this stream moves into the
+        // response and the server's state machines (issue 16: memcpy of 2 KB per move).
+        log: Box<AccessLog>,
     }
 }
 
 impl<S> ResponseStream<S> {
-    pub fn new(inner: S, idle_timeout: Duration, mut log: AccessLog) -> Self {
+    pub fn new(inner: S, idle_timeout: Duration, log: impl Into<Box<AccessLog>>) -> Self {
+        let mut log = log.into();
         log.outcome = Outcome::ClientClosed;
         let status = log.status.unwrap_or(0);
         if let Some(usage) = log.usage.as_mut() {
