@@ -338,11 +338,20 @@ pub fn attempt_headers(
     shown: UpstreamHeader,
 ) {
     let headers = response.headers_mut();
-    headers.insert(X_LLMUX_ATTEMPTS, HeaderValue::from(attempts));
+    headers.insert(X_LLMUX_ATTEMPTS, attempts_value(attempts));
     // An upstream's own header of that name would tell what llmux does not.
     headers.remove(X_LLMUX_UPSTREAM);
     if shown == UpstreamHeader::Name {
         headers.insert(X_LLMUX_UPSTREAM, member.public_identity());
+    }
+}
+
+/// The count as a header value, without formatting (and allocating) one for the usual counts.
+fn attempts_value(attempts: u32) -> HeaderValue {
+    const COUNTS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match COUNTS.get(attempts as usize) {
+        Some(count) => HeaderValue::from_static(count),
+        None => HeaderValue::from(attempts),
     }
 }
 
@@ -542,6 +551,13 @@ mod tests {
         }
         assert_eq!(parse_reset("3 days"), None);
         assert_eq!(parse_reset("5x"), None);
+    }
+
+    #[test]
+    fn attempt_counts_are_written_in_decimal() {
+        for attempts in [0, 1, 9, 10, 12, u32::MAX] {
+            assert_eq!(attempts_value(attempts), attempts.to_string().as_str());
+        }
     }
 
     #[test]

@@ -302,21 +302,78 @@ mod sizes_tmp {
         eprintln!("SIZE Outbound {}", std::mem::size_of::<Outbound>());
         eprintln!("SIZE UsageReader {}", std::mem::size_of::<UsageReader>());
         eprintln!("SIZE HttpResponse {}", std::mem::size_of::<HttpResponse>());
-        eprintln!("SIZE UpstreamResponse {}", std::mem::size_of::<crate::proxy::forward::UpstreamResponse>());
-        eprintln!("SIZE Admission {}", std::mem::size_of::<Option<admit::Admission>>());
-        eprintln!("SIZE RequestTrace {}", std::mem::size_of::<Option<crate::traces::RequestTrace>>());
-        size!("forward_json", || forward_json(todo!(), todo!(), todo!(), todo!(), todo!()));
-        size!("prepare", || prepare(todo!(), todo!(), todo!(), todo!(), todo!()));
-        size!("forward_with_retries", || forward_with_retries(todo!(), todo!(), todo!(), todo!(), todo!()));
-        size!("send_attempt", || crate::proxy::forward::attempt(todo!(), todo!(), todo!(), todo!(), todo!() as crate::proxy::json::SplicedBody, todo!(), todo!()));
-        size!("json_body", || read::json_body(todo!(), todo!(), todo!(), todo!()));
-        size!("route", || route::route(todo!(), todo!(), todo!(), todo!(), todo!()));
+        eprintln!(
+            "SIZE UpstreamResponse {}",
+            std::mem::size_of::<crate::proxy::forward::UpstreamResponse>()
+        );
+        eprintln!(
+            "SIZE Admission {}",
+            std::mem::size_of::<Option<admit::Admission>>()
+        );
+        eprintln!(
+            "SIZE RequestTrace {}",
+            std::mem::size_of::<Option<crate::traces::RequestTrace>>()
+        );
+        size!("forward_json", || forward_json(
+            todo!(),
+            todo!(),
+            todo!(),
+            todo!(),
+            todo!()
+        ));
+        size!("prepare", || prepare(
+            todo!(),
+            todo!(),
+            todo!(),
+            todo!(),
+            todo!()
+        ));
+        size!("forward_with_retries", || forward_with_retries(
+            todo!(),
+            todo!(),
+            todo!(),
+            todo!(),
+            todo!()
+        ));
+        size!("send_attempt", || crate::proxy::forward::attempt(
+            todo!(),
+            todo!(),
+            todo!(),
+            todo!(),
+            todo!() as crate::proxy::json::SplicedBody,
+            todo!(),
+            todo!()
+        ));
+        size!("json_body", || read::json_body(
+            todo!(),
+            todo!(),
+            todo!(),
+            todo!()
+        ));
+        size!("route", || route::route(
+            todo!(),
+            todo!(),
+            todo!(),
+            todo!(),
+            todo!()
+        ));
         size!("admit", || {
             let state: &'static AppState = todo!();
             state.admitter.admit(todo!(), todo!(), todo!())
         });
         eprintln!("SIZE finish {}", attempt::sizes_tmp());
-        size!("image_answer", || crate::proxy::image_answer::answer(todo!(), todo!(), todo!(), todo!(), todo!(), todo!() as Box<AccessLog>));
-        size!("rewrite_answer", || crate::proxy::rewrite::answer(todo!(), todo!(), todo!()));
+        size!("image_answer", || crate::proxy::image_answer::answer(
+            todo!(),
+            todo!(),
+            todo!(),
+            todo!(),
+            todo!(),
+            todo!() as Box<AccessLog>
+        ));
+        size!("rewrite_answer", || crate::proxy::rewrite::answer(
+            todo!(),
+            todo!(),
+            todo!()
+        ));
     }
 }
