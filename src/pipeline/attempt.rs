@@ -451,20 +451,6 @@ fn parse_reset(text: &str) -> Option<Duration> {
 }
 
 #[cfg(test)]
-#[allow(unreachable_code, unused_variables, clippy::diverging_sub_expression)]
-pub fn sizes_tmp() -> String {
-    fn out<F: std::future::Future>(_: &impl Fn() -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-    format!(
-        "finish {} respond_with {} discard {}",
-        out(&|| finish(todo!(), todo!(), todo!(), todo!(), todo!(), todo!())),
-        out(&|| respond_with(todo!(), todo!(), todo!(), todo!(), todo!())),
-        out(&|| discard(todo!(), todo!()))
-    )
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -285,95 +285,25 @@ pub async fn forward_by_response_id(
 }
 
 #[cfg(test)]
-mod sizes_tmp {
+mod tests {
     use super::*;
-    fn out<F: std::future::Future>(_: &impl Fn() -> F) -> usize {
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<F: std::future::Future>(_: &impl Fn() -> F) -> usize {
         std::mem::size_of::<F>()
     }
-    macro_rules! size {
-        ($name:expr, $f:expr) => {
-            eprintln!("SIZE {:50} {}", $name, out(&$f));
-        };
-    }
-    #[allow(unreachable_code, unused_variables, clippy::diverging_sub_expression)]
+
+    /// Issue 16: every request's handler future is moved into actix's box, and the record (about
+    /// 2 KB) moved by value from stage to stage; with the images answer's state inline the
+    /// future was 16 KB, and copying it cost more instructions than all of llmux's own logic.
     #[test]
-    fn future_sizes() {
-        eprintln!("SIZE AccessLog {}", std::mem::size_of::<AccessLog>());
-        eprintln!("SIZE Outbound {}", std::mem::size_of::<Outbound>());
-        eprintln!("SIZE UsageReader {}", std::mem::size_of::<UsageReader>());
-        eprintln!("SIZE HttpResponse {}", std::mem::size_of::<HttpResponse>());
-        eprintln!(
-            "SIZE UpstreamResponse {}",
-            std::mem::size_of::<crate::proxy::forward::UpstreamResponse>()
-        );
-        eprintln!(
-            "SIZE Admission {}",
-            std::mem::size_of::<Option<admit::Admission>>()
-        );
-        eprintln!(
-            "SIZE RequestTrace {}",
-            std::mem::size_of::<Option<crate::traces::RequestTrace>>()
-        );
-        size!("forward_json", || forward_json(
-            todo!(),
-            todo!(),
-            todo!(),
-            todo!(),
-            todo!()
-        ));
-        size!("prepare", || prepare(
-            todo!(),
-            todo!(),
-            todo!(),
-            todo!(),
-            todo!()
-        ));
-        size!("forward_with_retries", || forward_with_retries(
-            todo!(),
-            todo!(),
-            todo!(),
-            todo!(),
-            todo!()
-        ));
-        size!("send_attempt", || crate::proxy::forward::attempt(
-            todo!(),
-            todo!(),
-            todo!(),
-            todo!(),
-            todo!() as crate::proxy::json::SplicedBody,
-            todo!(),
-            todo!()
-        ));
-        size!("json_body", || read::json_body(
-            todo!(),
-            todo!(),
-            todo!(),
-            todo!()
-        ));
-        size!("route", || route::route(
-            todo!(),
-            todo!(),
-            todo!(),
-            todo!(),
-            todo!()
-        ));
-        size!("admit", || {
-            let state: &'static AppState = todo!();
-            state.admitter.admit(todo!(), todo!(), todo!())
-        });
-        eprintln!("SIZE finish {}", attempt::sizes_tmp());
-        size!("image_answer", || crate::proxy::image_answer::answer(
-            todo!(),
-            todo!(),
-            todo!(),
-            todo!(),
-            todo!(),
-            todo!() as Box<AccessLog>
-        ));
-        size!("rewrite_answer", || crate::proxy::rewrite::answer(
-            todo!(),
-            todo!(),
-            todo!()
-        ));
+    #[expect(
+        unreachable_code,
+        clippy::diverging_sub_expression,
+        reason = "the futures are sized, never built"
+    )]
+    fn the_json_pipeline_future_stays_small() {
+        let size = future_size(&|| forward_json(todo!(), todo!(), todo!(), todo!(), todo!()));
+        assert!(size <= 4096, "forward_json's future is {size} bytes");
     }
 }

@@ -203,3 +203,47 @@ impl<'de> Deserialize<'de> for RawMembers<'de> {
         deserializer.deserialize_map(MembersVisitor)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the upstream connection writes for `body`: its parts in order, as awc polls them.
+    fn sent(mut body: SplicedBody) -> (BodySize, Vec<u8>) {
+        let size = body.size();
+        let waker = futures_util::task::noop_waker();
+        let mut context = Context::from_waker(&waker);
+        let mut out = Vec::new();
+        while let Poll::Ready(Some(Ok(part))) = Pin::new(&mut body).poll_next(&mut context) {
+            assert!(!part.is_empty(), "an empty part was sent");
+            out.extend_from_slice(&part);
+        }
+        (size, out)
+    }
+
+    fn check(body: &str, span: Range<usize>, replacement: &str) {
+        let bytes = Bytes::from(body.to_owned());
+        let spliced = SplicedBody::new(&bytes, span.clone(), replacement.as_bytes());
+        let expected = splice(&bytes, span, replacement);
+        assert_eq!(spliced.to_bytes(), expected);
+        let (size, written) = sent(spliced);
+        assert_eq!(size, BodySize::Sized(expected.len() as u64));
+        assert_eq!(written, expected, "{body}");
+    }
+
+    #[test]
+    fn a_spliced_body_sends_exactly_the_spliced_bytes() {
+        check(r#"{"model":"a","x":1}"#, 9..12, r#""target""#);
+        check(r#"{"model":"a"}"#, 9..12, r#""b""#);
+        check(r#""a""#, 0..3, r#""longer/name""#);
+        check(r#"{"model":"same"}"#, 9..15, r#""same""#);
+    }
+
+    #[test]
+    fn an_unchanged_model_sends_the_body_as_read() {
+        let body = Bytes::from_static(br#"{"model":"same"}"#);
+        let spliced = SplicedBody::new(&body, 9..15, br#""same""#);
+        // The same buffer, not a copy of it.
+        assert_eq!(spliced.to_bytes().as_ptr(), body.as_ptr());
+    }
+}
