@@ -29,8 +29,11 @@ pin_project! {
     pub struct ResponseStream<S> {
         #[pin]
         inner: S,
+        // Fires at or before `idle_deadline`; re-armed only when it fires early (issue 16:
+        // resetting the timer at every chunk cost more than the chunk's own handling).
         #[pin]
         idle: Sleep,
+        idle_deadline: Instant,
         idle_timeout: Duration,
         finished: bool,
         // The upstream body ended; what the usage reader held back is still to go out.
@@ -51,9 +54,11 @@ impl<S> ResponseStream<S> {
                 log.usage = None;
             }
         }
+        let idle_deadline = later_by(Instant::now(), idle_timeout);
         Self {
             inner,
-            idle: tokio::time::sleep(idle_timeout),
+            idle: tokio::time::sleep_until(idle_deadline),
+            idle_deadline,
             idle_timeout,
             finished: false,
             inner_done: false,
@@ -88,13 +93,12 @@ where
             }
             match this.inner.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
-                    let elapsed = this.log.started.elapsed();
+                    let now = Instant::now();
+                    let elapsed = now.into_std().saturating_duration_since(this.log.started);
                     if this.log.first_byte.is_none() {
                         this.log.first_byte = Some(elapsed);
                     }
-                    this.idle
-                        .as_mut()
-                        .reset(Instant::now() + *this.idle_timeout);
+                    *this.idle_deadline = later_by(now, *this.idle_timeout);
                     let out = match this.log.usage.as_mut() {
                         Some(usage) => usage.chunk(chunk, elapsed),
                         None => Some(chunk),
@@ -116,7 +120,13 @@ where
                     *this.inner_done = true;
                 }
                 Poll::Pending => {
-                    if this.idle.as_mut().poll(cx).is_ready() {
+                    while this.idle.as_mut().poll(cx).is_ready() {
+                        if Instant::now() < *this.idle_deadline {
+                            // A chunk came since it was armed: wait for the rest of the gap.
+                            let deadline = *this.idle_deadline;
+                            this.idle.as_mut().reset(deadline);
+                            continue;
+                        }
                         this.log.upstream_end();
                         *this.finished = true;
                         this.log.outcome = Outcome::UpstreamIdleTimeout;
@@ -132,4 +142,11 @@ where
             }
         }
     }
+}
+
+/// `start + duration`, or a time too far to ever be reached when that overflows.
+fn later_by(start: Instant, duration: Duration) -> Instant {
+    start
+        .checked_add(duration)
+        .unwrap_or_else(|| start + Duration::from_secs(86_400 * 365))
 }
