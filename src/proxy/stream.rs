@@ -150,3 +150,43 @@ fn later_by(start: Instant, duration: Duration) -> Instant {
         .checked_add(duration)
         .unwrap_or_else(|| start + Duration::from_secs(86_400 * 365))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::HeaderValue;
+    use futures_util::StreamExt;
+
+    /// Chunks `gap` apart, then silence.
+    fn upstream(chunks: usize, gap: Duration) -> impl Stream<Item = Result<Bytes, String>> {
+        futures_util::stream::unfold(0, move |sent| async move {
+            if sent == chunks {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(gap).await;
+            Some((Ok(Bytes::from_static(b"x")), sent + 1))
+        })
+    }
+
+    fn record() -> AccessLog {
+        AccessLog::start(HeaderValue::from_static("req_1"), "POST", "v1/x", None)
+    }
+
+    #[actix_web::test]
+    async fn chunks_closer_than_the_timeout_keep_a_stream_open_past_it() {
+        // Issue 16: the timer is no longer reset at every chunk; a stream whose chunks each come
+        // within the timeout must still never time out, however long it lasts in total.
+        let timeout = Duration::from_millis(150);
+        let stream = ResponseStream::new(upstream(8, Duration::from_millis(50)), timeout, record());
+        let started = std::time::Instant::now();
+        let items: Vec<_> = stream.take(9).collect().await;
+        assert!(started.elapsed() > timeout * 2, "{:?}", started.elapsed());
+        assert!(items[..8].iter().all(Result::is_ok));
+        // The silence after the last chunk is what times out.
+        assert!(
+            matches!(items[8], Err(BodyError::Idle(_))),
+            "{:?}",
+            items[8]
+        );
+    }
+}
