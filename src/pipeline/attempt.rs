@@ -116,7 +116,7 @@ pub async fn forward_with_retries(
     request: &HttpRequest,
     outbound: Outbound,
     state: &AppState,
-    mut log: AccessLog,
+    mut log: Box<AccessLog>,
 ) -> HttpResponse {
     let policy = &state.retry;
     let pool = outbound.routed.pool();
@@ -203,7 +203,8 @@ pub async fn forward_with_retries(
             }
         }
         if let Ok(response) = result {
-            discard(response, deadline).await;
+            // Boxed: retries are rare, and every request's future would carry its state.
+            Box::pin(discard(response, deadline)).await;
         }
         tokio::time::sleep_until(wake).await;
         index = next;
@@ -274,7 +275,7 @@ async fn finish(
     result: Result<UpstreamResponse, ApiError>,
     member: &Arc<Endpoint>,
     attempts: u32,
-    mut log: AccessLog,
+    mut log: Box<AccessLog>,
     answer: Option<AnswerRewrite>,
     state: &AppState,
 ) -> HttpResponse {
@@ -296,7 +297,7 @@ async fn finish(
 async fn respond_with(
     response: UpstreamResponse,
     member: &Arc<Endpoint>,
-    log: AccessLog,
+    log: Box<AccessLog>,
     answer: Option<AnswerRewrite>,
     state: &AppState,
 ) -> HttpResponse {
@@ -304,20 +305,25 @@ async fn respond_with(
         return respond(response, member, log);
     };
     if let Some(images) = answer.images {
-        return image_answer::answer(
+        // Boxed: its state (a whole answer being read) would make every request's future larger.
+        return Box::pin(image_answer::answer(
             response,
             member,
             images,
             &state.base_url,
             &*state.images,
             log,
-        )
+        ))
         .await;
     }
     let response = respond(response, member, log);
-    let mut response = rewrite::answer(answer, member, response)
-        .await
-        .unwrap_or_else(|error| error.error_response());
+    // Boxed like the images answer: only embeddings requests read their answer whole.
+    let mut response = match answer.base64_embeddings {
+        true => Box::pin(rewrite::answer(answer, member, response))
+            .await
+            .unwrap_or_else(|error| error.error_response()),
+        false => response,
+    };
     if answer.capture_response_id {
         response = capture_response_id(response, member, &state.responses);
     }
@@ -332,11 +338,20 @@ pub fn attempt_headers(
     shown: UpstreamHeader,
 ) {
     let headers = response.headers_mut();
-    headers.insert(X_LLMUX_ATTEMPTS, HeaderValue::from(attempts));
+    headers.insert(X_LLMUX_ATTEMPTS, attempts_value(attempts));
     // An upstream's own header of that name would tell what llmux does not.
     headers.remove(X_LLMUX_UPSTREAM);
     if shown == UpstreamHeader::Name {
         headers.insert(X_LLMUX_UPSTREAM, member.public_identity());
+    }
+}
+
+/// The count as a header value, without formatting (and allocating) one for the usual counts.
+fn attempts_value(attempts: u32) -> HeaderValue {
+    const COUNTS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match COUNTS.get(attempts as usize) {
+        Some(count) => HeaderValue::from_static(count),
+        None => HeaderValue::from(attempts),
     }
 }
 
@@ -522,6 +537,13 @@ mod tests {
         }
         assert_eq!(parse_reset("3 days"), None);
         assert_eq!(parse_reset("5x"), None);
+    }
+
+    #[test]
+    fn attempt_counts_are_written_in_decimal() {
+        for attempts in [0, 1, 9, 10, 12, u32::MAX] {
+            assert_eq!(attempts_value(attempts), attempts.to_string().as_str());
+        }
     }
 
     #[test]

@@ -48,7 +48,10 @@ pub async fn json_body(
     if announced.is_some_and(|length| length > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let mut body = BytesMut::with_capacity(announced.unwrap_or(1024).min(limit));
+    // The first chunk is kept as it came: a body that arrives in one chunk (most of them) is
+    // never copied (issue 16). Later chunks are gathered in one buffer sized by Content-Length.
+    let mut first: Option<Bytes> = None;
+    let mut body = BytesMut::new();
     loop {
         let next = tokio::time::timeout(idle_timeout, payload.next()).await;
         let Some(chunk) = next.map_err(|_| ApiError::ClientBodyTimeout {
@@ -58,10 +61,25 @@ pub async fn json_body(
             break;
         };
         let chunk = chunk.map_err(|e| ApiError::BadPayload(e.to_string()))?;
-        if body.len() + chunk.len() > limit {
+        let read = first.as_ref().map_or(0, Bytes::len) + body.len();
+        if read + chunk.len() > limit {
             return Err(ApiError::PayloadTooLarge { limit });
         }
-        body.extend_from_slice(&chunk);
+        match first.take() {
+            None if body.is_empty() => first = Some(chunk),
+            held => {
+                if body.is_empty() {
+                    body.reserve(announced.unwrap_or(1024).min(limit));
+                }
+                if let Some(held) = held {
+                    body.extend_from_slice(&held);
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
     }
-    Ok(body.freeze())
+    Ok(match first {
+        Some(whole) => whole,
+        None => body.freeze(),
+    })
 }

@@ -1,15 +1,14 @@
 //! The upstream call: awc request with the provider's key, the answer streamed back.
 use std::sync::Arc;
 
-use actix_web::body::{MessageBody, SizedStream};
+use actix_web::body::{BodyStream, BoxBody, MessageBody, SizedStream};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Uri;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use awc::error::{ConnectError, SendRequestError};
-use bytes::Bytes;
 
 use super::decode::{Coding, Decoded};
-use super::headers::{copy_request_headers, copy_response_headers, X_REQUEST_ID};
+use super::headers::{copy_request_headers, copy_response_headers_to, X_REQUEST_ID};
 use super::stream::ResponseStream;
 use super::usage::UsageReader;
 use crate::errors::ApiError;
@@ -24,8 +23,9 @@ pub async fn forward<B: MessageBody + 'static>(
     endpoint: &Arc<Endpoint>,
     uri: Uri,
     body: B,
-    mut log: AccessLog,
+    log: impl Into<Box<AccessLog>>,
 ) -> Result<HttpResponse, ApiError> {
+    let mut log = log.into();
     let upstream = upstream_request(client, request, endpoint, uri, &log);
     let response = send(upstream, endpoint, body, &mut log).await?;
     Ok(respond(response, endpoint, log))
@@ -85,12 +85,12 @@ pub async fn send<B: MessageBody + 'static>(
 
 /// One attempt of a retried request: sends `body` and waits, at most `timeout`, for the head of
 /// the answer. Failures are the caller's to log (it decides whether another attempt follows).
-pub async fn attempt(
+pub async fn attempt<B: MessageBody + 'static>(
     client: &awc::Client,
     request: &HttpRequest,
     endpoint: &Endpoint,
     uri: Uri,
-    body: Bytes,
+    body: B,
     log: &AccessLog,
     timeout: std::time::Duration,
 ) -> Result<UpstreamResponse, ApiError> {
@@ -104,15 +104,15 @@ pub async fn attempt(
 }
 
 /// The upstream's answer as the client's response, its body streamed through as it arrives.
+/// `log` goes boxed into the body stream: pass a `Box` along when there is one (one move).
 pub fn respond(
     mut response: UpstreamResponse,
     endpoint: &Endpoint,
-    mut log: AccessLog,
+    log: impl Into<Box<AccessLog>>,
 ) -> HttpResponse {
+    let mut log = log.into();
     let status = response.status();
     log.status = Some(status.as_u16());
-    let mut builder = HttpResponse::build(status);
-    copy_response_headers(response.headers(), &mut builder);
     let event_stream = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -145,19 +145,35 @@ pub fn respond(
     };
     let timeout = endpoint.request_timeout;
     let payload = response.take_payload();
-    match (decode, length) {
+    // Built without actix's builder, as `HttpResponseBuilder::body`/`streaming` would: a
+    // streamed body without a content type gets `application/octet-stream`.
+    let (body, streamed) = match (&decode, length) {
         (Some(coding), _) => {
-            let body = ResponseStream::new(Decoded::new(payload, coding), timeout, log);
-            let mut response = builder.streaming(body);
-            response.headers_mut().remove(header::CONTENT_ENCODING);
-            response
+            let body = ResponseStream::new(Decoded::new(payload, *coding), timeout, log);
+            (BoxBody::new(BodyStream::new(body)), true)
         }
         (None, Some(length)) => {
             let body = ResponseStream::new(payload, timeout, log);
-            builder.body(SizedStream::new(length, body))
+            (BoxBody::new(SizedStream::new(length, body)), false)
         }
-        (None, None) => builder.streaming(ResponseStream::new(payload, timeout, log)),
+        (None, None) => {
+            let body = ResponseStream::new(payload, timeout, log);
+            (BoxBody::new(BodyStream::new(body)), true)
+        }
+    };
+    let mut answer = HttpResponse::with_body(status, body);
+    let headers = answer.headers_mut();
+    copy_response_headers_to(response.headers(), headers);
+    if decode.is_some() {
+        headers.remove(header::CONTENT_ENCODING);
     }
+    if streamed && !headers.contains_key(header::CONTENT_TYPE) {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+    }
+    answer
 }
 
 /// What `send` returns: the upstream's response head with its body still to read.

@@ -73,6 +73,9 @@ fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
 pub fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap) {
     // Most requests have no `Connection` header: then no name needs looking up in it.
     let has_connection = from.contains_key(header::CONNECTION);
+    // Room for the client's headers and the few llmux adds (request id, key, trace): the map
+    // grows once instead of at every power of two.
+    to.reserve(from.len() + 4);
     for (name, value) in from.iter() {
         if dropped_request_header(name.as_str())
             || (has_connection && named_by_connection(from, name))
@@ -92,9 +95,20 @@ pub fn keep_response_header(headers: &HeaderMap, name: &HeaderName) -> bool {
 /// Copies the upstream response headers that go back to the client; the upstream's
 /// `x-request-id` becomes `x-upstream-request-id`.
 pub fn copy_response_headers(from: &HeaderMap, to: &mut actix_web::HttpResponseBuilder) {
+    let mut kept = HeaderMap::with_capacity(from.len() + 1);
+    copy_response_headers_to(from, &mut kept);
+    for (name, value) in kept {
+        to.append_header((name, value));
+    }
+}
+
+/// `copy_response_headers` into a response's own map (the forwarded answer is built without
+/// actix's builder, issue 16).
+pub fn copy_response_headers_to(from: &HeaderMap, to: &mut HeaderMap) {
     let has_connection = from.contains_key(header::CONNECTION);
+    to.reserve(from.len() + 1);
     if let Some(id) = from.get(&X_REQUEST_ID) {
-        to.insert_header((X_UPSTREAM_REQUEST_ID.clone(), id.clone()));
+        to.insert(X_UPSTREAM_REQUEST_ID.clone(), id.clone());
     }
     for (name, value) in from.iter() {
         let kept = match has_connection {
@@ -102,7 +116,7 @@ pub fn copy_response_headers(from: &HeaderMap, to: &mut actix_web::HttpResponseB
             false => !dropped_response_header(name.as_str()),
         };
         if kept {
-            to.append_header((name.clone(), value.clone()));
+            to.append(name.clone(), value.clone());
         }
     }
 }

@@ -33,8 +33,9 @@ pub async fn answer(
     asked: ImagesAnswer,
     base_url: &str,
     images: &dyn ImageStore,
-    mut log: AccessLog,
+    log: impl Into<Box<AccessLog>>,
 ) -> HttpResponse {
+    let mut log = log.into();
     let json = response
         .headers()
         .get(header::CONTENT_TYPE)

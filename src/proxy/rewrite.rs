@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::json::{apply, find, members, span_of, splice};
+use super::json::{apply, find, members, span_of, splice, SplicedBody};
 use crate::errors::ApiError;
 use crate::pipeline::operation::Operation;
 use crate::routing::endpoint::{Endpoint, UpstreamImageFormat};
@@ -56,12 +56,25 @@ pub fn request(
     operation: Operation,
     body: &Bytes,
     model_span: Range<usize>,
-) -> Result<(Bytes, AnswerRewrite), ApiError> {
+) -> Result<(SplicedBody, AnswerRewrite), ApiError> {
     let path = operation.path();
     let mut answer = AnswerRewrite {
         capture_response_id: operation.creates_response(),
         ..AnswerRewrite::default()
     };
+    let more = !endpoint.drop_params.is_empty()
+        || (endpoint.json_object_fallback
+            && matches!(path, "v1/chat/completions" | "v1/responses"))
+        || (endpoint.float_embeddings_upstream && path == "v1/embeddings")
+        || operation == Operation::ImagesGenerations;
+    if !more {
+        // Only the model changes (most requests): sent as slices of the client's body.
+        let body = match endpoint.model_field {
+            true => SplicedBody::new(body, model_span, endpoint.target_model_json.as_bytes()),
+            false => SplicedBody::whole(body.clone()),
+        };
+        return Ok((body, answer));
+    }
     let mut body = match endpoint.model_field {
         true => splice(body, model_span, &endpoint.target_model_json),
         false => body.clone(),
@@ -90,7 +103,7 @@ pub fn request(
         answer.images = Some(ImagesAnswer::asked(asked.as_deref()));
         body = rewritten;
     }
-    Ok((body, answer))
+    Ok((SplicedBody::whole(body), answer))
 }
 
 /// For `b64_json` endpoints, sets `response_format` to `b64_json` (splicing its value, or

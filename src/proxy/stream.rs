@@ -29,18 +29,24 @@ pin_project! {
     pub struct ResponseStream<S> {
         #[pin]
         inner: S,
+        // Fires at or before `idle_deadline`; re-armed only when it fires early (issue 16:
+        // resetting the timer at every chunk cost more than the chunk's own handling).
         #[pin]
         idle: Sleep,
+        idle_deadline: Instant,
         idle_timeout: Duration,
         finished: bool,
         // The upstream body ended; what the usage reader held back is still to go out.
         inner_done: bool,
-        log: AccessLog,
+        // Boxed: the record is large (admission, trace) and this stream moves into the
+        // response and the server's state machines (issue 16: memcpy of 2 KB per move).
+        log: Box<AccessLog>,
     }
 }
 
 impl<S> ResponseStream<S> {
-    pub fn new(inner: S, idle_timeout: Duration, mut log: AccessLog) -> Self {
+    pub fn new(inner: S, idle_timeout: Duration, log: impl Into<Box<AccessLog>>) -> Self {
+        let mut log = log.into();
         log.outcome = Outcome::ClientClosed;
         let status = log.status.unwrap_or(0);
         if let Some(usage) = log.usage.as_mut() {
@@ -48,9 +54,11 @@ impl<S> ResponseStream<S> {
                 log.usage = None;
             }
         }
+        let idle_deadline = later_by(Instant::now(), idle_timeout);
         Self {
             inner,
-            idle: tokio::time::sleep(idle_timeout),
+            idle: tokio::time::sleep_until(idle_deadline),
+            idle_deadline,
             idle_timeout,
             finished: false,
             inner_done: false,
@@ -85,13 +93,12 @@ where
             }
             match this.inner.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
-                    let elapsed = this.log.started.elapsed();
+                    let now = Instant::now();
+                    let elapsed = now.into_std().saturating_duration_since(this.log.started);
                     if this.log.first_byte.is_none() {
                         this.log.first_byte = Some(elapsed);
                     }
-                    this.idle
-                        .as_mut()
-                        .reset(Instant::now() + *this.idle_timeout);
+                    *this.idle_deadline = later_by(now, *this.idle_timeout);
                     let out = match this.log.usage.as_mut() {
                         Some(usage) => usage.chunk(chunk, elapsed),
                         None => Some(chunk),
@@ -113,7 +120,13 @@ where
                     *this.inner_done = true;
                 }
                 Poll::Pending => {
-                    if this.idle.as_mut().poll(cx).is_ready() {
+                    while this.idle.as_mut().poll(cx).is_ready() {
+                        if Instant::now() < *this.idle_deadline {
+                            // A chunk came since it was armed: wait for the rest of the gap.
+                            let deadline = *this.idle_deadline;
+                            this.idle.as_mut().reset(deadline);
+                            continue;
+                        }
                         this.log.upstream_end();
                         *this.finished = true;
                         this.log.outcome = Outcome::UpstreamIdleTimeout;
@@ -128,5 +141,52 @@ where
                 }
             }
         }
+    }
+}
+
+/// `start + duration`, or a time too far to ever be reached when that overflows.
+fn later_by(start: Instant, duration: Duration) -> Instant {
+    start
+        .checked_add(duration)
+        .unwrap_or_else(|| start + Duration::from_secs(86_400 * 365))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::HeaderValue;
+    use futures_util::StreamExt;
+
+    /// Chunks `gap` apart, then silence.
+    fn upstream(chunks: usize, gap: Duration) -> impl Stream<Item = Result<Bytes, String>> {
+        futures_util::stream::unfold(0, move |sent| async move {
+            if sent == chunks {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(gap).await;
+            Some((Ok(Bytes::from_static(b"x")), sent + 1))
+        })
+    }
+
+    fn record() -> AccessLog {
+        AccessLog::start(HeaderValue::from_static("req_1"), "POST", "v1/x", None)
+    }
+
+    #[actix_web::test]
+    async fn chunks_closer_than_the_timeout_keep_a_stream_open_past_it() {
+        // Issue 16: the timer is no longer reset at every chunk; a stream whose chunks each come
+        // within the timeout must still never time out, however long it lasts in total.
+        let timeout = Duration::from_millis(150);
+        let stream = ResponseStream::new(upstream(8, Duration::from_millis(50)), timeout, record());
+        let started = std::time::Instant::now();
+        let items: Vec<_> = stream.take(9).collect().await;
+        assert!(started.elapsed() > timeout * 2, "{:?}", started.elapsed());
+        assert!(items[..8].iter().all(Result::is_ok));
+        // The silence after the last chunk is what times out.
+        assert!(
+            matches!(items[8], Err(BodyError::Idle(_))),
+            "{:?}",
+            items[8]
+        );
     }
 }

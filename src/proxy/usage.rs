@@ -310,9 +310,6 @@ impl UsageReader {
 
 static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
-/// Built once: `memmem::rfind` builds its searcher on every call (about 1k instructions).
-static USAGE_KEY_FROM_END: LazyLock<memmem::FinderRev<'static>> =
-    LazyLock::new(|| memmem::FinderRev::new(b"\"usage\""));
 
 /// Whether the event has `"usage":{`: chunks of a stream with usage carry `"usage":null` until
 /// the last one.
@@ -444,9 +441,13 @@ impl From<ReportedUsage> for Usage {
 /// the top level, after the content, and a `"usage"` inside a string is escaped, so searching
 /// from the end finds it without parsing the whole answer (embeddings answers run to megabytes).
 fn json_usage(answer: &[u8]) -> Option<Usage> {
-    let mut end = answer.len();
-    while let Some(at) = USAGE_KEY_FROM_END.rfind(&answer[..end]) {
-        end = at;
+    // The `u` bytes from the end, each checked for `"usage"`: `memrchr` is vectorized where
+    // the reverse substring search is not (issue 16: about 4 instructions per byte of answer),
+    // and the usage key is near the end, where few `u`s come after it.
+    let starts = memchr::memrchr_iter(b'u', answer)
+        .filter_map(|u| u.checked_sub(1))
+        .filter(|&at| answer[at..].starts_with(b"\"usage\""));
+    for at in starts {
         let rest = &answer[at + 7..];
         let Some(colon) = rest.iter().position(|b| !b.is_ascii_whitespace()) else {
             continue;
@@ -454,11 +455,231 @@ fn json_usage(answer: &[u8]) -> Option<Usage> {
         if rest[colon] != b':' {
             continue;
         }
-        let mut values = serde_json::Deserializer::from_slice(&rest[colon + 1..])
-            .into_iter::<Option<ReportedUsage>>();
-        return values.next()?.ok().flatten().map(Usage::from);
+        return UsageWalk::new(&rest[colon + 1..])
+            .reported()
+            .map(Usage::from);
     }
     None
+}
+
+/// The known keys of an object seen so far: serde refuses a key twice (even after a `null`).
+#[derive(Default)]
+struct Seen(u16);
+
+impl Seen {
+    /// `Some` the first time key number `index` comes.
+    fn first(&mut self, index: u16) -> Option<()> {
+        let bit = 1 << index;
+        let first = self.0 & bit == 0;
+        self.0 |= bit;
+        first.then_some(())
+    }
+}
+
+/// Reads a `usage` value (an object of counts and details objects, or `null`) the way serde would
+/// read `Option<ReportedUsage>`: the counts llmux keeps, every other member skipped, and nothing
+/// (`None`) for what serde would refuse: a count that is not a whole non-negative number, a key
+/// twice, JSON that is not well formed. Hand-written because serde's derived reader cost about
+/// 4k instructions for the ~150 bytes of every JSON answer's usage, more than the rest of the
+/// answer's handling (issue 16); this walk costs a few instructions per byte. Keys are compared
+/// as written: an escaped key (`"\u0070rompt_tokens"`) is skipped like an unknown one.
+struct UsageWalk<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> UsageWalk<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, at: 0 }
+    }
+
+    fn reported(mut self) -> Option<ReportedUsage> {
+        if self.literal(b"null") {
+            return None;
+        }
+        let mut usage = ReportedUsage::default();
+        let mut seen = Seen::default();
+        self.object(|walk, key| match key {
+            b"prompt_tokens" => seen
+                .first(0)
+                .and_then(|()| walk.count(&mut usage.prompt_tokens)),
+            b"completion_tokens" => seen
+                .first(1)
+                .and_then(|()| walk.count(&mut usage.completion_tokens)),
+            b"input_tokens" => seen
+                .first(2)
+                .and_then(|()| walk.count(&mut usage.input_tokens)),
+            b"output_tokens" => seen
+                .first(3)
+                .and_then(|()| walk.count(&mut usage.output_tokens)),
+            b"prompt_tokens_details" => seen
+                .first(4)
+                .and_then(|()| walk.details(&mut usage.prompt_tokens_details)),
+            b"input_tokens_details" => seen
+                .first(5)
+                .and_then(|()| walk.details(&mut usage.input_tokens_details)),
+            b"completion_tokens_details" => seen
+                .first(6)
+                .and_then(|()| walk.details(&mut usage.completion_tokens_details)),
+            b"output_tokens_details" => seen
+                .first(7)
+                .and_then(|()| walk.details(&mut usage.output_tokens_details)),
+            _ => walk.skip_value(0),
+        })?;
+        Some(usage)
+    }
+
+    fn details(&mut self, slot: &mut Option<Details>) -> Option<()> {
+        if self.literal(b"null") {
+            return Some(());
+        }
+        let mut details = Details::default();
+        let mut seen = Seen::default();
+        self.object(|walk, key| match key {
+            b"cached_tokens" => seen
+                .first(0)
+                .and_then(|()| walk.count(&mut details.cached_tokens)),
+            b"reasoning_tokens" => seen
+                .first(1)
+                .and_then(|()| walk.count(&mut details.reasoning_tokens)),
+            _ => walk.skip_value(0),
+        })?;
+        *slot = Some(details);
+        Some(())
+    }
+
+    /// `{ "key": value, ... }`, each value read by `member`.
+    fn object(&mut self, mut member: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
+        self.expect(b'{')?;
+        if self.peek()? == b'}' {
+            self.at += 1;
+            return Some(());
+        }
+        loop {
+            let key = self.string()?;
+            self.expect(b':')?;
+            member(self, key)?;
+            match self.next()? {
+                b',' => continue,
+                b'}' => return Some(()),
+                _ => return None,
+            }
+        }
+    }
+
+    /// A whole non-negative number (or `null`).
+    fn count(&mut self, slot: &mut Option<u64>) -> Option<()> {
+        if self.literal(b"null") {
+            return Some(());
+        }
+        self.peek()?;
+        let digits = self.bytes[self.at..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let text = &self.bytes[self.at..self.at + digits];
+        let leading_zero = digits > 1 && text[0] == b'0';
+        let fraction = matches!(self.bytes.get(self.at + digits), Some(b'.' | b'e' | b'E'));
+        if digits == 0 || leading_zero || fraction {
+            return None;
+        }
+        let mut value: u64 = 0;
+        for digit in text {
+            value = value
+                .checked_mul(10)?
+                .checked_add(u64::from(digit - b'0'))?;
+        }
+        self.at += digits;
+        *slot = Some(value);
+        Some(())
+    }
+
+    /// Any JSON value, unread.
+    fn skip_value(&mut self, depth: usize) -> Option<()> {
+        // serde_json's own limit: deeper nesting is refused.
+        if depth > 128 {
+            return None;
+        }
+        match self.peek()? {
+            b'"' => self.string().map(|_| ()),
+            b'{' => self.object(|walk, _| walk.skip_value(depth + 1)),
+            b'[' => {
+                self.at += 1;
+                if self.peek()? == b']' {
+                    self.at += 1;
+                    return Some(());
+                }
+                loop {
+                    self.skip_value(depth + 1)?;
+                    match self.next()? {
+                        b',' => continue,
+                        b']' => return Some(()),
+                        _ => return None,
+                    }
+                }
+            }
+            b't' => self.literal(b"true").then_some(()),
+            b'f' => self.literal(b"false").then_some(()),
+            b'n' => self.literal(b"null").then_some(()),
+            b'-' | b'0'..=b'9' => {
+                let number = self.bytes[self.at..]
+                    .iter()
+                    .take_while(|b| matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                    .count();
+                let text = std::str::from_utf8(&self.bytes[self.at..self.at + number]).ok()?;
+                text.parse::<f64>().ok()?;
+                self.at += number;
+                Some(())
+            }
+            _ => None,
+        }
+    }
+
+    /// A string's raw contents, escapes as written.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        self.expect(b'"')?;
+        let start = self.at;
+        loop {
+            let quote_or_escape = memchr::memchr2(b'"', b'\\', &self.bytes[self.at..])?;
+            self.at += quote_or_escape;
+            match self.bytes[self.at] {
+                b'"' => {
+                    self.at += 1;
+                    return Some(&self.bytes[start..self.at - 1]);
+                }
+                _ => self.at += 2,
+            }
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> bool {
+        let matched = self.peek().is_some() && self.bytes[self.at..].starts_with(word);
+        if matched {
+            self.at += word.len();
+        }
+        matched
+    }
+
+    /// The next byte after whitespace, not consumed.
+    fn peek(&mut self) -> Option<u8> {
+        while let Some(&byte) = self.bytes.get(self.at) {
+            if !matches!(byte, b' ' | b'\t' | b'\r' | b'\n') {
+                return Some(byte);
+            }
+            self.at += 1;
+        }
+        None
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let byte = self.peek()?;
+        self.at += 1;
+        Some(byte)
+    }
+
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        (self.next()? == byte).then_some(())
+    }
 }
 
 static O200K_BASE: LazyLock<Option<CoreBPE>> = LazyLock::new(|| {
@@ -703,6 +924,58 @@ mod tests {
         assert_eq!(json_usage(br#"{"usage":null}"#), None);
         let tricky = br#"{"usage":{"prompt_tokens":1},"choices":[{"message":{"content":"say \"usage\": 5","role":"usage"}}]}"#;
         assert_eq!(json_usage(tricky).unwrap().prompt, 1);
+    }
+
+    /// What serde reads from the same bytes: the walk must agree with it (issue 16).
+    fn serde_usage(bytes: &[u8]) -> Option<Usage> {
+        serde_json::Deserializer::from_slice(bytes)
+            .into_iter::<Option<ReportedUsage>>()
+            .next()?
+            .ok()
+            .flatten()
+            .map(Usage::from)
+    }
+
+    fn check_walk(text: &str) {
+        let walked = UsageWalk::new(text.as_bytes()).reported().map(Usage::from);
+        assert_eq!(walked, serde_usage(text.as_bytes()), "{text}");
+    }
+
+    #[test]
+    fn a_usage_that_is_not_an_object_is_no_usage() {
+        // serde's derived reader would take `[1]` as the fields in order; no API answers so.
+        assert_eq!(UsageWalk::new(b"[1]").reported().map(Usage::from), None);
+    }
+
+    #[test]
+    fn the_usage_walk_reads_what_serde_reads() {
+        for text in [
+            r#"{"prompt_tokens":25,"completion_tokens":21,"total_tokens":46,"prompt_tokens_details":{"cached_tokens":3,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":7}}"#,
+            r#"{"input_tokens":7,"output_tokens":3,"input_tokens_details":{"cached_tokens":1},"output_tokens_details":{"reasoning_tokens":1}}"#,
+            r#" { "prompt_tokens" : 1 , "x" : [1, -2.5e3, "s\"}", {"a": [null, true, false]}], "completion_tokens": null } "#,
+            r#"{"prompt_tokens":1}, "choices": []}"#,
+            r#"{}"#,
+            r#"null"#,
+            r#"{"prompt_tokens_details":null,"prompt_tokens":2}"#,
+            r#"{"prompt_tokens":18446744073709551615}"#,
+            // What serde refuses is no usage at all.
+            r#"{"prompt_tokens":18446744073709551616}"#,
+            r#"{"prompt_tokens":1.0}"#,
+            r#"{"prompt_tokens":-1}"#,
+            r#"{"prompt_tokens":01}"#,
+            r#"{"prompt_tokens":"1"}"#,
+            r#"{"prompt_tokens":1,"prompt_tokens":2}"#,
+            r#"{"prompt_tokens":null,"prompt_tokens":2}"#,
+            r#"{"prompt_tokens_details":{"cached_tokens":1,"cached_tokens":1}}"#,
+            r#"{"prompt_tokens_details":3}"#,
+            r#"{"prompt_tokens":1"#,
+            r#"{"prompt_tokens":1,}"#,
+            r#"{"x":tru}"#,
+            r#"{"x":[1,]}"#,
+            r#""#,
+        ] {
+            check_walk(text);
+        }
     }
 
     #[test]
