@@ -113,6 +113,11 @@ impl Admitter {
         if admit.operation == Operation::ImagesData {
             return Ok(());
         }
+        // Without access control every request is admitted with nothing to settle: skip
+        // building the decision's request (its path is formatted) and its open grant.
+        if !self.access.enabled() {
+            return Ok(());
+        }
         let path = format!("/{}", admit.operation.path());
         let estimate = || admit.token_reservation();
         let decision = self
