@@ -447,6 +447,28 @@ impl LineFields {
         self
     }
 
+    /// A client address as its `Display` text (`127.0.0.1:5000`, `[::1]:5000`). An IPv4 one is
+    /// written through itoa: `Display` goes through the formatter twice (address, then port)
+    /// and cost about 1.3k instructions per line (issue 16).
+    pub fn socket_addr(&mut self, key: &'static str, address: std::net::SocketAddr) -> &mut Self {
+        let std::net::SocketAddr::V4(v4) = address else {
+            return self.display(key, address);
+        };
+        self.key(key);
+        self.text.push('"');
+        let mut digits = itoa::Buffer::new();
+        for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+            if i > 0 {
+                self.text.push('.');
+            }
+            self.text.push_str(digits.format(octet));
+        }
+        self.text.push(':');
+        self.text.push_str(digits.format(v4.port()));
+        self.text.push('"');
+        self
+    }
+
     pub fn number(&mut self, key: &'static str, value: impl itoa::Integer) -> &mut Self {
         self.key(key);
         self.text.push_str(itoa::Buffer::new().format(value));
@@ -777,7 +799,7 @@ mod tests {
                     .bool("stream", false)
                     .opt_bool("estimated", Some(true))
                     .float("not_a_number", f64::NAN)
-                    .display("client", client)
+                    .socket_addr("client", client)
                     .opt_str("key_name", Some("alice"))
                     .opt_str("key_owner", None);
                 tracing::info!(
@@ -797,6 +819,16 @@ mod tests {
         }
         assert_eq!(new, old);
         assert_eq!(new["whole_ms"].to_string(), "2.0");
+    }
+
+    #[test]
+    fn client_addresses_are_written_as_they_display() {
+        for text in ["127.0.0.1:5000", "0.0.0.0:0", "255.255.255.255:65535", "[::1]:443"] {
+            let address: std::net::SocketAddr = text.parse().unwrap();
+            let mut fields = LineFields::new();
+            fields.socket_addr("client", address);
+            assert_eq!(fields.as_str(), format!(",\"client\":\"{address}\""));
+        }
     }
 
     #[test]

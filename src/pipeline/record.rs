@@ -213,7 +213,7 @@ impl AccessLog {
             .number("bytes", self.bytes)
             .str("outcome", self.outcome.as_str());
         if let Some(client) = self.client {
-            fields.display("client", client);
+            fields.socket_addr("client", client);
         }
         fields
             .number("attempts", self.attempts)
