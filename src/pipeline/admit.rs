@@ -165,11 +165,11 @@ impl Admitter {
                         .insert(AnswerHeaders::of(&grant.headers, trace));
                 }
                 log.caller = grant.caller.clone();
-                log.admission = Some(Admission {
+                log.admission = Some(Box::new(Admission {
                     operation: admit.operation,
                     grant,
                     metrics: self.metrics.clone(),
-                });
+                }));
                 Ok(())
             }
             Err(rejection) => {
