@@ -219,9 +219,7 @@ async fn count(url: String, total: u64, connections: u64, bytes: usize) {
         tasks.push(tokio::spawn(async move {
             let (mut ok, mut errors) = (0u64, 0u64);
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
-                let mut request = client
-                    .post(&url)
-                    .header("content-type", "application/json");
+                let mut request = client.post(&url).header("content-type", "application/json");
                 if let Some(authorization) = &authorization {
                     request = request.header("authorization", authorization);
                 }

@@ -475,7 +475,11 @@ impl LineFields {
         self
     }
 
-    pub fn opt_number<N: itoa::Integer>(&mut self, key: &'static str, value: Option<N>) -> &mut Self {
+    pub fn opt_number<N: itoa::Integer>(
+        &mut self,
+        key: &'static str,
+        value: Option<N>,
+    ) -> &mut Self {
         if let Some(value) = value {
             self.number(key, value);
         }
@@ -486,8 +490,7 @@ impl LineFields {
     pub fn float(&mut self, key: &'static str, value: f64) -> &mut Self {
         self.key(key);
         if value.is_finite() {
-            self.text
-                .push_str(ryu::Buffer::new().format_finite(value));
+            self.text.push_str(ryu::Buffer::new().format_finite(value));
         } else {
             self.text.push_str("null");
         }
@@ -809,9 +812,17 @@ mod tests {
                 );
             });
         };
-        let (new, mine, old) = (ours("info", prerendered), ours("info", one_by_one), theirs(one_by_one));
+        let (new, mine, old) = (
+            ours("info", prerendered),
+            ours("info", one_by_one),
+            theirs(one_by_one),
+        );
         assert_eq!((new.len(), mine.len(), old.len()), (1, 1, 1));
-        assert_eq!(keys_once(&new[0]), keys_once(&mine[0]), "the same keys in the same order");
+        assert_eq!(
+            keys_once(&new[0]),
+            keys_once(&mine[0]),
+            "the same keys in the same order"
+        );
         let (mut new, mut old) = (object(&new[0]), object(&old[0]));
         for key in ["time", "line"] {
             new.remove(key);
@@ -823,7 +834,12 @@ mod tests {
 
     #[test]
     fn client_addresses_are_written_as_they_display() {
-        for text in ["127.0.0.1:5000", "0.0.0.0:0", "255.255.255.255:65535", "[::1]:443"] {
+        for text in [
+            "127.0.0.1:5000",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "[::1]:443",
+        ] {
             let address: std::net::SocketAddr = text.parse().unwrap();
             let mut fields = LineFields::new();
             fields.socket_addr("client", address);

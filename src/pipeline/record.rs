@@ -203,7 +203,10 @@ impl AccessLog {
             // Cut: the model name is the client's text.
             .str("model", &echo(self.model.as_deref().unwrap_or("")))
             .str("provider", endpoint.map_or("", |e| &*e.provider))
-            .str("target_model", endpoint.map_or("", |e| &*e.target_model_name))
+            .str(
+                "target_model",
+                endpoint.map_or("", |e| &*e.target_model_name),
+            )
             .str("upstream_host", endpoint.map_or("", |e| &*e.upstream_host))
             .number("status", status)
             .float("duration_ms", duration.as_secs_f64() * 1000.0)
@@ -223,9 +226,18 @@ impl AccessLog {
             .opt_str("session_ended_by", realtime.map(|r| r.ended_by.as_str()))
             .opt_number("close_code", realtime.and_then(|r| r.close_code))
             .opt_str("close_detail", realtime.and_then(|r| r.detail.as_deref()))
-            .opt_number("frames_from_client", realtime.map(|r| r.tally.frames_from_client))
-            .opt_number("frames_from_upstream", realtime.map(|r| r.tally.frames_from_upstream))
-            .opt_number("bytes_from_client", realtime.map(|r| r.tally.bytes_from_client))
+            .opt_number(
+                "frames_from_client",
+                realtime.map(|r| r.tally.frames_from_client),
+            )
+            .opt_number(
+                "frames_from_upstream",
+                realtime.map(|r| r.tally.frames_from_upstream),
+            )
+            .opt_number(
+                "bytes_from_client",
+                realtime.map(|r| r.tally.bytes_from_client),
+            )
             .opt_str("key_name", self.caller.as_ref().map(|c| &*c.name))
             .opt_str("key_owner", self.caller.as_ref().map(|c| &*c.owner));
     }
@@ -285,4 +297,3 @@ impl Drop for AccessLog {
         }
     }
 }
-

@@ -137,10 +137,34 @@ async fn a_proxied_requests_access_line_has_every_field_once_in_its_order() {
     .await;
     let keys = keys_of(&line);
     let expected = [
-        "v", "name", "msg", "level", "hostname", "pid", "time", "target", "line", "file",
-        "request_id", "method", "path", "model", "provider", "target_model", "upstream_host",
-        "status", "duration_ms", "ttfb_ms", "prompt_tokens", "completion_tokens",
-        "tokens_estimated", "stream", "bytes", "outcome", "client", "attempts",
+        "v",
+        "name",
+        "msg",
+        "level",
+        "hostname",
+        "pid",
+        "time",
+        "target",
+        "line",
+        "file",
+        "request_id",
+        "method",
+        "path",
+        "model",
+        "provider",
+        "target_model",
+        "upstream_host",
+        "status",
+        "duration_ms",
+        "ttfb_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "tokens_estimated",
+        "stream",
+        "bytes",
+        "outcome",
+        "client",
+        "attempts",
     ];
     assert_eq!(keys, expected, "{line}");
     let line: serde_json::Value = serde_json::from_str(&line).unwrap();
