@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Scaling curves: how llmux's costs grow with models, streams, body size, pool members and
-workers. Called by bench/curves.sh; one markdown table per curve in bench/results/.
+"""Scaling curves: how llmux's costs grow with models, streams, body size, pool members, client
+keys and workers. Called by bench/curves.sh; one markdown table per curve in bench/results/.
 
 CPU per request is counted in instructions with callgrind (bench/instructions.py), which load on
 the machine does not disturb; times, RSS and throughput are measured natively and carry the load
 average. Every loop is bounded in count and time; every process started is killed by PID.
 
-    bench/curves.sh models|streams|bodies|pool|workers|all [--quick] [--no-cpu]
+    bench/curves.sh models|streams|bodies|pool|keys|workers|all [--quick] [--no-cpu]
 """
 import datetime
 import json
@@ -318,6 +318,39 @@ def bench_work():
     return _WORK
 
 
+def curve_keys(bench):
+    counts = [1, 10_000, 100_000] if QUICK else [1, 10_000, 1_000_000]
+    requests = 200 if QUICK else 400
+    rows = []
+    for count in counts:
+        configs, authorization = instructions.key_configs(bench.work, bench.mock_port, count)
+        size = os.path.getsize(os.path.join(configs, "keys.json"))
+        process, port, startup = start_llmux(configs, log="warn",
+                                             extra=("--access-control", "on", "--watch", "off"))
+        try:
+            body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "hi"}]}).encode()
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                             headers={"content-type": "application/json",
+                                                      "authorization": authorization})
+            with urllib.request.urlopen(request, timeout=60) as response:
+                assert response.status == 200, response.status
+            rss = rss_mb(process.pid)
+        finally:
+            stop(process)
+        cpu = bench.measure("llmux-keys", requests, configs=configs, label=f"keys-{count}",
+                            startup_deadline=1800, authorization=authorization)["per_request"]
+        rows.append([f"{count:,}", f"{size / 1e6:.1f}", f"{startup * 1000:,.0f}", f"{rss:.1f}", f"{cpu:,.0f}"])
+        print(rows[-1], file=sys.stderr)
+    return table("Curve: client keys", [
+        "llmux --workers 1 --access-control on (profiling build) with a key file of N keys, each with an "
+        "allowed-models list and a minute limit far above the run's requests; the client sends the key in "
+        "the middle of the file. Start-up and RSS: native, --log warn, after one admitted request. CPU: "
+        f"callgrind instructions per admitted chat request at --log info ({requests} vs {2 * requests} "
+        "requests over 4 connections).",
+        f"Load average at the end: {load_average()} (does not change instruction counts)."],
+        ["keys", "key file MB", "start-up ms", "RSS MB", "Ir / chat request"], rows)
+
+
 def curve_workers(bench):
     seconds = 3 if QUICK else 8
     rows = []
@@ -349,7 +382,7 @@ def curve_workers(bench):
 
 
 CURVES = {"models": curve_models, "streams": curve_streams, "bodies": curve_bodies, "pool": curve_pool,
-          "workers": curve_workers}
+          "keys": curve_keys, "workers": curve_workers}
 
 
 def main():

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Scaling curves (bench/curves.py): models, streams, bodies, pool, workers, or all. `--quick` for a
+# Scaling curves (bench/curves.py): models, streams, bodies, pool, keys, workers, or all. `--quick` for a
 # shorter run. Installs valgrind, nginx and wrk through apt when missing, builds the profiling build.
 set -euo pipefail
 cd "$(dirname "$0")/.."

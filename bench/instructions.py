@@ -8,10 +8,16 @@ the cost of N warmed-up requests. Only the proxy runs under valgrind; the mock u
 client run natively. Every process this starts is killed by PID; every wait has a deadline.
 
     bench/instructions.sh [--requests N] [--connections C] [--targets a,b] [--profile] [--keep DIR]
-                          [--body-bytes B] [--config FILE] [--label TEXT]
+                          [--body-bytes B] [--config FILE] [--label TEXT] [--keys K]
+
+`llmux-keys` is llmux at `--log info` with access control on: a key file of K client keys (default
+1000), each with a minute limit far above what the run sends and an allowed-models list, so every
+request pays the whole admission (SHA-256 of the key, table lookup, limit counters); the client
+sends the key in the middle of the file.
 """
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -25,7 +31,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("LLMUX_BUILD_DIR", os.path.join(ROOT, "target", "profiling"))
-TARGETS = ["nginx", "forwarder", "llmux-info", "llmux-warn"]
+TARGETS = ["nginx", "forwarder", "llmux-info", "llmux-warn", "llmux-keys"]
 
 started = []
 
@@ -108,14 +114,36 @@ def llmux_configs(work, mock_port, config_file):
     return configs
 
 
+def key_configs(work, mock_port, count, config_file=None):
+    """A config dir with the bench provider and a key file of `count` keys; returns it and the
+    `Authorization` value of the key the client sends (the one in the middle)."""
+    configs = os.path.join(work, f"keys-{count}")
+    if os.path.isdir(configs):
+        shutil.rmtree(configs)
+    shutil.copytree(llmux_configs(work, mock_port, config_file), configs)
+    client_key = "llmux_bench_client_key_" + str(count)
+    with open(os.path.join(configs, "keys.json"), "w") as f:
+        f.write('{"llmux_access": {"keys": [\n')
+        for i in range(count):
+            key = client_key if i == count // 2 else f"llmux_bench_other_key_{i}"
+            digest = hashlib.sha256(key.encode()).hexdigest()
+            f.write(("," if i else "") + json.dumps(
+                {"name": f"key-{i}", "owner_id": f"owner-{i % 1000}", "key_sha256": digest,
+                 "allowed_models": ["bench", "other-*"], "requests_per_minute": 1_000_000_000}) + "\n")
+        f.write("]}}\n")
+    return configs, f"Bearer {client_key}"
+
+
 def command(target, work, port, mock_port, configs):
     if target == "nginx":
         return ["nginx", "-c", nginx_conf(work, port, mock_port), "-p", work]
     if target == "forwarder":
         return [os.path.join(BUILD, "examples", "forwarder"), str(port), f"http://127.0.0.1:{mock_port}", "1"]
     level = target.split("-", 1)[1]
+    access = ["--access-control", "on", "--watch", "off"] if level == "keys" else []
+    level = "info" if level == "keys" else level
     return [os.environ.get("LLMUX_BIN", os.path.join(BUILD, "llmux")), "--config-dir", configs, "--port", str(port),
-            "--workers", "1", "--log", level]
+            "--workers", "1", "--log", level] + access
 
 
 def total_instructions(path):
@@ -126,7 +154,8 @@ def total_instructions(path):
     raise RuntimeError(f"no totals in {path}")
 
 
-def run_once(target, requests, connections, body_bytes, work, mock_port, configs, out, startup_deadline=120):
+def run_once(target, requests, connections, body_bytes, work, mock_port, configs, out, startup_deadline=120,
+             authorization=None):
     """Runs `target` under callgrind for `requests` requests; returns its total instructions."""
     port = free_port()
     valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no"]
@@ -139,7 +168,8 @@ def run_once(target, requests, connections, body_bytes, work, mock_port, configs
             [os.path.join(BUILD, "examples", "bench_client"), "count",
              f"http://127.0.0.1:{port}/v1/chat/completions", str(requests), str(connections),
              str(body_bytes)],
-            capture_output=True, text=True, timeout=900)
+            capture_output=True, text=True, timeout=900,
+            env=dict(os.environ, **({"BENCH_AUTHORIZATION": authorization} if authorization else {})))
         if client.returncode != 0:
             raise RuntimeError(client.stderr[-500:])
         result = json.loads(client.stdout)
@@ -171,16 +201,17 @@ class Bench:
         return llmux_configs(self.work, self.mock_port, None)
 
     def measure(self, target, requests, connections=4, body_bytes=0, configs=None, label=None,
-                startup_deadline=120):
-        """Instructions per request of `target`: runs of N and 2N requests, the difference / N."""
+                startup_deadline=120, authorization=None):
+        """Instructions per request of `target`: runs of N and 2N requests, the difference / N.
+        `authorization`: the client key the requests carry (for `llmux-keys`)."""
         configs = configs or self.default_configs()
         name = label or target
         single = os.path.join(self.keep, f"{name}.{requests}.out")
         double = os.path.join(self.keep, f"{name}.{2 * requests}.out")
         first = run_once(target, requests, connections, body_bytes, self.work, self.mock_port, configs,
-                         single, startup_deadline)
+                         single, startup_deadline, authorization)
         second = run_once(target, 2 * requests, connections, body_bytes, self.work, self.mock_port,
-                          configs, double, startup_deadline)
+                          configs, double, startup_deadline, authorization)
         per_request = (second - first) / requests
         print(f"{name:24} {per_request:>12,.0f} Ir/request", file=sys.stderr)
         return {"per_request": per_request, "run_n": first, "run_2n": second, "files": [single, double]}
@@ -231,6 +262,7 @@ def main():
     parser.add_argument("--config", help="llmux config file to use instead of the one-model config")
     parser.add_argument("--label", default="", help="a note for the report's heading")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON only")
+    parser.add_argument("--keys", type=int, default=1000, help="client keys in llmux-keys' key file")
     args = parser.parse_args()
     targets = [t for t in args.targets.split(",") if t]
     for target in targets:
@@ -242,7 +274,12 @@ def main():
     keep = bench.keep
     figures = {}
     for target in targets:
-        figures[target] = bench.measure(target, args.requests, args.connections, args.body_bytes, configs)
+        if target == "llmux-keys":
+            key_dir, authorization = key_configs(bench.work, bench.mock_port, args.keys, args.config)
+            figures[target] = bench.measure(target, args.requests, args.connections, args.body_bytes,
+                                            key_dir, authorization=authorization)
+        else:
+            figures[target] = bench.measure(target, args.requests, args.connections, args.body_bytes, configs)
 
     if args.json:
         print(json.dumps({t: f["per_request"] for t, f in figures.items()}))

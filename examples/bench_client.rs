@@ -9,6 +9,8 @@
 //!                                                   keep-alive connections (BYTES: pad the
 //!                                                   body to about that size): count, errors
 //!
+//! `BENCH_AUTHORIZATION`, when set, is sent as every request's `Authorization` header (a client
+//! key, for llmux with access control).
 //! Prints one JSON object on stdout.
 #![expect(
     clippy::print_stdout,
@@ -214,20 +216,21 @@ fn chat_body(bytes: usize) -> String {
 async fn count(url: String, total: u64, connections: u64, bytes: usize) {
     let body = Bytes::from(chat_body(bytes));
     let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let authorization = std::env::var("BENCH_AUTHORIZATION").ok();
     let mut tasks = Vec::new();
     for _ in 0..connections.max(1) {
         // One client per task: each keeps its own keep-alive connection.
         let client = client();
         let (url, body, next) = (url.clone(), body.clone(), next.clone());
+        let authorization = authorization.clone();
         tasks.push(tokio::spawn(async move {
             let (mut ok, mut errors) = (0u64, 0u64);
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
-                let sent = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await;
+                let mut request = client.post(&url).header("content-type", "application/json");
+                if let Some(authorization) = &authorization {
+                    request = request.header("authorization", authorization);
+                }
+                let sent = request.body(body.clone()).send().await;
                 match sent {
                     Ok(response) if response.status().is_success() => {
                         match response.bytes().await {

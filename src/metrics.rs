@@ -239,6 +239,8 @@ struct RequestSeries {
     requests: Counter,
     duration: AtomicHistogram,
     first_byte: OnceLock<AtomicHistogram>,
+    /// The overhead histogram of the series' path (a family of its own, by path only).
+    overhead: OnceLock<AtomicHistogram>,
     /// Prompt and completion counters, by `estimated` (false, true).
     tokens: [OnceLock<[Counter; 2]>; 2],
     tokens_per_second: OnceLock<AtomicHistogram>,
@@ -417,8 +419,13 @@ impl Metrics {
             self.record_attempt(request.outcome, request.status);
         }
         if let Some(upstream_wait) = request.upstream_wait {
-            self.overhead
-                .get_or_create(&OperationLabels { path: request.path })
+            series
+                .overhead
+                .get_or_init(|| {
+                    self.overhead
+                        .get_or_create(&OperationLabels { path: request.path })
+                        .clone()
+                })
                 .observe(request.duration.saturating_sub(upstream_wait).as_secs_f64());
         }
         if let Some(usage) = request.usage {
@@ -469,6 +476,7 @@ impl Metrics {
             requests: self.requests.get_or_create(&requests).clone(),
             duration: self.duration.get_or_create(&latency).clone(),
             first_byte: OnceLock::new(),
+            overhead: OnceLock::new(),
             tokens: [OnceLock::new(), OnceLock::new()],
             tokens_per_second: OnceLock::new(),
         };

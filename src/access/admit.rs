@@ -473,14 +473,19 @@ impl AccessControl {
     }
 
     /// Whether requests need a key now: `on`, or `auto` once any key source (a key file; the
-    /// admin API's database) put a section in the table. An admin token alone protects
-    /// `/admin/*` without turning client keys on.
+    /// admin API's database, which an admin credential turns on) put a section in the table.
     pub fn enabled(&self) -> bool {
         match self.mode {
             AccessMode::On => true,
             AccessMode::Off => false,
             AccessMode::Auto => self.table.ever_configured(),
         }
+    }
+
+    /// Whether any request may be refused now: access control is on, or some endpoint is
+    /// protected while it is off. When not, admission has nothing to decide or settle.
+    pub fn may_refuse(&self) -> bool {
+        self.enabled() || self.table.protects_any()
     }
 
     fn wants_trace(&self, headers: &HeaderMap) -> bool {

@@ -323,17 +323,28 @@ fn month_bounds(now_ms: u64) -> (u64, u64) {
 
 /// OpenAI's duration format for `x-ratelimit-reset-*`: `20ms`, `1s`, `6m0s`, `1h2m3s`.
 pub fn openai_duration(duration: Duration) -> String {
+    // Pieces through itoa rather than `format!`: this runs for every rate-limit header of every
+    // admitted request (issue 16).
+    let mut text = String::with_capacity(16);
+    let mut push = |number: u64, unit: &str| {
+        text.push_str(itoa::Buffer::new().format(number));
+        text.push_str(unit);
+    };
     let total_ms = duration.as_millis();
     if total_ms < 1000 {
-        return format!("{total_ms}ms");
+        push(total_ms as u64, "ms");
+        return text;
     }
     let seconds = duration.as_secs_f64().ceil() as u64;
     let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
-    match (hours, minutes) {
-        (0, 0) => format!("{seconds}s"),
-        (0, _) => format!("{minutes}m{seconds}s"),
-        _ => format!("{hours}h{minutes}m{seconds}s"),
+    if hours > 0 {
+        push(hours, "h");
     }
+    if hours > 0 || minutes > 0 {
+        push(minutes, "m");
+    }
+    push(seconds, "s");
+    text
 }
 
 #[cfg(test)]

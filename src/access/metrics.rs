@@ -1,7 +1,9 @@
 //! Metrics per client key: requests admitted, tokens used and refusals, labelled by the key's
 //! metric label (its name, or `other` beyond the configured label set; `none` when no key was
 //! recognised), so the series count stays bounded whatever clients send.
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use dashmap::DashMap;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -36,6 +38,19 @@ pub struct AccessMetrics {
     tokens: Family<KeyTokenLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
     no_key: Arc<str>,
+    /// Each label's admitted and token counters, resolved once: the families hash their labels
+    /// with SipHash under a lock, three lookups per admitted request (issue 16). Labels are
+    /// bounded (names up to the configured label set, then `other`), and families are never
+    /// cleared, so a handle stays valid.
+    counters: Arc<DashMap<Arc<str>, Arc<KeyCounters>, foldhash::fast::RandomState>>,
+}
+
+/// The counters of one key label, as exported by the families.
+#[derive(Debug)]
+struct KeyCounters {
+    requests: Counter,
+    /// Prompt and completion: created on the first tokens, as `get_or_create` did.
+    tokens: [OnceLock<Counter>; 2],
 }
 
 impl AccessMetrics {
@@ -46,6 +61,7 @@ impl AccessMetrics {
             tokens: Family::default(),
             refusals: Family::default(),
             no_key: Arc::from(NO_KEY),
+            counters: Arc::default(),
         };
         registry.register(
             "llmux_client_requests",
@@ -66,24 +82,51 @@ impl AccessMetrics {
     }
 
     pub fn admitted(&self, label: &Arc<str>) {
-        self.requests
-            .get_or_create(&KeyLabels {
-                key: Arc::clone(label),
-            })
-            .inc();
+        self.counters_of(label).requests.inc();
     }
 
     pub fn tokens(&self, label: &Arc<str>, prompt: u64, completion: u64) {
-        for (kind, count) in [("prompt", prompt), ("completion", completion)] {
+        let counters = self.counters_of(label);
+        for (index, (kind, count)) in [("prompt", prompt), ("completion", completion)]
+            .into_iter()
+            .enumerate()
+        {
             if count > 0 {
-                self.tokens
-                    .get_or_create(&KeyTokenLabels {
-                        key: Arc::clone(label),
-                        r#type: kind,
-                    })
-                    .inc_by(count);
+                if let Some(counter) = counters.tokens.get(index) {
+                    counter
+                        .get_or_init(|| {
+                            self.tokens
+                                .get_or_create(&KeyTokenLabels {
+                                    key: Arc::clone(label),
+                                    r#type: kind,
+                                })
+                                .clone()
+                        })
+                        .inc_by(count);
+                }
             }
         }
+    }
+
+    fn counters_of(&self, label: &Arc<str>) -> Arc<KeyCounters> {
+        if let Some(counters) = self.counters.get(label) {
+            return Arc::clone(&counters);
+        }
+        let counters = KeyCounters {
+            requests: self
+                .requests
+                .get_or_create(&KeyLabels {
+                    key: Arc::clone(label),
+                })
+                .clone(),
+            tokens: [OnceLock::new(), OnceLock::new()],
+        };
+        Arc::clone(
+            &self
+                .counters
+                .entry(Arc::clone(label))
+                .or_insert_with(|| Arc::new(counters)),
+        )
     }
 
     /// Counts a refusal; `label` is the key's when it was recognised.

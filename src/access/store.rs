@@ -3,7 +3,7 @@
 //! (`shared::limits::RedisCounters`, with `--redis-url`) implements the same trait with the same
 //! decisions in one round trip per admission: `acquire` is one script over every charge.
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::future::BoxFuture;
@@ -100,11 +100,16 @@ pub trait CounterStore: Send + Sync {
 /// several shards cannot deadlock with another). Idle counters are evicted as shards grow.
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
+    hasher: CounterHasher,
 }
 
+/// Seeded per process like std's `RandomState`, but foldhash rather than SipHash: the keys are
+/// key digests and config names, hashed twice per charge (shard, then map), and SipHash was
+/// most of an admission's hashing (issue 16).
+type CounterHasher = foldhash::fast::RandomState;
+
 struct Shard {
-    counters: HashMap<CounterKey, CounterState>,
+    counters: HashMap<CounterKey, CounterState, CounterHasher>,
     /// Sweep idle counters when the shard reaches this size; doubles with what survives.
     sweep_at: usize,
 }
@@ -124,12 +129,12 @@ impl MemoryStore {
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
-                        counters: HashMap::new(),
+                        counters: HashMap::default(),
                         sweep_at: MIN_SWEEP,
                     })
                 })
                 .collect(),
-            hasher: RandomState::new(),
+            hasher: CounterHasher::default(),
         }
     }
 

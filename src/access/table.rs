@@ -136,6 +136,11 @@ impl AccessTable {
         self.configured.load(Ordering::Acquire)
     }
 
+    /// Whether any endpoint is protected now (one atomic load).
+    pub fn protects_any(&self) -> bool {
+        self.any_protected.load(Ordering::Acquire)
+    }
+
     /// Whether `method path` is a protected endpoint now.
     pub fn protects(&self, path: &str, method: &str) -> bool {
         self.any_protected.load(Ordering::Acquire) && self.snapshot().is_protected(path, method)

@@ -34,8 +34,12 @@ where
         .app_data::<web::Data<AppState>>()
         .and_then(|state| state.traces.as_ref())
     {
-        log.trace =
-            Some(traces.start_request(request.headers(), method, request.path(), log.request_id()));
+        log.trace = Some(Box::new(traces.start_request(
+            request.headers(),
+            method,
+            request.path(),
+            log.request_id(),
+        )));
     }
     request.extensions_mut().insert(log);
     let response = service.call(request);

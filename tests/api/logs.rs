@@ -99,3 +99,92 @@ fn config_problem_lines_have_no_duplicate_keys() {
     }
     assert!(text.contains("\"config_file\""), "{text}");
 }
+
+#[tokio::test]
+async fn a_proxied_requests_access_line_has_every_field_once_in_its_order() {
+    // Issue 16: the access line's fields are rendered ahead (`telemetry::LineFields`) rather
+    // than logged one by one; the line read by a client of the logs must not change.
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = crate::helpers::MockUpstream::start().await;
+    let provider = crate::helpers::provider_file("mock", "", &[("m", "target-m")])
+        .to_string()
+        .replace("{UPSTREAM}", &upstream.url);
+    std::fs::write(dir.path().join("provider.json"), provider).unwrap();
+    let binary =
+        crate::helpers::Binary::start(dir.path(), &[], &[("TEST_PROVIDER_KEY", "sk-up")]).await;
+
+    let response = reqwest::Client::new()
+        .post(binary.url("/v1/chat/completions"))
+        .header("x-request-id", "req-access-line")
+        .json(&serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
+
+    let (line, _) = crate::helpers::eventually(
+        std::time::Duration::from_secs(10),
+        "the access line",
+        || {
+            let line = binary
+                .lines_with("\"req-access-line\"")
+                .into_iter()
+                .find(|l| l.contains("\"llmux::access\""));
+            async move { line }
+        },
+    )
+    .await;
+    let keys = keys_of(&line);
+    let expected = [
+        "v",
+        "name",
+        "msg",
+        "level",
+        "hostname",
+        "pid",
+        "time",
+        "target",
+        "line",
+        "file",
+        "request_id",
+        "method",
+        "path",
+        "model",
+        "provider",
+        "target_model",
+        "upstream_host",
+        "status",
+        "duration_ms",
+        "ttfb_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "tokens_estimated",
+        "stream",
+        "bytes",
+        "outcome",
+        "client",
+        "attempts",
+    ];
+    assert_eq!(keys, expected, "{line}");
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["msg"], "request");
+    assert_eq!(line["level"], 30);
+    assert_eq!(line["request_id"], "req-access-line");
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["path"], "v1/chat/completions");
+    assert_eq!(line["model"], "m");
+    assert_eq!(line["provider"], "mock");
+    assert_eq!(line["target_model"], "target-m");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["prompt_tokens"], 5);
+    assert_eq!(line["completion_tokens"], 2);
+    assert_eq!(line["tokens_estimated"], false);
+    assert_eq!(line["stream"], false);
+    assert_eq!(line["outcome"], "ok");
+    assert_eq!(line["attempts"], 1);
+    assert!(line["duration_ms"].as_f64().unwrap() > 0.0, "{line}");
+    assert!(line["bytes"].as_u64().unwrap() > 0, "{line}");
+    let client = line["client"].as_str().unwrap();
+    assert!(client.starts_with("127.0.0.1:"), "{client}");
+}
