@@ -153,7 +153,7 @@ impl Application {
         // The store (and its data dir) exists only when the admin or self-service API is on. Its
         // keys, policies and protected endpoints are the key table's `database` source.
         let access_api = access_settings
-            .map(AccessApi::start)
+            .map(|settings| AccessApi::start(settings, Arc::clone(key_files.table())))
             .transpose()?
             .map(Arc::new);
         if let Some(access_api) = &access_api {

@@ -151,6 +151,15 @@ impl AccessTable {
         !self.lock().is_empty()
     }
 
+    /// Whether a key file (not the database) declares a key named `name` now: the admin API
+    /// refuses that name, since the table would refuse the database version holding it.
+    pub fn file_has_key_named(&self, name: &str) -> bool {
+        self.lock()
+            .iter()
+            .filter(|(id, _)| !is_database(id))
+            .any(|(_, section)| section.keys.iter().any(|key| &*key.name == name))
+    }
+
     pub fn replace_file(&self, path: &Path, section: AccessSection) -> Result<(), Vec<Conflict>> {
         self.replace_source(SourceId::File(path.to_path_buf()), section)
     }

@@ -91,6 +91,7 @@ pub async fn create_key(
     let caller = admin(&request, &api, &client).await?;
     let body = read_body(payload).await?;
     let new_key = parse_body::<AdminKeyCreate>(&body)?.new_key()?;
+    api.refuse_file_key_name(&new_key.name)?;
     let (record, key) = api.store.create_key(&caller.actor(), new_key).await?;
     Ok(HttpResponse::Ok().json(KeyCreated {
         key: KeyRead::from(&record),

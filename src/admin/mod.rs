@@ -13,6 +13,7 @@ use std::sync::Arc;
 use actix_web::web;
 
 use crate::access::admin::AdminGate;
+use crate::access::table::AccessTable;
 use crate::admin::settings::{AccessApiSettings, AdminMode, SelfServiceMode, SettingsError};
 use crate::errors::{self, ApiError};
 use crate::oidc::Oidc;
@@ -25,13 +26,18 @@ pub struct AccessApi {
     pub oidc: Option<Arc<Oidc>>,
     /// The admin gate, shared with `/admin/*` and the status page.
     pub gate: Arc<AdminGate>,
+    /// The key table, read to refuse a key name a key file already uses.
+    pub keys: Arc<AccessTable>,
     /// Set by the first worker, which keeps the OIDC keys fresh.
     oidc_refresher: AtomicBool,
 }
 
 impl AccessApi {
     /// Opens the store (creating the SQLite file only now, since an API is on).
-    pub fn start(settings: AccessApiSettings) -> Result<Self, SettingsError> {
+    pub fn start(
+        settings: AccessApiSettings,
+        keys: Arc<AccessTable>,
+    ) -> Result<Self, SettingsError> {
         let store = Store::open(
             settings.store.clone(),
             StoreTimings::default(),
@@ -52,8 +58,22 @@ impl AccessApi {
             store,
             oidc,
             gate,
+            keys,
             oidc_refresher: AtomicBool::new(false),
         })
+    }
+}
+
+impl AccessApi {
+    /// 409 when a key file already has a key named `name`: the key table would refuse the
+    /// database version holding a second one (names the name only, never a key).
+    pub fn refuse_file_key_name(&self, name: &str) -> Result<(), ApiError> {
+        if self.keys.file_has_key_named(name) {
+            return Err(ApiError::Conflict(format!(
+                "A key file already has a key named `{name}`: choose another name."
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -44,6 +44,7 @@ pub async fn create_key(
     let body = read_body(payload).await?;
     let create: SelfServiceKeyCreate = parse_body(&body)?;
     let name = key_name(&create.name)?;
+    api.refuse_file_key_name(&name)?;
     let requested_expiry = create
         .expires_at
         .as_deref()

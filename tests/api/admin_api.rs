@@ -1211,3 +1211,86 @@ async fn the_admin_cli_creates_lists_and_revokes_keys_the_server_then_honours() 
     let (_, listed, _) = admin_cli(&data_dir, &["keys", "list"]);
     assert_eq!(listed, json!([]));
 }
+
+#[tokio::test]
+async fn a_key_name_a_key_file_already_uses_is_refused_with_409_before_anything_is_written() {
+    const ALICE_FILE_KEY: &str = "llmux_alice-file-key-of-the-admin-tests";
+    let digest = crate::mock::sha256_hex(ALICE_FILE_KEY.as_bytes());
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().join("data");
+    let app = Spawn::new()
+        .file(
+            "provider.json",
+            provider_file("mock", "", &[("m", "target-m")]),
+        )
+        .file(
+            "keys.json",
+            json!({"llmux_access": {"keys": [{"name": "alice-file", "key_sha256": digest}]}}),
+        )
+        .args(move |args| {
+            args.access.admin_token = Some(ApiKey::new(ADMIN_TOKEN));
+            args.access.self_service_api = true;
+            args.access.data_dir = data_dir;
+        })
+        .start()
+        .await;
+    let app = AdminApp { app, _data: data };
+    let assert_refused = |error: Value| {
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains("key file") && message.contains("`alice-file`"),
+            "{error}"
+        );
+        assert!(!message.contains(&digest) && !message.contains(ALICE_FILE_KEY));
+        assert_eq!(error["code"], "conflict", "{error}");
+    };
+
+    // Admin API: refused, and nothing is written.
+    let refused = app
+        .admin(
+            Method::POST,
+            "/api/admin/keys",
+            Some(json!({"name": "alice-file", "owner_id": "alice"})),
+        )
+        .await;
+    assert_refused(assert_openai_error(refused, 409).await);
+    assert_eq!(
+        app.admin_json(Method::GET, "/api/admin/keys", None).await,
+        json!([])
+    );
+    assert_eq!(
+        app.admin_json(Method::GET, "/api/admin/audit", None).await,
+        json!([])
+    );
+
+    // Another name is fine; self-service refuses the file key's name the same way.
+    let seed = app
+        .admin_json(
+            Method::POST,
+            "/api/admin/keys",
+            Some(json!({"name": "alice-seed", "owner_id": "alice"})),
+        )
+        .await;
+    let seed_key = seed["api_key"].as_str().unwrap();
+    let refused = app
+        .call(
+            Method::POST,
+            "/api/keys",
+            Some(seed_key),
+            Some(json!({"name": "alice-file"})),
+        )
+        .await;
+    assert_refused(assert_openai_error(refused, 409).await);
+    let listed = app.admin_json(Method::GET, "/api/admin/keys", None).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["name"], "alice-seed");
+    let audit = app.admin_json(Method::GET, "/api/admin/audit", None).await;
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["key.create"], "{audit}");
+    assert!(!audit.to_string().contains("alice-file"), "{audit}");
+}
