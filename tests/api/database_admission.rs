@@ -474,7 +474,26 @@ async fn a_database_key_named_like_a_file_key_is_refused_once_in_the_log_and_the
         async move { (status.await == 200).then_some(()) }
     })
     .await;
-    let clash = create("deploy").await;
+    // The admin API refuses the file key's name; a writer that does not see the key files (the
+    // admin CLI here, another replica, a key file added later) can still make the clash.
+    let refused = http
+        .post(server.url("/api/admin/keys"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"name": "deploy"}))
+        .send()
+        .await
+        .unwrap();
+    assert_openai_error(refused, 409).await;
+    let output = Command::new(env!("CARGO_BIN_EXE_llmux"))
+        .args(["admin", "--data-dir"])
+        .arg(&data_dir)
+        .args(["keys", "create", "deploy"])
+        .env_remove("LLMUX_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let created: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let clash = created["api_key"].as_str().unwrap().to_owned();
     let (warning, _) = eventually(Duration::from_secs(2), "the conflict warning", || {
         let lines = server.lines_with("conflict with a key file");
         async move { lines.into_iter().next() }
