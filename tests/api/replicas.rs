@@ -317,7 +317,9 @@ http {{
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
         let globals = format!(
-            "daemon off; pid {}/nginx.pid; error_log stderr;",
+            // One process, no master: killing it by PID (kill_on_drop) leaves no orphaned worker
+            // behind (a master killed with SIGKILL does not take its workers with it).
+            "daemon off; master_process off; pid {}/nginx.pid; error_log stderr;",
             dir.path().display()
         );
         let child = Command::new("nginx")
