@@ -26,8 +26,13 @@ fn not_found(what: &str) -> ApiError {
     ApiError::NotFound(format!("{what} not found."))
 }
 
-fn deleted(field: &str, id: &str) -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "deleted", field: id}))
+/// The answer to a delete (or revoke) of `what` `id`: FOAP's `{"status": "deleted", field: id}`,
+/// or 404 when nothing had that id.
+fn deleted(found: bool, what: &str, field: &str, id: &str) -> Result<HttpResponse, ApiError> {
+    match found {
+        true => Ok(HttpResponse::Ok().json(json!({"status": "deleted", field: id}))),
+        false => Err(not_found(what)),
+    }
 }
 
 pub async fn health(
@@ -153,14 +158,11 @@ pub async fn revoke_key(
 ) -> Result<HttpResponse, ApiError> {
     let caller = admin(&request, &api, &client).await?;
     let id = path.into_inner();
-    if !api
+    let found = api
         .store
         .revoke_key(&caller.actor(), id.clone(), None)
-        .await?
-    {
-        return Err(not_found("API key"));
-    }
-    Ok(deleted("key_id", &id))
+        .await?;
+    deleted(found, "API key", "key_id", &id)
 }
 
 pub async fn set_key_quota(
@@ -308,14 +310,11 @@ pub async fn delete_protected_endpoint(
 ) -> Result<HttpResponse, ApiError> {
     let caller = admin(&request, &api, &client).await?;
     let id = path.into_inner();
-    if !api
+    let found = api
         .store
         .delete_protected_endpoint(&caller.actor(), id.clone())
-        .await?
-    {
-        return Err(not_found("Protected endpoint"));
-    }
-    Ok(deleted("endpoint_id", &id))
+        .await?;
+    deleted(found, "Protected endpoint", "endpoint_id", &id)
 }
 
 pub async fn list_quota_policies(
@@ -375,14 +374,11 @@ pub async fn delete_quota_policy(
 ) -> Result<HttpResponse, ApiError> {
     let caller = admin(&request, &api, &client).await?;
     let id = path.into_inner();
-    if !api
+    let found = api
         .store
         .delete_quota_policy(&caller.actor(), id.clone())
-        .await?
-    {
-        return Err(not_found("Quota policy"));
-    }
-    Ok(deleted("policy_id", &id))
+        .await?;
+    deleted(found, "Quota policy", "policy_id", &id)
 }
 
 pub async fn list_quota_overrides(
@@ -505,14 +501,11 @@ pub async fn delete_quota_override(
 ) -> Result<HttpResponse, ApiError> {
     let caller = admin(&request, &api, &client).await?;
     let id = path.into_inner();
-    if !api
+    let found = api
         .store
         .delete_quota_override(&caller.actor(), id.clone())
-        .await?
-    {
-        return Err(not_found("Quota override"));
-    }
-    Ok(deleted("override_id", &id))
+        .await?;
+    deleted(found, "Quota override", "override_id", &id)
 }
 
 /// `GET /api/admin/audit?limit=N`: the newest changes first.

@@ -20,16 +20,27 @@ const ENDPOINT_CONFLICT: &str = "this protected endpoint";
 
 impl Store {
     pub async fn list_quota_policies(&self) -> Result<Vec<QuotaPolicy>, StoreError> {
-        self.run(|context| async move {
-            sqlx::query(&format!(
-                "SELECT {POLICY_COLUMNS} FROM quota_policies ORDER BY created_at, id"
-            ))
-            .fetch_all(&context.pool)
-            .await?
-            .iter()
-            .map(policy_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::from)
+        self.list_rows(
+            format!("SELECT {POLICY_COLUMNS} FROM quota_policies ORDER BY created_at, id"),
+            policy_from_row,
+        )
+        .await
+    }
+
+    /// Every row `select` reads, each turned into a record by `from_row`.
+    async fn list_rows<T: Send + 'static>(
+        &self,
+        select: String,
+        from_row: fn(&AnyRow) -> Result<T, sqlx::Error>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.run(move |context| async move {
+            sqlx::query(&select)
+                .fetch_all(&context.pool)
+                .await?
+                .iter()
+                .map(from_row)
+                .collect::<Result<_, _>>()
+                .map_err(StoreError::from)
         })
         .await
     }
@@ -121,17 +132,10 @@ impl Store {
     }
 
     pub async fn list_quota_overrides(&self) -> Result<Vec<QuotaOverride>, StoreError> {
-        self.run(|context| async move {
-            sqlx::query(&format!(
-                "SELECT {OVERRIDE_COLUMNS} FROM quota_overrides ORDER BY created_at, id"
-            ))
-            .fetch_all(&context.pool)
-            .await?
-            .iter()
-            .map(override_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::from)
-        })
+        self.list_rows(
+            format!("SELECT {OVERRIDE_COLUMNS} FROM quota_overrides ORDER BY created_at, id"),
+            override_from_row,
+        )
         .await
     }
 
@@ -234,17 +238,11 @@ impl Store {
     }
 
     pub async fn list_protected_endpoints(&self) -> Result<Vec<ProtectedEndpoint>, StoreError> {
-        self.run(|context| async move {
-            sqlx::query(
-                "SELECT id, path, method, created_at FROM protected_endpoints ORDER BY created_at, id",
-            )
-            .fetch_all(&context.pool)
-            .await?
-            .iter()
-            .map(endpoint_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::from)
-        })
+        self.list_rows(
+            "SELECT id, path, method, created_at FROM protected_endpoints ORDER BY created_at, id"
+                .to_owned(),
+            endpoint_from_row,
+        )
         .await
     }
 
