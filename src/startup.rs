@@ -121,7 +121,6 @@ impl Application {
         // Before the first load: the loader resolves `builtin:demo` to this server's address.
         let demo = demo::start().context("starting the built-in demo backend")?;
         let env = demo::env_with_demo_url(env, demo.url.clone());
-        crate::proxy::usage::warm_up_tokenizer();
         let env_for_upstream = Arc::clone(&env);
         let table = Arc::new(RoutingTable::new());
         let key_files = Arc::new(access::reload::KeyFiles::new(Arc::new(

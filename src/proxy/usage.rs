@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -682,32 +682,64 @@ impl<'a> UsageWalk<'a> {
     }
 }
 
-static O200K_BASE: LazyLock<Option<CoreBPE>> = LazyLock::new(|| {
-    tiktoken_rs::o200k_base()
-        .inspect_err(|error| tracing::error!(%error, "cannot build the o200k_base tokenizer"))
-        .ok()
-});
+static O200K_BASE: OnceLock<Option<CoreBPE>> = OnceLock::new();
 
-/// Builds the tokenizer on a thread of its own, so the first stream without upstream usage does
-/// not stall its worker while the ranks load (seconds in a debug build, under load more: a
-/// stream paused mid-answer for over 10 s in the shutdown tests).
-pub fn warm_up_tokenizer() {
-    let spawned = std::thread::Builder::new()
-        .name("llmux-tokenizer".into())
-        .spawn(|| LazyLock::force(&O200K_BASE).is_some());
-    if let Err(error) = spawned {
-        tracing::warn!(%error, "cannot warm the tokenizer up: the first count builds it");
-    }
+/// The tokenizer, built on the first call (`None` when its ranks cannot be built).
+fn o200k_base() -> Option<&'static CoreBPE> {
+    O200K_BASE
+        .get_or_init(|| {
+            tiktoken_rs::o200k_base()
+                .inspect_err(|error| tracing::error!(%error, "cannot build the o200k_base tokenizer"))
+                .ok()
+        })
+        .as_ref()
 }
 
-/// Tokens of `text` with o200k_base.
+/// Set once the tokenizer's build has been started (by the first count, or [`load_tokenizer`]).
+static O200K_LOADING: std::sync::Once = std::sync::Once::new();
+
+/// Starts building the tokenizer on a thread of its own. The ranks take about 50 MB and a second
+/// or more to build (seconds in a debug build), so llmux builds them only when the first estimate
+/// is needed (most backends report usage; an idle llmux stays small, issue 16), and never on a
+/// worker: a stream paused mid-answer for over 10 s when its count built them in place.
+fn start_loading_tokenizer() {
+    O200K_LOADING.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("llmux-tokenizer".into())
+            .spawn(|| o200k_base().is_some());
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot build the tokenizer on its own thread");
+        }
+    });
+}
+
+/// Builds the tokenizer now, on this thread, and says whether it is available: for callers that
+/// need exact counts at once (tests, `llmux check`-like tools), never for a request.
+pub fn load_tokenizer() -> bool {
+    O200K_LOADING.call_once(|| {});
+    o200k_base().is_some()
+}
+
+/// Tokens of `text` with o200k_base. Until the tokenizer is built (the first call starts it), the
+/// count is OpenAI's rule of thumb, a token per four bytes of text, rounded up: the counts are
+/// estimates either way (`tokens_estimated`), and no request waits for the ranks.
 pub fn count_tokens(text: &str) -> u64 {
     if text.is_empty() {
         return 0;
     }
-    O200K_BASE
-        .as_ref()
-        .map_or(0, |bpe| bpe.encode_ordinary(text).len() as u64)
+    match O200K_BASE.get() {
+        Some(Some(bpe)) => bpe.encode_ordinary(text).len() as u64,
+        Some(None) => 0,
+        None => {
+            start_loading_tokenizer();
+            rough_token_count(text)
+        }
+    }
+}
+
+/// A token per four bytes, rounded up.
+fn rough_token_count(text: &str) -> u64 {
+    text.len().div_ceil(4) as u64
 }
 
 /// The text a request sends the model: messages, prompt, input, instructions.
@@ -980,6 +1012,7 @@ mod tests {
 
     #[test]
     fn answers_without_usage_are_estimated_with_o200k_base() {
+        assert!(load_tokenizer());
         let request = r#"{"model":"m","messages":[{"role":"user","content":"Hello there"}]}"#;
         let mut reader = UsageReader::new("v1/chat/completions", Bytes::from(request), false);
         assert!(reader.begin(200, false));
@@ -990,6 +1023,17 @@ mod tests {
         assert_eq!(usage.prompt, count_tokens("Hello there\n"));
         assert_eq!(usage.completion, count_tokens("General Kenobi\n"));
         assert!(usage.prompt > 0 && usage.completion > 0);
+    }
+
+    #[test]
+    fn until_the_tokenizer_is_built_a_count_is_a_token_per_four_bytes() {
+        assert_eq!(rough_token_count(""), 0);
+        assert_eq!(rough_token_count("abc"), 1);
+        assert_eq!(rough_token_count("abcd"), 1);
+        assert_eq!(rough_token_count("Hello there, general"), 5);
+        // Once built, counts are o200k_base's ("Hello there" is two tokens).
+        assert!(load_tokenizer());
+        assert_eq!(count_tokens("Hello there"), 2);
     }
 
     #[test]

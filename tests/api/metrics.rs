@@ -218,6 +218,8 @@ async fn async_openai_streams_without_usage_events_and_llmux_still_counts() {
 
 #[tokio::test]
 async fn backends_without_usage_are_estimated_with_o200k_base() {
+    // Built on demand otherwise (the first counts are a token per four bytes until it is).
+    assert!(llmux::proxy::usage::load_tokenizer());
     let app = spawn_app().await;
     let answer = json!({"id": "x", "object": "chat.completion", "created": 1, "model": "t",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "General Kenobi!"}, "finish_reason": "stop"}]});
