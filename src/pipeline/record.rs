@@ -161,8 +161,12 @@ impl AccessLog {
 
     /// The upstream is done with this request: its body ended, or it failed.
     pub fn upstream_end(&mut self) {
+        self.upstream_end_at(Instant::now());
+    }
+
+    fn upstream_end_at(&mut self, now: Instant) {
         if let Some(since) = self.upstream_since.take() {
-            self.upstream_wait += since.elapsed();
+            self.upstream_wait += now.saturating_duration_since(since);
         }
     }
 
@@ -250,8 +254,10 @@ impl Drop for AccessLog {
         if let Some(admission) = self.admission.as_mut() {
             admission.settle(usage.as_ref(), self.outcome);
         }
-        self.upstream_end();
-        let duration = self.started.elapsed();
+        // One clock read for both (about 250 instructions each under callgrind, issue 16).
+        let now = Instant::now();
+        self.upstream_end_at(now);
+        let duration = now.saturating_duration_since(self.started);
         let endpoint = self.endpoint.as_deref();
         // No status: the client left before the answer's head.
         let status = self.status.unwrap_or(CLIENT_CLOSED_STATUS);
