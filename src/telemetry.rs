@@ -1336,8 +1336,25 @@ mod tests {
     #[test]
     fn floats_are_written_as_ryu_writes_them() {
         let mut values = vec![
-            0.0, -0.0, 1.0, 2.0, 0.5, 1.25, 1e-7, 1e-6, 1e-5, 123.456, 5e-324, f64::MIN_POSITIVE,
-            9_999_999_999_999_998.0, 1e16, -1e16, 1e17, 1.5e300, f64::MAX, f64::MIN,
+            0.0,
+            -0.0,
+            1.0,
+            2.0,
+            0.5,
+            1.25,
+            1e-7,
+            1e-6,
+            1e-5,
+            123.456,
+            5e-324,
+            f64::MIN_POSITIVE,
+            9_999_999_999_999_998.0,
+            1e16,
+            -1e16,
+            1e17,
+            1.5e300,
+            f64::MAX,
+            f64::MIN,
         ];
         // Durations as the access line computes them, from a nanosecond to hours.
         for nanos in [1u64, 999, 1_000, 1_234_567, 20_000_001, 3_600_000_000_123] {

@@ -1072,7 +1072,15 @@ mod tests {
         // Keys and skipped strings of every length around the eight-byte words and the switch
         // to memchr2, with escapes in every place.
         for length in 0..80 {
-            for escape_at in [None, Some(0), Some(7), Some(8), Some(31), Some(32), Some(40)] {
+            for escape_at in [
+                None,
+                Some(0),
+                Some(7),
+                Some(8),
+                Some(31),
+                Some(32),
+                Some(40),
+            ] {
                 let mut text: String = "k".repeat(length);
                 if let Some(at) = escape_at.filter(|at| *at < length) {
                     text.replace_range(at..=at, "\\");
