@@ -216,6 +216,8 @@ pub struct Metrics {
     /// families per request (SipHash over every label, a read lock each) was about 4k
     /// instructions per request (issue 16). Families are never cleared, so a handle stays valid.
     series: DashMap<SeriesKey, Arc<RequestSeries>, foldhash::fast::RandomState>,
+    /// This instance, in the per-thread [`LAST_SERIES`].
+    id: u64,
     /// `upstream_attempts` by `ATTEMPT_OUTCOMES`, `upstream_errors` by `ERROR_KINDS`.
     attempt_counters: [Counter; ATTEMPT_OUTCOMES.len()],
     error_counters: [Counter; ERROR_KINDS.len()],
@@ -230,6 +232,36 @@ struct SeriesKey {
     stream: bool,
     status: u16,
 }
+
+impl SeriesKey {
+    /// The same labels from the same strings (the routing table's): equal, compared without
+    /// reading them. Equal labels from other strings (after a reload) are not `is`.
+    fn is(&self, other: &SeriesKey) -> bool {
+        Arc::ptr_eq(&self.model, &other.model)
+            && Arc::ptr_eq(&self.provider, &other.provider)
+            && std::ptr::eq(self.path, other.path)
+            && self.stream == other.stream
+            && self.status == other.status
+    }
+}
+
+/// The series a thread recorded into last, and for which `Metrics`: a worker's requests mostly
+/// go to the series of the one before, and comparing pointers is cheaper than hashing the
+/// labels and looking them up in `series` (the lookup was 650 of the 720 instructions of
+/// `Metrics::record`, issue 16). It keeps one label set's strings and series alive per thread.
+struct LastSeries {
+    metrics: u64,
+    key: SeriesKey,
+    series: Arc<RequestSeries>,
+}
+
+thread_local! {
+    static LAST_SERIES: std::cell::RefCell<Option<LastSeries>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Tells `Metrics` instances apart in [`LAST_SERIES`] (an address could be reused).
+static NEXT_METRICS_ID: AtomicU64 = AtomicU64::new(0);
 
 /// The series one label set records into. Those a request may not touch (time to first byte,
 /// tokens, throughput) are created on first use, as the families' `get_or_create` did, so the
@@ -362,6 +394,7 @@ impl Metrics {
             unknown_model: Arc::from(UNKNOWN_MODEL),
             no_provider: Arc::from(NO_PROVIDER),
             series: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            id: NEXT_METRICS_ID.fetch_add(1, Ordering::Relaxed),
             attempt_counters,
             error_counters,
         }
@@ -457,6 +490,28 @@ impl Metrics {
 
     /// The series of `key`, created in the families on its first request.
     fn series_of(&self, key: SeriesKey) -> Arc<RequestSeries> {
+        let last = LAST_SERIES.try_with(|last| {
+            let last = last.try_borrow().ok()?;
+            let last = last.as_ref()?;
+            (last.metrics == self.id && last.key.is(&key)).then(|| Arc::clone(&last.series))
+        });
+        if let Ok(Some(series)) = last {
+            return series;
+        }
+        let series = self.series_in_map(key.clone());
+        let _ = LAST_SERIES.try_with(|last| {
+            if let Ok(mut last) = last.try_borrow_mut() {
+                *last = Some(LastSeries {
+                    metrics: self.id,
+                    key,
+                    series: Arc::clone(&series),
+                });
+            }
+        });
+        series
+    }
+
+    fn series_in_map(&self, key: SeriesKey) -> Arc<RequestSeries> {
         if let Some(series) = self.series.get(&key) {
             return Arc::clone(&series);
         }
@@ -862,6 +917,60 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }
+    }
+
+    fn rejected(path: &'static str, status: u16) -> RequestRecord<'static> {
+        RequestRecord {
+            endpoint: None,
+            path,
+            status,
+            stream: false,
+            duration: Duration::from_millis(3),
+            first_byte: None,
+            first_token: None,
+            usage: None,
+            outcome: "rejected",
+            upstream_wait: None,
+        }
+    }
+
+    fn requests_line(metrics: &Metrics, path: &str, status: u16) -> Option<String> {
+        let prefix = format!(
+            "llmux_requests_total{{model=\"unknown\",provider=\"none\",path=\"{path}\",status=\"{status}\"}} "
+        );
+        let text = metrics.render().unwrap();
+        text.lines()
+            .find(|line| line.starts_with(&prefix))
+            .map(|line| line[prefix.len()..].to_owned())
+    }
+
+    #[test]
+    fn each_request_counts_in_its_own_series_and_registry_whatever_came_before_on_the_thread() {
+        // Issue 16: the thread keeps the last series recorded into; requests of other labels,
+        // other registries and interleavings of them must still count where they belong.
+        let (first, second) = (
+            Metrics::new(Arc::new(RoutingTable::new())),
+            Metrics::new(Arc::new(RoutingTable::new())),
+        );
+        let chat = "v1/chat/completions";
+        for (metrics, path, status) in [
+            (&first, chat, 200),
+            (&first, chat, 200),
+            (&second, chat, 200),
+            (&first, chat, 404),
+            (&first, chat, 200),
+            (&first, "v1/embeddings", 200),
+            (&second, chat, 200),
+            (&second, chat, 200),
+        ] {
+            metrics.record(&rejected(path, status));
+        }
+        let count = |metrics, path, status| requests_line(metrics, path, status);
+        assert_eq!(count(&first, chat, 200).as_deref(), Some("3"));
+        assert_eq!(count(&first, chat, 404).as_deref(), Some("1"));
+        assert_eq!(count(&first, "v1/embeddings", 200).as_deref(), Some("1"));
+        assert_eq!(count(&second, chat, 200).as_deref(), Some("3"));
+        assert_eq!(count(&second, chat, 404), None);
     }
 
     #[test]

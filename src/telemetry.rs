@@ -11,18 +11,22 @@
 //! were written in; `time` has microseconds; an event field named after a core key (`v name msg
 //! level hostname pid time target line file`) is dropped rather than written a second time;
 //! records from the `log` crate carry their own target, file and line.
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use tracing::callsite::Callsite as _;
 use tracing::field::{Field, Visit};
+use tracing::level_filters::LevelFilter;
 use tracing::subscriber::set_global_default;
-use tracing::{Event, Id, Level, Metadata, Subscriber};
+use tracing::{Dispatch, Event, Id, Level, Metadata, Subscriber};
 use tracing_bunyan_formatter::JsonStorageLayer;
 use tracing_log::NormalizeEvent;
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::layer::{Context, Layered, SubscriberExt};
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
@@ -36,10 +40,12 @@ where
     Sink: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_new(filter)?;
-    Ok(Registry::default()
+    // Named, so that `access_line` recognises it.
+    let stack: Stack = Registry::default()
         .with(filter)
         .with(JsonStorageLayer)
-        .with(BunyanLayer::new(name, sink)))
+        .with(BunyanLayer::new(name, sink));
+    Ok(stack)
 }
 
 /// Installs the subscriber for the whole process. Call once.
@@ -49,17 +55,52 @@ pub fn init(subscriber: impl Subscriber + Send + Sync) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Formats events and spans as bunyan records, one JSON object a line, to `make_writer`.
-pub struct BunyanLayer<Sink> {
-    make_writer: Sink,
+/// Formats events and spans as bunyan records, one JSON object a line, to its sink.
+///
+/// Not generic over the sink (it keeps it behind [`LineSink`]) so that [`access_line`] can find
+/// it in whatever subscriber it sits in (`Dispatch::downcast_ref::<BunyanLayer>`).
+pub struct BunyanLayer {
+    sink: Box<dyn LineSink>,
     /// `{"v":0,"name":<name>,"msg":` : the constant start of every line.
     head: Box<[u8]>,
     /// `,"hostname":<hostname>,"pid":<pid>`, written after the level.
     host_and_pid: Box<[u8]>,
+    /// The constant parts of the access line, rendered for the first callsite [`access_line`]
+    /// is called with (there is one: `pipeline::record`).
+    access_parts: OnceLock<AccessParts>,
 }
 
-impl<Sink> BunyanLayer<Sink> {
-    pub fn new(name: &str, make_writer: Sink) -> Self {
+/// Where a layer's lines go: one call per whole line.
+trait LineSink: Send + Sync {
+    fn write_line(&self, metadata: &Metadata<'_>, line: &[u8]);
+}
+
+struct MakeWriterSink<Sink>(Sink);
+
+impl<Sink> LineSink for MakeWriterSink<Sink>
+where
+    Sink: for<'a> MakeWriter<'a> + Send + Sync,
+{
+    fn write_line(&self, metadata: &Metadata<'_>, line: &[u8]) {
+        // One write per line, so lines from several threads never interleave.
+        let _ = self.0.make_writer_for(metadata).write_all(line);
+    }
+}
+
+/// An access line up to its `time` value, and from after it to its fields.
+#[derive(Clone)]
+struct AccessParts {
+    /// The address of the metadata these parts were rendered for (callsites are statics).
+    metadata: usize,
+    prefix: Box<[u8]>,
+    middle: Box<[u8]>,
+}
+
+impl BunyanLayer {
+    pub fn new<Sink>(name: &str, make_writer: Sink) -> Self
+    where
+        Sink: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+    {
         let hostname = gethostname::gethostname().to_string_lossy().into_owned();
         let mut head = br#"{"v":0,"name":"#.to_vec();
         json_string(&mut head, name);
@@ -69,9 +110,10 @@ impl<Sink> BunyanLayer<Sink> {
         host_and_pid.extend_from_slice(br#","pid":"#);
         push_number(&mut host_and_pid, std::process::id());
         Self {
-            make_writer,
+            sink: Box::new(MakeWriterSink(make_writer)),
             head: head.into(),
             host_and_pid: host_and_pid.into(),
+            access_parts: OnceLock::new(),
         }
     }
 }
@@ -91,6 +133,22 @@ fn bunyan_level(level: &Level) -> u8 {
         Level::INFO => 30,
         Level::DEBUG => 20,
         Level::TRACE => 10,
+    }
+}
+
+/// `","target":..,"line":..,"file":..`: the core keys after the time.
+fn push_after_time(line: &mut Vec<u8>, metadata: &Metadata<'_>) {
+    line.extend_from_slice(br#"","target":"#);
+    json_string(line, metadata.target());
+    line.extend_from_slice(br#","line":"#);
+    match metadata.line() {
+        Some(number) => push_number(line, number),
+        None => line.extend_from_slice(b"null"),
+    }
+    line.extend_from_slice(br#","file":"#);
+    match metadata.file() {
+        Some(file) => json_string(line, file),
+        None => line.extend_from_slice(b"null"),
     }
 }
 
@@ -136,10 +194,7 @@ fn with_buffers(write: impl FnOnce(&mut Buffers)) {
     }
 }
 
-impl<Sink> BunyanLayer<Sink>
-where
-    Sink: for<'a> MakeWriter<'a> + 'static,
-{
+impl BunyanLayer {
     /// Writes a whole record: the core keys, then `fields` (already `,"key":value` pairs).
     fn emit(&self, buffers: &mut Buffers, message: &str, metadata: &Metadata<'_>) {
         let Buffers {
@@ -149,29 +204,70 @@ where
             ..
         } = buffers;
         line.clear();
+        self.push_up_to_time(line, message, metadata);
+        push_time(line, second);
+        push_after_time(line, metadata);
+        line.extend_from_slice(fields);
+        line.extend_from_slice(b"}\n");
+        self.sink.write_line(metadata, line);
+    }
+
+    /// `{"v":0,"name":..,"msg":..,"level":..,"hostname":..,"pid":..,"time":"`.
+    fn push_up_to_time(&self, line: &mut Vec<u8>, message: &str, metadata: &Metadata<'_>) {
         line.extend_from_slice(&self.head);
         json_string(line, message);
         line.extend_from_slice(br#","level":"#);
         push_number(line, bunyan_level(metadata.level()));
         line.extend_from_slice(&self.host_and_pid);
         line.extend_from_slice(br#","time":""#);
-        push_time(line, second);
-        line.extend_from_slice(br#"","target":"#);
-        json_string(line, metadata.target());
-        line.extend_from_slice(br#","line":"#);
-        match metadata.line() {
-            Some(number) => push_number(line, number),
-            None => line.extend_from_slice(b"null"),
+    }
+
+    /// The access line's constant parts for `metadata`: kept for the first callsite, rendered
+    /// afresh for any other.
+    fn access_parts(&self, metadata: &'static Metadata<'static>) -> Cow<'_, AccessParts> {
+        let address = std::ptr::from_ref(metadata) as usize;
+        let render = || {
+            let mut prefix = Vec::new();
+            self.push_up_to_time(&mut prefix, ACCESS_MESSAGE, metadata);
+            let mut middle = Vec::new();
+            push_after_time(&mut middle, metadata);
+            AccessParts {
+                metadata: address,
+                prefix: prefix.into(),
+                middle: middle.into(),
+            }
+        };
+        let kept = self.access_parts.get_or_init(render);
+        if kept.metadata == address {
+            Cow::Borrowed(kept)
+        } else {
+            Cow::Owned(render())
         }
-        line.extend_from_slice(br#","file":"#);
-        match metadata.file() {
-            Some(file) => json_string(line, file),
-            None => line.extend_from_slice(b"null"),
-        }
-        line.extend_from_slice(fields);
-        line.extend_from_slice(b"}\n");
-        // One write per line, so lines from several threads never interleave.
-        let _ = self.make_writer.make_writer_for(metadata).write_all(line);
+    }
+
+    /// Writes the access line straight to the sink: the same bytes `on_event` writes for the
+    /// event [`access_line`] would otherwise dispatch (outside any span).
+    fn write_access(
+        &self,
+        metadata: &'static Metadata<'static>,
+        write_fields: impl FnOnce(&mut LineFields),
+    ) {
+        let parts = self.access_parts(metadata);
+        with_buffers(|buffers| {
+            let mut fields = LineFields {
+                text: std::mem::take(&mut buffers.line),
+                scratch: std::mem::take(&mut buffers.scratch),
+            };
+            fields.text.clear();
+            fields.text.extend_from_slice(&parts.prefix);
+            push_time(&mut fields.text, &mut buffers.second);
+            fields.text.extend_from_slice(&parts.middle);
+            write_fields(&mut fields);
+            fields.text.extend_from_slice(b"}\n");
+            self.sink.write_line(metadata, &fields.text);
+            buffers.line = fields.text;
+            buffers.scratch = fields.scratch;
+        });
     }
 
     fn span_record<S>(&self, span: &SpanRef<'_, S>, kind: &str)
@@ -194,10 +290,9 @@ where
     }
 }
 
-impl<S, Sink> Layer<S> for BunyanLayer<Sink>
+impl<S> Layer<S> for BunyanLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
-    Sink: for<'a> MakeWriter<'a> + 'static,
 {
     fn on_event(&self, event: &Event<'_>, context: Context<'_, S>) {
         let normalized = event.normalized_metadata();
@@ -301,14 +396,7 @@ impl FieldWriter<'_> {
 impl Visit for FieldWriter<'_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
         if self.key(field) {
-            if value.is_finite() {
-                let mut buffer = ryu::Buffer::new();
-                self.out
-                    .extend_from_slice(buffer.format_finite(value).as_bytes());
-            } else {
-                // Like serde_json: JSON has no NaN or infinity.
-                self.out.extend_from_slice(b"null");
-            }
+            push_float(self.out, value);
         }
     }
 
@@ -359,20 +447,138 @@ impl Visit for FieldWriter<'_> {
 /// are already JSON); any other subscriber would show it as one string field.
 pub const PRERENDERED: &str = "llmux_fields";
 
+/// The target of the access line, the one line every request writes (level INFO).
+pub const ACCESS_TARGET: &str = "llmux::access";
+/// The access line's message.
+const ACCESS_MESSAGE: &str = "request";
+
+/// The subscriber [`subscriber`] builds. [`access_line`] writes straight to its layer only when
+/// the default subscriber is exactly this one: any other (another layer added, another
+/// formatter) gets the event through tracing.
+type Stack = Layered<BunyanLayer, Layered<JsonStorageLayer, Layered<EnvFilter, Registry>>>;
+
+/// The callsite of an access line written where this is invoked: a static event callsite of
+/// target [`ACCESS_TARGET`] at INFO with the fields `message` and [`PRERENDERED`], whose `file`
+/// and `line` the line carries like an event logged there.
+macro_rules! access_callsite {
+    () => {{
+        static CALLSITE: tracing::callsite::DefaultCallsite =
+            tracing::callsite::DefaultCallsite::new(&META);
+        static META: tracing::Metadata<'static> = tracing::Metadata::new(
+            concat!("event ", file!(), ":", line!()),
+            $crate::telemetry::ACCESS_TARGET,
+            tracing::Level::INFO,
+            Some(file!()),
+            Some(line!()),
+            Some(module_path!()),
+            tracing::field::FieldSet::new(
+                &["message", $crate::telemetry::PRERENDERED],
+                tracing::callsite::Identifier(&CALLSITE),
+            ),
+            tracing::metadata::Kind::EVENT,
+        );
+        &CALLSITE
+    }};
+}
+pub(crate) use access_callsite;
+
+/// Writes the access line of `callsite` (made by [`access_callsite!`]) with the fields
+/// `write_fields` renders, when the filter lets it through: the same record as
+/// `tracing::info!(target: "llmux::access", llmux_fields = .., "request")` logged there.
+///
+/// With llmux's own subscriber the line goes straight to [`BunyanLayer`]'s sink, formatted
+/// there, without tracing's dispatch of an event (the registry, each layer, the field visitor:
+/// about 1.9k instructions of the line's 6k, issue 16). The filter is asked as the event macros
+/// ask it: the level, the callsite's cached interest, then `enabled` when the interest is
+/// "sometimes". It is built once (`--log`, fixed for the process), so the cached interest holds.
+/// Inside a span, or under any other subscriber, the event is dispatched through tracing.
+pub fn access_line(
+    callsite: &'static tracing::callsite::DefaultCallsite,
+    write_fields: impl FnOnce(&mut LineFields),
+) -> AccessLineWent {
+    let metadata = callsite.metadata();
+    let level = *metadata.level();
+    if level > tracing::level_filters::STATIC_MAX_LEVEL || level > LevelFilter::current() {
+        return AccessLineWent::Filtered;
+    }
+    let interest = callsite.interest();
+    if interest.is_never() {
+        return AccessLineWent::Filtered;
+    }
+    let mut write_fields = Some(write_fields);
+    tracing::dispatcher::get_default(|dispatch| {
+        if !interest.is_always() && !dispatch.enabled(metadata) {
+            return AccessLineWent::Filtered;
+        }
+        let Some(write_fields) = write_fields.take() else {
+            return AccessLineWent::Filtered;
+        };
+        let layer = match dispatch.is::<Stack>() {
+            true => dispatch.downcast_ref::<BunyanLayer>(),
+            false => None,
+        };
+        match layer {
+            Some(layer) if dispatch.current_span().id().is_none() => {
+                layer.write_access(metadata, write_fields);
+                AccessLineWent::Direct
+            }
+            _ => {
+                dispatch_access_event(dispatch, metadata, write_fields);
+                AccessLineWent::Dispatched
+            }
+        }
+    })
+}
+
+/// How [`access_line`] handled a line (for tests; callers need not look).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLineWent {
+    /// Written straight to llmux's layer.
+    Direct,
+    /// Dispatched as a tracing event.
+    Dispatched,
+    /// The filter dropped it.
+    Filtered,
+}
+
+/// The access line as a tracing event, for subscribers other than llmux's own.
+fn dispatch_access_event(
+    dispatch: &Dispatch,
+    metadata: &'static Metadata<'static>,
+    write_fields: impl FnOnce(&mut LineFields),
+) {
+    LineFields::with(|fields| {
+        write_fields(fields);
+        let fieldset = metadata.fields();
+        let (Some(message_field), Some(prerendered_field)) =
+            (fieldset.field("message"), fieldset.field(PRERENDERED))
+        else {
+            return;
+        };
+        let message = tracing::field::display(ACCESS_MESSAGE);
+        let prerendered = fields.as_str();
+        let values: [(&Field, Option<&dyn tracing::Value>); 2] = [
+            (&message_field, Some(&message)),
+            (&prerendered_field, Some(&prerendered)),
+        ];
+        dispatch.event(&Event::new(metadata, &fieldset.value_set(&values)));
+    });
+}
+
 /// An event's fields rendered ahead as `,"key":value` pairs, for the one line every request
-/// writes: logged as the single field [`PRERENDERED`], they skip tracing's per-field visitor
-/// (a dynamic call, a key check and a key escape per field) and come out as the same record
-/// the fields logged one by one would make: values formatted the same way, keys in the order
-/// written. Keys are the caller's literals: plain names, never a bunyan core key. Like tracing,
-/// a `None` leaves its key out.
+/// writes ([`access_line`]): they skip tracing's per-field visitor (a dynamic call, a key check
+/// and a key escape per field) and come out as the same record the fields logged one by one
+/// would make: values formatted the same way, keys in the order written. Keys are the caller's
+/// literals: plain names, never a bunyan core key. Like tracing, a `None` leaves its key out.
 pub struct LineFields {
-    text: String,
+    /// Only ever appended `str`s to: always UTF-8.
+    text: Vec<u8>,
     scratch: String,
 }
 
 thread_local! {
     static LINE_FIELDS: RefCell<LineFields> = const {
-        RefCell::new(LineFields { text: String::new(), scratch: String::new() })
+        RefCell::new(LineFields { text: Vec::new(), scratch: String::new() })
     };
 }
 
@@ -398,38 +604,35 @@ impl LineFields {
 
     fn new() -> Self {
         Self {
-            text: String::new(),
+            text: Vec::new(),
             scratch: String::new(),
         }
     }
 
     /// The pairs written so far: the value of the [`PRERENDERED`] field.
     pub fn as_str(&self) -> &str {
-        &self.text
+        // Never fails: only `str`s are appended.
+        std::str::from_utf8(&self.text).unwrap_or_default()
     }
 
+    // The writers are `#[inline]`: called with literal keys, the key's copies become moves of
+    // known length instead of a `memcpy` call each (issue 16).
+    #[inline]
     fn key(&mut self, key: &'static str) {
         debug_assert!(!is_core_key(key) && !needs_escape(key.as_bytes()), "{key}");
-        self.text.push_str(",\"");
-        self.text.push_str(key);
-        self.text.push_str("\":");
+        self.text.extend_from_slice(b",\"");
+        self.text.extend_from_slice(key.as_bytes());
+        self.text.extend_from_slice(b"\":");
     }
 
+    #[inline]
     pub fn str(&mut self, key: &'static str, value: &str) -> &mut Self {
         self.key(key);
-        if needs_escape(value.as_bytes()) {
-            // Rare (a client's model name with a quote): serde_json escapes it.
-            self.text
-                .push_str(&serde_json::to_string(value).unwrap_or_default());
-        } else {
-            self.text.reserve(value.len() + 2);
-            self.text.push('"');
-            self.text.push_str(value);
-            self.text.push('"');
-        }
+        json_string(&mut self.text, value);
         self
     }
 
+    #[inline]
     pub fn opt_str(&mut self, key: &'static str, value: Option<&str>) -> &mut Self {
         if let Some(value) = value {
             self.str(key, value);
@@ -455,26 +658,29 @@ impl LineFields {
             return self.display(key, address);
         };
         self.key(key);
-        self.text.push('"');
+        self.text.push(b'"');
         let mut digits = itoa::Buffer::new();
         for (i, octet) in v4.ip().octets().into_iter().enumerate() {
             if i > 0 {
-                self.text.push('.');
+                self.text.push(b'.');
             }
-            self.text.push_str(digits.format(octet));
+            self.text.extend_from_slice(digits.format(octet).as_bytes());
         }
-        self.text.push(':');
-        self.text.push_str(digits.format(v4.port()));
-        self.text.push('"');
+        self.text.push(b':');
+        self.text
+            .extend_from_slice(digits.format(v4.port()).as_bytes());
+        self.text.push(b'"');
         self
     }
 
+    #[inline]
     pub fn number(&mut self, key: &'static str, value: impl itoa::Integer) -> &mut Self {
         self.key(key);
-        self.text.push_str(itoa::Buffer::new().format(value));
+        push_number(&mut self.text, value);
         self
     }
 
+    #[inline]
     pub fn opt_number<N: itoa::Integer>(
         &mut self,
         key: &'static str,
@@ -487,16 +693,14 @@ impl LineFields {
     }
 
     /// As the layer writes an `f64` field: ryu's shortest form, `null` for NaN and infinities.
+    #[inline]
     pub fn float(&mut self, key: &'static str, value: f64) -> &mut Self {
         self.key(key);
-        if value.is_finite() {
-            self.text.push_str(ryu::Buffer::new().format_finite(value));
-        } else {
-            self.text.push_str("null");
-        }
+        push_float(&mut self.text, value);
         self
     }
 
+    #[inline]
     pub fn opt_float(&mut self, key: &'static str, value: Option<f64>) -> &mut Self {
         if let Some(value) = value {
             self.float(key, value);
@@ -504,17 +708,37 @@ impl LineFields {
         self
     }
 
+    #[inline]
     pub fn bool(&mut self, key: &'static str, value: bool) -> &mut Self {
         self.key(key);
-        self.text.push_str(if value { "true" } else { "false" });
+        self.text
+            .extend_from_slice(if value { b"true" } else { b"false" });
         self
     }
 
+    #[inline]
     pub fn opt_bool(&mut self, key: &'static str, value: Option<bool>) -> &mut Self {
         if let Some(value) = value {
             self.bool(key, value);
         }
         self
+    }
+}
+
+/// Appends an `f64` as the layer writes one: ryu's shortest form, `null` (like serde_json) for
+/// NaN and infinities, which JSON has not.
+///
+/// Through zmij below 1e16: it writes the same text as ryu (the shortest digits that read back
+/// as the same `f64`, in the same notation; zmij's own tests compare the two) in about half
+/// the instructions (issue 16: three floats were 1k of the access line). From 1e16 on both
+/// switch to an exponent, which zmij writes `1e+16` and ryu `1e16`: ryu there.
+fn push_float(out: &mut Vec<u8>, value: f64) {
+    if !value.is_finite() {
+        out.extend_from_slice(b"null");
+    } else if value.abs() < 1e16 {
+        out.extend_from_slice(zmij::Buffer::new().format_finite(value).as_bytes());
+    } else {
+        out.extend_from_slice(ryu::Buffer::new().format_finite(value).as_bytes());
     }
 }
 
@@ -554,10 +778,15 @@ fn needs_escape(bytes: &[u8]) -> bool {
             return true;
         }
     }
-    words
-        .remainder()
-        .iter()
-        .any(|&byte| (byte < 0x20) | (byte == b'"') | (byte == b'\\'))
+    // The last bytes as one more word, padded with a byte that needs no escape: cheaper than
+    // three comparisons per byte.
+    let rest = words.remainder();
+    if rest.is_empty() {
+        return false;
+    }
+    let mut block = [b'a'; 8];
+    block[..rest.len()].copy_from_slice(rest);
+    special(u64::from_ne_bytes(block))
 }
 
 fn push_number(out: &mut Vec<u8>, number: impl itoa::Integer) {
@@ -605,6 +834,7 @@ fn push_time(out: &mut Vec<u8>, second: &mut Option<(u64, String)>) {
 mod tests {
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     use serde_json::Value;
     use tracing_bunyan_formatter::BunyanFormattingLayer;
@@ -858,6 +1088,153 @@ mod tests {
         assert!(lines.is_empty(), "{lines:?}");
     }
 
+    /// The line with its `time` value taken out.
+    fn without_time(line: &str) -> String {
+        let start = line.find(r#""time":""#).unwrap() + 8;
+        let end = start + line[start..].find('"').unwrap();
+        format!("{}{}", &line[..start], &line[end..])
+    }
+
+    fn some_access_fields(fields: &mut LineFields) {
+        let client: std::net::SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        fields
+            .str("request_id", "req-1")
+            .str("model", "gpt \"quoted\"\n\u{1}é")
+            .number("status", 200u16)
+            .float("duration_ms", 1.25)
+            .opt_float("ttft_ms", None)
+            .opt_number("prompt_tokens", Some(12u64))
+            .bool("stream", false)
+            .socket_addr("client", client)
+            .opt_str("key_name", Some("alice"));
+    }
+
+    /// Writes the access line of one callsite twice: straight (`access_line`) and dispatched
+    /// through tracing to the same subscriber, returning how the first went and both lines.
+    fn direct_and_dispatched(
+        filter: &str,
+        around: impl Fn(&dyn Fn()),
+    ) -> (Vec<AccessLineWent>, Vec<String>) {
+        let callsite = access_callsite!();
+        let went = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&went);
+        let lines = ours(filter, || {
+            around(&|| {
+                let how = super::access_line(callsite, some_access_fields);
+                record.lock().unwrap().push(how);
+                tracing::dispatcher::get_default(|dispatch| {
+                    dispatch_access_event(dispatch, callsite.metadata(), some_access_fields)
+                });
+            })
+        });
+        let went = went.lock().unwrap().clone();
+        (went, lines)
+    }
+
+    #[test]
+    fn the_access_line_written_straight_is_the_line_the_layer_writes_for_its_event() {
+        let (went, lines) = direct_and_dispatched("info", |log| log());
+        assert_eq!(went, [AccessLineWent::Direct]);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(without_time(&lines[0]), without_time(&lines[1]));
+        let line = object(&lines[0]);
+        assert_rfc3339_utc(line["time"].as_str().unwrap());
+        assert_eq!(line["msg"], "request");
+        assert_eq!(line["level"], 30);
+        assert_eq!(line["target"], "llmux::access");
+        assert_eq!(line["file"], "src/telemetry.rs");
+        assert_eq!(line["model"], "gpt \"quoted\"\n\u{1}é");
+        assert_eq!(line["client"], "127.0.0.1:5000");
+        assert!(!line.contains_key(PRERENDERED), "{line:?}");
+    }
+
+    #[test]
+    fn the_access_line_has_the_keys_and_values_of_its_fields_logged_one_by_one() {
+        let callsite = access_callsite!();
+        let client: std::net::SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let direct = ours("info", || {
+            super::access_line(callsite, some_access_fields);
+        });
+        let one_by_one = || {
+            tracing::info!(
+                target: "llmux::access",
+                request_id = "req-1",
+                model = "gpt \"quoted\"\n\u{1}é",
+                status = 200u16,
+                duration_ms = 1.25f64,
+                prompt_tokens = Some(12u64),
+                stream = false,
+                client = %client,
+                key_name = Some("alice"),
+                "request"
+            );
+        };
+        let (mine, old) = (ours("info", one_by_one), theirs(one_by_one));
+        assert_eq!(keys_once(&direct[0]), keys_once(&mine[0]));
+        let (mut direct, mut old) = (object(&direct[0]), object(&old[0]));
+        for key in ["time", "line", "file"] {
+            direct.remove(key);
+            old.remove(key);
+        }
+        assert_eq!(direct, old);
+    }
+
+    #[test]
+    fn access_lines_follow_the_filter() {
+        for (filter, written) in [
+            ("info", true),
+            ("debug", true),
+            ("llmux=info", true),
+            ("warn,llmux::access=info", true),
+            ("warn", false),
+            ("info,llmux::access=off", false),
+            ("info,llmux::access=warn", false),
+            ("off", false),
+        ] {
+            let callsite = access_callsite!();
+            let mut went = None;
+            let lines = ours(filter, || {
+                went = Some(super::access_line(callsite, some_access_fields))
+            });
+            let expected = match written {
+                true => AccessLineWent::Direct,
+                false => AccessLineWent::Filtered,
+            };
+            assert_eq!(went, Some(expected), "{filter}");
+            assert_eq!(lines.len(), usize::from(written), "{filter}: {lines:?}");
+        }
+    }
+
+    #[test]
+    fn an_access_line_inside_a_span_carries_its_fields_like_any_event() {
+        let (went, lines) = direct_and_dispatched("info", |log| {
+            let span = tracing::info_span!("drain", file_name = "a.json");
+            let _entered = span.enter();
+            log();
+        });
+        assert_eq!(went, [AccessLineWent::Dispatched]);
+        assert_eq!(lines.len(), 4, "start, two lines, end: {lines:?}");
+        assert_eq!(without_time(&lines[1]), without_time(&lines[2]));
+        let line = object(&lines[1]);
+        assert_eq!(line["msg"], "[DRAIN - EVENT] request");
+        assert_eq!(line["file_name"], "a.json");
+    }
+
+    #[test]
+    fn another_subscriber_gets_the_access_line_as_an_event() {
+        let callsite = access_callsite!();
+        let mut went = None;
+        let lines = theirs(|| went = Some(super::access_line(callsite, some_access_fields)));
+        assert_eq!(went, Some(AccessLineWent::Dispatched));
+        let line = object(&lines[0]);
+        assert_eq!(line["msg"], "request");
+        assert_eq!(line["target"], "llmux::access");
+        assert!(line[PRERENDERED]
+            .as_str()
+            .unwrap()
+            .contains(r#","status":200"#));
+    }
+
     #[test]
     fn lines_carry_every_bunyan_core_key_first_then_the_fields_in_order() {
         let lines = ours("info", access_line);
@@ -953,6 +1330,55 @@ mod tests {
                     "{text:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn floats_are_written_as_ryu_writes_them() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            2.0,
+            0.5,
+            1.25,
+            1e-7,
+            1e-6,
+            1e-5,
+            123.456,
+            5e-324,
+            f64::MIN_POSITIVE,
+            9_999_999_999_999_998.0,
+            1e16,
+            -1e16,
+            1e17,
+            1.5e300,
+            f64::MAX,
+            f64::MIN,
+        ];
+        // Durations as the access line computes them, from a nanosecond to hours.
+        for nanos in [1u64, 999, 1_000, 1_234_567, 20_000_001, 3_600_000_000_123] {
+            values.push(Duration::from_nanos(nanos).as_secs_f64() * 1000.0);
+        }
+        // And a spread of every magnitude, from a fixed xorshift sequence.
+        let mut bits = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..100_000 {
+            bits ^= bits << 13;
+            bits ^= bits >> 7;
+            bits ^= bits << 17;
+            let value = f64::from_bits(bits);
+            if value.is_finite() {
+                values.push(value);
+            }
+        }
+        for value in values {
+            let mut ours = Vec::new();
+            push_float(&mut ours, value);
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                ryu::Buffer::new().format_finite(value),
+                "{value:e}"
+            );
         }
     }
 
