@@ -51,7 +51,7 @@ pub async fn forward_json(
 ) -> HttpResponse {
     // Boxed: the record is large and moves from stage to stage into the answer's body stream
     // (issue 16: each move of it by value was a memcpy of about 2 KB).
-    let mut log = Box::new(AccessLog::of_request(&request, operation, &state.metrics));
+    let mut log = AccessLog::boxed_of_request(&request, operation, &state.metrics);
     // Boxed too: the read and admit stages' state would otherwise sit in this future beside the
     // attempt loop's, and the whole future is moved into actix's box.
     match Box::pin(prepare(operation, &request, payload, &state, &mut log)).await {

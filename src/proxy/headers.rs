@@ -136,7 +136,11 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     for (i, byte) in id[4..].iter_mut().enumerate() {
         *byte = HEX[((bits >> (4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
+    // Owned by the `Bytes` as it is, not copied into a `Vec`: cloning it (the middleware keeps
+    // one for the answer, the record one for the line) is a count, where a `Vec`'s bytes were
+    // moved into a shared allocation at the first clone (issue 16).
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id))
+        .unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
 }
 
 #[cfg(test)]
