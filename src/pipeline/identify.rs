@@ -204,8 +204,6 @@ fn missing_model() -> ApiError {
 /// values, not the strings it ignores), keys with escapes and nesting deeper than `MAX_DEPTH`
 /// go to serde. `identify`'s tests compare the two on valid, broken and random bodies.
 mod scan {
-    use memchr::memchr2;
-
     use super::Probe;
 
     /// Deeper nesting (serde ignores any depth) is left to serde; one bit per level below.
@@ -281,21 +279,12 @@ mod scan {
         let mut at = at + 1;
         let mut escaped = false;
         loop {
-            let rest = body.get(at..)?;
-            let stop = memchr2(b'"', b'\\', rest)?;
-            // A control character in a string is an error to serde (`min` vectorizes, a search
-            // for the first one would not).
-            if rest[..stop]
-                .iter()
-                .copied()
-                .min()
-                .is_some_and(|byte| byte < 0x20)
-            {
-                return None;
-            }
-            at += stop;
-            if rest[stop] == b'"' {
-                return Some((at + 1, escaped));
+            at = next_special(body, at)?;
+            match body[at] {
+                b'"' => return Some((at + 1, escaped)),
+                b'\\' => {}
+                // A control character in a string is an error to serde.
+                _ => return None,
             }
             escaped = true;
             at += match *body.get(at + 1)? {
@@ -304,6 +293,34 @@ mod scan {
                 _ => return None,
             };
         }
+    }
+
+    /// Where the first `"`, `\` or control byte at or after `at` is: eight bytes at a time, as
+    /// serde's `skip_to_escape` does (a `memchr2` call per string cost more than the short
+    /// strings of a chat body, and a second pass for control bytes).
+    fn next_special(body: &[u8], mut at: usize) -> Option<usize> {
+        const ONES: u64 = u64::MAX / 255;
+        while let Some(chunk) = body.get(at..at + 8) {
+            let mut word = [0; 8];
+            word.copy_from_slice(chunk);
+            let word = u64::from_le_bytes(word);
+            // A byte's top bit is set where it is below 0x20, a quote or a backslash; bytes
+            // above the lowest such byte may be set wrongly (borrows), the lowest is exact.
+            let control = word.wrapping_sub(ONES * 0x20) & !word;
+            let quote = word ^ (ONES * u64::from(b'"'));
+            let quote = quote.wrapping_sub(ONES) & !quote;
+            let backslash = word ^ (ONES * u64::from(b'\\'));
+            let backslash = backslash.wrapping_sub(ONES) & !backslash;
+            let found = (control | quote | backslash) & (ONES << 7);
+            if found != 0 {
+                return Some(at + (found.trailing_zeros() / 8) as usize);
+            }
+            at += 8;
+        }
+        body.get(at..)?
+            .iter()
+            .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)
+            .map(|offset| at + offset)
     }
 
     /// The end of the value starting at `at`, validated.
