@@ -556,6 +556,22 @@ mod tests {
             true,
         );
         check_scan(r#"{"t":true,"f":false,"z":null,"model":"m"}"#, true);
+        // Strings longer than the eight bytes the scan reads at a time, with escapes, quotes
+        // and UTF-8 at every offset of a word.
+        check_scan(
+            r#"{"model":"0123456789abcdef\"01234567\\x","s":"ééééé \u00e9\n"}"#,
+            true,
+        );
+        for offset in 0..17 {
+            let pad = "a".repeat(offset);
+            check_scan(
+                &format!(r#"{{"model":"{pad}\"{pad}","x":"{pad}é{pad}"}}"#),
+                true,
+            );
+            check_scan(&format!("{{\"model\":\"{pad}\u{1}{pad}\"}}"), false);
+            check_scan(&format!("{{\"model\":\"{pad}\u{1f}\"}}"), false);
+            check_scan(&format!("{{\"model\":\"{pad}"), false);
+        }
         check_scan(r#"{"x":1,"x":2,"model":"m"}"#, true);
         check_scan(
             &format!(
