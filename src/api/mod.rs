@@ -23,7 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     // Fixed paths first: `/v1/responses/compact` and `/v1/responses/input_tokens` are
     // operations, not ids of `/v1/responses/{id}`.
     for &operation in Operation::JSON {
-        let resource = resource(&format!("/{}", operation.path())).route(web::post().to(
+        let resource = resource(&format!("/{}", operation.path())).route(post().to(
             move |request: HttpRequest,
                   payload: web::Payload,
                   state: web::Data<AppState>,
@@ -45,16 +45,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         }
     }
     for &operation in Operation::MULTIPART {
-        cfg.service(
-            resource(&format!("/{}", operation.path())).route(web::post().to(
-                move |request: HttpRequest,
-                      payload: web::Payload,
-                      state: web::Data<AppState>,
-                      clients: web::Data<UpstreamClients>| {
-                    upload::upload(operation, request, payload, state, clients)
-                },
-            )),
-        );
+        cfg.service(resource(&format!("/{}", operation.path())).route(post().to(
+            move |request: HttpRequest,
+                  payload: web::Payload,
+                  state: web::Data<AppState>,
+                  clients: web::Data<UpstreamClients>| {
+                upload::upload(operation, request, payload, state, clients)
+            },
+        )));
     }
     cfg.service(
         resource("/v1/images/data/{model:.+}/{file_id}").route(web::get().to(images::data)),
@@ -133,6 +131,15 @@ pub async fn unknown_or_passthrough(
             path: request.path().to_owned(),
         }),
     }
+}
+
+/// `web::post()` without its bookkeeping: actix's method guard records each method it checks in
+/// the request's extensions (a `Vec` and a box per request, issue 16) for an `Allow` header that
+/// llmux's own 405 (`resource`'s default service) does not send.
+fn post() -> actix_web::Route {
+    web::route().guard(actix_web::guard::fn_guard(|context| {
+        context.head().method == actix_web::http::Method::POST
+    }))
 }
 
 /// A URL of the map: any method it has no route for is a 405 in the OpenAI shape.

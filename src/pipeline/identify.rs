@@ -25,13 +25,24 @@ pub struct Identity<'a> {
     pub previous_response_id: Option<Cow<'a, str>>,
 }
 
-#[derive(Deserialize)]
+/// The raw text of the members the stages ask about, as slices of the body (`None` for a
+/// member that is missing or `null`, but `stream_options`, which is `Some("null")` then: it gets
+/// replaced, not added again).
+#[derive(Debug, Default, PartialEq, Eq)]
 struct Probe<'a> {
+    model: Option<&'a str>,
+    stream: Option<&'a str>,
+    stream_options: Option<&'a str>,
+    previous_response_id: Option<&'a str>,
+}
+
+/// serde's probe: it validates the whole body and reads the four members as raw values.
+#[derive(Deserialize)]
+struct SerdeProbe<'a> {
     #[serde(borrow, default)]
     model: Option<&'a RawValue>,
     #[serde(borrow, default)]
     stream: Option<&'a RawValue>,
-    /// `Some("null")` when the member is there with null: it gets replaced, not added again.
     #[serde(borrow, default, deserialize_with = "present")]
     stream_options: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -40,6 +51,18 @@ struct Probe<'a> {
 
 fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(deserializer).map(Some)
+}
+
+/// The body's members by serde (the errors a client sees for a bad body are serde's).
+fn serde_probe(body: &[u8]) -> Result<Probe<'_>, ApiError> {
+    let probe: SerdeProbe<'_> =
+        serde_json::from_slice(body).map_err(|source| ApiError::InvalidJson { source })?;
+    Ok(Probe {
+        model: probe.model.map(RawValue::get),
+        stream: probe.stream.map(RawValue::get),
+        stream_options: probe.stream_options.map(RawValue::get),
+        previous_response_id: probe.previous_response_id.map(RawValue::get),
+    })
 }
 
 /// `POST /v1/realtime/client_secrets`: the model is the body's `session.model` (its span is what
@@ -97,6 +120,19 @@ struct ModelQuery {
 
 /// Validates that `body` is a JSON object with a string `model` and reads what the stages need.
 pub fn identify(body: &[u8]) -> Result<Identity<'_>, ApiError> {
+    json_object(body)?;
+    // The scan answers for the bodies it is sure of; anything else (a bad body, or one it does
+    // not read: escaped keys, invalid UTF-8, deep nesting) goes to serde, whose verdict and
+    // error messages stay what clients get.
+    let probe = match scan::probe(body) {
+        Some(probe) => probe,
+        None => serde_probe(body)?,
+    };
+    identity(body, probe)
+}
+
+/// The first check of a body: a JSON object, not any other value.
+fn json_object(body: &[u8]) -> Result<(), ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(ApiError::invalid_request(
@@ -104,9 +140,12 @@ pub fn identify(body: &[u8]) -> Result<Identity<'_>, ApiError> {
             None,
         ));
     }
-    let probe: Probe<'_> =
-        serde_json::from_slice(body).map_err(|source| ApiError::InvalidJson { source })?;
-    let raw = probe.model.ok_or_else(missing_model)?.get();
+    Ok(())
+}
+
+/// What the stages need from the probed members.
+fn identity<'a>(body: &'a [u8], probe: Probe<'a>) -> Result<Identity<'a>, ApiError> {
+    let raw = probe.model.ok_or_else(missing_model)?;
     if !raw.starts_with('"') {
         return Err(ApiError::invalid_request(
             "`model` must be a string naming one of the models GET /v1/models lists.",
@@ -119,17 +158,15 @@ pub fn identify(body: &[u8]) -> Result<Identity<'_>, ApiError> {
     if model.is_empty() {
         return Err(missing_model());
     }
-    let previous_response_id = match probe.previous_response_id.map(RawValue::get) {
+    let previous_response_id = match probe.previous_response_id {
         Some(raw) if raw.starts_with('"') => Some(decode_string(raw)?),
         _ => None,
     };
     Ok(Identity {
         model,
         model_span,
-        stream: probe.stream.map(RawValue::get) == Some("true"),
-        stream_options: probe
-            .stream_options
-            .and_then(|raw| span_of(body, raw.get())),
+        stream: probe.stream == Some("true"),
+        stream_options: probe.stream_options.and_then(|raw| span_of(body, raw)),
         previous_response_id,
     })
 }
@@ -149,6 +186,254 @@ fn missing_model() -> ApiError {
         "You must provide a model parameter: a string naming one of the models GET /v1/models lists.",
         Some("model"),
     )
+}
+
+/// A validating scan of the body's top-level object, for the bodies serde reads the same way:
+/// `None` (serde decides) for anything it is not sure of.
+///
+/// Hand-written rather than a crate (issue 16): serde's derived probe cost about 2.9k
+/// instructions for a 150-byte chat body, most of it its per-value machinery skipping the
+/// `messages` it ignores, and the validating JSON scanners on crates.io (simd-json, jiter) are
+/// large dependencies with errors of their own. This one needs no errors: serde gives them.
+///
+/// It accepts only what serde accepts, with the same raw values: the grammar of serde's
+/// `ignore_value` (strings without control characters and with serde's escapes, its number
+/// grammar, `true`/`false`/`null`, no trailing commas, whitespace ` \t\n\r`), nothing after the
+/// object but whitespace, no known member twice (serde's derive refuses duplicates). It is
+/// stricter where that is simpler: the whole body must be UTF-8 (serde checks keys and raw
+/// values, not the strings it ignores), keys with escapes and nesting deeper than `MAX_DEPTH`
+/// go to serde. `identify`'s tests compare the two on valid, broken and random bodies.
+mod scan {
+    use super::Probe;
+
+    /// Deeper nesting (serde ignores any depth) is left to serde; one bit per level below.
+    const MAX_DEPTH: u32 = 128;
+
+    pub(super) fn probe(body: &[u8]) -> Option<Probe<'_>> {
+        // One check for every string serde checks (keys, the four raw values); every span
+        // below starts and ends at an ASCII byte, so it slices `text` on char boundaries.
+        let text = std::str::from_utf8(body).ok()?;
+        let mut at = whitespace(body, 0);
+        if body.get(at) != Some(&b'{') {
+            return None;
+        }
+        at = whitespace(body, at + 1);
+        let mut probe = Probe::default();
+        // Which known members were seen (a `null` one too: serde's derive refuses it twice).
+        let mut seen = [false; 4];
+        if body.get(at) == Some(&b'}') {
+            return (whitespace(body, at + 1) == body.len()).then_some(probe);
+        }
+        loop {
+            let (key_end, escaped) = string_end(body, at)?;
+            if escaped {
+                return None;
+            }
+            let key = body.get(at + 1..key_end - 1)?;
+            let colon = whitespace(body, key_end);
+            if body.get(colon) != Some(&b':') {
+                return None;
+            }
+            let start = whitespace(body, colon + 1);
+            let end = value_end(body, start)?;
+            let raw = text.get(start..end)?;
+            let known = match key {
+                b"model" => Some((0, &mut probe.model)),
+                b"stream" => Some((1, &mut probe.stream)),
+                b"stream_options" => Some((2, &mut probe.stream_options)),
+                b"previous_response_id" => Some((3, &mut probe.previous_response_id)),
+                _ => None,
+            };
+            if let Some((index, slot)) = known {
+                if std::mem::replace(&mut seen[index], true) {
+                    return None;
+                }
+                // serde reads `null` as no value for an `Option`, but `stream_options` keeps it.
+                *slot = match raw {
+                    "null" if index != 2 => None,
+                    raw => Some(raw),
+                };
+            }
+            let next = whitespace(body, end);
+            match body.get(next) {
+                Some(b',') => at = whitespace(body, next + 1),
+                Some(b'}') => return (whitespace(body, next + 1) == body.len()).then_some(probe),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Past the JSON whitespace at `at`.
+    fn whitespace(body: &[u8], mut at: usize) -> usize {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = body.get(at) {
+            at += 1;
+        }
+        at
+    }
+
+    /// The end of the string starting at `at` (its opening quote), and whether it has escapes.
+    fn string_end(body: &[u8], at: usize) -> Option<(usize, bool)> {
+        if body.get(at) != Some(&b'"') {
+            return None;
+        }
+        let mut at = at + 1;
+        let mut escaped = false;
+        loop {
+            at = next_special(body, at)?;
+            match body[at] {
+                b'"' => return Some((at + 1, escaped)),
+                b'\\' => {}
+                // A control character in a string is an error to serde.
+                _ => return None,
+            }
+            escaped = true;
+            at += match *body.get(at + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => 2,
+                b'u' if body.get(at + 2..at + 6)?.iter().all(u8::is_ascii_hexdigit) => 6,
+                _ => return None,
+            };
+        }
+    }
+
+    /// Where the first `"`, `\` or control byte at or after `at` is: eight bytes at a time, as
+    /// serde's `skip_to_escape` does (a `memchr2` call per string cost more than the short
+    /// strings of a chat body, and a second pass for control bytes).
+    fn next_special(body: &[u8], mut at: usize) -> Option<usize> {
+        const ONES: u64 = u64::MAX / 255;
+        while let Some(chunk) = body.get(at..at + 8) {
+            let mut word = [0; 8];
+            word.copy_from_slice(chunk);
+            let word = u64::from_le_bytes(word);
+            // A byte's top bit is set where it is below 0x20, a quote or a backslash; bytes
+            // above the lowest such byte may be set wrongly (borrows), the lowest is exact.
+            let control = word.wrapping_sub(ONES * 0x20) & !word;
+            let quote = word ^ (ONES * u64::from(b'"'));
+            let quote = quote.wrapping_sub(ONES) & !quote;
+            let backslash = word ^ (ONES * u64::from(b'\\'));
+            let backslash = backslash.wrapping_sub(ONES) & !backslash;
+            let found = (control | quote | backslash) & (ONES << 7);
+            if found != 0 {
+                return Some(at + (found.trailing_zeros() / 8) as usize);
+            }
+            at += 8;
+        }
+        body.get(at..)?
+            .iter()
+            .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)
+            .map(|offset| at + offset)
+    }
+
+    /// The end of the value starting at `at`, validated.
+    fn value_end(body: &[u8], mut at: usize) -> Option<usize> {
+        // The open containers, the innermost in the lowest bit: 1 an object, 0 an array.
+        let mut open: u128 = 0;
+        let mut depth = 0;
+        loop {
+            // A value starts at `at`.
+            at = match *body.get(at)? {
+                b'"' => string_end(body, at)?.0,
+                b't' => literal(body, at, b"true")?,
+                b'f' => literal(body, at, b"false")?,
+                b'n' => literal(body, at, b"null")?,
+                b'-' | b'0'..=b'9' => number_end(body, at)?,
+                container @ (b'{' | b'[') => {
+                    let object = container == b'{';
+                    let inside = whitespace(body, at + 1);
+                    let close = if object { b'}' } else { b']' };
+                    if body.get(inside) == Some(&close) {
+                        inside + 1
+                    } else {
+                        if depth == MAX_DEPTH {
+                            return None;
+                        }
+                        depth += 1;
+                        open = (open << 1) | u128::from(object);
+                        at = if object {
+                            member_value(body, inside)?
+                        } else {
+                            inside
+                        };
+                        continue;
+                    }
+                }
+                _ => return None,
+            };
+            // A value ends at `at`: close the containers that end here, or go on after a comma.
+            loop {
+                if depth == 0 {
+                    return Some(at);
+                }
+                let object = open & 1 == 1;
+                let next = whitespace(body, at);
+                match body.get(next) {
+                    Some(b',') => {
+                        let value = whitespace(body, next + 1);
+                        at = if object {
+                            member_value(body, value)?
+                        } else {
+                            value
+                        };
+                        break;
+                    }
+                    Some(b'}') if object => {}
+                    Some(b']') if !object => {}
+                    _ => return None,
+                }
+                at = next + 1;
+                depth -= 1;
+                open >>= 1;
+            }
+        }
+    }
+
+    /// Where the value of the member whose key starts at `at` starts.
+    fn member_value(body: &[u8], at: usize) -> Option<usize> {
+        let (key_end, _) = string_end(body, at)?;
+        let colon = whitespace(body, key_end);
+        (body.get(colon) == Some(&b':')).then(|| whitespace(body, colon + 1))
+    }
+
+    fn literal(body: &[u8], at: usize, word: &[u8]) -> Option<usize> {
+        (body.get(at..at + word.len()) == Some(word)).then_some(at + word.len())
+    }
+
+    /// serde's number grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+    fn number_end(body: &[u8], mut at: usize) -> Option<usize> {
+        let digits = |mut at: usize| {
+            while body.get(at).is_some_and(u8::is_ascii_digit) {
+                at += 1;
+            }
+            at
+        };
+        if body.get(at) == Some(&b'-') {
+            at += 1;
+        }
+        at = match *body.get(at)? {
+            b'0' if body.get(at + 1).is_some_and(u8::is_ascii_digit) => return None,
+            b'0' => at + 1,
+            b'1'..=b'9' => digits(at + 1),
+            _ => return None,
+        };
+        if body.get(at) == Some(&b'.') {
+            let end = digits(at + 1);
+            if end == at + 1 {
+                return None;
+            }
+            at = end;
+        }
+        if let Some(b'e' | b'E') = body.get(at) {
+            at += 1;
+            if let Some(b'+' | b'-') = body.get(at) {
+                at += 1;
+            }
+            let end = digits(at);
+            if end == at {
+                return None;
+            }
+            at = end;
+        }
+        Some(at)
+    }
 }
 
 #[cfg(test)]
@@ -218,11 +503,172 @@ mod tests {
         check_error("{\"model\": \"a\"} trailing", "parse");
     }
 
+    /// `identify` as it was before the scan (issue 16): serde's probe alone.
+    fn identify_by_serde(body: &[u8]) -> Result<Identity<'_>, String> {
+        json_object(body).map_err(|e| e.to_string())?;
+        let probe = serde_probe(body).map_err(|e| e.to_string())?;
+        identity(body, probe).map_err(|e| e.to_string())
+    }
+
+    /// The scan answers for `body` exactly when `scanned` says, and then reads what serde
+    /// reads; either way `identify` answers what serde's probe alone answered, errors included.
+    fn check_scan(body: &str, scanned: bool) {
+        let bytes = body.as_bytes();
+        let fast = scan::probe(bytes);
+        assert_eq!(fast.is_some(), scanned, "scanned {body:?}");
+        if let Some(fast) = fast {
+            assert_eq!(
+                Ok(fast),
+                serde_probe(bytes).map_err(|e| e.to_string()),
+                "{body:?}"
+            );
+        }
+        assert_eq!(
+            identify(bytes).map_err(|e| e.to_string()),
+            identify_by_serde(bytes),
+            "{body:?}"
+        );
+    }
+
+    #[test]
+    fn the_scan_reads_what_serde_reads_and_leaves_the_rest_to_serde() {
+        // Read by the scan.
+        check_scan(r#"{"model":"a"}"#, true);
+        check_scan("{}", true);
+        check_scan(" \t\r\n{ } \n", true);
+        check_scan(
+            r#"{"model":"m","stream":true,"stream_options":null,"previous_response_id":null}"#,
+            true,
+        );
+        check_scan(
+            r#"{"model":null,"stream":null,"stream_options":{"include_usage":true}}"#,
+            true,
+        );
+        check_scan(r#"{"model":3}"#, true);
+        check_scan(r#"{"model":"m\u00e9\/\"\\\b\f\n\r\t","x":"\uD800"}"#, true);
+        check_scan("{\"model\":\"caf\u{e9}\",\"content\":\"\u{1F600}\"}", true);
+        check_scan(
+            r#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]},[],{},[[]]],"model":"m"}"#,
+            true,
+        );
+        check_scan(
+            r#"{"n":[0,-0,1.5,-2e10,3E+2,4e-1,0.0e0,12345678901234567890123]}"#,
+            true,
+        );
+        check_scan(r#"{"t":true,"f":false,"z":null,"model":"m"}"#, true);
+        // Strings longer than the eight bytes the scan reads at a time, with escapes, quotes
+        // and UTF-8 at every offset of a word.
+        check_scan(
+            r#"{"model":"0123456789abcdef\"01234567\\x","s":"ééééé \u00e9\n"}"#,
+            true,
+        );
+        for offset in 0..17 {
+            let pad = "a".repeat(offset);
+            check_scan(
+                &format!(r#"{{"model":"{pad}\"{pad}","x":"{pad}é{pad}"}}"#),
+                true,
+            );
+            check_scan(&format!("{{\"model\":\"{pad}\u{1}{pad}\"}}"), false);
+            check_scan(&format!("{{\"model\":\"{pad}\u{1f}\"}}"), false);
+            check_scan(&format!("{{\"model\":\"{pad}"), false);
+        }
+        check_scan(r#"{"x":1,"x":2,"model":"m"}"#, true);
+        check_scan(
+            &format!(
+                "{{\"deep\":{}1{},\"model\":\"m\"}}",
+                "[".repeat(128),
+                "]".repeat(128)
+            ),
+            true,
+        );
+        // Left to serde: what serde refuses.
+        for bad in [
+            "",
+            "{",
+            "}",
+            "[]",
+            "{\"model\":\"a\"",
+            r#"{"model":"a",}"#,
+            r#"{"model":"a" "x":1}"#,
+            r#"{"model" "a"}"#,
+            r#"{model:"a"}"#,
+            r#"{"model":"a"}x"#,
+            r#"{"model":"a"}{}"#,
+            r#"{"x":[1,]}"#,
+            r#"{"x":[,1]}"#,
+            r#"{"x":{"a":1,}}"#,
+            r#"{"x":{"a"}}"#,
+            r#"{"x":{1:2}}"#,
+            r#"{"x":[1 2]}"#,
+            r#"{"x":[}"#,
+            r#"{"x":{]}"#,
+            r#"{"x":01}"#,
+            r#"{"x":-}"#,
+            r#"{"x":1.}"#,
+            r#"{"x":.5}"#,
+            r#"{"x":1e}"#,
+            r#"{"x":1e+}"#,
+            r#"{"x":+1}"#,
+            r#"{"x":tru}"#,
+            r#"{"x":nul}"#,
+            r#"{"x":True}"#,
+            r#"{"x":NaN}"#,
+            r#"{"x":"\x"}"#,
+            r#"{"x":"\u12"}"#,
+            r#"{"x":"\u12G4"}"#,
+            "{\"x\":\"a\u{1}b\"}",
+            "{\"x\":\"tab\there\"}",
+            "{\"x\":\"\n\"}",
+            r#"{"x":"open}"#,
+            "{\u{c}\"model\":\"a\"}",
+            r#"{"model":"a","model":"b"}"#,
+            r#"{"model":null,"model":"b"}"#,
+            r#"{"stream":true,"stream":true,"model":"a"}"#,
+            r#"{"stream_options":null,"stream_options":null,"model":"a"}"#,
+            r#"{"x":1}]"#,
+            r#"{"model":"a"]"#,
+            r#"{"x":[1}"#,
+            r#"{"x":{"a":1]}"#,
+            r#"{"x":"a\"}"#,
+            r#"{"x":"\"#,
+        ] {
+            check_scan(bad, false);
+        }
+        // Left to serde: what the scan does not read, whatever serde says of it.
+        check_scan(r#"{"mod\u0065l":"a"}"#, false);
+        check_scan(r#"{"\u00e9":1,"model":"a"}"#, false);
+        check_scan(
+            &format!(
+                "{{\"deep\":{}1{},\"model\":\"m\"}}",
+                "[".repeat(129),
+                "]".repeat(129)
+            ),
+            false,
+        );
+        check_scan(
+            &format!(
+                "{{\"deep\":{}{},\"model\":\"m\"}}",
+                "{\"a\":".repeat(200),
+                "}".repeat(200)
+            ),
+            false,
+        );
+        let invalid_utf8 = b"{\"x\":\"\xff\",\"model\":\"a\"}";
+        assert_eq!(scan::probe(invalid_utf8), None);
+        assert_eq!(
+            identify(invalid_utf8).map_err(|e| e.to_string()),
+            identify_by_serde(invalid_utf8)
+        );
+    }
+
     mod properties {
         use super::*;
         use crate::proxy::json::splice;
         use bytes::Bytes;
         use proptest::prelude::*;
+
+        /// Bytes that matter to JSON's grammar, and a few that break it.
+        const JSON_BYTES: &[u8] = b"{}[],:\"\\/ \t\n\r\x0c\x00\x1f0159-+.eEtrufalsnu\xc3\xa9\xff";
 
         /// A JSON value as text: strings with any characters (escaped by serde), numbers,
         /// literals, arrays and objects, a few levels deep.
@@ -297,6 +743,37 @@ mod tests {
                 prop_assert_eq!(&out[span.start + new.len()..], &body[span.end..]);
                 let again = identify(&out).unwrap();
                 prop_assert_eq!(again.model.as_ref(), replacement.as_str());
+            }
+
+            /// Issue 16: the scan reads every well-formed body the generator makes, as serde
+            /// reads it.
+            #[test]
+            fn the_scan_reads_well_formed_bodies_as_serde_does((text, _) in body()) {
+                let bytes = text.as_bytes();
+                let fast = scan::probe(bytes);
+                prop_assert!(fast.is_some(), "not scanned: {}", text);
+                prop_assert_eq!(Ok(fast.unwrap()), serde_probe(bytes).map_err(|e| e.to_string()));
+            }
+
+            /// Issue 16: a broken body gets serde's verdict, whatever the break.
+            #[test]
+            fn identify_answers_what_serde_answers_for_broken_bodies(
+                (text, _) in body(),
+                edits in prop::collection::vec((any::<prop::sample::Index>(), 0..3u8, prop::sample::select(JSON_BYTES.to_vec())), 1..4),
+            ) {
+                let mut bytes = text.into_bytes();
+                for (at, kind, byte) in edits {
+                    let at = at.index(bytes.len() + 1);
+                    match kind {
+                        0 if at < bytes.len() => { bytes.remove(at); }
+                        1 if at < bytes.len() => bytes[at] = byte,
+                        _ => bytes.insert(at, byte),
+                    }
+                }
+                if let Some(fast) = scan::probe(&bytes) {
+                    prop_assert_eq!(Ok(fast), serde_probe(&bytes).map_err(|e| e.to_string()));
+                }
+                prop_assert_eq!(identify(&bytes).map_err(|e| e.to_string()), identify_by_serde(&bytes));
             }
 
             /// The probe never panics, whatever the bytes.

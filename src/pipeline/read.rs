@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest};
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use crate::errors::ApiError;
 use crate::pipeline::operation::Operation;
@@ -53,11 +53,19 @@ pub async fn json_body(
     let mut first: Option<Bytes> = None;
     let mut body = BytesMut::new();
     loop {
-        let next = tokio::time::timeout(idle_timeout, payload.next()).await;
-        let Some(chunk) = next.map_err(|_| ApiError::ClientBodyTimeout {
-            timeout: idle_timeout,
-        })?
-        else {
+        // A chunk (or the end) that is there already needs no timer: most bodies arrive with
+        // their head (issue 16: arming and dropping the timer cost ~0.6k instructions per
+        // request). Polling `next` once without a waker loses nothing: the awaited poll below
+        // looks again and registers the task's waker.
+        let next = match payload.next().now_or_never() {
+            Some(next) => next,
+            None => tokio::time::timeout(idle_timeout, payload.next())
+                .await
+                .map_err(|_| ApiError::ClientBodyTimeout {
+                    timeout: idle_timeout,
+                })?,
+        };
+        let Some(chunk) = next else {
             break;
         };
         let chunk = chunk.map_err(|e| ApiError::BadPayload(e.to_string()))?;

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::HeaderValue;
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
 
 use crate::proxy::headers::request_id;
 
+use super::accept;
 use super::admit::Admission;
 use super::operation::Operation;
 use crate::access::admit::Caller;
@@ -102,19 +103,26 @@ impl AccessLog {
     /// The log of the request a handler serves: the id the middleware gave it, its client, and
     /// counted in `metrics` (in flight until the line is written).
     pub fn of_request(request: &HttpRequest, operation: Operation, metrics: &Arc<Metrics>) -> Self {
+        *Self::boxed_of_request(request, operation, metrics)
+    }
+
+    /// `of_request`, boxed: the accept middleware's record is boxed already, so taking it over
+    /// moves a pointer (issue 16).
+    pub fn boxed_of_request(
+        request: &HttpRequest,
+        operation: Operation,
+        metrics: &Arc<Metrics>,
+    ) -> Box<Self> {
         let (method, path) = (operation.method(), operation.path());
         // The accept middleware made the request's record; the pipeline takes it over.
-        let mut log = request
-            .extensions_mut()
-            .remove::<AccessLog>()
-            .unwrap_or_else(|| {
-                Self::start(
-                    request_id(request.headers()),
-                    method,
-                    path,
-                    request.peer_addr(),
-                )
-            });
+        let mut log = accept::take_record(request).unwrap_or_else(|| {
+            Box::new(Self::start(
+                request_id(request.headers()),
+                method,
+                path,
+                request.peer_addr(),
+            ))
+        });
         log.method = method;
         log.path = path;
         log.record_in(Arc::clone(metrics));

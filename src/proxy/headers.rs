@@ -132,11 +132,19 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     // 128 random bits as 32 hex digits, written without the formatting machinery.
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = *b"req_00000000000000000000000000000000";
-    let bits = (u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..));
-    for (i, byte) in id[4..].iter_mut().enumerate() {
-        *byte = HEX[((bits >> (4 * i)) & 0xf) as usize];
+    // 64 bits at a time: shifting a u128 per digit cost more than the rest of the id.
+    for digits in id[4..].chunks_exact_mut(16) {
+        let mut bits = fastrand::u64(..);
+        for digit in digits {
+            *digit = HEX[(bits & 0xf) as usize];
+            bits >>= 4;
+        }
     }
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
+    // Owned by the `Bytes` as it is, not copied into a `Vec`: cloning it (the middleware keeps
+    // one for the answer, the record one for the line) is a count, where a `Vec`'s bytes were
+    // moved into a shared allocation at the first clone (issue 16).
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id))
+        .unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
 }
 
 #[cfg(test)]
