@@ -91,6 +91,16 @@ pub trait CounterStore: Send + Sync {
         charges: &'a [Charge],
     ) -> BoxFuture<'a, Result<Acquired, StoreError>>;
 
+    /// `acquire` for a store that needs no IO (counters in this process's memory): the outcome
+    /// at once, without a future to allocate and move. `None`: ask `acquire`.
+    fn acquire_at_once(
+        &self,
+        _now_ms: u64,
+        _charges: &[Charge],
+    ) -> Option<Result<Acquired, StoreError>> {
+        None
+    }
+
     /// Applies changes that cannot be refused. Called from `Drop`, so it must not block on IO
     /// (a shared store sends them in the background).
     fn adjust(&self, now_ms: u64, adjustments: &[Adjustment]);
@@ -242,6 +252,14 @@ impl CounterStore for MemoryStore {
     ) -> BoxFuture<'a, Result<Acquired, StoreError>> {
         let acquired = self.acquire_now(now_ms, charges);
         Box::pin(std::future::ready(Ok(acquired)))
+    }
+
+    fn acquire_at_once(
+        &self,
+        now_ms: u64,
+        charges: &[Charge],
+    ) -> Option<Result<Acquired, StoreError>> {
+        Some(Ok(self.acquire_now(now_ms, charges)))
     }
 
     fn adjust(&self, now_ms: u64, adjustments: &[Adjustment]) {

@@ -51,10 +51,8 @@ where
             .request()
             .extensions_mut()
             .remove::<AnswerHeaders>();
-        if let Some(AnswerHeaders(pairs)) = answer_headers {
-            for (name, value) in pairs {
-                response.headers_mut().insert(name, value);
-            }
+        if let Some(answer_headers) = answer_headers {
+            answer_headers.add_to(response.headers_mut());
         }
         record_unrecorded(&response);
         Ok(response)
