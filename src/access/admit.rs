@@ -279,9 +279,9 @@ pub struct Admission {
     pub caller: Option<Caller>,
     pub headers: RateLimitHeaders,
     /// Present when the answer should carry it (admin credential, or enabled server-wide).
-    /// Boxed, like `held`: most admissions have neither, and the admission moves with the request.
+    /// Boxed: most admissions have none, and the admission moves with the request.
     pub trace: Option<Box<DecisionTrace>>,
-    held: Option<Box<Held>>,
+    held: Option<Held>,
     /// A database key's use, counted in the store when the request ends (not when refunded).
     usage: Option<UsageRecord>,
 }
@@ -756,7 +756,7 @@ impl AccessControl {
             caller: Some(Caller(entry)),
             headers: headers_out,
             trace: trace.map(Box::new),
-            held: Some(Box::new(held)),
+            held: Some(held),
         })
     }
 }
