@@ -367,7 +367,6 @@ impl Admission {
             usage.tokens = used;
         }
         let Some(held) = &mut self.held else { return };
-        let now = unix_ms(SystemTime::now());
         let adjustments: SmallVec<[Adjustment; 2]> = held
             .charges
             .iter_mut()
@@ -382,8 +381,9 @@ impl Admission {
                 }
             })
             .collect();
+        // The clock is read only when a counter changes (most keys have no token limit).
         if !adjustments.is_empty() {
-            held.store.adjust(now, &adjustments);
+            held.store.adjust(unix_ms(SystemTime::now()), &adjustments);
         }
     }
 
@@ -602,7 +602,7 @@ impl AccessControl {
         entry: &Arc<KeyEntry>,
     ) -> Decision<'_> {
         let now_ms = unix_ms(now);
-        let plan = match self.plan(headers, request, now_ms, snapshot, entry) {
+        let mut plan = match self.plan(headers, request, now_ms, snapshot, entry) {
             Ok(plan) => plan,
             Err(denial) => {
                 return Decision::Made(Err(Rejection {
@@ -612,13 +612,13 @@ impl AccessControl {
             }
         };
         if plan.charges.is_empty() {
-            return Decision::Made(Ok(self.unlimited(plan)));
+            return Decision::Made(Ok(self.unlimited(&plan)));
         }
         match self.store.acquire_at_once(now_ms, &plan.charges) {
-            Some(acquired) => Decision::Made(self.settle_charges(plan, acquired)),
+            Some(acquired) => Decision::Made(self.settle_charges(&mut plan, acquired)),
             None => Decision::Waiting(Box::pin(async move {
                 let acquired = self.store.acquire(now_ms, &plan.charges).await;
-                self.settle_charges(plan, acquired)
+                self.settle_charges(&mut plan, acquired)
             })),
         }
     }
@@ -646,18 +646,19 @@ impl AccessControl {
         if !entry.may_do(request.operation) {
             return Err(Denial::OperationNotAllowed);
         }
-        let (charges, infos, exempted) = charges_for(snapshot, entry, request, now_ms);
-        Ok(Plan {
+        let mut plan = Plan {
             entry: Arc::clone(entry),
-            charges,
-            infos,
-            exempted,
+            charges: SmallVec::new(),
+            infos: SmallVec::new(),
+            exempted: false,
             wants_trace: self.wants_trace(headers),
-        })
+        };
+        charges_for(snapshot, entry, request, now_ms, &mut plan);
+        Ok(plan)
     }
 
     /// The admission of a request no limit applies to.
-    fn unlimited(&self, plan: Plan) -> Admission {
+    fn unlimited(&self, plan: &Plan) -> Admission {
         let trace = plan.wants_trace.then(|| {
             Box::new(DecisionTrace {
                 allowed: true,
@@ -679,17 +680,18 @@ impl AccessControl {
         });
         Admission {
             usage: self.usage_record(&plan.entry),
-            caller: Some(Caller(plan.entry)),
+            caller: Some(Caller::of(&plan.entry)),
             headers: RateLimitHeaders::default(),
             trace,
             held: None,
         }
     }
 
-    /// The decision once the store applied the charges (all of them) or refused (none).
+    /// The decision once the store applied the charges (all of them) or refused (none). Takes
+    /// the plan's charges (by reference: moving the plan would copy them).
     fn settle_charges(
         &self,
-        plan: Plan,
+        plan: &mut Plan,
         acquired: Result<Acquired, StoreError>,
     ) -> Result<Admission, Rejection> {
         let Plan {
@@ -699,6 +701,7 @@ impl AccessControl {
             wants_trace,
             ..
         } = plan;
+        let (entry, wants_trace) = (Arc::clone(entry), *wants_trace);
         let acquired = match acquired {
             Ok(acquired) => acquired,
             Err(error) => {
@@ -741,8 +744,8 @@ impl AccessControl {
         let held = Held {
             store: Arc::clone(&self.store),
             charges: charges
-                .into_iter()
-                .zip(&infos)
+                .drain(..)
+                .zip(infos.iter())
                 .map(|(charge, info)| HeldCharge {
                     counter: charge.counter,
                     rule: charge.rule,
@@ -772,21 +775,21 @@ impl AccessControl {
     }
 }
 
-type Charges = (
-    SmallVec<[Charge; 4]>,
-    SmallVec<[ChargeInfo; 4]>,
-    /* an exempt override skipped a policy */ bool,
-);
-
-/// Every limit that applies to this request, in the documented order.
+/// Every limit that applies to this request, in the documented order, into `plan` (written in
+/// place: the charges and their infos are half a kilobyte, copied at every move).
 fn charges_for(
     snapshot: &AccessSnapshot,
     entry: &KeyEntry,
     request: &AdmitRequest<'_>,
     now_ms: u64,
-) -> Charges {
-    let mut charges = SmallVec::new();
-    let mut infos = SmallVec::new();
+    plan: &mut Plan,
+) {
+    let Plan {
+        charges,
+        infos,
+        exempted,
+        ..
+    } = plan;
     let mut estimate: Option<u64> = None;
     let mut tokens = |limit: u64| {
         let estimate = *estimate.get_or_insert_with(|| (request.token_estimate)());
@@ -863,7 +866,6 @@ fn charges_for(
     }
 
     let now_seconds = (now_ms / 1000) as i64;
-    let mut exempted = false;
     // Several policies may share a (path, model) (a minute and a day one): their overrides apply once.
     let mut overridden: SmallVec<[(Arc<str>, Arc<str>); 2]> = SmallVec::new();
     for policy in &snapshot.policies {
@@ -882,7 +884,7 @@ fn charges_for(
             overridden.push(target.clone());
             for entry_override in active {
                 if entry_override.exempt {
-                    exempted = true;
+                    *exempted = true;
                     continue;
                 }
                 let measures = [
@@ -951,7 +953,6 @@ fn charges_for(
             });
         }
     }
-    (charges, infos, exempted)
 }
 
 /// The reading to show per measure: the refusing one when refused, else the least remaining.
