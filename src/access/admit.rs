@@ -25,9 +25,7 @@ use super::admin::AdminToken;
 use super::database::UsageSink;
 use super::key::{KeyDigest, KeyEntry};
 use super::limits::{openai_duration, Measure, Reading, Rule, Window};
-use super::store::{
-    Acquired, Adjustment, Charge, CounterKey, CounterStore, KeyLimit, StoreError,
-};
+use super::store::{Acquired, Adjustment, Charge, CounterKey, CounterStore, KeyLimit, StoreError};
 use super::table::{AccessSnapshot, AccessTable};
 use super::AccessMode;
 
@@ -1354,7 +1352,7 @@ mod tests {
                 control.admit(&bearer(key), &chat("m"), now()).outcome(),
             )
             .unwrap()
-                .unwrap_err()
+            .unwrap_err()
         };
         let known = rejection("k-off");
         assert!(matches!(known.denial, Denial::KeyDisabled));

@@ -331,7 +331,10 @@ pub fn openai_duration(duration: Duration) -> String {
 
 /// [`openai_duration`] into `out` (a header value's buffer): pieces through itoa rather than
 /// `format!`, since this runs for every rate-limit header of every admitted request (issue 16).
-pub fn write_openai_duration(duration: Duration, out: &mut impl std::fmt::Write) -> std::fmt::Result {
+pub fn write_openai_duration(
+    duration: Duration,
+    out: &mut impl std::fmt::Write,
+) -> std::fmt::Result {
     let mut push = |number: u64, unit: &str| {
         out.write_str(itoa::Buffer::new().format(number))?;
         out.write_str(unit)

@@ -222,9 +222,18 @@ mod tests {
         };
         one.of_key(&relabelled).tokens(0, 5);
         let (first, second) = (render(&first), render(&second));
-        assert!(first.contains("llmux_client_requests_total{key=\"alice-laptop\"} 2"), "{first}");
-        assert!(first.contains("llmux_client_tokens_total{key=\"other\",type=\"completion\"} 5"), "{first}");
-        assert!(second.contains("llmux_client_requests_total{key=\"alice-laptop\"} 1"), "{second}");
+        assert!(
+            first.contains("llmux_client_requests_total{key=\"alice-laptop\"} 2"),
+            "{first}"
+        );
+        assert!(
+            first.contains("llmux_client_tokens_total{key=\"other\",type=\"completion\"} 5"),
+            "{first}"
+        );
+        assert!(
+            second.contains("llmux_client_requests_total{key=\"alice-laptop\"} 1"),
+            "{second}"
+        );
     }
 
     fn entry(name: &str) -> KeyEntry {

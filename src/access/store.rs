@@ -224,7 +224,8 @@ impl MemoryStore {
     fn acquire_one(&self, now_ms: u64, charge: &Charge) -> Acquired {
         let mut shard = self.lock(self.shard_index(&charge.counter));
         let state = shard.counters.get_mut(&charge.counter);
-        let (reading, after) = limits::check(charge.rule, state.as_deref().copied(), charge.cost, now_ms);
+        let (reading, after) =
+            limits::check(charge.rule, state.as_deref().copied(), charge.cost, now_ms);
         let admitted = after.is_some();
         match (state, after) {
             (Some(state), Some(after)) => *state = after,

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
-use bytes::BytesMut;
 use actix_web::{web, HttpMessage, HttpRequest};
+use bytes::BytesMut;
 
 use super::operation::Operation;
 use super::record::{AccessLog, Outcome};
@@ -117,9 +117,7 @@ impl AnswerHeaders {
 /// A header value written into this thread's value buffer and cut off it: the value shares the
 /// buffer's allocation (a reference count), a new buffer is allocated once the rest is too short.
 /// Small, so that a long answer holding a value keeps little of it alive.
-fn shared_value(
-    write: impl FnOnce(&mut BytesMut) -> std::fmt::Result,
-) -> Option<HeaderValue> {
+fn shared_value(write: impl FnOnce(&mut BytesMut) -> std::fmt::Result) -> Option<HeaderValue> {
     const BUFFER_BYTES: usize = 512;
     const VALUE_BYTES: usize = 32;
     thread_local! {
@@ -217,7 +215,9 @@ impl Admitter {
         // The OIDC verification's future is boxed: inline, it would make every request's
         // future larger, and futures are copied as they are awaited.
         let decision = match self.oidc.is_some() {
-            true => Box::pin(self.oidc_decision(request, admit.headers, &access_request, now)).await,
+            true => {
+                Box::pin(self.oidc_decision(request, admit.headers, &access_request, now)).await
+            }
             false => self.access.admit(admit.headers, &access_request, now),
         };
         let decision = match decision {
@@ -535,7 +535,10 @@ mod tests {
         // bins (`malloc_consolidate`), about 2k instructions per request when it was 1.2 KB
         // (issue 16).
         let size = std::mem::size_of::<Admission>();
-        eprintln!("Admission {size} bytes, grant {}", std::mem::size_of::<access_admit::Admission>());
+        eprintln!(
+            "Admission {size} bytes, grant {}",
+            std::mem::size_of::<access_admit::Admission>()
+        );
         assert!(size <= 512, "{size} bytes");
     }
 
