@@ -429,6 +429,10 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// A decision on one request: made at once, or waiting on a shared counter store.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made at once is the common case: boxing it would be an allocation per request"
+)]
 pub enum Decision<'a> {
     Made(Result<Admission, Rejection>),
     Waiting(BoxFuture<'a, Result<Admission, Rejection>>),
@@ -709,7 +713,7 @@ impl AccessControl {
                 })
             }
         };
-        let headers_out = tightest(&infos, &acquired.readings, acquired.admitted);
+        let headers_out = tightest(infos, &acquired.readings, acquired.admitted);
         let decisive = decisive_index(&acquired.readings, acquired.admitted);
         let trace = wants_trace.then(|| {
             let info = &infos[decisive];
