@@ -17,14 +17,15 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use actix_web::http::header::{HeaderMap, AUTHORIZATION};
+use actix_web::http::header::{HeaderMap, HeaderName, AUTHORIZATION};
+use futures_util::future::BoxFuture;
 use smallvec::SmallVec;
 
 use super::admin::AdminToken;
 use super::database::UsageSink;
 use super::key::{KeyDigest, KeyEntry};
 use super::limits::{openai_duration, Measure, Reading, Rule, Window};
-use super::store::{Adjustment, Charge, CounterKey, CounterStore, KeyLimit, StoreError};
+use super::store::{Acquired, Adjustment, Charge, CounterKey, CounterStore, KeyLimit, StoreError};
 use super::table::{AccessSnapshot, AccessTable};
 use super::AccessMode;
 
@@ -110,22 +111,22 @@ impl Denial {
     }
 }
 
-/// Who is calling, for the log line and metrics: never the key.
+/// Who is calling, for the log line and metrics: the key's entry (its `name`, `owner` and
+/// `metric_label`; never the key). One `Arc`: the record gets a clone of it per request.
 #[derive(Debug, Clone)]
-pub struct Caller {
-    pub name: Arc<str>,
-    pub owner: Arc<str>,
-    /// Its `key` label in metrics (bounded: the name or `other`).
-    pub metric_label: Arc<str>,
-}
+pub struct Caller(Arc<KeyEntry>);
 
 impl Caller {
-    fn of(entry: &KeyEntry) -> Self {
-        Self {
-            name: Arc::clone(&entry.name),
-            owner: Arc::clone(&entry.owner),
-            metric_label: Arc::clone(&entry.metric_label),
-        }
+    fn of(entry: &Arc<KeyEntry>) -> Self {
+        Self(Arc::clone(entry))
+    }
+}
+
+impl std::ops::Deref for Caller {
+    type Target = KeyEntry;
+
+    fn deref(&self) -> &KeyEntry {
+        &self.0
     }
 }
 
@@ -276,7 +277,8 @@ pub struct Admission {
     pub caller: Option<Caller>,
     pub headers: RateLimitHeaders,
     /// Present when the answer should carry it (admin credential, or enabled server-wide).
-    pub trace: Option<DecisionTrace>,
+    /// Boxed: most admissions have none, and the admission moves with the request.
+    pub trace: Option<Box<DecisionTrace>>,
     held: Option<Held>,
     /// A database key's use, counted in the store when the request ends (not when refunded).
     usage: Option<UsageRecord>,
@@ -292,10 +294,38 @@ struct UsageRecord {
 
 struct Held {
     store: Arc<dyn CounterStore>,
-    /// Token charges and what each counter holds for this request now.
-    tokens: SmallVec<[(CounterKey, Rule, u64); 4]>,
-    requests: SmallVec<[(CounterKey, Rule); 4]>,
-    slots: SmallVec<[(CounterKey, Rule); 1]>,
+    /// Every charge the request holds, in the charges' order (most requests have one or two).
+    charges: SmallVec<[HeldCharge; 2]>,
+}
+
+/// One charge an admitted request holds until it ends: token reservations are settled, request
+/// charges given back on a refund, concurrency slots released when it drops.
+struct HeldCharge {
+    counter: CounterKey,
+    rule: Rule,
+    measure: Measure,
+    /// What the counter holds for this request now (tokens: the reservation, then the usage).
+    charged: u64,
+}
+
+impl Held {
+    /// Gives back every charge of `measure` (once: they are no longer held).
+    fn release(&mut self, measure: Measure) {
+        let adjustments: SmallVec<[Adjustment; 2]> = self
+            .charges
+            .iter()
+            .filter(|charge| charge.measure == measure)
+            .map(|charge| Adjustment {
+                counter: charge.counter.clone(),
+                rule: charge.rule,
+                delta: -1,
+            })
+            .collect();
+        if !adjustments.is_empty() {
+            self.charges.retain(|charge| charge.measure != measure);
+            self.store.adjust(unix_ms(SystemTime::now()), &adjustments);
+        }
+    }
 }
 
 impl std::fmt::Debug for Admission {
@@ -321,9 +351,11 @@ impl Admission {
 
     /// Whether any token limit applies (then the record stage should settle real usage).
     pub fn counts_tokens(&self) -> bool {
-        self.held
-            .as_ref()
-            .is_some_and(|held| !held.tokens.is_empty())
+        self.held.as_ref().is_some_and(|held| {
+            held.charges
+                .iter()
+                .any(|charge| charge.measure == Measure::Tokens)
+        })
     }
 
     /// Settles the token counters to `used` (input + output), replacing the estimate. May be
@@ -333,23 +365,23 @@ impl Admission {
             usage.tokens = used;
         }
         let Some(held) = &mut self.held else { return };
-        let now = unix_ms(SystemTime::now());
-        let adjustments: SmallVec<[Adjustment; 4]> = held
-            .tokens
+        let adjustments: SmallVec<[Adjustment; 2]> = held
+            .charges
             .iter_mut()
-            .filter(|(_, _, charged)| *charged != used)
-            .map(|(counter, rule, charged)| {
-                let delta = used as i64 - *charged as i64;
-                *charged = used;
+            .filter(|charge| charge.measure == Measure::Tokens && charge.charged != used)
+            .map(|charge| {
+                let delta = used as i64 - charge.charged as i64;
+                charge.charged = used;
                 Adjustment {
-                    counter: counter.clone(),
-                    rule: *rule,
+                    counter: charge.counter.clone(),
+                    rule: charge.rule,
                     delta,
                 }
             })
             .collect();
+        // The clock is read only when a counter changes (most keys have no token limit).
         if !adjustments.is_empty() {
-            held.store.adjust(now, &adjustments);
+            held.store.adjust(unix_ms(SystemTime::now()), &adjustments);
         }
     }
 
@@ -360,18 +392,8 @@ impl Admission {
         if let Some(usage) = &mut self.usage {
             usage.refunded = true;
         }
-        let Some(held) = &mut self.held else { return };
-        let adjustments: SmallVec<[Adjustment; 4]> = held
-            .requests
-            .drain(..)
-            .map(|(counter, rule)| Adjustment {
-                counter,
-                rule,
-                delta: -1,
-            })
-            .collect();
-        if !adjustments.is_empty() {
-            held.store.adjust(unix_ms(SystemTime::now()), &adjustments);
+        if let Some(held) = &mut self.held {
+            held.release(Measure::Requests);
         }
     }
 }
@@ -383,20 +405,9 @@ impl Drop for Admission {
         if let Some(usage) = self.usage.take().filter(|usage| !usage.refunded) {
             usage.sink.record(&usage.bucket, 1, usage.tokens);
         }
-        let Some(held) = &mut self.held else { return };
-        if held.slots.is_empty() {
-            return;
+        if let Some(held) = &mut self.held {
+            held.release(Measure::Concurrent);
         }
-        let adjustments: SmallVec<[Adjustment; 1]> = held
-            .slots
-            .drain(..)
-            .map(|(counter, rule)| Adjustment {
-                counter,
-                rule,
-                delta: -1,
-            })
-            .collect();
-        held.store.adjust(unix_ms(SystemTime::now()), &adjustments);
     }
 }
 
@@ -415,6 +426,35 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|key| !key.is_empty())
+}
+
+/// A decision on one request: made at once, or waiting on a shared counter store.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made at once is the common case: boxing it would be an allocation per request"
+)]
+pub enum Decision<'a> {
+    Made(Result<Admission, Rejection>),
+    Waiting(BoxFuture<'a, Result<Admission, Rejection>>),
+}
+
+impl Decision<'_> {
+    /// The decision, waiting for the store when it must.
+    pub async fn outcome(self) -> Result<Admission, Rejection> {
+        match self {
+            Self::Made(decision) => decision,
+            Self::Waiting(decision) => decision.await,
+        }
+    }
+}
+
+/// What admission knows before it asks the counters.
+struct Plan {
+    entry: Arc<KeyEntry>,
+    charges: SmallVec<[Charge; 4]>,
+    infos: SmallVec<[ChargeInfo; 4]>,
+    exempted: bool,
+    wants_trace: bool,
 }
 
 /// Access control as the server runs it: the mode, the key table, the counters, the admin token.
@@ -489,53 +529,52 @@ impl AccessControl {
     }
 
     fn wants_trace(&self, headers: &HeaderMap) -> bool {
+        // The header is looked for only when there is an admin token, by its static name (a
+        // `&str` name is parsed and hashed on every lookup).
+        static ADMIN_TRACE: HeaderName = HeaderName::from_static(ADMIN_TRACE_HEADER);
         self.trace_all
-            || match (&self.admin, headers.get(ADMIN_TRACE_HEADER)) {
-                (Some(admin), Some(value)) => value.to_str().is_ok_and(|v| admin.verify(v.trim())),
-                _ => false,
-            }
+            || self.admin.as_ref().is_some_and(|admin| {
+                headers
+                    .get(&ADMIN_TRACE)
+                    .and_then(|value| value.to_str().ok())
+                    .is_some_and(|value| admin.verify(value.trim()))
+            })
     }
 
-    /// Decides on one request. `now` is the wall clock (calendar windows are UTC).
-    pub async fn admit(
+    /// Decides on one request. `now` is the wall clock (calendar windows are UTC). Made at
+    /// once unless the counters are in a shared store: no future to build or move per request
+    /// (an admission's charges and readings made its future 2 KB, copied at every await).
+    pub fn admit(
         &self,
         headers: &HeaderMap,
         request: &AdmitRequest<'_>,
         now: SystemTime,
-    ) -> Result<Admission, Rejection> {
+    ) -> Decision<'_> {
         // Off, only the protected endpoints (fast-openai-api-proxy's) need a key.
         if !self.enabled() && !self.table.protects(request.path, request.method) {
-            return Ok(Admission::open());
+            return Decision::Made(Ok(Admission::open()));
         }
         let snapshot = self.table.snapshot();
-        let entry = identify_key(&snapshot, headers).map_err(Rejection::anonymous)?;
-        self.admit_key(headers, request, now, &snapshot, entry)
-            .await
-            .map_err(|denial| Rejection {
-                denial,
-                caller: Some(Caller::of(entry)),
-            })
+        match identify_key(&snapshot, headers) {
+            Ok(entry) => self.admit_key(headers, request, now, &snapshot, entry),
+            Err(denial) => Decision::Made(Err(Rejection::anonymous(denial))),
+        }
     }
 
     /// Decides on a request whose caller was proven another way (an OIDC token on /v1,
     /// `oidc::callers`): the same checks and limits as for a key entry.
-    pub async fn admit_entry(
+    pub fn admit_entry(
         &self,
         headers: &HeaderMap,
         request: &AdmitRequest<'_>,
         now: SystemTime,
         entry: &Arc<KeyEntry>,
-    ) -> Result<Admission, Rejection> {
+    ) -> Decision<'_> {
         if !self.enabled() {
-            return Ok(Admission::open());
+            return Decision::Made(Ok(Admission::open()));
         }
         let snapshot = self.table.snapshot();
         self.admit_key(headers, request, now, &snapshot, entry)
-            .await
-            .map_err(|denial| Rejection {
-                denial,
-                caller: Some(Caller::of(entry)),
-            })
     }
 
     /// The caller of a request that names no model (`GET /v1/models`): `Ok(None)` when access
@@ -556,15 +595,45 @@ impl AccessControl {
         Ok(Some(KeyView(Arc::clone(entry))))
     }
 
-    async fn admit_key(
+    fn admit_key(
         &self,
         headers: &HeaderMap,
         request: &AdmitRequest<'_>,
         now: SystemTime,
         snapshot: &AccessSnapshot,
         entry: &Arc<KeyEntry>,
-    ) -> Result<Admission, Denial> {
+    ) -> Decision<'_> {
         let now_ms = unix_ms(now);
+        let mut plan = match self.plan(headers, request, now_ms, snapshot, entry) {
+            Ok(plan) => plan,
+            Err(denial) => {
+                return Decision::Made(Err(Rejection {
+                    denial,
+                    caller: Some(Caller::of(entry)),
+                }))
+            }
+        };
+        if plan.charges.is_empty() {
+            return Decision::Made(Ok(self.unlimited(&plan)));
+        }
+        match self.store.acquire_at_once(now_ms, &plan.charges) {
+            Some(acquired) => Decision::Made(self.settle_charges(&mut plan, acquired)),
+            None => Decision::Waiting(Box::pin(async move {
+                let acquired = self.store.acquire(now_ms, &plan.charges).await;
+                self.settle_charges(&mut plan, acquired)
+            })),
+        }
+    }
+
+    /// The checks that need no counter, then every limit that applies.
+    fn plan(
+        &self,
+        headers: &HeaderMap,
+        request: &AdmitRequest<'_>,
+        now_ms: u64,
+        snapshot: &AccessSnapshot,
+        entry: &Arc<KeyEntry>,
+    ) -> Result<Plan, Denial> {
         if entry.disabled {
             return Err(Denial::KeyDisabled);
         }
@@ -579,13 +648,23 @@ impl AccessControl {
         if !entry.may_do(request.operation) {
             return Err(Denial::OperationNotAllowed);
         }
-        let (charges, infos, exempted) = charges_for(snapshot, entry, request, now_ms);
-        let caller = Caller::of(entry);
-        let wants_trace = self.wants_trace(headers);
-        if charges.is_empty() {
-            let trace = wants_trace.then_some(DecisionTrace {
+        let mut plan = Plan {
+            entry: Arc::clone(entry),
+            charges: SmallVec::new(),
+            infos: SmallVec::new(),
+            exempted: false,
+            wants_trace: self.wants_trace(headers),
+        };
+        charges_for(snapshot, entry, request, now_ms, &mut plan);
+        Ok(plan)
+    }
+
+    /// The admission of a request no limit applies to.
+    fn unlimited(&self, plan: &Plan) -> Admission {
+        let trace = plan.wants_trace.then(|| {
+            Box::new(DecisionTrace {
                 allowed: true,
-                source: if exempted {
+                source: if plan.exempted {
                     TraceSource::OverrideExempt
                 } else {
                     TraceSource::None
@@ -599,21 +678,42 @@ impl AccessControl {
                 model: None,
                 bucket: None,
                 checked: 0,
-            });
-            return Ok(Admission {
-                caller: Some(caller),
-                headers: RateLimitHeaders::default(),
-                trace,
-                held: None,
-                usage: self.usage_record(entry),
-            });
+            })
+        });
+        Admission {
+            usage: self.usage_record(&plan.entry),
+            caller: Some(Caller::of(&plan.entry)),
+            headers: RateLimitHeaders::default(),
+            trace,
+            held: None,
         }
-        let acquired = self
-            .store
-            .acquire(now_ms, &charges)
-            .await
-            .map_err(Denial::StoreUnavailable)?;
-        let headers_out = tightest(&infos, &acquired.readings, acquired.admitted);
+    }
+
+    /// The decision once the store applied the charges (all of them) or refused (none). Takes
+    /// the plan's charges (by reference: moving the plan would copy them).
+    fn settle_charges(
+        &self,
+        plan: &mut Plan,
+        acquired: Result<Acquired, StoreError>,
+    ) -> Result<Admission, Rejection> {
+        let Plan {
+            entry,
+            charges,
+            infos,
+            wants_trace,
+            ..
+        } = plan;
+        let (entry, wants_trace) = (Arc::clone(entry), *wants_trace);
+        let acquired = match acquired {
+            Ok(acquired) => acquired,
+            Err(error) => {
+                return Err(Rejection {
+                    denial: Denial::StoreUnavailable(error),
+                    caller: Some(Caller(entry)),
+                })
+            }
+        };
+        let headers_out = tightest(infos, &acquired.readings, acquired.admitted);
         let decisive = decisive_index(&acquired.readings, acquired.admitted);
         let trace = wants_trace.then(|| {
             let info = &infos[decisive];
@@ -633,32 +733,35 @@ impl AccessControl {
             }
         });
         if !acquired.admitted {
-            return Err(Denial::RateLimited(Box::new(Refusal {
-                retry_after: acquired.readings[decisive].retry_after,
-                limit_name: infos[decisive].limit_name,
-                headers: headers_out,
-                trace,
-            })));
+            return Err(Rejection {
+                denial: Denial::RateLimited(Box::new(Refusal {
+                    retry_after: acquired.readings[decisive].retry_after,
+                    limit_name: infos[decisive].limit_name,
+                    headers: headers_out,
+                    trace,
+                })),
+                caller: Some(Caller(entry)),
+            });
         }
-        let mut held = Held {
+        let held = Held {
             store: Arc::clone(&self.store),
-            tokens: SmallVec::new(),
-            requests: SmallVec::new(),
-            slots: SmallVec::new(),
+            charges: charges
+                .drain(..)
+                .zip(infos.iter())
+                .map(|(charge, info)| HeldCharge {
+                    counter: charge.counter,
+                    rule: charge.rule,
+                    measure: info.measure,
+                    charged: charge.cost,
+                })
+                .collect(),
         };
-        for (charge, info) in charges.into_iter().zip(&infos) {
-            match info.measure {
-                Measure::Tokens => held.tokens.push((charge.counter, charge.rule, charge.cost)),
-                Measure::Requests => held.requests.push((charge.counter, charge.rule)),
-                Measure::Concurrent => held.slots.push((charge.counter, charge.rule)),
-            }
-        }
         Ok(Admission {
-            caller: Some(caller),
+            usage: self.usage_record(&entry),
+            caller: Some(Caller(entry)),
             headers: headers_out,
-            trace,
+            trace: trace.map(Box::new),
             held: Some(held),
-            usage: self.usage_record(entry),
         })
     }
 }
@@ -674,21 +777,21 @@ impl AccessControl {
     }
 }
 
-type Charges = (
-    SmallVec<[Charge; 8]>,
-    SmallVec<[ChargeInfo; 8]>,
-    /* an exempt override skipped a policy */ bool,
-);
-
-/// Every limit that applies to this request, in the documented order.
+/// Every limit that applies to this request, in the documented order, into `plan` (written in
+/// place: the charges and their infos are half a kilobyte, copied at every move).
 fn charges_for(
     snapshot: &AccessSnapshot,
     entry: &KeyEntry,
     request: &AdmitRequest<'_>,
     now_ms: u64,
-) -> Charges {
-    let mut charges = SmallVec::new();
-    let mut infos = SmallVec::new();
+    plan: &mut Plan,
+) {
+    let Plan {
+        charges,
+        infos,
+        exempted,
+        ..
+    } = plan;
     let mut estimate: Option<u64> = None;
     let mut tokens = |limit: u64| {
         let estimate = *estimate.get_or_insert_with(|| (request.token_estimate)());
@@ -765,7 +868,6 @@ fn charges_for(
     }
 
     let now_seconds = (now_ms / 1000) as i64;
-    let mut exempted = false;
     // Several policies may share a (path, model) (a minute and a day one): their overrides apply once.
     let mut overridden: SmallVec<[(Arc<str>, Arc<str>); 2]> = SmallVec::new();
     for policy in &snapshot.policies {
@@ -784,7 +886,7 @@ fn charges_for(
             overridden.push(target.clone());
             for entry_override in active {
                 if entry_override.exempt {
-                    exempted = true;
+                    *exempted = true;
                     continue;
                 }
                 let measures = [
@@ -853,7 +955,6 @@ fn charges_for(
             });
         }
     }
-    (charges, infos, exempted)
 }
 
 /// The reading to show per measure: the refusing one when refused, else the least remaining.
@@ -992,7 +1093,7 @@ mod tests {
         headers: &HeaderMap,
         request: &AdmitRequest<'_>,
     ) -> Result<Admission, Denial> {
-        futures_util::FutureExt::now_or_never(control.admit(headers, request, now()))
+        futures_util::FutureExt::now_or_never(control.admit(headers, request, now()).outcome())
             .expect("the memory store answers at once")
             .map_err(|rejection| rejection.denial)
     }
@@ -1251,9 +1352,11 @@ mod tests {
         ));
         let control = control(&file, AccessMode::On);
         let rejection = |key: &str| {
-            futures_util::FutureExt::now_or_never(control.admit(&bearer(key), &chat("m"), now()))
-                .unwrap()
-                .unwrap_err()
+            futures_util::FutureExt::now_or_never(
+                control.admit(&bearer(key), &chat("m"), now()).outcome(),
+            )
+            .unwrap()
+            .unwrap_err()
         };
         let known = rejection("k-off");
         assert!(matches!(known.denial, Denial::KeyDisabled));

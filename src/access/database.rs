@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::file::{AccessSection, ProtectedEndpoint};
 use super::key::{KeyDigest, KeyEntry, KeyLimits, KeySource, Patterns};
 use super::limits::Window;
+use super::metrics::KeyMetrics;
 use super::quota::{Override, Policy};
 use super::table::{AccessTable, SourceId};
 use crate::store::records::{KeyRecord, QuotaOverride, QuotaPolicy, Snapshot, WindowType};
@@ -19,12 +20,12 @@ pub const DATABASE_SOURCE: &str = "database";
 
 /// Where admission counts what a key used (the store, written in batches; no IO per request).
 pub trait UsageSink: Send + Sync {
-    fn record(&self, bucket: &str, requests: u64, tokens: u64);
+    fn record(&self, bucket: &Arc<str>, requests: u64, tokens: u64);
 }
 
 impl UsageSink for Store {
-    fn record(&self, bucket: &str, requests: u64, tokens: u64) {
-        self.record_usage(
+    fn record(&self, bucket: &Arc<str>, requests: u64, tokens: u64) {
+        self.record_usage_of(
             bucket,
             Counts {
                 requests: i64::try_from(requests).unwrap_or(i64::MAX),
@@ -143,6 +144,7 @@ fn key_entry(record: &KeyRecord) -> Option<KeyEntry> {
         },
         source: key_place(record),
         usage_bucket: Some(format!("key:{}", record.id).into()),
+        metrics: KeyMetrics::default(),
     })
 }
 

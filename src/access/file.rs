@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use super::key::{KeyDigest, KeyEntry, KeyLimits, KeySource, Patterns, OPERATIONS};
 use super::limits::Window;
+use super::metrics::KeyMetrics;
 use super::quota::{normalize_api_path, Override, Policy};
 use crate::config::load::{segments_of, unknown_key_hint, Problem, Severity};
 use crate::config::locate::{
@@ -571,6 +572,7 @@ impl Report<'_> {
             limits,
             source: self.source(&path),
             usage_bucket: None,
+            metrics: KeyMetrics::default(),
         })
     }
 

@@ -8,6 +8,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use wildmatch::WildMatch;
 
+use super::metrics::KeyMetrics;
 use crate::config::locate::Position;
 
 /// What every key llmux mints starts with.
@@ -144,6 +145,8 @@ pub struct KeyEntry {
     /// Where the store counts this key's use (`key:<id>` for a database key, whose admin API
     /// shows the figures); `None` for file keys.
     pub usage_bucket: Option<Arc<str>>,
+    /// Its label's metric counters, resolved on its first admission (empty in a clone).
+    pub metrics: KeyMetrics,
 }
 
 impl KeyEntry {

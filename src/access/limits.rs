@@ -323,28 +323,35 @@ fn month_bounds(now_ms: u64) -> (u64, u64) {
 
 /// OpenAI's duration format for `x-ratelimit-reset-*`: `20ms`, `1s`, `6m0s`, `1h2m3s`.
 pub fn openai_duration(duration: Duration) -> String {
-    // Pieces through itoa rather than `format!`: this runs for every rate-limit header of every
-    // admitted request (issue 16).
     let mut text = String::with_capacity(16);
+    // Writing into a String cannot fail.
+    let _ = write_openai_duration(duration, &mut text);
+    text
+}
+
+/// [`openai_duration`] into `out` (a header value's buffer): pieces through itoa rather than
+/// `format!`, since this runs for every rate-limit header of every admitted request (issue 16).
+pub fn write_openai_duration(
+    duration: Duration,
+    out: &mut impl std::fmt::Write,
+) -> std::fmt::Result {
     let mut push = |number: u64, unit: &str| {
-        text.push_str(itoa::Buffer::new().format(number));
-        text.push_str(unit);
+        out.write_str(itoa::Buffer::new().format(number))?;
+        out.write_str(unit)
     };
     let total_ms = duration.as_millis();
     if total_ms < 1000 {
-        push(total_ms as u64, "ms");
-        return text;
+        return push(total_ms as u64, "ms");
     }
     let seconds = duration.as_secs_f64().ceil() as u64;
     let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
     if hours > 0 {
-        push(hours, "h");
+        push(hours, "h")?;
     }
     if hours > 0 || minutes > 0 {
-        push(minutes, "m");
+        push(minutes, "m")?;
     }
-    push(seconds, "s");
-    text
+    push(seconds, "s")
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use super::admit::Denial;
+use super::key::KeyEntry;
 
 /// The key label of refusals where no key was recognised.
 pub const NO_KEY: &str = "none";
@@ -45,12 +46,36 @@ pub struct AccessMetrics {
     counters: Arc<DashMap<Arc<str>, Arc<KeyCounters>, foldhash::fast::RandomState>>,
 }
 
-/// The counters of one key label, as exported by the families.
+/// The counters of one key label, as exported by the families. An admission holds its key's
+/// (`KeyEntry::metrics` keeps them, so a request looks up no label).
 #[derive(Debug)]
-struct KeyCounters {
+pub struct KeyCounters {
     requests: Counter,
     /// Prompt and completion: created on the first tokens, as `get_or_create` did.
     tokens: [OnceLock<Counter>; 2],
+    label: Arc<str>,
+    family: Family<KeyTokenLabels, Counter>,
+}
+
+/// A key entry's handle on its label's counters, resolved on its first admission. A clone is
+/// empty: the table clones entries to give them their label, which may differ.
+#[derive(Default)]
+pub struct KeyMetrics(OnceLock<(MetricsId, Arc<KeyCounters>)>);
+
+/// Which `AccessMetrics` resolved a handle (tests run several servers, each with its own
+/// registry, in one process).
+type MetricsId = usize;
+
+impl Clone for KeyMetrics {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for KeyMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyMetrics")
+    }
 }
 
 impl AccessMetrics {
@@ -81,30 +106,16 @@ impl AccessMetrics {
         metrics
     }
 
-    pub fn admitted(&self, label: &Arc<str>) {
-        self.counters_of(label).requests.inc();
-    }
-
-    pub fn tokens(&self, label: &Arc<str>, prompt: u64, completion: u64) {
-        let counters = self.counters_of(label);
-        for (index, (kind, count)) in [("prompt", prompt), ("completion", completion)]
-            .into_iter()
-            .enumerate()
-        {
-            if count > 0 {
-                if let Some(counter) = counters.tokens.get(index) {
-                    counter
-                        .get_or_init(|| {
-                            self.tokens
-                                .get_or_create(&KeyTokenLabels {
-                                    key: Arc::clone(label),
-                                    r#type: kind,
-                                })
-                                .clone()
-                        })
-                        .inc_by(count);
-                }
-            }
+    /// The counters of `entry`'s label: its own handle once resolved, a lookup otherwise.
+    pub fn of_key(&self, entry: &KeyEntry) -> Arc<KeyCounters> {
+        let id = Arc::as_ptr(&self.counters) as MetricsId;
+        let (resolved_by, counters) = entry
+            .metrics
+            .0
+            .get_or_init(|| (id, self.counters_of(&entry.metric_label)));
+        match *resolved_by == id {
+            true => Arc::clone(counters),
+            false => self.counters_of(&entry.metric_label),
         }
     }
 
@@ -120,6 +131,8 @@ impl AccessMetrics {
                 })
                 .clone(),
             tokens: [OnceLock::new(), OnceLock::new()],
+            label: Arc::clone(label),
+            family: self.tokens.clone(),
         };
         Arc::clone(
             &self
@@ -140,6 +153,34 @@ impl AccessMetrics {
     }
 }
 
+impl KeyCounters {
+    pub fn admitted(&self) {
+        self.requests.inc();
+    }
+
+    pub fn tokens(&self, prompt: u64, completion: u64) {
+        for (index, (kind, count)) in [("prompt", prompt), ("completion", completion)]
+            .into_iter()
+            .enumerate()
+        {
+            if count > 0 {
+                if let Some(counter) = self.tokens.get(index) {
+                    counter
+                        .get_or_init(|| {
+                            self.family
+                                .get_or_create(&KeyTokenLabels {
+                                    key: Arc::clone(&self.label),
+                                    r#type: kind,
+                                })
+                                .clone()
+                        })
+                        .inc_by(count);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,12 +189,11 @@ mod tests {
     fn families_render_per_key_label() {
         let mut registry = Registry::default();
         let metrics = AccessMetrics::register(&mut registry);
-        let alice: Arc<str> = Arc::from("alice-laptop");
-        metrics.admitted(&alice);
-        metrics.tokens(&alice, 10, 0);
+        let alice = metrics.counters_of(&Arc::from("alice-laptop"));
+        alice.admitted();
+        alice.tokens(10, 0);
         metrics.refused(None, &Denial::UnknownKey);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let text = render(&registry);
         assert!(
             text.contains("llmux_client_requests_total{key=\"alice-laptop\"} 1"),
             "{text}"
@@ -163,5 +203,54 @@ mod tests {
         assert!(
             text.contains("llmux_client_refusals_total{key=\"none\",reason=\"invalid_api_key\"} 1")
         );
+    }
+
+    #[test]
+    fn a_key_keeps_its_counters_per_registry_and_a_clone_resolves_its_own() {
+        let entry = entry("alice-laptop");
+        let (mut first, mut second) = (Registry::default(), Registry::default());
+        let (one, two) = (
+            AccessMetrics::register(&mut first),
+            AccessMetrics::register(&mut second),
+        );
+        one.of_key(&entry).admitted();
+        one.of_key(&entry).admitted();
+        two.of_key(&entry).admitted();
+        let relabelled = KeyEntry {
+            metric_label: Arc::from("other"),
+            ..entry.clone()
+        };
+        one.of_key(&relabelled).tokens(0, 5);
+        let (first, second) = (render(&first), render(&second));
+        assert!(
+            first.contains("llmux_client_requests_total{key=\"alice-laptop\"} 2"),
+            "{first}"
+        );
+        assert!(
+            first.contains("llmux_client_tokens_total{key=\"other\",type=\"completion\"} 5"),
+            "{first}"
+        );
+        assert!(
+            second.contains("llmux_client_requests_total{key=\"alice-laptop\"} 1"),
+            "{second}"
+        );
+    }
+
+    fn entry(name: &str) -> KeyEntry {
+        use crate::access::file::{parse_section, SectionLoad};
+        let digest = crate::access::key::KeyDigest::of("k").to_hex();
+        let text = format!(
+            r#"{{"llmux_access": {{"keys": [{{"name": "{name}", "key_sha256": "{digest}"}}]}}}}"#
+        );
+        match parse_section(std::path::Path::new("keys.json"), &text).load {
+            SectionLoad::Loaded(mut section) => section.keys.remove(0),
+            _ => panic!("the key file parses"),
+        }
+    }
+
+    fn render(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
     }
 }

@@ -74,7 +74,7 @@ pub struct Adjustment {
 pub struct Acquired {
     pub admitted: bool,
     /// One reading per charge, in the charges' order: after charging when admitted.
-    pub readings: SmallVec<[Reading; 8]>,
+    pub readings: SmallVec<[Reading; 4]>,
 }
 
 /// The store could not be asked (a shared store's connection failed): the caller decides.
@@ -90,6 +90,16 @@ pub trait CounterStore: Send + Sync {
         now_ms: u64,
         charges: &'a [Charge],
     ) -> BoxFuture<'a, Result<Acquired, StoreError>>;
+
+    /// `acquire` for a store that needs no IO (counters in this process's memory): the outcome
+    /// at once, without a future to allocate and move. `None`: ask `acquire`.
+    fn acquire_at_once(
+        &self,
+        _now_ms: u64,
+        _charges: &[Charge],
+    ) -> Option<Result<Acquired, StoreError>> {
+        None
+    }
 
     /// Applies changes that cannot be refused. Called from `Drop`, so it must not block on IO
     /// (a shared store sends them in the background).
@@ -158,6 +168,9 @@ impl MemoryStore {
 
     /// The synchronous heart of [`CounterStore::acquire`].
     pub fn acquire_now(&self, now_ms: u64, charges: &[Charge]) -> Acquired {
+        if let [charge] = charges {
+            return self.acquire_one(now_ms, charge);
+        }
         let shard_of: SmallVec<[usize; 8]> = charges
             .iter()
             .map(|charge| self.shard_index(&charge.counter))
@@ -167,7 +180,7 @@ impl MemoryStore {
         order.dedup();
         let mut guards: SmallVec<[(usize, MutexGuard<'_, Shard>); 8]> =
             order.iter().map(|&i| (i, self.lock(i))).collect();
-        let mut readings: SmallVec<[Reading; 8]> = SmallVec::new();
+        let mut readings: SmallVec<[Reading; 4]> = SmallVec::new();
         let mut updates: SmallVec<[Option<CounterState>; 8]> = SmallVec::new();
         for (charge, shard) in charges.iter().zip(&shard_of) {
             let guard = guard_of(&mut guards, *shard);
@@ -203,6 +216,30 @@ impl MemoryStore {
                 guard.sweep(now_ms);
             }
         }
+        Acquired { admitted, readings }
+    }
+
+    /// [`MemoryStore::acquire_now`] for one charge (most admissions: a key with one limit), the
+    /// same decision with one shard and one lookup: the state is updated where it is.
+    fn acquire_one(&self, now_ms: u64, charge: &Charge) -> Acquired {
+        let mut shard = self.lock(self.shard_index(&charge.counter));
+        let state = shard.counters.get_mut(&charge.counter);
+        let (reading, after) =
+            limits::check(charge.rule, state.as_deref().copied(), charge.cost, now_ms);
+        let admitted = after.is_some();
+        match (state, after) {
+            (Some(state), Some(after)) => *state = after,
+            (None, Some(after)) => {
+                shard.counters.insert(charge.counter.clone(), after);
+                if shard.counters.len() >= shard.sweep_at {
+                    shard.sweep(now_ms);
+                }
+            }
+            // Refused: nothing is charged, and its reading is the refusal's.
+            (_, None) => {}
+        }
+        let mut readings = SmallVec::new();
+        readings.push(reading);
         Acquired { admitted, readings }
     }
 
@@ -242,6 +279,14 @@ impl CounterStore for MemoryStore {
     ) -> BoxFuture<'a, Result<Acquired, StoreError>> {
         let acquired = self.acquire_now(now_ms, charges);
         Box::pin(std::future::ready(Ok(acquired)))
+    }
+
+    fn acquire_at_once(
+        &self,
+        now_ms: u64,
+        charges: &[Charge],
+    ) -> Option<Result<Acquired, StoreError>> {
+        Some(Ok(self.acquire_now(now_ms, charges)))
     }
 
     fn adjust(&self, now_ms: u64, adjustments: &[Adjustment]) {

@@ -381,6 +381,7 @@ mod tests {
             },
             metric_label: name.into(),
             usage_bucket: None,
+            metrics: Default::default(),
         }
     }
 

@@ -59,6 +59,7 @@ impl OidcCallers {
             source: KeySource::Named(Arc::from("oidc")),
             metric_label: Arc::from(METRIC_LABEL),
             usage_bucket: None,
+            metrics: Default::default(),
         }))
     }
 }

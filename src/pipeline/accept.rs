@@ -74,10 +74,8 @@ where
                 extensions.remove::<Accepted>(),
             )
         };
-        if let Some(AnswerHeaders(pairs)) = answer_headers {
-            for (name, value) in pairs {
-                response.headers_mut().insert(name, value);
-            }
+        if let Some(answer_headers) = answer_headers {
+            answer_headers.add_to(response.headers_mut());
         }
         if let Some(Accepted(log)) = unrecorded {
             record_unrecorded(&response, log);

@@ -2,7 +2,7 @@
 //! runtime writes the sums in one transaction per interval. Counters of a failed write are kept
 //! for the next one, so a store outage loses nothing while the process lives.
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::Row;
@@ -20,7 +20,8 @@ pub struct Counts {
     pub tokens: i64,
 }
 
-type CounterKey = (String, WindowType, i64);
+/// A bucket's name is shared by its three windows' counters (and, for a key, with its entry).
+type CounterKey = (Arc<str>, WindowType, i64);
 
 #[derive(Debug, Default)]
 pub(crate) struct PendingUsage {
@@ -65,12 +66,18 @@ impl Store {
     /// Counts `counts` for `bucket` (`key:<id>`, an owner, ...) in the current minute, hour and
     /// day. No IO: written by the next batch.
     pub fn record_usage(&self, bucket: &str, counts: Counts) {
+        self.record_usage_of(&Arc::from(bucket), counts);
+    }
+
+    /// [`Store::record_usage`] for a bucket name already shared (a key entry's): no copy of it
+    /// per window.
+    pub fn record_usage_of(&self, bucket: &Arc<str>, counts: Counts) {
         let at = now();
         for window in WindowType::ALL {
             self.inner
                 .context
                 .usage
-                .add((bucket.to_owned(), window, window.start_of(at)), counts);
+                .add((Arc::clone(bucket), window, window.start_of(at)), counts);
         }
     }
 
@@ -90,7 +97,9 @@ impl Store {
         let start = window.start_of(at);
         self.run(move |context| async move {
             let _writes_wait = context.usage.writing.lock().await;
-            let pending = context.usage.get(&(bucket.clone(), window, start));
+            let pending = context
+                .usage
+                .get(&(Arc::from(bucket.as_str()), window, start));
             let row = sqlx::query(
                 "SELECT requests, tokens FROM usage_counters \
                      WHERE bucket = $1 AND window_type = $2 AND window_start = $3",
@@ -132,7 +141,7 @@ async fn write(context: &Context) -> Result<(), StoreError> {
                  requests = usage_counters.requests + excluded.requests, \
                  tokens = usage_counters.tokens + excluded.tokens",
             )
-            .bind(bucket)
+            .bind(&**bucket)
             .bind(window.as_str())
             .bind(*start)
             .bind(counts.requests)
