@@ -220,13 +220,27 @@ def start_forwarder(mock_port):
     return process, port
 
 
+def settled_rss_mb(pid, deadline=60):
+    """RSS once it has stopped growing for a second (llmux warms its tokenizer in the background
+    after it listens: an idle figure taken before that ends counts the tokenizer per stream)."""
+    end = time.monotonic() + deadline
+    last = rss_mb(pid)
+    while time.monotonic() < end:
+        time.sleep(1)
+        now = rss_mb(pid)
+        if now - last < 0.2:
+            return now
+        last = now
+    return last
+
+
 def stream_point(process, port, count, direct):
     """Idle and peak RSS of `process` around `count` streams through it, and the client's figures."""
     try:
         time.sleep(0.5)
         # Warm: the first streams make the worker's pools and buffers.
         streams_client(f"http://127.0.0.1:{port}/v1/chat/completions", 10, 2, 10)
-        idle = rss_mb(process.pid)
+        idle = settled_rss_mb(process.pid)
         with RssSampler(process.pid) as sampler:
             proxied = streams_client(f"http://127.0.0.1:{port}/v1/chat/completions", count,
                                      STREAM_CHUNKS, STREAM_GAP_MS)
