@@ -34,7 +34,8 @@ const FIRST_TOKEN_EVENTS: u32 = 64;
 /// A stream's kept chunks are read into the text of their events (what an estimate counts)
 /// once they add up to this (issue 16): the chunks are slices of the upstream connection's read
 /// buffer, and holding them kept every one of those buffers alive to the end of the stream
-/// (+42 KB per stream of 300 events, growing with the answer up to `COPY_LIMIT`).
+/// (40 KB per stream of 300 events over the bare forwarder, growing with the answer up to
+/// `COPY_LIMIT`).
 const STREAM_TEXT_AT: usize = 16 * 1024;
 
 /// Tokens of one request.
