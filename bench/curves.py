@@ -205,44 +205,92 @@ def streams_client(url, count, chunks=20, gap_ms=20):
     return json.loads(out.stdout)
 
 
+# Streams of 30 events 200 ms apart (6 s): long enough that all of a point's streams are open at
+# once even at 10,000 (connecting them takes a second or two on this box), so the peak is the
+# memory of `count` open streams, not of however many overlapped.
+STREAM_CHUNKS = 30
+STREAM_GAP_MS = 200
+
+
+def start_forwarder(mock_port):
+    port = free_port()
+    process = spawn([os.path.join(BUILD, "examples", "forwarder"), str(port), f"http://127.0.0.1:{mock_port}", "1"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, process, 60)
+    return process, port
+
+
+def settled_rss_mb(pid, deadline=60):
+    """RSS once it has stopped growing for a second (llmux warms its tokenizer in the background
+    after it listens: an idle figure taken before that ends counts the tokenizer per stream)."""
+    end = time.monotonic() + deadline
+    last = rss_mb(pid)
+    while time.monotonic() < end:
+        time.sleep(1)
+        now = rss_mb(pid)
+        if now - last < 0.2:
+            return now
+        last = now
+    return last
+
+
+def stream_point(process, port, count, direct):
+    """Idle and peak RSS of `process` around `count` streams through it, and the client's figures."""
+    try:
+        time.sleep(0.5)
+        # Warm: the first streams make the worker's pools and buffers.
+        streams_client(f"http://127.0.0.1:{port}/v1/chat/completions", 10, 2, 10)
+        idle = settled_rss_mb(process.pid)
+        with RssSampler(process.pid) as sampler:
+            proxied = streams_client(f"http://127.0.0.1:{port}/v1/chat/completions", count,
+                                     STREAM_CHUNKS, STREAM_GAP_MS)
+    finally:
+        stop(process)
+    return {"idle": idle, "peak": sampler.peak, "per_stream_kb": (sampler.peak - idle) * 1e3 / count,
+            "complete": proxied["complete"], "bunched": proxied["bunched_streams"],
+            "ttfc_p50": proxied["ttfc_p50_ms"] - direct["ttfc_p50_ms"],
+            "ttfc_p99": proxied["ttfc_p99_ms"] - direct["ttfc_p99_ms"]}
+
+
 def curve_streams(bench):
     counts = [100, 1000] if QUICK else [100, 1000, 10000]
     configs = bench.default_configs()
     rows = []
-    # llmux holds two sockets per stream (client and upstream): the file limit caps the streams.
+    # A proxy holds two sockets per stream (client and upstream): the file limit caps the streams.
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     cap = (limit - 256) // 2
     capped = [count for count in counts if count > cap]
     counts = [min(count, cap) for count in counts]
     for count in counts:
+        direct = streams_client(f"http://127.0.0.1:{bench.mock_port}/v1/chat/completions", count,
+                                STREAM_CHUNKS, STREAM_GAP_MS)
+        forwarder = stream_point(*start_forwarder(bench.mock_port), count, direct)
+        time.sleep(1)
         process, port, _ = start_llmux(configs)
-        try:
-            time.sleep(0.5)
-            chat(port, "bench")
-            idle = rss_mb(process.pid)
-            direct = streams_client(f"http://127.0.0.1:{bench.mock_port}/v1/chat/completions", count)
-            with RssSampler(process.pid) as sampler:
-                proxied = streams_client(f"http://127.0.0.1:{port}/v1/chat/completions", count)
-        finally:
-            stop(process)
-        per_stream_kb = (sampler.peak - idle) * 1e3 / count
-        rows.append([f"{count:,}", f"{proxied['complete']:,}", f"{direct['complete']:,}", f"{idle:.1f}",
-                     f"{sampler.peak:.1f}", f"{per_stream_kb:.1f}",
-                     f"{proxied['ttfc_p50_ms'] - direct['ttfc_p50_ms']:.1f}",
-                     f"{proxied['ttfc_p99_ms'] - direct['ttfc_p99_ms']:.1f}",
-                     f"{direct['ttfc_p99_ms']:.1f}", proxied["bunched_streams"]])
+        llmux = stream_point(process, port, count, direct)
+        rows.append([f"{count:,}", f"{llmux['complete']:,} / {forwarder['complete']:,} / {direct['complete']:,}",
+                     f"{llmux['idle']:.1f}", f"{llmux['peak']:.1f}", f"{llmux['per_stream_kb']:.1f}",
+                     f"{forwarder['idle']:.1f}", f"{forwarder['peak']:.1f}", f"{forwarder['per_stream_kb']:.1f}",
+                     f"{llmux['per_stream_kb'] - forwarder['per_stream_kb']:+.1f}",
+                     f"{llmux['ttfc_p50']:.1f}", f"{llmux['ttfc_p99']:.1f}", f"{forwarder['ttfc_p99']:.1f}",
+                     f"{direct['ttfc_p99_ms']:.1f}", f"{llmux['bunched']} / {forwarder['bunched']}"])
         print(rows[-1], file=sys.stderr)
         time.sleep(2)
     return table("Curve: concurrent SSE streams", [
-        "llmux --workers 1 --log warn, mock upstream (1 worker) sending 20 events 20 ms apart; all streams "
-        "released at once by `bench_client streams`, direct to the mock first, then through llmux. "
-        "RSS per stream = (peak RSS during the streams − idle RSS) / streams. Added TTFC = llmux's "
-        "time to first chunk minus direct's, same percentile. Client, mock and llmux share the 2 cores, "
-        "unpinned." + (f" The open-file limit ({limit}) caps the streams at {cap:,} (asked: "
-                       f"{', '.join(f'{c:,}' for c in capped)})." if capped else ""),
+        f"llmux --workers 1 --log warn and the bare forwarder (examples/forwarder.rs, one worker: the floor of "
+        f"llmux's stack) in turn, mock upstream (1 worker) sending {STREAM_CHUNKS} events "
+        f"{STREAM_GAP_MS} ms apart (every stream of a point is open at the peak); all streams released at once "
+        "by `bench_client streams`, direct to the mock first. Idle RSS after 10 warm-up streams; RSS per "
+        "stream = (peak RSS during the streams − idle RSS) / streams. llmux's idle RSS includes the "
+        "tokenizer it warms at start-up. Added TTFC = time to first chunk through the proxy minus "
+        "direct's, same percentile. Client, mock and proxy share the 2 cores, unpinned: TTFC moves with "
+        "the load, RSS does not." + (f" The open-file limit ({limit}) caps the streams at {cap:,} (asked: "
+                                      f"{', '.join(f'{c:,}' for c in capped)})." if capped else ""),
         f"Load average at the end: {load_average()}."],
-        ["streams", "complete via llmux", "complete direct", "idle RSS MB", "peak RSS MB", "KB / stream",
-         "added TTFC p50 ms", "added TTFC p99 ms", "direct TTFC p99 ms", "bunched"], rows)
+        ["streams", "complete llmux / fwd / direct", "llmux idle RSS MB", "llmux peak RSS MB",
+         "llmux KB / stream", "forwarder idle MB", "forwarder peak MB", "forwarder KB / stream",
+         "llmux − forwarder KB / stream", "llmux added TTFC p50 ms", "llmux added TTFC p99 ms",
+         "forwarder added TTFC p99 ms", "direct TTFC p99 ms", "bunched llmux / fwd"], rows)
 
 
 def curve_bodies(bench):

@@ -31,6 +31,12 @@ const TAIL_BYTES: usize = 64 * 1024;
 const EVENT_LIMIT: usize = 1024 * 1024;
 /// Events inspected for the first token before giving up on time to first token.
 const FIRST_TOKEN_EVENTS: u32 = 64;
+/// A stream's kept chunks are read into the text of their events (what an estimate counts)
+/// once they add up to this (issue 16): the chunks are slices of the upstream connection's read
+/// buffer, and holding them kept every one of those buffers alive to the end of the stream
+/// (40 KB per stream of 300 events over the bare forwarder, growing with the answer up to
+/// `COPY_LIMIT`).
+const STREAM_TEXT_AT: usize = 16 * 1024;
 
 /// Tokens of one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -107,6 +113,11 @@ pub struct UsageReader {
     copy_len: usize,
     /// The answer outgrew `COPY_LIMIT`: `copy` holds only its tail.
     truncated: bool,
+    /// An event stream's text read from the chunks that `copy` no longer holds (see
+    /// `STREAM_TEXT_AT`); `copy` starts at an event's start then.
+    stream_text: String,
+    /// Bytes in `copy` (`copy_len` counts the whole answer).
+    kept_len: usize,
     /// The bytes of the current incomplete SSE event.
     pending: BytesMut,
     /// An event outgrew `EVENT_LIMIT`: the rest of the stream passes unread.
@@ -128,6 +139,8 @@ impl UsageReader {
             copy: VecDeque::new(),
             copy_len: 0,
             truncated: false,
+            stream_text: String::new(),
+            kept_len: 0,
             pending: BytesMut::new(),
             unframed: false,
             reported: None,
@@ -226,7 +239,7 @@ impl UsageReader {
         let answer = match self.truncated {
             true => String::new(),
             false => match self.event_stream {
-                true => stream_text(&self.copied()),
+                true => std::mem::take(&mut self.stream_text) + &stream_text(&self.copied()),
                 false => answer_text(&self.copied()),
             },
         };
@@ -243,17 +256,49 @@ impl UsageReader {
     /// make up at least `TAIL_BYTES`.
     fn keep_copy(&mut self, chunk: Bytes) {
         self.copy_len += chunk.len();
+        self.kept_len += chunk.len();
         self.copy.push_back(chunk);
         if self.copy_len <= COPY_LIMIT {
+            if self.event_stream && self.kept_len >= STREAM_TEXT_AT {
+                self.read_stream_text();
+            }
             return;
         }
         self.truncated = true;
+        if self.event_stream {
+            // A truncated stream's text is not counted (`finish`): nothing to keep.
+            self.copy.clear();
+            self.kept_len = 0;
+            self.stream_text = String::new();
+            return;
+        }
         while let Some(front) = self.copy.front() {
             if self.copy_len - front.len() < TAIL_BYTES {
                 break;
             }
             self.copy_len -= front.len();
+            self.kept_len -= front.len();
             self.copy.pop_front();
+        }
+    }
+
+    /// Reads the kept chunks' complete events into `stream_text` and lets the chunks go; the
+    /// part of an event that has not ended yet stays, copied. The text is the same as reading
+    /// the whole stream at the end: `stream_text` reads event by event, and this cuts at an
+    /// event's end.
+    fn read_stream_text(&mut self) {
+        let kept = self.copied();
+        let mut end = 0;
+        while let Some(next) = event_end(&kept[end..]) {
+            end += next;
+        }
+        let text = stream_text(&kept[..end]);
+        let rest = Bytes::copy_from_slice(&kept[end..]);
+        self.stream_text.push_str(&text);
+        self.copy.clear();
+        self.kept_len = rest.len();
+        if !rest.is_empty() {
+            self.copy.push_back(rest);
         }
     }
 
@@ -1148,6 +1193,32 @@ mod tests {
         // Once built, counts are o200k_base's ("Hello there" is two tokens).
         assert!(load_tokenizer());
         assert_eq!(count_tokens("Hello there"), 2);
+    }
+
+    #[test]
+    fn a_long_stream_without_usage_is_estimated_from_all_its_text_holding_little_of_it() {
+        assert!(load_tokenizer());
+        // Issue 16: the kept chunks are read into text as the stream goes, not held to its end.
+        let events: String = (0..3000)
+            .map(|i| format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"word{i} \"}}}}],\"usage\":null}}\r\n\r\n"))
+            .chain([DONE.to_owned()])
+            .collect();
+        assert!(events.len() > 10 * STREAM_TEXT_AT);
+        let expected = count_tokens(&stream_text(events.as_bytes()));
+        assert!(expected > 3000);
+        for size in [1, 7, 97, 4096, STREAM_TEXT_AT + 3] {
+            let mut reader = UsageReader::new("v1/chat/completions", Bytes::new(), false);
+            assert!(reader.begin(200, true));
+            let mut most_kept = 0;
+            for piece in events.as_bytes().chunks(size) {
+                reader.chunk(Bytes::copy_from_slice(piece), Duration::ZERO);
+                most_kept = most_kept.max(reader.kept_len);
+            }
+            assert!(most_kept < STREAM_TEXT_AT + size, "{size}: {most_kept}");
+            let usage = reader.finish().unwrap();
+            assert!(usage.estimated);
+            assert_eq!(usage.completion, expected, "chunks of {size}");
+        }
     }
 
     #[test]
