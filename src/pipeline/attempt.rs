@@ -339,10 +339,12 @@ pub fn attempt_headers(
 ) {
     let headers = response.headers_mut();
     headers.insert(X_LLMUX_ATTEMPTS, attempts_value(attempts));
-    // An upstream's own header of that name would tell what llmux does not.
-    headers.remove(X_LLMUX_UPSTREAM);
+    // An upstream's own header of that name would tell what llmux does not. Looked up first:
+    // `remove` builds and drops a `Removed` (a small vector) even for an absent name (issue 16).
     if shown == UpstreamHeader::Name {
         headers.insert(X_LLMUX_UPSTREAM, member.public_identity());
+    } else if headers.contains_key(X_LLMUX_UPSTREAM) {
+        headers.remove(X_LLMUX_UPSTREAM);
     }
 }
 
