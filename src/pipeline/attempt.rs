@@ -144,15 +144,17 @@ pub async fn forward_with_retries(
             Ok(rewritten) => rewritten,
             Err(error) => return finish(Err(error), &member, attempt, log, None, state).await,
         };
-        let timeout = deadline
-            .saturating_duration_since(Instant::now())
-            .min(member.request_timeout);
+        // The first attempt's budget is the whole deadline: no clock read for it (issue 16).
+        let expires = match attempt {
+            1 => deadline,
+            _ => deadline.min(later_by(Instant::now(), member.request_timeout)),
+        };
         let client = client_for(clients, &member);
         if let Some(trace) = log.trace.as_mut() {
             trace.start_attempt(&member, outbound.operation.path(), attempt);
         }
         log.upstream_begin();
-        let result = send_attempt(&client, request, &member, uri, body, &log, timeout).await;
+        let result = send_attempt(&client, request, &member, uri, body, &log, expires).await;
         let classified = classify(&result);
         if let Some(trace) = log.trace.as_mut() {
             let (status, outcome) = match &result {

@@ -111,8 +111,8 @@ pub async fn send<B: MessageBody + 'static>(
     }
 }
 
-/// One attempt of a retried request: sends `body` and waits, at most `timeout`, for the head of
-/// the answer. Failures are the caller's to log (it decides whether another attempt follows).
+/// One attempt of a retried request: sends `body` and waits, until `expires` at most, for the
+/// head of the answer. Failures are the caller's to log (it decides whether another attempt follows).
 pub async fn attempt<B: MessageBody + 'static>(
     client: &awc::Client,
     request: &HttpRequest,
@@ -120,7 +120,7 @@ pub async fn attempt<B: MessageBody + 'static>(
     uri: Uri,
     body: B,
     log: &AccessLog,
-    timeout: std::time::Duration,
+    expires: tokio::time::Instant,
 ) -> Result<UpstreamResponse, ApiError> {
     // The budget may be shorter than the endpoint's timeout when retries used part of it; the
     // 504 still names the configured `request_timeout` (issue 20: "within 0.999997212s").
@@ -128,7 +128,7 @@ pub async fn attempt<B: MessageBody + 'static>(
     // poll of the send before the send itself, and keeps it in the answer until that drops;
     // tokio's lives in this future and is polled only while the send waits (issue 16).
     let upstream = untimed_upstream_request(client, request, endpoint, uri, log);
-    match tokio::time::timeout(timeout, upstream.send_body(body)).await {
+    match tokio::time::timeout_at(expires, upstream.send_body(body)).await {
         Ok(sent) => sent.map_err(|error| upstream_error(endpoint, error)),
         Err(_) => Err(upstream_error(endpoint, SendRequestError::Timeout)),
     }
