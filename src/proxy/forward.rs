@@ -83,7 +83,8 @@ fn untimed_upstream_request(
     if let Some(trace) = &log.trace {
         trace.inject(headers);
     }
-    // Last: a configured `Host` or `Accept-Encoding` replaces llmux's, as it did awc's.
+    // Last: a configured `Accept-Encoding` replaces llmux's, as it did awc's (`Host` is
+    // reserved: the loader refuses it).
     endpoint.apply_upstream_headers(headers);
     upstream
 }
@@ -112,7 +113,8 @@ pub async fn send<B: MessageBody + 'static>(
 }
 
 /// One attempt of a retried request: sends `body` and waits, until `expires` at most, for the
-/// head of the answer. Failures are the caller's to log (it decides whether another attempt follows).
+/// head of the answer. Failures are the caller's to log (it decides whether another attempt
+/// follows).
 pub async fn attempt<B: MessageBody + 'static>(
     client: &awc::Client,
     request: &HttpRequest,
