@@ -23,7 +23,8 @@ use crate::demo::settings::{
     DemoProblem, DemoSchema, BUILTIN_DEMO, DEMO_URL_VARIABLE, UNSTARTED_DEMO_URL,
 };
 use crate::routing::endpoint::{
-    identity_of, join_url, normalize_path, Endpoint, UpstreamImageFormat, DEFAULT_MAX_RETRIES,
+    host_header_of, identity_of, join_url, normalize_path, Endpoint, UpstreamImageFormat,
+    DEFAULT_MAX_RETRIES,
 };
 use crate::routing::families::{Family, FAMILIES_KEY, PASSTHROUGH_MODEL, PASSTHROUGH_PATH};
 use crate::secret::ApiKey;
@@ -420,6 +421,7 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                 };
                 let identity =
                     identity_of(provider_name, &endpoint.target_model_name, &upstream_uri);
+                let host_header = host_header_of(&upstream_uri);
                 endpoints.push(Endpoint {
                     provider: Arc::clone(&provider_arc),
                     exposed_model: Arc::clone(&exposed),
@@ -431,6 +433,7 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                     base_url: base_url.trim_end_matches('/').into(),
                     upstream_uri,
                     upstream_host: authority.into(),
+                    host_header,
                     request_timeout,
                     health_timeout,
                     key_variable: key_variable.clone(),

@@ -144,15 +144,17 @@ pub async fn forward_with_retries(
             Ok(rewritten) => rewritten,
             Err(error) => return finish(Err(error), &member, attempt, log, None, state).await,
         };
-        let timeout = deadline
-            .saturating_duration_since(Instant::now())
-            .min(member.request_timeout);
+        // The first attempt's budget is the whole deadline: no clock read for it (issue 16).
+        let expires = match attempt {
+            1 => deadline,
+            _ => deadline.min(later_by(Instant::now(), member.request_timeout)),
+        };
         let client = client_for(clients, &member);
         if let Some(trace) = log.trace.as_mut() {
             trace.start_attempt(&member, outbound.operation.path(), attempt);
         }
         log.upstream_begin();
-        let result = send_attempt(&client, request, &member, uri, body, &log, timeout).await;
+        let result = send_attempt(&client, request, &member, uri, body, &log, expires).await;
         let classified = classify(&result);
         if let Some(trace) = log.trace.as_mut() {
             let (status, outcome) = match &result {
@@ -339,10 +341,12 @@ pub fn attempt_headers(
 ) {
     let headers = response.headers_mut();
     headers.insert(X_LLMUX_ATTEMPTS, attempts_value(attempts));
-    // An upstream's own header of that name would tell what llmux does not.
-    headers.remove(X_LLMUX_UPSTREAM);
+    // An upstream's own header of that name would tell what llmux does not. Looked up first:
+    // `remove` builds and drops a `Removed` (a small vector) even for an absent name (issue 16).
     if shown == UpstreamHeader::Name {
         headers.insert(X_LLMUX_UPSTREAM, member.public_identity());
+    } else if headers.contains_key(X_LLMUX_UPSTREAM) {
+        headers.remove(X_LLMUX_UPSTREAM);
     }
 }
 

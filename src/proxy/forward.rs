@@ -8,7 +8,7 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use awc::error::{ConnectError, SendRequestError};
 
 use super::decode::{Coding, Decoded};
-use super::headers::{copy_request_headers, copy_response_headers_to, X_REQUEST_ID};
+use super::headers::{copy_answer_headers, copy_request_headers, X_REQUEST_ID};
 use super::stream::ResponseStream;
 use super::usage::UsageReader;
 use crate::errors::ApiError;
@@ -40,8 +40,8 @@ pub fn failure_outcome(error: &ApiError) -> Outcome {
 }
 
 /// The upstream request for `request`: its method, the headers that may cross, the request id
-/// and the endpoint's headers and key. Callers may still adjust headers (a new multipart
-/// boundary) or the timeout.
+/// and the endpoint's headers and key, bounded by the endpoint's `request_timeout`. Callers may
+/// still adjust headers (a new multipart boundary) or the timeout.
 pub fn upstream_request(
     client: &awc::Client,
     request: &HttpRequest,
@@ -49,18 +49,47 @@ pub fn upstream_request(
     uri: Uri,
     log: &AccessLog,
 ) -> awc::ClientRequest {
+    untimed_upstream_request(client, request, endpoint, uri, log).timeout(endpoint.request_timeout)
+}
+
+/// `upstream_request` without awc's timeout: the caller bounds the wait.
+fn untimed_upstream_request(
+    client: &awc::Client,
+    request: &HttpRequest,
+    endpoint: &Endpoint,
+    uri: Uri,
+    log: &AccessLog,
+) -> awc::ClientRequest {
+    // The endpoint's `Host` when the URI is on its base URL (always, today): awc would format
+    // one from the URI for every request (issue 16: 2k instructions, more than the whole copy
+    // of the client's headers). h2 ignores it (`:authority` comes from the URI).
+    let host = endpoint
+        .host_header
+        .as_ref()
+        .filter(|_| uri.authority() == endpoint.upstream_uri.authority());
+    // llmux reads answers (usage, rewrites) and decodes only streams: it asks for identity,
+    // as awc would with `decompress` on, but with a static value instead of one built per
+    // request.
     let mut upstream = client
         .request(request.method().clone(), uri)
-        .timeout(endpoint.request_timeout);
+        .no_decompress();
     let headers = upstream.headers_mut();
     copy_request_headers(request.headers(), headers);
+    if let Some(host) = host {
+        headers.insert(header::HOST, host.clone());
+    }
+    headers.insert(header::ACCEPT_ENCODING, IDENTITY.clone());
     headers.insert(X_REQUEST_ID.clone(), log.request_id.clone());
     if let Some(trace) = &log.trace {
         trace.inject(headers);
     }
+    // Last: a configured `Accept-Encoding` replaces llmux's, as it did awc's (`Host` is
+    // reserved: the loader refuses it).
     endpoint.apply_upstream_headers(headers);
     upstream
 }
+
+static IDENTITY: HeaderValue = HeaderValue::from_static("identity");
 
 /// Sends the request and waits for the upstream's response head; failures are logged in `log`.
 pub async fn send<B: MessageBody + 'static>(
@@ -83,8 +112,9 @@ pub async fn send<B: MessageBody + 'static>(
     }
 }
 
-/// One attempt of a retried request: sends `body` and waits, at most `timeout`, for the head of
-/// the answer. Failures are the caller's to log (it decides whether another attempt follows).
+/// One attempt of a retried request: sends `body` and waits, until `expires` at most, for the
+/// head of the answer. Failures are the caller's to log (it decides whether another attempt
+/// follows).
 pub async fn attempt<B: MessageBody + 'static>(
     client: &awc::Client,
     request: &HttpRequest,
@@ -92,15 +122,18 @@ pub async fn attempt<B: MessageBody + 'static>(
     uri: Uri,
     body: B,
     log: &AccessLog,
-    timeout: std::time::Duration,
+    expires: tokio::time::Instant,
 ) -> Result<UpstreamResponse, ApiError> {
     // The budget may be shorter than the endpoint's timeout when retries used part of it; the
     // 504 still names the configured `request_timeout` (issue 20: "within 0.999997212s").
-    let upstream = upstream_request(client, request, endpoint, uri, log).timeout(timeout);
-    upstream
-        .send_body(body)
-        .await
-        .map_err(|error| upstream_error(endpoint, error))
+    // tokio's timeout rather than awc's: awc boxes a timer for every request, polls it at every
+    // poll of the send before the send itself, and keeps it in the answer until that drops;
+    // tokio's lives in this future and is polled only while the send waits (issue 16).
+    let upstream = untimed_upstream_request(client, request, endpoint, uri, log);
+    match tokio::time::timeout_at(expires, upstream.send_body(body)).await {
+        Ok(sent) => sent.map_err(|error| upstream_error(endpoint, error)),
+        Err(_) => Err(upstream_error(endpoint, SendRequestError::Timeout)),
+    }
 }
 
 /// The upstream's answer as the client's response, its body streamed through as it arrives.
@@ -113,15 +146,15 @@ pub fn respond(
     let mut log = log.into();
     let status = response.status();
     log.status = Some(status.as_u16());
-    let event_stream = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(is_event_stream);
+    let payload = response.take_payload();
+    // The headers first, into an answer whose body comes once they told what it is.
+    let mut answer = HttpResponse::with_body(status, ());
+    let found = copy_answer_headers(response.headers(), answer.headers_mut());
+    let event_stream = found.content_type.is_some_and(is_event_stream);
     let length = match event_stream {
         true => None,
-        false => response
-            .headers()
-            .get(header::CONTENT_LENGTH)
+        false => found
+            .content_length
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok()),
     };
@@ -132,8 +165,7 @@ pub fn respond(
         .usage
         .as_ref()
         .is_some_and(UsageReader::strips_usage_event);
-    let coding = response.headers().get(header::CONTENT_ENCODING);
-    let decode = match (event_stream && strips, coding) {
+    let decode = match (event_stream && strips, found.content_encoding) {
         (true, Some(value)) => match Coding::of(value) {
             Some(coding) => Some(coding),
             None => {
@@ -144,7 +176,6 @@ pub fn respond(
         _ => None,
     };
     let timeout = endpoint.request_timeout;
-    let payload = response.take_payload();
     // Built without actix's builder, as `HttpResponseBuilder::body`/`streaming` would: a
     // streamed body without a content type gets `application/octet-stream`.
     let (body, streamed) = match (&decode, length) {
@@ -161,9 +192,7 @@ pub fn respond(
             (BoxBody::new(BodyStream::new(body)), true)
         }
     };
-    let mut answer = HttpResponse::with_body(status, body);
     let headers = answer.headers_mut();
-    copy_response_headers_to(response.headers(), headers);
     if decode.is_some() {
         headers.remove(header::CONTENT_ENCODING);
     }
@@ -173,7 +202,7 @@ pub fn respond(
             HeaderValue::from_static("application/octet-stream"),
         );
     }
-    answer
+    answer.set_body(body)
 }
 
 /// What `send` returns: the upstream's response head with its body still to read.

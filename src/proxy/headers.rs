@@ -105,12 +105,36 @@ pub fn copy_response_headers(from: &HeaderMap, to: &mut actix_web::HttpResponseB
 /// `copy_response_headers` into a response's own map (the forwarded answer is built without
 /// actix's builder, issue 16).
 pub fn copy_response_headers_to(from: &HeaderMap, to: &mut HeaderMap) {
+    copy_answer_headers(from, to);
+}
+
+/// What the answer's body needs from the upstream's headers: the first value of each, seen while
+/// `copy_answer_headers` copies them (one pass instead of a lookup per header, issue 16).
+#[derive(Debug, Default)]
+pub struct BodyHeaders<'a> {
+    pub content_type: Option<&'a HeaderValue>,
+    pub content_length: Option<&'a HeaderValue>,
+    pub content_encoding: Option<&'a HeaderValue>,
+}
+
+/// `copy_response_headers_to`, telling what the body needs on the way.
+pub fn copy_answer_headers<'a>(from: &'a HeaderMap, to: &mut HeaderMap) -> BodyHeaders<'a> {
     let has_connection = from.contains_key(header::CONNECTION);
     to.reserve(from.len() + 1);
     if let Some(id) = from.get(&X_REQUEST_ID) {
         to.insert(X_UPSTREAM_REQUEST_ID.clone(), id.clone());
     }
+    let mut body = BodyHeaders::default();
     for (name, value) in from.iter() {
+        let seen = match *name {
+            header::CONTENT_TYPE => &mut body.content_type,
+            header::CONTENT_LENGTH => &mut body.content_length,
+            header::CONTENT_ENCODING => &mut body.content_encoding,
+            _ => &mut None,
+        };
+        if seen.is_none() {
+            *seen = Some(value);
+        }
         let kept = match has_connection {
             true => keep_response_header(from, name),
             false => !dropped_response_header(name.as_str()),
@@ -119,6 +143,7 @@ pub fn copy_response_headers_to(from: &HeaderMap, to: &mut HeaderMap) {
             to.append(name.clone(), value.clone());
         }
     }
+    body
 }
 
 /// The client's request id when it sent a usable one, a new one otherwise.

@@ -29,10 +29,15 @@ pub fn splice(body: &Bytes, span: Range<usize>, replacement: &str) -> Bytes {
     out.freeze()
 }
 
+/// Spliced bodies up to this size are copied into one buffer: awc then sends them as bytes,
+/// not as a boxed body polled part by part (issue 16: that cost more than copying a few KB).
+pub const ONE_BUFFER_LIMIT: usize = 4 * 1024;
+
 /// A request body sent as parts: the client's bytes before a span, the replacement, the client's
 /// bytes after it. Slices of the body as read, so a spliced model costs no copy of the body
 /// (issue 16: the copy was a third of llmux's cost per byte of a large body); the upstream
-/// connection writes the parts one after the other, with the whole length announced.
+/// connection writes the parts one after the other, with the whole length announced. A body
+/// sent whole (unchanged, or spliced and at most `ONE_BUFFER_LIMIT`) is one part.
 #[derive(Debug, Clone)]
 pub struct SplicedBody {
     parts: [Bytes; 3],
@@ -44,6 +49,14 @@ impl SplicedBody {
     pub fn new(body: &Bytes, span: Range<usize>, replacement: &[u8]) -> Self {
         if &body[span.clone()] == replacement {
             return Self::whole(body.clone());
+        }
+        let length = body.len() - span.len() + replacement.len();
+        if length <= ONE_BUFFER_LIMIT {
+            let mut out = BytesMut::with_capacity(length);
+            out.extend_from_slice(&body[..span.start]);
+            out.extend_from_slice(replacement);
+            out.extend_from_slice(&body[span.end..]);
+            return Self::whole(out.freeze());
         }
         Self {
             parts: [
@@ -84,6 +97,17 @@ impl MessageBody for SplicedBody {
 
     fn size(&self) -> BodySize {
         BodySize::Sized(self.len() as u64)
+    }
+
+    /// A body in one part goes to awc as bytes: it writes them at once, unboxed.
+    fn try_into_bytes(self) -> Result<Bytes, Self> {
+        match self {
+            Self {
+                parts: [whole, second, third],
+                next: 0,
+            } if second.is_empty() && third.is_empty() => Ok(whole),
+            other => Err(other),
+        }
     }
 
     fn poll_next(
@@ -237,6 +261,31 @@ mod tests {
         check(r#"{"model":"a"}"#, 9..12, r#""b""#);
         check(r#""a""#, 0..3, r#""longer/name""#);
         check(r#"{"model":"same"}"#, 9..15, r#""same""#);
+    }
+
+    #[test]
+    fn small_spliced_bodies_go_as_one_buffer_and_large_ones_as_slices_of_the_body() {
+        // Issue 16: a small body is cheaper copied than sent in parts; a large one is not copied.
+        let small = Bytes::from_static(br#"{"model":"a","x":1}"#);
+        let spliced = SplicedBody::new(&small, 9..12, br#""target""#);
+        assert_eq!(
+            spliced.try_into_bytes().unwrap(),
+            &br#"{"model":"target","x":1}"#[..]
+        );
+        let filler = "x".repeat(ONE_BUFFER_LIMIT);
+        let large = Bytes::from(format!(r#"{{"model":"a","x":"{filler}"}}"#));
+        let spliced = SplicedBody::new(&large, 9..12, br#""target""#);
+        assert_eq!(spliced.parts[0].as_ptr(), large.as_ptr());
+        let spliced = spliced.try_into_bytes().unwrap_err();
+        assert_eq!(spliced.to_bytes(), splice(&large, 9..12, r#""target""#));
+        // Right at the limit: one buffer.
+        let at_limit = Bytes::from(format!(
+            r#"{{"model":"a","x":"{}"}}"#,
+            &filler[..ONE_BUFFER_LIMIT - 25]
+        ));
+        let spliced = SplicedBody::new(&at_limit, 9..12, br#""target""#);
+        assert_eq!(spliced.len(), ONE_BUFFER_LIMIT);
+        assert!(spliced.try_into_bytes().is_ok());
     }
 
     #[test]

@@ -30,9 +30,10 @@ pin_project! {
         #[pin]
         inner: S,
         // Fires at or before `idle_deadline`; re-armed only when it fires early (issue 16:
-        // resetting the timer at every chunk cost more than the chunk's own handling).
+        // resetting the timer at every chunk cost more than the chunk's own handling). Made
+        // the first time the upstream makes the body wait: most JSON answers never do.
         #[pin]
-        idle: Sleep,
+        idle: Option<Sleep>,
         idle_deadline: Instant,
         idle_timeout: Duration,
         finished: bool,
@@ -57,7 +58,7 @@ impl<S> ResponseStream<S> {
         let idle_deadline = later_by(Instant::now(), idle_timeout);
         Self {
             inner,
-            idle: tokio::time::sleep_until(idle_deadline),
+            idle: None,
             idle_deadline,
             idle_timeout,
             finished: false,
@@ -120,11 +121,18 @@ where
                     *this.inner_done = true;
                 }
                 Poll::Pending => {
-                    while this.idle.as_mut().poll(cx).is_ready() {
+                    if this.idle.is_none() {
+                        let deadline = *this.idle_deadline;
+                        this.idle.set(Some(tokio::time::sleep_until(deadline)));
+                    }
+                    let Some(mut idle) = this.idle.as_mut().as_pin_mut() else {
+                        return Poll::Pending;
+                    };
+                    while idle.as_mut().poll(cx).is_ready() {
                         if Instant::now() < *this.idle_deadline {
                             // A chunk came since it was armed: wait for the rest of the gap.
                             let deadline = *this.idle_deadline;
-                            this.idle.as_mut().reset(deadline);
+                            idle.as_mut().reset(deadline);
                             continue;
                         }
                         this.log.upstream_end();

@@ -31,6 +31,9 @@ pub struct Endpoint {
     pub upstream_uri: Uri,
     /// Host (and port) of the upstream, for logs.
     pub upstream_host: Box<str>,
+    /// The `Host` header of requests to `upstream_uri`'s authority, as awc would write it
+    /// (`host_header_of`), built once at load.
+    pub host_header: Option<HeaderValue>,
     pub request_timeout: Duration,
     pub health_timeout: Duration,
     /// The environment variable the key comes from, and the key when that variable is set.
@@ -186,6 +189,17 @@ pub fn identity_of(provider: &str, target_model_name: &str, uri: &Uri) -> Header
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("upstream"))
 }
 
+/// The `Host` header awc writes for `uri`: its host, and its port unless that is 80 or 443 (or
+/// none).
+pub fn host_header_of(uri: &Uri) -> Option<HeaderValue> {
+    let host = uri.host()?;
+    let value = match uri.port_u16() {
+        None | Some(80) | Some(443) => HeaderValue::from_str(host),
+        Some(port) => HeaderValue::from_str(&format!("{host}:{port}")),
+    };
+    value.ok()
+}
+
 /// Joins a base URL and an OpenAI path the way fast-openai-api-proxy does: one slash between.
 pub fn join_url(base_url: &str, path: &str) -> String {
     format!(
@@ -227,6 +241,7 @@ pub(crate) mod tests {
             base_url: "http://127.0.0.1:1".into(),
             upstream_uri: format!("http://127.0.0.1:1/{path}").parse().unwrap(),
             upstream_host: "127.0.0.1:1".into(),
+            host_header: Some(HeaderValue::from_static("127.0.0.1:1")),
             request_timeout: Duration::from_secs(60),
             health_timeout: Duration::from_secs(60),
             key_variable: None,
@@ -249,6 +264,24 @@ pub(crate) mod tests {
             tls: None,
             identity: actix_web::http::header::HeaderValue::from_static("p/t@127.0.0.1:1"),
         }
+    }
+
+    #[test]
+    fn host_headers_are_written_as_awc_writes_them() {
+        // Issue 16: built once at load instead of by awc per request; the same value.
+        for (uri, host) in [
+            ("http://h/v1/x", "h"),
+            ("http://h:80/v1/x", "h"),
+            ("https://h:443/v1", "h"),
+            ("https://api.example.com/v1?q=1", "api.example.com"),
+            ("http://127.0.0.1:8080/v1/x", "127.0.0.1:8080"),
+            ("https://h:8443", "h:8443"),
+            ("http://[::1]:9/x", "[::1]:9"),
+        ] {
+            let uri: Uri = uri.parse().unwrap();
+            assert_eq!(host_header_of(&uri).unwrap(), host, "{uri}");
+        }
+        assert_eq!(host_header_of(&"/v1/x".parse().unwrap()), None);
     }
 
     #[test]

@@ -141,6 +141,29 @@ async fn configured_headers_expand_variables_and_the_endpoint_wins() {
 }
 
 #[tokio::test]
+async fn a_configured_accept_encoding_replaces_the_identity_llmux_asks_for() {
+    // Issue 16: llmux now writes `Accept-Encoding: identity` itself (awc did, unless one was
+    // set); a configured value still wins. `Host` cannot be configured (reserved).
+    let app = spawn(adapted(
+        "v1/chat/completions",
+        json!({}),
+        json!({"headers": {"Accept-Encoding": "gzip"}}),
+    ))
+    .await;
+
+    app.openai()
+        .chat()
+        .create(hello().build().unwrap())
+        .await
+        .unwrap();
+
+    let upstream = app.upstream.last_request();
+    assert_eq!(upstream.header("accept-encoding"), Some("gzip"));
+    let url = app.upstream.url.trim_start_matches("http://");
+    assert_eq!(upstream.header("host"), Some(url));
+}
+
+#[tokio::test]
 async fn invalid_headers_fail_the_file_with_a_position() {
     let text = adapted(
         "v1/chat/completions",

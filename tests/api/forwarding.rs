@@ -127,6 +127,31 @@ async fn the_provider_key_goes_upstream_and_the_client_token_never_does() {
 }
 
 #[tokio::test]
+async fn the_upstream_gets_its_own_host_and_is_asked_for_identity() {
+    // Issue 16: llmux writes both headers itself (awc built them per request); the values are
+    // awc's, whatever the client sent.
+    let app = spawn_app().await;
+    let response = app
+        .http
+        .post(app.url("/v1/chat/completions"))
+        .header("host", "llmux.example")
+        .header("accept-encoding", "gzip, br")
+        .header("content-type", "application/json")
+        .body(r#"{"model":"m","messages":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let upstream = app.upstream.last_request();
+    let mock_authority = app.upstream.url.trim_start_matches("http://");
+    assert_eq!(upstream.header("host"), Some(mock_authority));
+    assert_eq!(upstream.header("accept-encoding"), Some("identity"));
+    let hosts = upstream.headers.iter().filter(|(n, _)| n == "host").count();
+    assert_eq!(hosts, 1, "{:?}", upstream.headers);
+}
+
+#[tokio::test]
 async fn without_a_key_variable_or_with_it_unset_no_authorization_goes_upstream() {
     let file = json!({
         "nokey": {"target_base_url": "{UPSTREAM}", "models": {"a": {"endpoints": [{"path": "v1/chat/completions", "target_model_name": "a"}]}}},
