@@ -802,7 +802,9 @@ fn o200k_base() -> Option<&'static CoreBPE> {
     O200K_BASE
         .get_or_init(|| {
             tiktoken_rs::o200k_base()
-                .inspect_err(|error| tracing::error!(%error, "cannot build the o200k_base tokenizer"))
+                .inspect_err(
+                    |error| tracing::error!(%error, "cannot build the o200k_base tokenizer"),
+                )
                 .ok()
         })
         .as_ref()
