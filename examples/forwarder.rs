@@ -10,10 +10,6 @@ use actix_web::body::SizedStream;
 use actix_web::http::header;
 use actix_web::{web, App, HttpMessage, HttpRequest, HttpResponse, HttpServer};
 
-/// The same allocator as llmux (src/main.rs): the floor is llmux's stack, allocator included.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Bodies up to this size are read whole, like llmux reads JSON bodies; larger ones stream.
 const WHOLE_BODY_LIMIT: usize = 4 * 1024 * 1024;
 

@@ -5,12 +5,6 @@ use llmux::cli::{Cli, Command};
 use llmux::startup::{Application, Shutdown};
 use llmux::telemetry;
 
-/// mimalloc instead of glibc's allocator: a request makes a few dozen small allocations (actix's
-/// heads and header maps, awc's, ours), and mimalloc's per-thread free lists serve them in a
-/// fraction of glibc's instructions (bench/README.md, issue 16).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     match Cli::parse().into_command() {
         Command::Check(args) => {
