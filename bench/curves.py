@@ -221,8 +221,8 @@ def start_forwarder(mock_port):
 
 
 def settled_rss_mb(pid, deadline=60):
-    """RSS once it has stopped growing for a second (llmux warms its tokenizer in the background
-    after it listens: an idle figure taken before that ends counts the tokenizer per stream)."""
+    """RSS once it has stopped growing for a second (anything still settling after start-up, such
+    as a tokenizer built in the background, must not be counted per stream)."""
     end = time.monotonic() + deadline
     last = rss_mb(pid)
     while time.monotonic() < end:
@@ -281,8 +281,8 @@ def curve_streams(bench):
         f"llmux's stack) in turn, mock upstream (1 worker) sending {STREAM_CHUNKS} events "
         f"{STREAM_GAP_MS} ms apart (every stream of a point is open at the peak); all streams released at once "
         "by `bench_client streams`, direct to the mock first. Idle RSS after 10 warm-up streams; RSS per "
-        "stream = (peak RSS during the streams − idle RSS) / streams. llmux's idle RSS includes the "
-        "tokenizer it warms at start-up. Added TTFC = time to first chunk through the proxy minus "
+        "stream = (peak RSS during the streams − idle RSS) / streams (llmux builds its tokenizer only "
+        "for a first estimate, which these streams, carrying usage, never need). Added TTFC = time to first chunk through the proxy minus "
         "direct's, same percentile. Client, mock and proxy share the 2 cores, unpinned: TTFC moves with "
         "the load, RSS does not." + (f" The open-file limit ({limit}) caps the streams at {cap:,} (asked: "
                                       f"{', '.join(f'{c:,}' for c in capped)})." if capped else ""),
