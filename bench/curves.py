@@ -266,7 +266,9 @@ def curve_streams(bench):
                                 STREAM_CHUNKS, STREAM_GAP_MS)
         forwarder = stream_point(*start_forwarder(bench.mock_port), count, direct)
         time.sleep(1)
-        process, port, _ = start_llmux(configs)
+        # The forwarder's limits (examples/forwarder.rs): llmux's defaults (8,192 connections per
+        # worker, backlog 1,024) would hold the streams past 8,192 until the first ones end.
+        process, port, _ = start_llmux(configs, extra=("--max-connections", "100000", "--backlog", "4096"))
         llmux = stream_point(process, port, count, direct)
         rows.append([f"{count:,}", f"{llmux['complete']:,} / {forwarder['complete']:,} / {direct['complete']:,}",
                      f"{llmux['idle']:.1f}", f"{llmux['peak']:.1f}", f"{llmux['per_stream_kb']:.1f}",
@@ -277,7 +279,7 @@ def curve_streams(bench):
         print(rows[-1], file=sys.stderr)
         time.sleep(2)
     return table("Curve: concurrent SSE streams", [
-        f"llmux --workers 1 --log warn and the bare forwarder (examples/forwarder.rs, one worker: the floor of "
+        f"llmux --workers 1 --log warn --max-connections 100000 --backlog 4096 and the bare forwarder (examples/forwarder.rs, one worker, the same limits: the floor of "
         f"llmux's stack) in turn, mock upstream (1 worker) sending {STREAM_CHUNKS} events "
         f"{STREAM_GAP_MS} ms apart (every stream of a point is open at the peak); all streams released at once "
         "by `bench_client streams`, direct to the mock first. Idle RSS after 10 warm-up streams; RSS per "
