@@ -22,6 +22,7 @@ pub mod shared;
 pub mod startup;
 pub mod state;
 pub mod store;
+pub mod swar;
 pub mod telemetry;
 pub mod traces;
 pub mod upstream;

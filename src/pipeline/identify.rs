@@ -282,7 +282,7 @@ mod scan {
         let mut at = at + 1;
         let mut escaped = false;
         loop {
-            at = next_special(body, at)?;
+            at = crate::swar::json_special(body, at)?;
             match body[at] {
                 b'"' => return Some((at + 1, escaped)),
                 b'\\' => {}
@@ -296,34 +296,6 @@ mod scan {
                 _ => return None,
             };
         }
-    }
-
-    /// Where the first `"`, `\` or control byte at or after `at` is: eight bytes at a time, as
-    /// serde's `skip_to_escape` does (a `memchr2` call per string cost more than the short
-    /// strings of a chat body, and a second pass for control bytes).
-    fn next_special(body: &[u8], mut at: usize) -> Option<usize> {
-        const ONES: u64 = u64::MAX / 255;
-        while let Some(chunk) = body.get(at..at + 8) {
-            let mut word = [0; 8];
-            word.copy_from_slice(chunk);
-            let word = u64::from_le_bytes(word);
-            // A byte's top bit is set where it is below 0x20, a quote or a backslash; bytes
-            // above the lowest such byte may be set wrongly (borrows), the lowest is exact.
-            let control = word.wrapping_sub(ONES * 0x20) & !word;
-            let quote = word ^ (ONES * u64::from(b'"'));
-            let quote = quote.wrapping_sub(ONES) & !quote;
-            let backslash = word ^ (ONES * u64::from(b'\\'));
-            let backslash = backslash.wrapping_sub(ONES) & !backslash;
-            let found = (control | quote | backslash) & (ONES << 7);
-            if found != 0 {
-                return Some(at + (found.trailing_zeros() / 8) as usize);
-            }
-            at += 8;
-        }
-        body.get(at..)?
-            .iter()
-            .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)
-            .map(|offset| at + offset)
     }
 
     /// The end of the value starting at `at`, validated.

@@ -721,9 +721,8 @@ impl<'a> UsageWalk<'a> {
         self.expect(b'"')?;
         let start = self.at;
         loop {
-            // `get`: an escape can be the last byte (`at` then passes the end).
-            let quote_or_escape = quote_or_backslash(self.bytes.get(self.at..)?)?;
-            self.at += quote_or_escape;
+            // An escape can be the last byte (`at` then passes the end: `None`).
+            self.at = crate::swar::quote_or_backslash(self.bytes, self.at)?;
             match self.bytes[self.at] {
                 b'"' => {
                     self.at += 1;
@@ -762,37 +761,6 @@ impl<'a> UsageWalk<'a> {
     fn expect(&mut self, byte: u8) -> Option<()> {
         (self.next()? == byte).then_some(())
     }
-}
-
-/// Where the first `"` or `\\` of `bytes` is. The strings of a usage object are short keys:
-/// eight bytes at a time (SWAR, as in `telemetry::needs_escape`) for the first words, where
-/// `memchr2`'s set-up cost more than the search (issue 16), then `memchr2` for the rest.
-fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
-    // The lowest flagged byte of `zero_byte(word)` is `word`'s first zero byte (little endian:
-    // the flags above a zero byte may be wrong, never those below it).
-    let zero_byte = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS;
-    let mut at = 0;
-    while at < 32 {
-        let Some(chunk) = bytes.get(at..at + 8) else {
-            let rest = bytes.get(at..)?;
-            return rest
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\')
-                .map(|i| at + i);
-        };
-        let mut block = [0; 8];
-        block.copy_from_slice(chunk);
-        let word = u64::from_le_bytes(block);
-        let found = zero_byte(word ^ (ONES * u64::from(b'"')))
-            | zero_byte(word ^ (ONES * u64::from(b'\\')));
-        if found != 0 {
-            return Some(at + found.trailing_zeros() as usize / 8);
-        }
-        at += 8;
-    }
-    memchr::memchr2(b'"', b'\\', &bytes[at..]).map(|i| at + i)
 }
 
 static O200K_BASE: OnceLock<Option<CoreBPE>> = OnceLock::new();
