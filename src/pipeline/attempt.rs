@@ -174,7 +174,17 @@ pub async fn forward_with_retries(
         }
         record_breaker(pool, &member, classified.verdict, policy, &log);
         if !classified.retryable {
-            return finish(result, &member, attempt, log, Some(answer), state).await;
+            return match result {
+                // Most answers need no tap but the usage reader: answered here, without the
+                // respond stage's futures, each of which moved the upstream's answer once more
+                // (issue 16).
+                Ok(response) if answer == AnswerRewrite::default() => {
+                    let mut response = respond(response, &member, log);
+                    attempt_headers(&mut response, attempt, &member, state.upstream_header);
+                    response
+                }
+                result => finish(result, &member, attempt, log, Some(answer), state).await,
+            };
         }
         let outcome = describe(&result);
         let error = result.as_ref().err().map(ToString::to_string);

@@ -302,6 +302,79 @@ mod tests {
         assert_eq!(headers.get("content-type").unwrap(), "application/json");
     }
 
+    /// The answer's headers as `name: value` lines, sorted (a map's order is its hash's).
+    fn answer_of(from: &[(&'static str, &'static str)]) -> (Vec<String>, Vec<&'static str>) {
+        let from = map(from);
+        let mut to = HeaderMap::new();
+        let found = copy_answer_headers(&from, &mut to);
+        let mut lines: Vec<String> = to
+            .iter()
+            .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap()))
+            .collect();
+        lines.sort_unstable();
+        let found = [found.content_type, found.content_length, found.content_encoding]
+            .map(|value| value.map_or("-", |v| v.to_str().unwrap()));
+        (lines, found.to_vec())
+    }
+
+    #[test]
+    fn answer_headers_are_copied_in_one_pass_as_they_were_with_lookups() {
+        // Issue 16: `Connection`, the request id and llmux's own names are found while copying.
+        let check = |from: &[(&'static str, &'static str)], lines: &[&str], found: &[&str]| {
+            let (copied, seen) = answer_of(from);
+            assert_eq!(copied, lines, "{from:?}");
+            assert_eq!(seen, found, "{from:?}");
+        };
+        check(
+            &[
+                ("content-type", "application/json"),
+                ("content-length", "12"),
+                ("x-ratelimit-remaining-requests", "9"),
+            ],
+            &[
+                "content-type: application/json",
+                "x-ratelimit-remaining-requests: 9",
+            ],
+            &["application/json", "12", "-"],
+        );
+        check(
+            &[
+                ("connection", "close, X-Upstream-Hop"),
+                ("x-upstream-hop", "1"),
+                ("content-encoding", "gzip"),
+                ("x-llmux-attempts", "7"),
+                ("x-llmux-upstream", "inner/x@10.0.0.7"),
+            ],
+            &["content-encoding: gzip"],
+            &["-", "-", "gzip"],
+        );
+        // The provider's id is renamed (its first value), before any of the upstream's own.
+        check(
+            &[
+                ("x-request-id", "req_1"),
+                ("x-request-id", "req_2"),
+                ("x-upstream-request-id", "theirs"),
+            ],
+            &["x-upstream-request-id: req_1", "x-upstream-request-id: theirs"],
+            &["-", "-", "-"],
+        );
+        let from = map(&[("x-request-id", "req_1"), ("x-upstream-request-id", "theirs")]);
+        let mut to = HeaderMap::new();
+        copy_answer_headers(&from, &mut to);
+        let values: Vec<_> = to.get_all(&X_UPSTREAM_REQUEST_ID).collect();
+        assert_eq!(values, ["req_1", "theirs"]);
+        // A `Connection` naming the renamed header takes the upstream's own, never llmux's.
+        check(
+            &[
+                ("connection", "x-upstream-request-id"),
+                ("x-request-id", "req_1"),
+                ("x-upstream-request-id", "theirs"),
+            ],
+            &["x-upstream-request-id: req_1"],
+            &["-", "-", "-"],
+        );
+    }
+
     #[test]
     fn request_ids_are_kept_when_sane_and_generated_otherwise() {
         let given = map(&[("x-request-id", "abc-123")]);

@@ -31,9 +31,10 @@ pin_project! {
         inner: S,
         // Fires at or before `idle_deadline`; re-armed only when it fires early (issue 16:
         // resetting the timer at every chunk cost more than the chunk's own handling). Made
-        // the first time the upstream makes the body wait: most JSON answers never do.
-        #[pin]
-        idle: Option<Sleep>,
+        // the first time the upstream makes the body wait: most JSON answers never do. Boxed
+        // then: inline, it made every answer's stream twice as large, and the stream is moved
+        // into the response's body box.
+        idle: Option<Pin<Box<Sleep>>>,
         // When the gap since the last chunk is too long; `None` until the first chunk or the
         // first wait, whichever comes first (no clock read for it when the stream is made).
         idle_deadline: Option<Instant>,
@@ -125,12 +126,9 @@ where
                     let deadline = *this
                         .idle_deadline
                         .get_or_insert_with(|| later_by(Instant::now(), timeout));
-                    if this.idle.is_none() {
-                        this.idle.set(Some(tokio::time::sleep_until(deadline)));
-                    }
-                    let Some(mut idle) = this.idle.as_mut().as_pin_mut() else {
-                        return Poll::Pending;
-                    };
+                    let idle = this
+                        .idle
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                     while idle.as_mut().poll(cx).is_ready() {
                         let deadline = this.idle_deadline.unwrap_or(deadline);
                         if Instant::now() < deadline {
