@@ -303,7 +303,7 @@ mod tests {
     }
 
     /// The answer's headers as `name: value` lines, sorted (a map's order is its hash's).
-    fn answer_of(from: &[(&'static str, &'static str)]) -> (Vec<String>, Vec<&'static str>) {
+    fn answer_of(from: &[(&'static str, &'static str)]) -> (Vec<String>, Vec<String>) {
         let from = map(from);
         let mut to = HeaderMap::new();
         let found = copy_answer_headers(&from, &mut to);
@@ -312,8 +312,12 @@ mod tests {
             .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap()))
             .collect();
         lines.sort_unstable();
-        let found = [found.content_type, found.content_length, found.content_encoding]
-            .map(|value| value.map_or("-", |v| v.to_str().unwrap()));
+        let found = [
+            found.content_type,
+            found.content_length,
+            found.content_encoding,
+        ]
+        .map(|value| value.map_or("-", |v| v.to_str().unwrap()).to_owned());
         (lines, found.to_vec())
     }
 
@@ -355,10 +359,16 @@ mod tests {
                 ("x-request-id", "req_2"),
                 ("x-upstream-request-id", "theirs"),
             ],
-            &["x-upstream-request-id: req_1", "x-upstream-request-id: theirs"],
+            &[
+                "x-upstream-request-id: req_1",
+                "x-upstream-request-id: theirs",
+            ],
             &["-", "-", "-"],
         );
-        let from = map(&[("x-request-id", "req_1"), ("x-upstream-request-id", "theirs")]);
+        let from = map(&[
+            ("x-request-id", "req_1"),
+            ("x-upstream-request-id", "theirs"),
+        ]);
         let mut to = HeaderMap::new();
         copy_answer_headers(&from, &mut to);
         let values: Vec<_> = to.get_all(&X_UPSTREAM_REQUEST_ID).collect();

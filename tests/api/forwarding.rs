@@ -433,7 +433,10 @@ async fn an_upstream_s_own_llmux_headers_never_reach_the_client_beside_llmux_s()
         body: json!({"id": "c", "object": "chat.completion", "choices": []}).to_string(),
         headers: vec![
             ("x-llmux-attempts".to_owned(), "7".to_owned()),
-            ("x-llmux-upstream".to_owned(), "inner/secret@10.0.0.7:8000".to_owned()),
+            (
+                "x-llmux-upstream".to_owned(),
+                "inner/secret@10.0.0.7:8000".to_owned(),
+            ),
             ("x-request-id".to_owned(), "req_provider_1".to_owned()),
         ],
     };
@@ -451,7 +454,10 @@ async fn an_upstream_s_own_llmux_headers_never_reach_the_client_beside_llmux_s()
     assert_eq!(response.status(), 200);
     assert_eq!(values(&response, "x-llmux-attempts"), ["1"]);
     assert!(values(&response, "x-llmux-upstream").is_empty());
-    assert_eq!(values(&response, "x-upstream-request-id"), ["req_provider_1"]);
+    assert_eq!(
+        values(&response, "x-upstream-request-id"),
+        ["req_provider_1"]
+    );
 
     let app = Spawn::new()
         .file("p.json", provider_file("mock", "", &[("m", "target-m")]))
