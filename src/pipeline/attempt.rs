@@ -123,8 +123,9 @@ pub async fn forward_with_retries(
     let sticky = outbound.routed.sticky;
     let mut index = sticky.unwrap_or_else(|| pool.select());
     let first = &pool.members()[index];
-    let deadline = later_by(Instant::now(), first.request_timeout);
-    let max_retries = first.max_retries;
+    let (first_timeout, max_retries) = (first.request_timeout, first.max_retries);
+    // The request's deadline: `first_timeout` after the first attempt's send.
+    let mut budget: Option<Instant> = None;
     let mut attempt: u32 = 1;
     loop {
         let member = Arc::clone(&pool.members()[index]);
@@ -144,16 +145,24 @@ pub async fn forward_with_retries(
             Ok(rewritten) => rewritten,
             Err(error) => return finish(Err(error), &member, attempt, log, None, state).await,
         };
-        // The first attempt's budget is the whole deadline: no clock read for it (issue 16).
-        let expires = match attempt {
-            1 => deadline,
-            _ => deadline.min(later_by(Instant::now(), member.request_timeout)),
-        };
         let client = client_for(clients, &member);
         if let Some(trace) = log.trace.as_mut() {
             trace.start_attempt(&member, outbound.operation.path(), attempt);
         }
-        log.upstream_begin();
+        // The first attempt's budget is the whole deadline, which starts as the upstream wait
+        // does: one clock read for both (issue 16).
+        let expires = match budget {
+            None => {
+                let now = Instant::now();
+                log.upstream_begin_at(now.into_std());
+                *budget.insert(later_by(now, first_timeout))
+            }
+            Some(deadline) => {
+                log.upstream_begin();
+                deadline.min(later_by(Instant::now(), member.request_timeout))
+            }
+        };
+        let deadline = budget.unwrap_or(expires);
         let result = send_attempt(&client, request, &member, uri, body, &log, expires).await;
         let classified = classify(&result);
         if let Some(trace) = log.trace.as_mut() {
@@ -165,7 +174,17 @@ pub async fn forward_with_retries(
         }
         record_breaker(pool, &member, classified.verdict, policy, &log);
         if !classified.retryable {
-            return finish(result, &member, attempt, log, Some(answer), state).await;
+            return match result {
+                // Most answers need no tap but the usage reader: answered here, without the
+                // respond stage's futures, each of which moved the upstream's answer once more
+                // (issue 16).
+                Ok(response) if answer == AnswerRewrite::default() => {
+                    let mut response = respond(response, &member, log);
+                    attempt_headers(&mut response, attempt, &member, state.upstream_header);
+                    response
+                }
+                result => finish(result, &member, attempt, log, Some(answer), state).await,
+            };
         }
         let outcome = describe(&result);
         let error = result.as_ref().err().map(ToString::to_string);
@@ -248,7 +267,13 @@ pub fn record_breaker(
     policy: &RetryPolicy,
     log: &AccessLog,
 ) {
-    match member.breaker.record(verdict, &policy.breaker, now_ms()) {
+    // Only a failure reads the time: the clock read cost more than the rest of a healthy
+    // verdict's record (issue 16).
+    let now = match verdict {
+        Verdict::Failed => now_ms(),
+        Verdict::Healthy | Verdict::Neutral => 0,
+    };
+    match member.breaker.record(verdict, &policy.breaker, now) {
         Some(Transition::Ejected { cooldown, failures }) => tracing::warn!(
             request_id = log.request_id(),
             member = %member.identity(),
@@ -333,6 +358,9 @@ async fn respond_with(
 }
 
 /// `x-llmux-attempts` on every forwarded request's answer, and `x-llmux-upstream` when `shown`.
+/// The answer has neither yet: an upstream answer's headers came through
+/// `proxy::headers::copy_answer_headers`, which leaves an upstream's own of those names behind
+/// (they would tell what llmux did not), and llmux's own errors have none.
 pub fn attempt_headers(
     response: &mut HttpResponse,
     attempts: u32,
@@ -340,13 +368,11 @@ pub fn attempt_headers(
     shown: UpstreamHeader,
 ) {
     let headers = response.headers_mut();
-    headers.insert(X_LLMUX_ATTEMPTS, attempts_value(attempts));
-    // An upstream's own header of that name would tell what llmux does not. Looked up first:
-    // `remove` builds and drops a `Removed` (a small vector) even for an absent name (issue 16).
+    // Appended: an insert into actix's map costs twice as much (it moves the old values out),
+    // and there are none (issue 16).
+    headers.append(X_LLMUX_ATTEMPTS, attempts_value(attempts));
     if shown == UpstreamHeader::Name {
-        headers.insert(X_LLMUX_UPSTREAM, member.public_identity());
-    } else if headers.contains_key(X_LLMUX_UPSTREAM) {
-        headers.remove(X_LLMUX_UPSTREAM);
+        headers.append(X_LLMUX_UPSTREAM, member.public_identity());
     }
 }
 

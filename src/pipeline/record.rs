@@ -167,12 +167,20 @@ impl AccessLog {
         }
     }
 
+    /// `upstream_begin` with the time already read.
+    pub fn upstream_begin_at(&mut self, now: Instant) {
+        if self.upstream_since.is_none() {
+            self.upstream_since = Some(now);
+        }
+    }
+
     /// The upstream is done with this request: its body ended, or it failed.
     pub fn upstream_end(&mut self) {
         self.upstream_end_at(Instant::now());
     }
 
-    fn upstream_end_at(&mut self, now: Instant) {
+    /// `upstream_end` with the time already read.
+    pub fn upstream_end_at(&mut self, now: Instant) {
         if let Some(since) = self.upstream_since.take() {
             self.upstream_wait += now.saturating_duration_since(since);
         }

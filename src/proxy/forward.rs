@@ -75,11 +75,13 @@ fn untimed_upstream_request(
         .no_decompress();
     let headers = upstream.headers_mut();
     copy_request_headers(request.headers(), headers);
+    // Appended, not inserted: `copy_request_headers` never copies these three, and an insert
+    // into actix's map costs twice an append (it moves the old values out, issue 16).
     if let Some(host) = host {
-        headers.insert(header::HOST, host.clone());
+        headers.append(header::HOST, host.clone());
     }
-    headers.insert(header::ACCEPT_ENCODING, IDENTITY.clone());
-    headers.insert(X_REQUEST_ID.clone(), log.request_id.clone());
+    headers.append(header::ACCEPT_ENCODING, IDENTITY.clone());
+    headers.append(X_REQUEST_ID.clone(), log.request_id.clone());
     if let Some(trace) = &log.trace {
         trace.inject(headers);
     }

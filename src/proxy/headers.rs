@@ -56,6 +56,10 @@ fn dropped_response_header(name: &str) -> bool {
             | "content-length"
             | "date"
             | "x-request-id"
+            // llmux's own (`pipeline::attempt::attempt_headers`): an upstream's would tell what
+            // llmux did not, and llmux then appends its own without looking for one first.
+            | "x-llmux-attempts"
+            | "x-llmux-upstream"
     )
 }
 
@@ -69,20 +73,42 @@ fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
     })
 }
 
-/// Copies the client headers that may go upstream.
+/// Copies the client headers that may go upstream into `to`, which has none of them yet.
 pub fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    // Most requests have no `Connection` header: then no name needs looking up in it.
-    let has_connection = from.contains_key(header::CONNECTION);
     // Room for the client's headers and the few llmux adds (request id, key, trace): the map
     // grows once instead of at every power of two.
     to.reserve(from.len() + 4);
+    // One pass; the headers a `Connection` names (rare) are taken out afterwards, instead of
+    // looking `Connection` up before the copy and again for every header (issue 16).
+    let mut has_connection = false;
     for (name, value) in from.iter() {
-        if dropped_request_header(name.as_str())
-            || (has_connection && named_by_connection(from, name))
-        {
+        if dropped_request_header(name.as_str()) {
+            has_connection |= *name == header::CONNECTION;
             continue;
         }
         to.append(name.clone(), value.clone());
+    }
+    if has_connection {
+        remove_named_by_connection(from, to);
+    }
+}
+
+/// Removes from `to` the headers that `from`'s `Connection` names (hop-by-hop for that hop).
+fn remove_named_by_connection(from: &HeaderMap, to: &mut HeaderMap) {
+    for value in from.get_all(header::CONNECTION) {
+        let Ok(listed) = value.to_str() else {
+            continue;
+        };
+        for token in listed.split(',') {
+            // Names are lower case in a map; `from_bytes` lowers the token as the comparison
+            // ignored case. A token that is no header name names nothing in the map.
+            let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) else {
+                continue;
+            };
+            if to.contains_key(&name) {
+                to.remove(name);
+            }
+        }
     }
 }
 
@@ -117,14 +143,16 @@ pub struct BodyHeaders<'a> {
     pub content_encoding: Option<&'a HeaderValue>,
 }
 
-/// `copy_response_headers_to`, telling what the body needs on the way.
+/// `copy_response_headers_to`, telling what the body needs on the way. `to` has none of the
+/// headers yet.
 pub fn copy_answer_headers<'a>(from: &'a HeaderMap, to: &mut HeaderMap) -> BodyHeaders<'a> {
-    let has_connection = from.contains_key(header::CONNECTION);
     to.reserve(from.len() + 1);
-    if let Some(id) = from.get(&X_REQUEST_ID) {
-        to.insert(X_UPSTREAM_REQUEST_ID.clone(), id.clone());
-    }
     let mut body = BodyHeaders::default();
+    // One pass, as for the request: the upstream's request id and `Connection` are found on the
+    // way instead of being looked up first (issue 16).
+    let mut has_connection = false;
+    let mut upstream_id = None;
+    let mut upstream_sent_ours = false;
     for (name, value) in from.iter() {
         let seen = match *name {
             header::CONTENT_TYPE => &mut body.content_type,
@@ -135,12 +163,31 @@ pub fn copy_answer_headers<'a>(from: &'a HeaderMap, to: &mut HeaderMap) -> BodyH
         if seen.is_none() {
             *seen = Some(value);
         }
-        let kept = match has_connection {
-            true => keep_response_header(from, name),
-            false => !dropped_response_header(name.as_str()),
-        };
-        if kept {
-            to.append(name.clone(), value.clone());
+        if dropped_response_header(name.as_str()) {
+            has_connection |= *name == header::CONNECTION;
+            if *name == X_REQUEST_ID && upstream_id.is_none() {
+                upstream_id = Some(value);
+            }
+            continue;
+        }
+        upstream_sent_ours |= *name == X_UPSTREAM_REQUEST_ID;
+        to.append(name.clone(), value.clone());
+    }
+    if has_connection {
+        remove_named_by_connection(from, to);
+    }
+    if let Some(id) = upstream_id {
+        match upstream_sent_ours {
+            false => to.append(X_UPSTREAM_REQUEST_ID.clone(), id.clone()),
+            // The provider's id comes first, before an upstream's own values of that name.
+            true => {
+                let theirs: Vec<HeaderValue> =
+                    to.get_all(&X_UPSTREAM_REQUEST_ID).cloned().collect();
+                to.insert(X_UPSTREAM_REQUEST_ID.clone(), id.clone());
+                for value in theirs {
+                    to.append(X_UPSTREAM_REQUEST_ID.clone(), value);
+                }
+            }
         }
     }
     body
@@ -253,6 +300,89 @@ mod tests {
             "req_provider_1"
         );
         assert_eq!(headers.get("content-type").unwrap(), "application/json");
+    }
+
+    /// The answer's headers as `name: value` lines, sorted (a map's order is its hash's).
+    fn answer_of(from: &[(&'static str, &'static str)]) -> (Vec<String>, Vec<String>) {
+        let from = map(from);
+        let mut to = HeaderMap::new();
+        let found = copy_answer_headers(&from, &mut to);
+        let mut lines: Vec<String> = to
+            .iter()
+            .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap()))
+            .collect();
+        lines.sort_unstable();
+        let found = [
+            found.content_type,
+            found.content_length,
+            found.content_encoding,
+        ]
+        .map(|value| value.map_or("-", |v| v.to_str().unwrap()).to_owned());
+        (lines, found.to_vec())
+    }
+
+    #[test]
+    fn answer_headers_are_copied_in_one_pass_as_they_were_with_lookups() {
+        // Issue 16: `Connection`, the request id and llmux's own names are found while copying.
+        let check = |from: &[(&'static str, &'static str)], lines: &[&str], found: &[&str]| {
+            let (copied, seen) = answer_of(from);
+            assert_eq!(copied, lines, "{from:?}");
+            assert_eq!(seen, found, "{from:?}");
+        };
+        check(
+            &[
+                ("content-type", "application/json"),
+                ("content-length", "12"),
+                ("x-ratelimit-remaining-requests", "9"),
+            ],
+            &[
+                "content-type: application/json",
+                "x-ratelimit-remaining-requests: 9",
+            ],
+            &["application/json", "12", "-"],
+        );
+        check(
+            &[
+                ("connection", "close, X-Upstream-Hop"),
+                ("x-upstream-hop", "1"),
+                ("content-encoding", "gzip"),
+                ("x-llmux-attempts", "7"),
+                ("x-llmux-upstream", "inner/x@10.0.0.7"),
+            ],
+            &["content-encoding: gzip"],
+            &["-", "-", "gzip"],
+        );
+        // The provider's id is renamed (its first value), before any of the upstream's own.
+        check(
+            &[
+                ("x-request-id", "req_1"),
+                ("x-request-id", "req_2"),
+                ("x-upstream-request-id", "theirs"),
+            ],
+            &[
+                "x-upstream-request-id: req_1",
+                "x-upstream-request-id: theirs",
+            ],
+            &["-", "-", "-"],
+        );
+        let from = map(&[
+            ("x-request-id", "req_1"),
+            ("x-upstream-request-id", "theirs"),
+        ]);
+        let mut to = HeaderMap::new();
+        copy_answer_headers(&from, &mut to);
+        let values: Vec<_> = to.get_all(&X_UPSTREAM_REQUEST_ID).collect();
+        assert_eq!(values, ["req_1", "theirs"]);
+        // A `Connection` naming the renamed header takes the upstream's own, never llmux's.
+        check(
+            &[
+                ("connection", "x-upstream-request-id"),
+                ("x-request-id", "req_1"),
+                ("x-upstream-request-id", "theirs"),
+            ],
+            &["x-upstream-request-id: req_1"],
+            &["-", "-", "-"],
+        );
     }
 
     #[test]

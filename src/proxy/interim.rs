@@ -59,10 +59,13 @@ pub struct SkipInterim<IO> {
     active: bool,
     /// A request was written and its final head has not been read yet.
     awaiting_head: bool,
-    /// Bytes read while deciding whether they start an interim head.
-    head: BytesMut,
-    /// Bytes decided to be the answer's, not yet handed to the reader.
-    passing: BytesMut,
+    /// Bytes held back: while `awaiting_head`, those read while deciding whether they start an
+    /// interim head; after it, those decided to be the answer's, not yet handed to the reader
+    /// (never both: the answer's bytes are handed over before another head is awaited).
+    /// Boxed and made only when bytes are held, which almost no answer needs: the connection
+    /// is moved whole into awc's connection and its futures, and two inline buffers made
+    /// each of those moves a `memcpy` (issue 16).
+    held: Option<Box<BytesMut>>,
 }
 
 impl<IO> SkipInterim<IO> {
@@ -71,8 +74,7 @@ impl<IO> SkipInterim<IO> {
             io,
             active,
             awaiting_head: false,
-            head: BytesMut::new(),
-            passing: BytesMut::new(),
+            held: None,
         }
     }
 }
@@ -108,10 +110,16 @@ fn classify(bytes: &[u8]) -> Head {
     }
 }
 
-fn hand_over(passing: &mut BytesMut, out: &mut ReadBuf<'_>) {
-    let count = passing.len().min(out.remaining());
-    out.put_slice(&passing[..count]);
-    passing.advance(count);
+/// Hands over as much of `held` as `out` takes; drops the buffer once it is empty.
+fn hand_over(held: &mut Option<Box<BytesMut>>, out: &mut ReadBuf<'_>) {
+    if let Some(passing) = held.as_mut() {
+        let count = passing.len().min(out.remaining());
+        out.put_slice(&passing[..count]);
+        passing.advance(count);
+        if passing.is_empty() {
+            *held = None;
+        }
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for SkipInterim<IO> {
@@ -121,27 +129,29 @@ impl<IO: AsyncRead + Unpin> AsyncRead for SkipInterim<IO> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.passing.is_empty() {
-            hand_over(&mut this.passing, out);
-            return Poll::Ready(Ok(()));
-        }
         if !this.awaiting_head {
+            if this.held.is_some() {
+                hand_over(&mut this.held, out);
+                return Poll::Ready(Ok(()));
+            }
             return Pin::new(&mut this.io).poll_read(cx, out);
         }
         // The answer is read straight into the caller's buffer: only bytes that may start an
         // interim head are moved aside (issue 16: a zeroed 8 KB buffer per read cost more than
         // the rest of the response head).
         loop {
-            if !this.head.is_empty() {
-                match classify(&this.head) {
+            if let Some(head) = this.held.as_mut() {
+                match classify(head) {
                     Head::Interim(length) if length > 0 => {
-                        this.head.advance(length);
+                        head.advance(length);
+                        if head.is_empty() {
+                            this.held = None;
+                        }
                         continue;
                     }
                     Head::Final => {
                         this.awaiting_head = false;
-                        this.passing = std::mem::take(&mut this.head);
-                        hand_over(&mut this.passing, out);
+                        hand_over(&mut this.held, out);
                         return Poll::Ready(Ok(()));
                     }
                     _ => {}
@@ -157,15 +167,17 @@ impl<IO: AsyncRead + Unpin> AsyncRead for SkipInterim<IO> {
             if read.is_empty() {
                 // The end of the connection: what was held back goes on, then the end.
                 this.awaiting_head = false;
-                this.passing = std::mem::take(&mut this.head);
-                hand_over(&mut this.passing, out);
+                hand_over(&mut this.held, out);
                 return Poll::Ready(Ok(()));
             }
-            if this.head.is_empty() && classify(read) == Head::Final {
-                this.awaiting_head = false;
-                return Poll::Ready(Ok(()));
+            match this.held.as_mut() {
+                None if classify(read) == Head::Final => {
+                    this.awaiting_head = false;
+                    return Poll::Ready(Ok(()));
+                }
+                None => this.held = Some(Box::new(BytesMut::from(read))),
+                Some(head) => head.extend_from_slice(read),
             }
-            this.head.extend_from_slice(read);
             out.set_filled(before);
         }
     }
@@ -211,7 +223,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for SkipInterim<IO> {
 
 impl<IO: ActixStream> ActixStream for SkipInterim<IO> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
-        if !self.passing.is_empty() {
+        if !self.awaiting_head && self.held.is_some() {
             return Poll::Ready(Ok(Ready::READABLE));
         }
         self.io.poll_read_ready(cx)

@@ -31,14 +31,15 @@ pin_project! {
         inner: S,
         // Fires at or before `idle_deadline`; re-armed only when it fires early (issue 16:
         // resetting the timer at every chunk cost more than the chunk's own handling). Made
-        // the first time the upstream makes the body wait: most JSON answers never do.
-        #[pin]
-        idle: Option<Sleep>,
-        idle_deadline: Instant,
+        // the first time the upstream makes the body wait: most JSON answers never do. Boxed
+        // then: inline, it made every answer's stream twice as large, and the stream is moved
+        // into the response's body box.
+        idle: Option<Pin<Box<Sleep>>>,
+        // When the gap since the last chunk is too long; `None` until the first chunk or the
+        // first wait, whichever comes first (no clock read for it when the stream is made).
+        idle_deadline: Option<Instant>,
         idle_timeout: Duration,
         finished: bool,
-        // The upstream body ended; what the usage reader held back is still to go out.
-        inner_done: bool,
         // Boxed: the record is large (admission, trace) and this stream moves into the
         // response and the server's state machines (issue 16: memcpy of 2 KB per move).
         log: Box<AccessLog>,
@@ -55,14 +56,12 @@ impl<S> ResponseStream<S> {
                 log.usage = None;
             }
         }
-        let idle_deadline = later_by(Instant::now(), idle_timeout);
         Self {
             inner,
             idle: None,
-            idle_deadline,
+            idle_deadline: None,
             idle_timeout,
             finished: false,
-            inner_done: false,
             log,
         }
     }
@@ -81,17 +80,6 @@ where
             return Poll::Ready(None);
         }
         loop {
-            if *this.inner_done {
-                let elapsed = this.log.started.elapsed();
-                *this.finished = true;
-                this.log.outcome = Outcome::Ok;
-                let rest = this.log.usage.as_mut().and_then(|u| u.flush(elapsed));
-                if let Some(rest) = rest {
-                    this.log.bytes += rest.len() as u64;
-                    return Poll::Ready(Some(Ok(rest)));
-                }
-                return Poll::Ready(None);
-            }
             match this.inner.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
                     let now = Instant::now();
@@ -99,7 +87,7 @@ where
                     if this.log.first_byte.is_none() {
                         this.log.first_byte = Some(elapsed);
                     }
-                    *this.idle_deadline = later_by(now, *this.idle_timeout);
+                    *this.idle_deadline = Some(later_by(now, *this.idle_timeout));
                     let out = match this.log.usage.as_mut() {
                         Some(usage) => usage.chunk(chunk, elapsed),
                         None => Some(chunk),
@@ -117,21 +105,34 @@ where
                     return Poll::Ready(Some(Err(BodyError::Upstream(error.to_string()))));
                 }
                 Poll::Ready(None) => {
-                    this.log.upstream_end();
-                    *this.inner_done = true;
+                    // One clock read for the upstream's end and the usage reader's last event.
+                    let now = std::time::Instant::now();
+                    this.log.upstream_end_at(now);
+                    *this.finished = true;
+                    this.log.outcome = Outcome::Ok;
+                    let elapsed = now.saturating_duration_since(this.log.started);
+                    // What the usage reader held back goes out last.
+                    let rest = this.log.usage.as_mut().and_then(|u| u.flush(elapsed));
+                    if let Some(rest) = rest {
+                        this.log.bytes += rest.len() as u64;
+                        return Poll::Ready(Some(Ok(rest)));
+                    }
+                    return Poll::Ready(None);
                 }
                 Poll::Pending => {
-                    if this.idle.is_none() {
-                        let deadline = *this.idle_deadline;
-                        this.idle.set(Some(tokio::time::sleep_until(deadline)));
-                    }
-                    let Some(mut idle) = this.idle.as_mut().as_pin_mut() else {
-                        return Poll::Pending;
-                    };
+                    // Before any chunk the gap runs from this first wait (the stream is polled
+                    // as soon as the answer's head is out).
+                    let timeout = *this.idle_timeout;
+                    let deadline = *this
+                        .idle_deadline
+                        .get_or_insert_with(|| later_by(Instant::now(), timeout));
+                    let idle = this
+                        .idle
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                     while idle.as_mut().poll(cx).is_ready() {
-                        if Instant::now() < *this.idle_deadline {
+                        let deadline = this.idle_deadline.unwrap_or(deadline);
+                        if Instant::now() < deadline {
                             // A chunk came since it was armed: wait for the rest of the gap.
-                            let deadline = *this.idle_deadline;
                             idle.as_mut().reset(deadline);
                             continue;
                         }

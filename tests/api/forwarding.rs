@@ -420,3 +420,54 @@ async fn response_headers_named_by_the_upstream_connection_header_stay_behind() 
     assert!(!response.headers().contains_key("x-upstream-hop"));
     assert_eq!(response.text().await.unwrap(), r#"{"ok":true}"#);
 }
+
+#[tokio::test]
+async fn an_upstream_s_own_llmux_headers_never_reach_the_client_beside_llmux_s() {
+    // Issue 16: llmux appends `x-llmux-attempts` (and `x-llmux-upstream` when shown) without
+    // looking for one first, so the upstream's own values of those names must stay behind, or the
+    // client would get two.
+    use llmux::pipeline::attempt::UpstreamHeader;
+    let reply = Reply::Raw {
+        status: 200,
+        content_type: "application/json".into(),
+        body: json!({"id": "c", "object": "chat.completion", "choices": []}).to_string(),
+        headers: vec![
+            ("x-llmux-attempts".to_owned(), "7".to_owned()),
+            (
+                "x-llmux-upstream".to_owned(),
+                "inner/secret@10.0.0.7:8000".to_owned(),
+            ),
+            ("x-request-id".to_owned(), "req_provider_1".to_owned()),
+        ],
+    };
+    let values = |response: &reqwest::Response, name: &str| -> Vec<String> {
+        let values = response.headers().get_all(name).iter();
+        values.map(|v| v.to_str().unwrap().to_owned()).collect()
+    };
+    let app = spawn_app().await;
+    app.upstream.always(reply.clone());
+
+    let response = app
+        .post_json("/v1/chat/completions", json!({"model": "m"}))
+        .await;
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(values(&response, "x-llmux-attempts"), ["1"]);
+    assert!(values(&response, "x-llmux-upstream").is_empty());
+    assert_eq!(
+        values(&response, "x-upstream-request-id"),
+        ["req_provider_1"]
+    );
+
+    let app = Spawn::new()
+        .file("p.json", provider_file("mock", "", &[("m", "target-m")]))
+        .args(|args| args.upstream_header = UpstreamHeader::Name)
+        .start()
+        .await;
+    app.upstream.always(reply);
+    let response = app
+        .post_json("/v1/chat/completions", json!({"model": "m"}))
+        .await;
+    assert_eq!(values(&response, "x-llmux-attempts"), ["1"]);
+    assert_eq!(values(&response, "x-llmux-upstream"), ["mock/target-m"]);
+}
