@@ -617,15 +617,22 @@ impl AccessControl {
         entry: &Arc<KeyEntry>,
     ) -> Decision<'_> {
         let now_ms = unix_ms(now);
-        let mut plan = match self.plan(headers, request, now_ms, snapshot, entry) {
-            Ok(plan) => plan,
-            Err(denial) => {
-                return Decision::Made(Err(Rejection {
-                    denial,
-                    caller: Some(Caller::of(entry)),
-                }))
-            }
+        if let Err(denial) = may_call(entry, request, now_ms) {
+            return Decision::Made(Err(Rejection {
+                denial,
+                caller: Some(Caller::of(entry)),
+            }));
+        }
+        // Built here and filled in place: returned from a function, the plan (half a kilobyte
+        // of charges) was copied on the way.
+        let mut plan = Plan {
+            entry: Arc::clone(entry),
+            charges: SmallVec::new(),
+            infos: SmallVec::new(),
+            exempted: false,
+            wants_trace: self.wants_trace(headers),
         };
+        charges_for(snapshot, entry, request, now_ms, &mut plan);
         if plan.charges.is_empty() {
             return Decision::Made(Ok(self.unlimited(&plan)));
         }
@@ -636,40 +643,6 @@ impl AccessControl {
                 self.settle_charges(&mut plan, acquired)
             })),
         }
-    }
-
-    /// The checks that need no counter, then every limit that applies.
-    fn plan(
-        &self,
-        headers: &HeaderMap,
-        request: &AdmitRequest<'_>,
-        now_ms: u64,
-        snapshot: &AccessSnapshot,
-        entry: &Arc<KeyEntry>,
-    ) -> Result<Plan, Denial> {
-        if entry.disabled {
-            return Err(Denial::KeyDisabled);
-        }
-        if entry.is_expired((now_ms / 1000) as i64) {
-            return Err(Denial::KeyExpired);
-        }
-        if let Some(model) = request.model {
-            if !entry.may_use_model(model) {
-                return Err(Denial::ModelNotAllowed);
-            }
-        }
-        if !entry.may_do(request.operation) {
-            return Err(Denial::OperationNotAllowed);
-        }
-        let mut plan = Plan {
-            entry: Arc::clone(entry),
-            charges: SmallVec::new(),
-            infos: SmallVec::new(),
-            exempted: false,
-            wants_trace: self.wants_trace(headers),
-        };
-        charges_for(snapshot, entry, request, now_ms, &mut plan);
-        Ok(plan)
     }
 
     /// The admission of a request no limit applies to.
@@ -777,6 +750,25 @@ impl AccessControl {
             held: Some(held),
         })
     }
+}
+
+/// The checks that need no counter: the key is usable, and for this model and operation.
+fn may_call(entry: &KeyEntry, request: &AdmitRequest<'_>, now_ms: u64) -> Result<(), Denial> {
+    if entry.disabled {
+        return Err(Denial::KeyDisabled);
+    }
+    if entry.is_expired((now_ms / 1000) as i64) {
+        return Err(Denial::KeyExpired);
+    }
+    if let Some(model) = request.model {
+        if !entry.may_use_model(model) {
+            return Err(Denial::ModelNotAllowed);
+        }
+    }
+    if !entry.may_do(request.operation) {
+        return Err(Denial::OperationNotAllowed);
+    }
+    Ok(())
 }
 
 impl AccessControl {
