@@ -87,10 +87,10 @@ impl AnswerHeaders {
     }
 
     /// Adds the headers to an answer's. Straight from the readings (static names, values cut
-    /// from one per-thread buffer, a value like the last one of its header cloned): built as
-    /// `(&str, String)` pairs and parsed back, then as a `Vec` of values of their own
-    /// allocation each, they were about 3k instructions per admitted request, and 1.9k with a
-    /// new value each from the buffer (issue 16). Names and values are
+    /// from one per-thread buffer, or cloned when the last value of their header was for the
+    /// same number): built as `(&str, String)` pairs and parsed back, then as a `Vec` of values
+    /// of their own allocation each, they were about 3k instructions per admitted request, and
+    /// 1.9k with a new value each from the buffer (issue 16). Names and values are
     /// `RateLimitHeaders::pairs`'.
     pub fn add_to(self, answer: &mut HeaderMap) {
         let readings = [
@@ -105,13 +105,15 @@ impl AnswerHeaders {
                     let Some(reading) = reading else { continue };
                     let slot = measure * 3;
                     let numbers = [
-                        values.value(slot, |out| {
+                        values.value(slot, reading.limit.into(), |out| {
                             out.write_str(itoa::Buffer::new().format(reading.limit))
                         }),
-                        values.value(slot + 1, |out| {
+                        values.value(slot + 1, reading.remaining.into(), |out| {
                             out.write_str(itoa::Buffer::new().format(reading.remaining))
                         }),
-                        values.value(slot + 2, |out| write_openai_duration(reading.reset, out)),
+                        values.value(slot + 2, reading.reset.as_nanos(), |out| {
+                            write_openai_duration(reading.reset, out)
+                        }),
                     ];
                     for (name, value) in [limit, remaining, reset].into_iter().zip(numbers) {
                         if let Some(value) = value {
@@ -136,23 +138,29 @@ thread_local! {
 #[derive(Default)]
 struct AnswerValues {
     buffer: BytesMut,
-    /// A value like the one before it is a clone of that one (a reference count): a key's
-    /// limit is the same on all its answers, and so is the rest while the limit is far from
-    /// reached.
-    last: [Option<HeaderValue>; 6],
+    /// Each header's last value and what it was written from (a number, or a duration in ns):
+    /// the same again is a clone of it (a reference count), not written. A key's limit is the
+    /// same on all its answers; the rest repeats while the limit is far from reached.
+    last: [Option<(u128, HeaderValue)>; 6],
 }
 
 impl AnswerValues {
-    /// The value `write` writes, for header `slot`. A new value shares the buffer's allocation
-    /// (a reference count); a new buffer is allocated once the rest is too short. Small, so
-    /// that a long answer holding a value keeps little of it alive.
+    /// The value of header `slot` for `of`: the last one when it was for `of` too, else what
+    /// `write` writes. A new value shares the buffer's allocation (a reference count); a new
+    /// buffer is allocated once the rest is too short. Small, so that a long answer holding a
+    /// value keeps little of it alive.
     fn value(
         &mut self,
         slot: usize,
+        of: u128,
         write: impl FnOnce(&mut BytesMut) -> std::fmt::Result,
     ) -> Option<HeaderValue> {
         const BUFFER_BYTES: usize = 512;
         const VALUE_BYTES: usize = 32;
+        let last = self.last.get_mut(slot)?;
+        if let Some((_, value)) = last.as_ref().filter(|(last_of, _)| *last_of == of) {
+            return Some(value.clone());
+        }
         if self.buffer.capacity() - self.buffer.len() < VALUE_BYTES {
             self.buffer.reserve(BUFFER_BYTES);
         }
@@ -160,13 +168,8 @@ impl AnswerValues {
             self.buffer.clear();
             return None;
         }
-        let last = self.last.get_mut(slot)?;
-        if let Some(value) = last.as_ref().filter(|last| last.as_bytes() == &self.buffer[..]) {
-            self.buffer.clear();
-            return Some(value.clone());
-        }
         let value = HeaderValue::from_maybe_shared(self.buffer.split().freeze()).ok()?;
-        *last = Some(value.clone());
+        *last = Some((of, value.clone()));
         Some(value)
     }
 }
@@ -547,7 +550,9 @@ mod tests {
             .map(|&number| {
                 let mut value = |slot| {
                     values
-                        .value(slot, |out| out.write_str(itoa::Buffer::new().format(number)))
+                        .value(slot, number.into(), |out| {
+                            out.write_str(itoa::Buffer::new().format(number))
+                        })
                         .unwrap()
                 };
                 (number, value(0), value(5))
@@ -557,7 +562,7 @@ mod tests {
             assert_eq!(first.to_str().unwrap(), number.to_string());
             assert_eq!(second.to_str().unwrap(), number.to_string());
         }
-        assert!(values.value(6, |out| out.write_str("1")).is_none());
+        assert!(values.value(6, 1, |out| out.write_str("1")).is_none());
     }
 
     #[test]
