@@ -65,7 +65,9 @@ pub fn header_text(bytes: &[u8]) -> bool {
         below(word, 0x20) | equal(word, 0x7f) | (word & HIGHS)
     })
     .is_none()
-        || bytes.iter().all(|&b| (0x20..0x7f).contains(&b) || b == b'\t')
+        || bytes
+            .iter()
+            .all(|&b| (0x20..0x7f).contains(&b) || b == b'\t')
 }
 
 #[cfg(test)]
@@ -119,7 +121,9 @@ mod tests {
                 for byte in [0x00, b'\t', b'\n', 0x1f, b' ', b'~', 0x7f, 0x80, 0xff, b'a'] {
                     let mut text = vec![b'x'; len];
                     text[at] = byte;
-                    let visible = text.iter().all(|&b| (0x20..0x7f).contains(&b) || b == b'\t');
+                    let visible = text
+                        .iter()
+                        .all(|&b| (0x20..0x7f).contains(&b) || b == b'\t');
                     assert_eq!(header_text(&text), visible, "{text:?}");
                     if let Ok(value) = actix_web::http::header::HeaderValue::from_bytes(&text) {
                         assert_eq!(header_text(&text), value.to_str().is_ok(), "{text:?}");

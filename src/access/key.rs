@@ -262,7 +262,9 @@ mod tests {
 
     #[test]
     fn plain_names_match_as_their_globs_match() {
-        let names = ["", "exact", "Exact", "exac", "exactly", "gpt-4o", "é/ü", "a b"];
+        let names = [
+            "", "exact", "Exact", "exac", "exactly", "gpt-4o", "é/ü", "a b",
+        ];
         for pattern in names {
             for text in names {
                 assert_eq!(
