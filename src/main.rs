@@ -15,7 +15,14 @@ fn main() -> anyhow::Result<()> {
             telemetry::init(telemetry::subscriber("llmux", &args.log, std::io::stdout)?)?;
             actix_web::rt::System::new().block_on(async move {
                 let application = Application::build(args)?;
-                match application.run_until_signalled().await? {
+                // The tables (routes, every client key) die with the process: freeing them at
+                // exit is work for nothing, and it was a race, done by whichever of this thread
+                // and the worker threads let go last, by a worker only when it ended before the
+                // process did (issue 16: two callgrind runs differed by one free of the keys).
+                let tables = application.state();
+                let shutdown = application.run_until_signalled().await?;
+                std::mem::forget(tables);
+                match shutdown {
                     Shutdown::Drained => anyhow::Ok(()),
                     Shutdown::Forced => std::process::exit(1),
                 }
