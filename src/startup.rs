@@ -36,6 +36,7 @@ use crate::routing::table::RoutingTable;
 use crate::shared::connection::RedisHealthMetrics;
 use crate::shared::{SharedSettings, SharedState};
 use crate::state::AppState;
+use crate::store::Store;
 use crate::traces::Traces;
 use crate::upstream::Upstream;
 
@@ -50,6 +51,9 @@ pub struct Application {
     drain_delay: Duration,
     /// The built-in demo backend (src/demo): serves while the application does.
     demo: Server,
+    /// The access store, when the admin or self-service API is on: the usage it has not written
+    /// yet (it writes once a second) is written before the process exits.
+    usage_store: Option<Store>,
 }
 
 /// Limits on a request's headers beyond actix's own (at most 96 headers and a 128 KiB head,
@@ -174,8 +178,9 @@ impl Application {
             Arc::clone(&shared.counters),
             admin_token,
         )?;
-        if let Some(access_api) = &access_api {
-            access = access.with_usage_sink(Arc::new(access_api.store.clone()));
+        let usage_store = access_api.as_ref().map(|api| api.store.clone());
+        if let Some(store) = &usage_store {
+            access = access.with_usage_sink(Arc::new(store.clone()));
         }
         let access = Arc::new(access);
         let mut metrics = Metrics::new(Arc::clone(&table));
@@ -335,6 +340,7 @@ impl Application {
             shutdown_grace: args.shutdown_grace,
             drain_delay: args.drain_delay,
             demo: demo.server,
+            usage_store,
         })
     }
 
@@ -389,6 +395,7 @@ impl Application {
             realtime,
             shutdown_grace,
             demo,
+            usage_store,
             ..
         } = self;
         let handle = server.handle();
@@ -432,6 +439,9 @@ impl Application {
             () = graceful => {
                 server.await??;
                 demo_handle.stop(false).await;
+                if let Some(store) = &usage_store {
+                    write_pending_usage(store).await;
+                }
                 if let Some(traces) = &state.traces {
                     traces.shutdown();
                 }
@@ -452,6 +462,25 @@ pub enum Shutdown {
     /// A second signal cut requests in flight.
     Forced,
 }
+
+/// Writes the usage counted since the store's last batch (up to a second of it), so that a
+/// restart or a rolling deploy does not hand keys back the requests and tokens they just used.
+/// Bounded: a store that does not answer does not hold the exit.
+async fn write_pending_usage(store: &Store) {
+    match tokio::time::timeout(USAGE_WRITE_AT_EXIT, store.flush_usage()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "writing the last usage counts at shutdown failed");
+        }
+        Err(_) => tracing::warn!(
+            timeout_s = USAGE_WRITE_AT_EXIT.as_secs_f64(),
+            "writing the last usage counts at shutdown timed out"
+        ),
+    }
+}
+
+/// How long the exit waits for the store to take the last usage counts.
+const USAGE_WRITE_AT_EXIT: Duration = Duration::from_secs(5);
 
 /// actix ignores a second stop while a graceful one runs: the caller exits the process instead.
 fn force() -> Shutdown {

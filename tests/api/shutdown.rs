@@ -262,3 +262,93 @@ async fn healthcheck_exits_1_when_health_is_not_200() {
 
     assert_eq!(healthcheck(port).await, Some(1));
 }
+
+/// The store writes admission's usage once a second: what a key used in the last second before a
+/// SIGTERM is written on the way out, so a restart does not give those requests back to the key.
+#[tokio::test]
+async fn sigterm_writes_the_usage_the_store_has_not_written_yet() {
+    use llmux::store::records::WindowType;
+    use llmux::store::{Store, StoreLocation, StoreTimings, WhenUnreachable};
+
+    let upstream = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.json"),
+        provider_file("mock", "", &[("m", "t")])
+            .to_string()
+            .replace("{UPSTREAM}", &upstream.url),
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().join("data");
+    let Binary {
+        mut child, port, ..
+    } = Binary::start(
+        dir.path(),
+        &["--watch", "off", "--data-dir", data_dir.to_str().unwrap()],
+        &[
+            ("LLMUX_ADMIN_TOKEN", crate::admin_api::ADMIN_TOKEN),
+            ("LLMUX_DRAIN_DELAY", "0"),
+            ("TEST_PROVIDER_KEY", "sk-binary"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let created: serde_json::Value = http
+        .post(format!("http://127.0.0.1:{port}/api/admin/keys"))
+        .bearer_auth(crate::admin_api::ADMIN_TOKEN)
+        .json(&json!({"name": "ci"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["api_key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    // The key table takes the database's keys within the store's poll.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let chat = || {
+        http.post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "m", "messages": []}))
+            .send()
+    };
+    while chat().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "the new key never admitted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Three more at once, then the signal: well inside the store's one-second batch.
+    for _ in 0..3 {
+        assert_eq!(chat().await.unwrap().status(), 200);
+    }
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    send_sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("llmux exits after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let store = Store::open(
+        StoreLocation::Sqlite { data_dir },
+        StoreTimings::default(),
+        WhenUnreachable::Fail,
+    )
+    .unwrap();
+    let counted = store
+        .usage(
+            format!("key:{id}"),
+            WindowType::Day,
+            i64::try_from(at).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        counted.requests, 4,
+        "every admitted request is in the store"
+    );
+}
