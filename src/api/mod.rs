@@ -33,13 +33,7 @@ pub fn configure(
         let (state, clients) = (state.clone(), clients.clone());
         let resource = resource(&format!("/{}", operation.path())).route(post().to(
             move |request: HttpRequest, payload: web::Payload| {
-                pipeline::forward_json(
-                    operation,
-                    request,
-                    payload,
-                    state.clone(),
-                    clients.clone(),
-                )
+                pipeline::forward_json(operation, request, payload, state.clone(), clients.clone())
             },
         ));
         // `GET /v1/chat/completions` lists stored chat completions: same URL, other method.

@@ -61,9 +61,11 @@ pub fn take_record(request: &HttpRequest) -> Option<Box<AccessLog>> {
 impl HeaderLimits {
     fn check(self, headers: &HeaderMap) -> Result<(), ApiError> {
         // One pass for both (`HeaderMap::len` is a pass of its own).
-        let (count, bytes) = headers.iter().fold((0, 0), |(count, bytes), (name, value)| {
-            (count + 1, bytes + name.as_str().len() + value.len())
-        });
+        let (count, bytes) = headers
+            .iter()
+            .fold((0, 0), |(count, bytes), (name, value)| {
+                (count + 1, bytes + name.as_str().len() + value.len())
+            });
         if count > self.max_count || bytes > self.max_bytes {
             return Err(ApiError::HeadersTooLarge {
                 max_bytes: self.max_bytes,
