@@ -437,15 +437,13 @@ impl WorkerParts {
         >,
     > {
         // awc's client is not Send: each worker makes its own.
-        let clients = web::Data::new(self.upstream.clients());
+        let clients = self.upstream.clients();
         let client = clients.default_client();
         let access_api = self.access_api.clone();
-        let state = self.state.clone();
-        let routes_clients = clients.clone();
         App::new()
             .app_data(self.state.clone())
             .app_data(self.shared.clone())
-            .app_data(clients)
+            .app_data(web::Data::new(clients))
             // The admin API's OIDC fetches use a plain client of their own.
             .app_data(web::Data::new(client.clone()))
             .app_data(self.realtime.clone())
@@ -455,7 +453,7 @@ impl WorkerParts {
                     admin::configure(cfg, access_api, &client);
                 }
             })
-            .configure(move |cfg| api::configure(cfg, &state, &routes_clients))
+            .configure(api::configure)
             .default_service(web::to(api::unknown_or_passthrough))
     }
 }

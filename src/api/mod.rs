@@ -19,21 +19,16 @@ use crate::routing::families::FAMILY_ROUTES;
 use crate::state::AppState;
 use crate::upstream::UpstreamClients;
 
-/// The URL map. The JSON operations' handlers hold the worker's state and clients themselves
-/// (issue 16: two `web::Data` extractors, an `app_data` search and a ready future each, on the
-/// hottest path); the other handlers extract what they use.
-pub fn configure(
-    cfg: &mut web::ServiceConfig,
-    state: &web::Data<AppState>,
-    clients: &web::Data<UpstreamClients>,
-) {
+pub fn configure(cfg: &mut web::ServiceConfig) {
     // Fixed paths first: `/v1/responses/compact` and `/v1/responses/input_tokens` are
     // operations, not ids of `/v1/responses/{id}`.
     for &operation in Operation::JSON {
-        let (state, clients) = (state.clone(), clients.clone());
         let resource = resource(&format!("/{}", operation.path())).route(post().to(
-            move |request: HttpRequest, payload: web::Payload| {
-                pipeline::forward_json(operation, request, payload, state.clone(), clients.clone())
+            move |request: HttpRequest,
+                  payload: web::Payload,
+                  state: web::Data<AppState>,
+                  clients: web::Data<UpstreamClients>| {
+                pipeline::forward_json(operation, request, payload, state, clients)
             },
         ));
         // `GET /v1/chat/completions` lists stored chat completions: same URL, other method.
