@@ -6,11 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_cors::Cors;
-use actix_web::dev::{Server, Service};
-use actix_web::middleware::Condition;
+use actix_http::Request;
+use actix_service::IntoServiceFactory;
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{
+    AppConfig, Response, Server, Service, ServiceFactory, ServiceRequest, ServiceResponse,
+};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
-use futures_util::future::Either;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::access;
@@ -23,11 +26,10 @@ use crate::cli::ServeArgs;
 use crate::config::load::process_env;
 use crate::config::watch::{ConfigWatch, LiveConfig, Scope};
 use crate::demo;
-use crate::errors;
 use crate::health::HealthProbes;
 use crate::metrics::Metrics;
 use crate::oidc::callers::OidcCallers;
-use crate::pipeline::accept;
+use crate::pipeline::accept::{self, FrontChecks, HeaderLimits};
 use crate::pipeline::admit::Admitter;
 use crate::pipeline::attempt::RetryPolicy;
 use crate::realtime::{Realtime, RealtimeSettings};
@@ -54,31 +56,6 @@ pub struct Application {
     /// The access store, when the admin or self-service API is on: the usage it has not written
     /// yet (it writes once a second) is written before the process exits.
     usage_store: Option<Store>,
-}
-
-/// Limits on a request's headers beyond actix's own (at most 96 headers and a 128 KiB head,
-/// answered with an empty 431): these answer 431 in the OpenAI error shape.
-#[derive(Debug, Clone, Copy)]
-struct HeaderLimits {
-    max_bytes: usize,
-    max_count: usize,
-}
-
-impl HeaderLimits {
-    fn check(self, headers: &actix_web::http::header::HeaderMap) -> Result<(), errors::ApiError> {
-        let count = headers.len();
-        let bytes: usize = headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len())
-            .sum();
-        if count > self.max_count || bytes > self.max_bytes {
-            return Err(errors::ApiError::HeadersTooLarge {
-                max_bytes: self.max_bytes,
-                max_count: self.max_count,
-            });
-        }
-        Ok(())
-    }
 }
 
 /// Binds with `backlog` queued connections (std's `TcpListener::bind` uses 128, and actix
@@ -255,84 +232,65 @@ impl Application {
         if !upstream.proxy().is_empty() {
             tracing::info!(proxy = ?upstream.proxy(), "upstream connections go through an egress proxy");
         }
-        let server_state = state.clone();
-        let server_shared = shared.clone();
-        let header_limits = HeaderLimits {
-            max_bytes: args.max_header_bytes,
-            max_count: args.max_headers,
+        let parts = WorkerParts {
+            state: state.clone(),
+            shared: shared.clone(),
+            realtime: realtime.clone(),
+            admin_gate,
+            upstream,
+            access_api,
+            header_limits: HeaderLimits {
+                max_bytes: args.max_header_bytes,
+                max_count: args.max_headers,
+            },
+            path_prefixes: args.path_prefix.clone(),
         };
         let workers = args
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
             .max(1);
         let cors_origins = args.cors_origins.clone();
-        let path_prefixes = args.path_prefix.clone();
-        let server_realtime = realtime.clone();
-        let server = HttpServer::new(move || {
-            let prefixes = PathPrefixes::new(&path_prefixes);
-            // awc's client is not Send: each worker makes its own.
-            let clients = upstream.clients();
-            let client = clients.default_client();
-            App::new()
-                .app_data(server_state.clone())
-                .app_data(server_shared.clone())
-                .app_data(web::Data::new(clients))
-                // The admin API's OIDC fetches use a plain client of their own.
-                .app_data(web::Data::new(client.clone()))
-                .app_data(server_realtime.clone())
-                .app_data(admin_gate.clone())
-                .wrap_fn(move |mut request, service| {
-                    prefixes.strip(&mut request);
-                    service.call(request)
-                })
-                .wrap_fn(move |request, service| {
-                    let refused = header_limits.check(request.headers());
-                    let response = match refused {
-                        Ok(()) => Either::Left(service.call(request)),
-                        Err(error) => {
-                            Either::Right(std::future::ready(Ok(request.error_response(error))))
-                        }
-                    };
-                    async move { Ok(response.await?.map_into_boxed_body()) }
-                })
-                .wrap(Condition::new(
-                    !cors_origins.is_empty(),
-                    cors(&cors_origins),
-                ))
-                .wrap_fn(accept::middleware)
-                .configure(|cfg| {
-                    if let Some(access_api) = &access_api {
-                        admin::configure(cfg, access_api, &client);
-                    }
-                })
-                .configure(api::configure)
-                .default_service(web::to(api::unknown_or_passthrough))
-        })
-        // A client that closes its connection ends its request at once, even before the answer's
-        // head: the handler is dropped, which cancels the upstream request (status 499).
-        .h1_allow_half_closed(false)
-        // A head and a body written apart (an answer whose body waits for something, like a
-        // response id being stored in Redis) must not wait for the client's delayed ACK (Nagle:
-        // 40 ms on Linux). nginx sets the same (tcp_nodelay on).
-        .tcp_nodelay(true)
-        // Signals are the binary's business (`run_until_signalled`): tests start many apps in one process.
-        .disable_signals()
-        .shutdown_timeout(args.shutdown_grace.as_secs().max(1))
-        .workers(workers)
-        // actix's limit is per worker: the flag's total is shared out.
-        .max_connections(
-            usize::try_from(args.max_connections)
-                .unwrap_or(usize::MAX)
-                .div_ceil(workers),
-        )
-        .client_request_timeout(args.header_read_timeout)
-        .listen(listener)?;
+        // Two shapes of the App, as the type of its layers differs: without CORS the front is one
+        // layer (`accept::middleware`); with it, the checks sit inside `Cors`, the id and record
+        // outside (issue 16: a disabled `Condition<Cors>` cost a layer and an answer body type
+        // around every request).
+        let server = if cors_origins.is_empty() {
+            serve(
+                HttpServer::new(move || {
+                    let (state, checks) = (parts.state.clone(), parts.checks());
+                    parts.app().wrap_fn(move |request, service| {
+                        accept::middleware(request, service, &checks, &state)
+                    })
+                }),
+                &args,
+                workers,
+                listener,
+            )?
+        } else {
+            serve(
+                HttpServer::new(move || {
+                    let (state, checks) = (parts.state.clone(), parts.checks());
+                    parts
+                        .app()
+                        .wrap_fn(move |request, service| {
+                            accept::checks_middleware(request, service, &checks)
+                        })
+                        .wrap(cors(&cors_origins))
+                        .wrap_fn(move |request, service| {
+                            accept::accept_middleware(request, service, &state)
+                        })
+                }),
+                &args,
+                workers,
+                listener,
+            )?
+        };
         let watch = ConfigWatch::start(live, args.watch)
             .with_context(|| format!("watching the config dir `{}`", args.config_dir.display()))?;
         tracing::info!(port, host = %args.host, "llmux listening");
         Ok(Self {
             port,
-            server: server.run(),
+            server,
             state,
             shared,
             watch,
@@ -452,6 +410,103 @@ impl Application {
             _ = interrupt.recv() => Ok(force()),
         }
     }
+}
+
+/// What each worker's App is made of (built once, cloned into every worker).
+#[derive(Clone)]
+struct WorkerParts {
+    state: web::Data<AppState>,
+    shared: web::Data<SharedState>,
+    realtime: web::Data<Realtime>,
+    admin_gate: web::Data<AdminGate>,
+    upstream: Upstream,
+    access_api: Option<Arc<AccessApi>>,
+    header_limits: HeaderLimits,
+    /// Made into `PathPrefixes` per worker (not `Send`).
+    path_prefixes: Vec<String>,
+}
+
+impl WorkerParts {
+    fn checks(&self) -> FrontChecks {
+        FrontChecks {
+            limits: self.header_limits,
+            prefixes: PathPrefixes::new(&self.path_prefixes),
+        }
+    }
+
+    /// The App's data and URL map, without its middleware.
+    fn app(
+        &self,
+    ) -> App<
+        impl ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<BoxBody>,
+            Error = actix_web::Error,
+            InitError = (),
+        >,
+    > {
+        // awc's client is not Send: each worker makes its own.
+        let clients = self.upstream.clients();
+        let client = clients.default_client();
+        let access_api = self.access_api.clone();
+        App::new()
+            .app_data(self.state.clone())
+            .app_data(self.shared.clone())
+            .app_data(web::Data::new(clients))
+            // The admin API's OIDC fetches use a plain client of their own.
+            .app_data(web::Data::new(client.clone()))
+            .app_data(self.realtime.clone())
+            .app_data(self.admin_gate.clone())
+            .configure(move |cfg| {
+                if let Some(access_api) = &access_api {
+                    admin::configure(cfg, access_api, &client);
+                }
+            })
+            .configure(api::configure)
+            .default_service(web::to(api::unknown_or_passthrough))
+    }
+}
+
+/// The server's settings, whichever App shape it serves.
+fn serve<F, I, S, B>(
+    server: HttpServer<F, I, S, B>,
+    args: &ServeArgs,
+    workers: usize,
+    listener: TcpListener,
+) -> std::io::Result<Server>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, Request>,
+    S: ServiceFactory<Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: std::fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    <S::Service as Service<Request>>::Future: 'static,
+    S::Service: 'static,
+    B: MessageBody + 'static,
+{
+    Ok(server
+        // A client that closes its connection ends its request at once, even before the answer's
+        // head: the handler is dropped, which cancels the upstream request (status 499).
+        .h1_allow_half_closed(false)
+        // A head and a body written apart (an answer whose body waits for something, like a
+        // response id being stored in Redis) must not wait for the client's delayed ACK (Nagle:
+        // 40 ms on Linux). nginx sets the same (tcp_nodelay on).
+        .tcp_nodelay(true)
+        // Signals are the binary's business (`run_until_signalled`): tests start many apps in one process.
+        .disable_signals()
+        .shutdown_timeout(args.shutdown_grace.as_secs().max(1))
+        .workers(workers)
+        // actix's limit is per worker: the flag's total is shared out.
+        .max_connections(
+            usize::try_from(args.max_connections)
+                .unwrap_or(usize::MAX)
+                .div_ceil(workers),
+        )
+        .client_request_timeout(args.header_read_timeout)
+        .listen(listener)?
+        .run())
 }
 
 /// How serving ended.

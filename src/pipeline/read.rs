@@ -3,6 +3,7 @@
 //! `proxy::multipart`, which reads only up to the `model` field before routing. A client silent
 //! mid-body for `--client-body-timeout` gets a 408 (issue 20: a stalled body kept the request
 //! open indefinitely).
+use std::task::Poll;
 use std::time::Duration;
 
 use actix_web::http::header;
@@ -52,18 +53,34 @@ pub async fn json_body(
     // never copied (issue 16). Later chunks are gathered in one buffer sized by Content-Length.
     let mut first: Option<Bytes> = None;
     let mut body = BytesMut::new();
+    // Whether the one wait without a timer is used (below).
+    let mut waited = false;
     loop {
         // A chunk (or the end) that is there already needs no timer: most bodies arrive with
         // their head (issue 16: arming and dropping the timer cost ~0.6k instructions per
-        // request). Polling `next` once without a waker loses nothing: the awaited poll below
-        // looks again and registers the task's waker.
+        // request). Polling `next` once without a waker loses nothing: the polls below look
+        // again and register the task's waker.
         let next = match payload.next().now_or_never() {
             Some(next) => next,
-            None => tokio::time::timeout(idle_timeout, payload.next())
-                .await
-                .map_err(|_| ApiError::ClientBodyTimeout {
-                    timeout: idle_timeout,
-                })?,
+            None => {
+                // actix's h1 dispatcher polls the handler as soon as it has decoded the head,
+                // before it feeds the body bytes read with it, and polls it again in the same
+                // turn once they are fed (`handle_request`, then `poll_response`). So the first
+                // wait yields once without a timer (issue 16: the timer was armed for every
+                // request); a body that is not there at the next poll gets the timer from then.
+                let early = match std::mem::replace(&mut waited, true) {
+                    true => None,
+                    false => next_after_one_yield(&mut payload).await,
+                };
+                match early {
+                    Some(next) => next,
+                    None => tokio::time::timeout(idle_timeout, payload.next())
+                        .await
+                        .map_err(|_| ApiError::ClientBodyTimeout {
+                            timeout: idle_timeout,
+                        })?,
+                }
+            }
         };
         let Some(chunk) = next else {
             break;
@@ -90,4 +107,21 @@ pub async fn json_body(
         Some(whole) => whole,
         None => body.freeze(),
     })
+}
+
+/// The payload's next item if it is there now or at the next poll (`None` if not): polls with
+/// the task's waker, so a chunk fed in between wakes it, and yields once.
+async fn next_after_one_yield(
+    payload: &mut web::Payload,
+) -> Option<Option<Result<Bytes, actix_web::error::PayloadError>>> {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| match payload.poll_next_unpin(cx) {
+        Poll::Ready(next) => Poll::Ready(Some(next)),
+        Poll::Pending if !yielded => {
+            yielded = true;
+            Poll::Pending
+        }
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }

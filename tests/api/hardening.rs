@@ -199,6 +199,24 @@ async fn a_json_body_that_stalls_is_answered_408_after_the_client_body_timeout()
 }
 
 #[tokio::test]
+async fn a_json_body_that_never_starts_is_answered_408_after_the_client_body_timeout() {
+    // Issue 16: the first wait for a body yields once without a timer; a head with no body
+    // byte after it still gets the timer from the next poll.
+    let app = Spawn::new()
+        .file("p.json", provider_file("mock", "", &[("m", "target-m")]))
+        .args(|args| args.client_body_timeout = Duration::from_millis(500))
+        .start()
+        .await;
+    let request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: llmux\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n";
+
+    let (answer, took) = raw_exchange(&app, request, Duration::from_secs(10)).await;
+
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(app.upstream.requests().is_empty());
+}
+
+#[tokio::test]
 async fn an_upload_that_stalls_is_answered_408_after_the_client_body_timeout() {
     let upstream = raw_upstream(|_| async {}).await;
     let app = Spawn::new()

@@ -126,3 +126,58 @@ async fn the_listener_queues_the_configured_backlog_not_stds_128() {
     assert_eq!(listen_backlog(default.port), llmux::cli::DEFAULT_BACKLOG);
     assert_eq!(listen_backlog(configured.port), 777);
 }
+
+#[tokio::test]
+async fn a_request_refused_for_its_headers_still_gets_its_request_id() {
+    // Issue 16: the header limits moved into the accept layer; the id is still set first.
+    let app = app_with(|_| {}).await;
+    let response = app
+        .http
+        .get(app.url("/v1/models"))
+        .header("x-request-id", "req-refused-head")
+        .header("x-big", "a".repeat(70 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "req-refused-head");
+    assert_openai_error(response, 431).await;
+}
+
+#[tokio::test]
+async fn with_cors_on_the_header_limits_and_path_prefixes_still_apply_inside_it() {
+    // Issue 16: with CORS origins the App has another shape (the checks inside `Cors`).
+    let app = app_with(|args| {
+        args.cors_origins = vec!["http://localhost:3000".into()];
+        args.path_prefix = vec!["/api".into()];
+    })
+    .await;
+    let prefixed = app
+        .http
+        .get(app.url("/api/v1/models"))
+        .header("origin", "http://localhost:3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(prefixed.status(), 200);
+    assert_eq!(
+        prefixed.headers()["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
+
+    let refused = app
+        .http
+        .get(app.url("/api/v1/models"))
+        .header("origin", "http://localhost:3000")
+        .header("x-request-id", "req-cors-refused")
+        .header("x-big", "a".repeat(70 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.headers()["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
+    assert_eq!(refused.headers()["x-request-id"], "req-cors-refused");
+    let error = assert_openai_error(refused, 431).await;
+    assert_eq!(error["code"], "headers_too_large", "{error}");
+}
