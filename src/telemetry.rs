@@ -18,6 +18,7 @@ use std::io::Write as _;
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use actix_web::http::header::HeaderValue;
 use tracing::callsite::Callsite as _;
 use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
@@ -53,6 +54,74 @@ pub fn init(subscriber: impl Subscriber + Send + Sync) -> anyhow::Result<()> {
     tracing_log::LogTracer::init()?;
     set_global_default(subscriber)?;
     Ok(())
+}
+
+/// Standard output as a sink of whole lines ([`subscriber`]'s `Sink`), for `llmux serve`.
+///
+/// Each line is one `write` of a duplicate of the stdout descriptor, under a lock so that lines
+/// from several threads never interleave (as they do not through `std::io::Stdout`'s lock).
+/// Not `std::io::stdout` itself: its `LineWriter` searches every line for its last newline,
+/// byte by byte, before writing it (about 300 instructions per access line, issue 16), and llmux
+/// writes nothing else to stdout while it serves. When the descriptor cannot be duplicated
+/// (stdout closed), lines go through `std::io::stdout`.
+pub struct StdoutLines(Option<std::sync::Mutex<std::fs::File>>);
+
+impl StdoutLines {
+    pub fn new() -> Self {
+        use std::os::fd::AsFd as _;
+        let duplicate = std::io::stdout().as_fd().try_clone_to_owned().ok();
+        Self(duplicate.map(|fd| std::sync::Mutex::new(std::fs::File::from(fd))))
+    }
+}
+
+impl Default for StdoutLines {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A [`StdoutLines`] writer: the locked descriptor, or `std::io::Stdout`'s lock.
+pub enum StdoutLine<'a> {
+    Descriptor(std::sync::MutexGuard<'a, std::fs::File>),
+    Stdout(std::io::StdoutLock<'static>),
+}
+
+impl<'a> MakeWriter<'a> for StdoutLines {
+    type Writer = StdoutLine<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        match &self.0 {
+            // A thread that panicked while writing left at most a partial line.
+            Some(file) => StdoutLine::Descriptor(
+                file.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            ),
+            None => StdoutLine::Stdout(std::io::stdout().lock()),
+        }
+    }
+}
+
+impl std::io::Write for StdoutLine<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Descriptor(file) => file.write(bytes),
+            Self::Stdout(stdout) => stdout.write(bytes),
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::Descriptor(file) => file.write_all(bytes),
+            Self::Stdout(stdout) => stdout.write_all(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Descriptor(file) => file.flush(),
+            Self::Stdout(stdout) => stdout.flush(),
+        }
+    }
 }
 
 /// Formats events and spans as bunyan records, one JSON object a line, to its sink.
@@ -640,6 +709,38 @@ impl LineFields {
         self
     }
 
+    /// A string llmux wrote in its source (a method, a route, an outcome's name): nothing in it
+    /// needs escaping, so it is copied without the check (about 30 instructions a value,
+    /// issue 16). Debug builds check it.
+    #[inline]
+    pub fn literal(&mut self, key: &'static str, value: &'static str) -> &mut Self {
+        debug_assert!(!needs_escape(value.as_bytes()), "{value}");
+        self.key(key);
+        self.text.reserve(value.len() + 2);
+        self.text.push(b'"');
+        self.text.extend_from_slice(value.as_bytes());
+        self.text.push(b'"');
+        self
+    }
+
+    /// A header's value as `HeaderValue::to_str` reads it, like `field = value.to_str().unwrap_or("")`
+    /// (empty when it is not all printable ASCII). One search says whether the bytes are both
+    /// printable ASCII and free of what JSON escapes, and those (llmux's own request ids, and
+    /// most of the clients') are copied as they are: `to_str`'s byte-by-byte check and then the
+    /// escape check cost about 10 instructions per byte (issue 16).
+    pub fn header_value(&mut self, key: &'static str, value: &HeaderValue) -> &mut Self {
+        let bytes = value.as_bytes();
+        if crate::swar::json_special_or_not_printable(bytes, 0).is_some() {
+            return self.str(key, value.to_str().unwrap_or(""));
+        }
+        self.key(key);
+        self.text.reserve(bytes.len() + 2);
+        self.text.push(b'"');
+        self.text.extend_from_slice(bytes);
+        self.text.push(b'"');
+        self
+    }
+
     /// `value`'s `Display` text as a string, like `field = %value`.
     pub fn display(&mut self, key: &'static str, value: impl std::fmt::Display) -> &mut Self {
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -651,7 +752,7 @@ impl LineFields {
     }
 
     /// A client address as its `Display` text (`127.0.0.1:5000`, `[::1]:5000`). An IPv4 one is
-    /// written through itoa: `Display` goes through the formatter twice (address, then port)
+    /// written digit by digit: `Display` goes through the formatter twice (address, then port)
     /// and cost about 1.3k instructions per line (issue 16).
     pub fn socket_addr(&mut self, key: &'static str, address: std::net::SocketAddr) -> &mut Self {
         let std::net::SocketAddr::V4(v4) = address else {
@@ -659,16 +760,14 @@ impl LineFields {
         };
         self.key(key);
         self.text.push(b'"');
-        let mut digits = itoa::Buffer::new();
         for (i, octet) in v4.ip().octets().into_iter().enumerate() {
             if i > 0 {
                 self.text.push(b'.');
             }
-            self.text.extend_from_slice(digits.format(octet).as_bytes());
+            push_octet(&mut self.text, octet);
         }
         self.text.push(b':');
-        self.text
-            .extend_from_slice(digits.format(v4.port()).as_bytes());
+        push_number(&mut self.text, v4.port());
         self.text.push(b'"');
         self
     }
@@ -760,6 +859,18 @@ fn json_string(out: &mut Vec<u8>, text: &str) {
 /// nothing needs it (most values).
 fn needs_escape(bytes: &[u8]) -> bool {
     crate::swar::json_special(bytes, 0).is_some()
+}
+
+/// A byte's decimal digits, as `Display` writes them: without itoa's buffer and the copy of
+/// its 1 to 3 digits (a `memcpy` call each).
+fn push_octet(out: &mut Vec<u8>, octet: u8) {
+    if octet >= 100 {
+        out.push(b'0' + octet / 100);
+    }
+    if octet >= 10 {
+        out.push(b'0' + octet / 10 % 10);
+    }
+    out.push(b'0' + octet % 10);
 }
 
 fn push_number(out: &mut Vec<u8>, number: impl itoa::Integer) {
@@ -1041,6 +1152,8 @@ mod tests {
             "127.0.0.1:5000",
             "0.0.0.0:0",
             "255.255.255.255:65535",
+            "10.99.100.9:80",
+            "1.20.199.250:1",
             "[::1]:443",
         ] {
             let address: std::net::SocketAddr = text.parse().unwrap();
@@ -1048,6 +1161,55 @@ mod tests {
             fields.socket_addr("client", address);
             assert_eq!(fields.as_str(), format!(",\"client\":\"{address}\""));
         }
+    }
+
+    #[test]
+    fn header_values_are_written_as_their_to_str_text() {
+        let mut values: Vec<HeaderValue> = [
+            "req_9f9dcc56c6899ef0547cf9a6d7abcb99",
+            "",
+            "a",
+            "abc-123",
+            "quote\"d",
+            "back\\slash",
+            "tab\there",
+            "tilde~and{braces}",
+            "twenty-three-bytes-long",
+        ]
+        .into_iter()
+        .map(HeaderValue::from_static)
+        .collect();
+        // Bytes `to_str` refuses (obs-text; a header holds no DEL) or JSON escapes, at every
+        // place of one and two words.
+        for byte in [b'\t', b'"', b'\\', 0x80, 0xe9, 0xff] {
+            for len in [1, 7, 8, 9, 16, 17] {
+                for place in 0..len {
+                    let mut bytes = vec![b'x'; len];
+                    bytes[place] = byte;
+                    values.push(HeaderValue::from_bytes(&bytes).unwrap());
+                }
+            }
+        }
+        for value in values {
+            let mut fields = LineFields::new();
+            fields.header_value("request_id", &value);
+            let text = value.to_str().unwrap_or("");
+            let expected = format!(",\"request_id\":{}", serde_json::to_string(text).unwrap());
+            assert_eq!(fields.as_str(), expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn literals_are_written_like_strings() {
+        let mut literal = LineFields::new();
+        literal
+            .literal("path", "v1/chat/completions")
+            .literal("outcome", "ok");
+        let mut checked = LineFields::new();
+        checked
+            .str("path", "v1/chat/completions")
+            .str("outcome", "ok");
+        assert_eq!(literal.as_str(), checked.as_str());
     }
 
     #[test]

@@ -209,9 +209,9 @@ impl AccessLog {
     ) {
         let realtime = self.realtime.as_ref();
         fields
-            .str("request_id", self.request_id())
-            .str("method", self.method)
-            .str("path", self.path)
+            .header_value("request_id", &self.request_id)
+            .literal("method", self.method)
+            .literal("path", self.path)
             // Cut: the model name is the client's text.
             .str("model", &echo(self.model.as_deref().unwrap_or("")))
             .str("provider", endpoint.map_or("", |e| &*e.provider))
@@ -229,7 +229,7 @@ impl AccessLog {
             .opt_bool("tokens_estimated", usage.map(|u| u.estimated))
             .bool("stream", self.stream)
             .number("bytes", self.bytes)
-            .str("outcome", self.outcome.as_str());
+            .literal("outcome", self.outcome.as_str());
         if let Some(client) = self.client {
             fields.socket_addr("client", client);
         }
