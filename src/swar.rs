@@ -54,6 +54,7 @@ fn position(bytes: &[u8], mut from: usize, flags: impl Fn(u64) -> u64) -> Option
 
 /// Where the first byte a JSON string cannot hold as it is (`"`, `\` or a control byte) is, at
 /// or after `from`.
+#[inline]
 pub fn json_special(bytes: &[u8], from: usize) -> Option<usize> {
     position(bytes, from, |word| {
         below(word, 0x20) | equal(word, b'"') | equal(word, b'\\')
@@ -63,6 +64,7 @@ pub fn json_special(bytes: &[u8], from: usize) -> Option<usize> {
 /// Where the first byte is that a JSON string cannot hold as it is or that is not printable ASCII
 /// (`"`, `\`, a control byte, DEL, any byte from 0x80), at or after `from`: a text without one
 /// is written into a JSON string as it is and reads the same through `HeaderValue::to_str`.
+#[inline]
 pub fn json_special_or_not_printable(bytes: &[u8], from: usize) -> Option<usize> {
     position(bytes, from, |word| {
         below(word, 0x20)

@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header::HeaderValue;
 use tracing::callsite::Callsite as _;
@@ -230,6 +230,9 @@ struct Buffers {
     scratch: String,
     /// The last second formatted, and its `YYYY-MM-DDTHH:MM:SS`.
     second: Option<(u64, String)>,
+    /// The last reading of the system clock for an access line, and the instant read with it
+    /// (see [`wall_time_at`]).
+    wall_clock: Option<(Instant, Duration)>,
 }
 
 /// Buffers larger than this after a line are given back rather than kept for the next one.
@@ -319,6 +322,7 @@ impl BunyanLayer {
     fn write_access(
         &self,
         metadata: &'static Metadata<'static>,
+        now: Instant,
         write_fields: impl FnOnce(&mut LineFields),
     ) {
         let parts = self.access_parts(metadata);
@@ -329,7 +333,8 @@ impl BunyanLayer {
             };
             fields.text.clear();
             fields.text.extend_from_slice(&parts.prefix);
-            push_time(&mut fields.text, &mut buffers.second);
+            let since_epoch = wall_time_at(&mut buffers.wall_clock, now);
+            push_time_since_epoch(&mut fields.text, &mut buffers.second, since_epoch);
             fields.text.extend_from_slice(&parts.middle);
             write_fields(&mut fields);
             fields.text.extend_from_slice(b"}\n");
@@ -561,8 +566,12 @@ pub(crate) use access_callsite;
 /// ask it: the level, the callsite's cached interest, then `enabled` when the interest is
 /// "sometimes". It is built once (`--log`, fixed for the process), so the cached interest holds.
 /// Inside a span, or under any other subscriber, the event is dispatched through tracing.
+///
+/// `now` is the caller's latest reading of the monotonic clock: the line's `time` is derived
+/// from it where it can be ([`wall_time_at`]).
 pub fn access_line(
     callsite: &'static tracing::callsite::DefaultCallsite,
+    now: Instant,
     write_fields: impl FnOnce(&mut LineFields),
 ) -> AccessLineWent {
     let metadata = callsite.metadata();
@@ -588,7 +597,7 @@ pub fn access_line(
         };
         match layer {
             Some(layer) if dispatch.current_span().id().is_none() => {
-                layer.write_access(metadata, write_fields);
+                layer.write_access(metadata, now, write_fields);
                 AccessLineWent::Direct
             }
             _ => {
@@ -880,10 +889,42 @@ fn push_number(out: &mut Vec<u8>, number: impl itoa::Integer) {
 /// Appends the current UTC time as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (RFC 3339). The part up to the
 /// second is formatted once per second and kept in `second`.
 fn push_time(out: &mut Vec<u8>, second: &mut Option<(u64, String)>) {
-    let now = SystemTime::now()
+    push_time_since_epoch(out, second, system_time_since_epoch());
+}
+
+fn system_time_since_epoch() -> Duration {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let seconds = now.as_secs();
+        .unwrap_or_default()
+}
+
+/// The wall-clock time of `now`, from this thread's last reading of the system clock (`base`: an
+/// instant and the system time read with it) when that is less than a second before `now`: the
+/// access line is written when the record has just read the monotonic clock, and reading the
+/// system clock as well cost about 250 instructions per line (issue 16). Both clocks run at the
+/// same rate (NTP slews them alike; only the system clock steps), so the time is the system
+/// clock's to within the reading's own microseconds, and a step shows within a second.
+fn wall_time_at(base: &mut Option<(Instant, Duration)>, now: Instant) -> Duration {
+    if let Some((instant, since_epoch)) = *base {
+        if let Some(elapsed) = now.checked_duration_since(instant) {
+            if elapsed < Duration::from_secs(1) {
+                return since_epoch + elapsed;
+            }
+        }
+    }
+    let since_epoch = system_time_since_epoch();
+    // The instant read right after, so that later lines are not early by what lies between.
+    *base = Some((Instant::now(), since_epoch));
+    since_epoch
+}
+
+/// [`push_time`] of a time already read.
+fn push_time_since_epoch(
+    out: &mut Vec<u8>,
+    second: &mut Option<(u64, String)>,
+    since_epoch: Duration,
+) {
+    let seconds = since_epoch.as_secs();
     let formatted = match second {
         Some((cached, formatted)) if *cached == seconds => formatted,
         _ => {
@@ -906,12 +947,20 @@ fn push_time(out: &mut Vec<u8>, second: &mut Option<(u64, String)>) {
         }
     };
     out.extend_from_slice(formatted.as_bytes());
-    out.push(b'.');
-    let mut digits = itoa::Buffer::new();
-    let digits = digits.format(now.subsec_micros());
-    out.extend_from_slice(&b"000000"[digits.len()..]);
-    out.extend_from_slice(digits.as_bytes());
-    out.push(b'Z');
+    // `.ffffffZ` as one fixed-size copy: the digits through itoa and the zeros before them
+    // were two copies of variable length.
+    let micros = since_epoch.subsec_micros();
+    let digit = |place: u32| b'0' + (micros / place % 10) as u8;
+    out.extend_from_slice(&[
+        b'.',
+        digit(100_000),
+        digit(10_000),
+        digit(1_000),
+        digit(100),
+        digit(10),
+        digit(1),
+        b'Z',
+    ]);
 }
 
 #[cfg(test)]
@@ -1255,7 +1304,7 @@ mod tests {
         let record = Arc::clone(&went);
         let lines = ours(filter, || {
             around(&|| {
-                let how = super::access_line(callsite, some_access_fields);
+                let how = super::access_line(callsite, Instant::now(), some_access_fields);
                 record.lock().unwrap().push(how);
                 tracing::dispatcher::get_default(|dispatch| {
                     dispatch_access_event(dispatch, callsite.metadata(), some_access_fields)
@@ -1288,7 +1337,7 @@ mod tests {
         let callsite = access_callsite!();
         let client: std::net::SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let direct = ours("info", || {
-            super::access_line(callsite, some_access_fields);
+            super::access_line(callsite, Instant::now(), some_access_fields);
         });
         let one_by_one = || {
             tracing::info!(
@@ -1314,6 +1363,57 @@ mod tests {
         assert_eq!(direct, old);
     }
 
+    /// An RFC 3339 `time` value as the time since the epoch.
+    fn since_epoch(time: &str) -> Duration {
+        let parsed =
+            time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
+                .unwrap();
+        Duration::from_nanos(u64::try_from(parsed.unix_timestamp_nanos()).unwrap())
+    }
+
+    #[test]
+    fn access_lines_carry_the_system_clocks_time_when_written() {
+        let callsite = access_callsite!();
+        for _ in 0..3 {
+            let before = system_time_since_epoch();
+            let lines = ours("info", || {
+                for _ in 0..3 {
+                    super::access_line(callsite, Instant::now(), some_access_fields);
+                }
+            });
+            let after = system_time_since_epoch();
+            for line in &lines {
+                let time = since_epoch(object(line)["time"].as_str().unwrap());
+                // `time` is cut to microseconds.
+                let earliest = before - Duration::from_micros(1);
+                assert!(
+                    earliest <= time && time <= after,
+                    "{before:?} {time:?} {after:?}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(400));
+        }
+    }
+
+    #[test]
+    fn the_wall_clock_is_read_again_after_a_second() {
+        let now = Instant::now();
+        let since_epoch = Duration::from_secs(1_000_000);
+        let mut base = Some((now - Duration::from_millis(500), since_epoch));
+        assert_eq!(
+            wall_time_at(&mut base, now),
+            since_epoch + Duration::from_millis(500)
+        );
+        let mut base = Some((now - Duration::from_millis(1_000), since_epoch));
+        let before = system_time_since_epoch();
+        let read = wall_time_at(&mut base, now);
+        assert!(before <= read && read <= system_time_since_epoch());
+        assert_eq!(base.map(|(_, since_epoch)| since_epoch), Some(read));
+        // An instant before the base (another thread's, say) reads the clock too.
+        let mut base = Some((now + Duration::from_millis(10), since_epoch));
+        assert_ne!(wall_time_at(&mut base, now), since_epoch);
+    }
+
     #[test]
     fn access_lines_follow_the_filter() {
         for (filter, written) in [
@@ -1329,7 +1429,11 @@ mod tests {
             let callsite = access_callsite!();
             let mut went = None;
             let lines = ours(filter, || {
-                went = Some(super::access_line(callsite, some_access_fields))
+                went = Some(super::access_line(
+                    callsite,
+                    Instant::now(),
+                    some_access_fields,
+                ))
             });
             let expected = match written {
                 true => AccessLineWent::Direct,
@@ -1359,7 +1463,13 @@ mod tests {
     fn another_subscriber_gets_the_access_line_as_an_event() {
         let callsite = access_callsite!();
         let mut went = None;
-        let lines = theirs(|| went = Some(super::access_line(callsite, some_access_fields)));
+        let lines = theirs(|| {
+            went = Some(super::access_line(
+                callsite,
+                Instant::now(),
+                some_access_fields,
+            ))
+        });
         assert_eq!(went, Some(AccessLineWent::Dispatched));
         let line = object(&lines[0]);
         assert_eq!(line["msg"], "request");

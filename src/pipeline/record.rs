@@ -271,7 +271,7 @@ impl Drop for AccessLog {
         let status = self.status.unwrap_or(CLIENT_CLOSED_STATUS);
         // The fields are rendered only when the line is written (`--log warn` filters it
         // out), straight into the line (`telemetry::access_line`).
-        telemetry::access_line(telemetry::access_callsite!(), |fields| {
+        telemetry::access_line(telemetry::access_callsite!(), now, |fields| {
             self.access_fields(fields, endpoint, status, duration, usage, first_token);
         });
         if let Some(trace) = self.trace.take() {
