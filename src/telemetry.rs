@@ -660,7 +660,27 @@ thread_local! {
     };
 }
 
+/// Pairs rendered once by [`LineFields`] and written again as they are ([`LineFields::pairs`]),
+/// for values that repeat from line to line (an endpoint's names).
+#[derive(Debug)]
+pub struct RenderedPairs(Box<[u8]>);
+
+impl RenderedPairs {
+    pub fn new(write: impl FnOnce(&mut LineFields)) -> Self {
+        let mut fields = LineFields::new();
+        write(&mut fields);
+        Self(fields.text.into_boxed_slice())
+    }
+}
+
 impl LineFields {
+    /// Pairs rendered ahead: the same text as the calls that rendered them, in one copy.
+    #[inline]
+    pub fn pairs(&mut self, pairs: &RenderedPairs) -> &mut Self {
+        self.text.extend_from_slice(&pairs.0);
+        self
+    }
+
     /// Runs `write` with this thread's reused fields, emptied (fresh ones when they are in use).
     pub fn with(write: impl FnOnce(&mut LineFields)) {
         let mut write = Some(write);
@@ -693,24 +713,38 @@ impl LineFields {
         std::str::from_utf8(&self.text).unwrap_or_default()
     }
 
-    // The writers are `#[inline]`: called with literal keys, the key's copies become moves of
-    // known length instead of a `memcpy` call each (issue 16).
-    #[inline]
+    // The writers are `#[inline(always)]`: called with literal keys, the key's copies become
+    // moves of known length instead of a `memcpy` call each (issue 16; out of line, as the
+    // inliner left some, a key cost about 30 instructions more).
+    #[inline(always)]
     fn key(&mut self, key: &'static str) {
         debug_assert!(!is_core_key(key) && !needs_escape(key.as_bytes()), "{key}");
-        self.text.extend_from_slice(b",\"");
-        self.text.extend_from_slice(key.as_bytes());
-        self.text.extend_from_slice(b"\":");
+        /// Keys up to this long are put together as `,"key":` first and copied once: with a
+        /// literal key that is one copy of known length, where three copies checked the
+        /// buffer's room three times (issue 16).
+        const SHORT: usize = 28;
+        let key = key.as_bytes();
+        if key.len() <= SHORT {
+            let mut pair = [0u8; SHORT + 4];
+            pair[..2].copy_from_slice(b",\"");
+            pair[2..2 + key.len()].copy_from_slice(key);
+            pair[2 + key.len()..4 + key.len()].copy_from_slice(b"\":");
+            self.text.extend_from_slice(&pair[..4 + key.len()]);
+        } else {
+            self.text.extend_from_slice(b",\"");
+            self.text.extend_from_slice(key);
+            self.text.extend_from_slice(b"\":");
+        }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn str(&mut self, key: &'static str, value: &str) -> &mut Self {
         self.key(key);
         json_string(&mut self.text, value);
         self
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn opt_str(&mut self, key: &'static str, value: Option<&str>) -> &mut Self {
         if let Some(value) = value {
             self.str(key, value);
@@ -721,7 +755,7 @@ impl LineFields {
     /// A string llmux wrote in its source (a method, a route, an outcome's name): nothing in it
     /// needs escaping, so it is copied without the check (about 30 instructions a value,
     /// issue 16). Debug builds check it.
-    #[inline]
+    #[inline(always)]
     pub fn literal(&mut self, key: &'static str, value: &'static str) -> &mut Self {
         debug_assert!(!needs_escape(value.as_bytes()), "{value}");
         self.key(key);
@@ -737,6 +771,7 @@ impl LineFields {
     /// printable ASCII and free of what JSON escapes, and those (llmux's own request ids, and
     /// most of the clients') are copied as they are: `to_str`'s byte-by-byte check and then the
     /// escape check cost about 10 instructions per byte (issue 16).
+    #[inline(always)]
     pub fn header_value(&mut self, key: &'static str, value: &HeaderValue) -> &mut Self {
         let bytes = value.as_bytes();
         if crate::swar::json_special_or_not_printable(bytes, 0).is_some() {
@@ -763,6 +798,7 @@ impl LineFields {
     /// A client address as its `Display` text (`127.0.0.1:5000`, `[::1]:5000`). An IPv4 one is
     /// written digit by digit: `Display` goes through the formatter twice (address, then port)
     /// and cost about 1.3k instructions per line (issue 16).
+    #[inline(always)]
     pub fn socket_addr(&mut self, key: &'static str, address: std::net::SocketAddr) -> &mut Self {
         let std::net::SocketAddr::V4(v4) = address else {
             return self.display(key, address);
@@ -781,14 +817,14 @@ impl LineFields {
         self
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn number(&mut self, key: &'static str, value: impl itoa::Integer) -> &mut Self {
         self.key(key);
         push_number(&mut self.text, value);
         self
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn opt_number<N: itoa::Integer>(
         &mut self,
         key: &'static str,
@@ -801,14 +837,14 @@ impl LineFields {
     }
 
     /// As the layer writes an `f64` field: ryu's shortest form, `null` for NaN and infinities.
-    #[inline]
+    #[inline(always)]
     pub fn float(&mut self, key: &'static str, value: f64) -> &mut Self {
         self.key(key);
         push_float(&mut self.text, value);
         self
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn opt_float(&mut self, key: &'static str, value: Option<f64>) -> &mut Self {
         if let Some(value) = value {
             self.float(key, value);
@@ -816,7 +852,7 @@ impl LineFields {
         self
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn bool(&mut self, key: &'static str, value: bool) -> &mut Self {
         self.key(key);
         self.text
@@ -824,7 +860,7 @@ impl LineFields {
         self
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn opt_bool(&mut self, key: &'static str, value: Option<bool>) -> &mut Self {
         if let Some(value) = value {
             self.bool(key, value);
@@ -882,6 +918,7 @@ fn push_octet(out: &mut Vec<u8>, octet: u8) {
     out.push(b'0' + octet % 10);
 }
 
+#[inline]
 fn push_number(out: &mut Vec<u8>, number: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(number).as_bytes());
 }
@@ -1246,6 +1283,26 @@ mod tests {
             let expected = format!(",\"request_id\":{}", serde_json::to_string(text).unwrap());
             assert_eq!(fields.as_str(), expected, "{value:?}");
         }
+    }
+
+    #[test]
+    fn keys_of_any_length_are_written_whole() {
+        let mut fields = LineFields::new();
+        fields
+            .number("a", 1u8)
+            .number("twenty_eight_bytes_long_key_", 2u8)
+            .number("twenty_nine_bytes_long_key_xy", 3u8)
+            .number(
+                "a_key_much_longer_than_the_short_ones_put_together_first",
+                4u8,
+            );
+        assert_eq!(
+            fields.as_str(),
+            concat!(
+                r#","a":1,"twenty_eight_bytes_long_key_":2,"twenty_nine_bytes_long_key_xy":3"#,
+                r#","a_key_much_longer_than_the_short_ones_put_together_first":4"#
+            )
+        );
     }
 
     #[test]
