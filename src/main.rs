@@ -12,7 +12,11 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(if ok { 0 } else { 1 });
         }
         Command::Serve(args) => {
-            telemetry::init(telemetry::subscriber("llmux", &args.log, std::io::stdout)?)?;
+            telemetry::init(telemetry::subscriber(
+                "llmux",
+                &args.log,
+                telemetry::StdoutLines::new(),
+            )?)?;
             actix_web::rt::System::new().block_on(async move {
                 let application = Application::build(args)?;
                 // The tables (routes, every client key) die with the process: freeing them at

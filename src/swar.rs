@@ -1,6 +1,6 @@
 //! Byte searches eight bytes at a time (SWAR: "determine if a word has a byte less than n" from
 //! Bit Twiddling Hacks), for the short strings of the request path: the access line's values
-//! (`telemetry`), the body probe's strings (`pipeline::identify`), the usage walk's keys
+//! (`telemetry`), the body probe's strings (`pipeline::identify`), the usage walk's strings
 //! (`proxy::usage`). Hand-written: `memchr`'s set-up cost more than these searches (strings of
 //! a few dozen bytes), a byte-by-byte loop about 13 instructions per byte, and no crate searches
 //! for "a control byte, a quote or a backslash" at once (issue 16).
@@ -24,36 +24,55 @@ fn equal(word: u64, byte: u8) -> u64 {
     below(word ^ (ONES * u64::from(byte)), 1)
 }
 
-/// The position of the first byte at or after `from` that `flags` flags, a word at a time (the
-/// last one padded with [`PADDING`]); `None` when there is none or `from` is past the end.
+/// The position of the first byte at or after `from` that `flags` flags, a word at a time; `None`
+/// when there is none or `from` is past the end. The bytes after the last whole word are read as
+/// one more word without copying them into a padded block (a variable-length copy is a `memcpy`
+/// call, about a third of a short string's search, issue 16): the word that ends the slice,
+/// shifted past the bytes already searched, or, in a slice shorter than a word, the bytes put
+/// in one by one; the bytes past the end read as [`PADDING`].
 #[inline]
 fn position(bytes: &[u8], mut from: usize, flags: impl Fn(u64) -> u64) -> Option<usize> {
-    loop {
-        let rest = bytes.get(from..).filter(|rest| !rest.is_empty())?;
-        let mut block = [PADDING; 8];
-        match rest.get(..8) {
-            Some(word) => block.copy_from_slice(word),
-            None => block[..rest.len()].copy_from_slice(rest),
-        }
-        let found = flags(u64::from_le_bytes(block));
+    while let Some(word) = bytes.get(from..).and_then(<[u8]>::first_chunk::<8>) {
+        let found = flags(u64::from_le_bytes(*word));
         if found != 0 {
             return Some(from + found.trailing_zeros() as usize / 8);
         }
         from += 8;
     }
+    let rest = bytes.get(from..).filter(|rest| !rest.is_empty())?;
+    // 1 to 7 bytes: every shift below is less than 64 bits.
+    let padding = (ONES * u64::from(PADDING)) << (rest.len() * 8);
+    let word = match bytes.last_chunk::<8>() {
+        Some(last) => (u64::from_le_bytes(*last) >> ((8 - rest.len()) * 8)) | padding,
+        None => rest.iter().enumerate().fold(padding, |word, (i, &byte)| {
+            word | u64::from(byte) << (i * 8)
+        }),
+    };
+    let found = flags(word);
+    (found != 0).then(|| from + found.trailing_zeros() as usize / 8)
 }
 
 /// Where the first byte a JSON string cannot hold as it is (`"`, `\` or a control byte) is, at
 /// or after `from`.
+#[inline]
 pub fn json_special(bytes: &[u8], from: usize) -> Option<usize> {
     position(bytes, from, |word| {
         below(word, 0x20) | equal(word, b'"') | equal(word, b'\\')
     })
 }
 
-/// Where the first `"` or `\` is, at or after `from`.
-pub fn quote_or_backslash(bytes: &[u8], from: usize) -> Option<usize> {
-    position(bytes, from, |word| equal(word, b'"') | equal(word, b'\\'))
+/// Where the first byte is that a JSON string cannot hold as it is or that is not printable ASCII
+/// (`"`, `\`, a control byte, DEL, any byte from 0x80), at or after `from`: a text without one
+/// is written into a JSON string as it is and reads the same through `HeaderValue::to_str`.
+#[inline]
+pub fn json_special_or_not_printable(bytes: &[u8], from: usize) -> Option<usize> {
+    position(bytes, from, |word| {
+        below(word, 0x20)
+            | equal(word, b'"')
+            | equal(word, b'\\')
+            | equal(word, 0x7f)
+            | word & HIGHS
+    })
 }
 
 /// Whether every byte is visible ASCII or a tab: what `http::HeaderValue::to_str` asks of a
@@ -79,11 +98,13 @@ mod tests {
     #[test]
     fn searches_find_what_a_byte_loop_finds() {
         let special = |b: &u8| *b == b'"' || *b == b'\\' || *b < 0x20;
-        let quote = |b: &u8| *b == b'"' || *b == b'\\';
+        let not_printable = |b: &u8| special(b) || *b >= 0x7f;
         let mut texts: Vec<Vec<u8>> = vec![Vec::new(), b"plain ascii text, no specials".to_vec()];
         for len in 0..20 {
             for at in 0..len {
-                for byte in [b'"', b'\\', 0x00, 0x1f, b'\n', 0x20, 0x7f, 0x80, 0xff, b'a'] {
+                for byte in [
+                    b'"', b'\\', 0x00, 0x1f, b'\n', 0x20, 0x7e, 0x7f, 0x80, 0xff, b'a',
+                ] {
                     let mut text = vec![b'x'; len];
                     text[at] = byte;
                     texts.push(text);
@@ -104,8 +125,8 @@ mod tests {
                     "{text:?} {from}"
                 );
                 assert_eq!(
-                    quote_or_backslash(text, from),
-                    expected(&quote),
+                    json_special_or_not_printable(text, from),
+                    expected(&not_printable),
                     "{text:?} {from}"
                 );
             }

@@ -16,8 +16,9 @@ use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use actix_web::http::header::HeaderValue;
 use tracing::callsite::Callsite as _;
 use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
@@ -53,6 +54,74 @@ pub fn init(subscriber: impl Subscriber + Send + Sync) -> anyhow::Result<()> {
     tracing_log::LogTracer::init()?;
     set_global_default(subscriber)?;
     Ok(())
+}
+
+/// Standard output as a sink of whole lines ([`subscriber`]'s `Sink`), for `llmux serve`.
+///
+/// Each line is one `write` of a duplicate of the stdout descriptor, under a lock so that lines
+/// from several threads never interleave (as they do not through `std::io::Stdout`'s lock).
+/// Not `std::io::stdout` itself: its `LineWriter` searches every line for its last newline,
+/// byte by byte, before writing it (about 300 instructions per access line, issue 16), and llmux
+/// writes nothing else to stdout while it serves. When the descriptor cannot be duplicated
+/// (stdout closed), lines go through `std::io::stdout`.
+pub struct StdoutLines(Option<std::sync::Mutex<std::fs::File>>);
+
+impl StdoutLines {
+    pub fn new() -> Self {
+        use std::os::fd::AsFd as _;
+        let duplicate = std::io::stdout().as_fd().try_clone_to_owned().ok();
+        Self(duplicate.map(|fd| std::sync::Mutex::new(std::fs::File::from(fd))))
+    }
+}
+
+impl Default for StdoutLines {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A [`StdoutLines`] writer: the locked descriptor, or `std::io::Stdout`'s lock.
+pub enum StdoutLine<'a> {
+    Descriptor(std::sync::MutexGuard<'a, std::fs::File>),
+    Stdout(std::io::StdoutLock<'static>),
+}
+
+impl<'a> MakeWriter<'a> for StdoutLines {
+    type Writer = StdoutLine<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        match &self.0 {
+            // A thread that panicked while writing left at most a partial line.
+            Some(file) => StdoutLine::Descriptor(
+                file.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            ),
+            None => StdoutLine::Stdout(std::io::stdout().lock()),
+        }
+    }
+}
+
+impl std::io::Write for StdoutLine<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Descriptor(file) => file.write(bytes),
+            Self::Stdout(stdout) => stdout.write(bytes),
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::Descriptor(file) => file.write_all(bytes),
+            Self::Stdout(stdout) => stdout.write_all(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Descriptor(file) => file.flush(),
+            Self::Stdout(stdout) => stdout.flush(),
+        }
+    }
 }
 
 /// Formats events and spans as bunyan records, one JSON object a line, to its sink.
@@ -161,6 +230,9 @@ struct Buffers {
     scratch: String,
     /// The last second formatted, and its `YYYY-MM-DDTHH:MM:SS`.
     second: Option<(u64, String)>,
+    /// The last reading of the system clock for an access line, and the instant read with it
+    /// (see [`wall_time_at`]).
+    wall_clock: Option<(Instant, Duration)>,
 }
 
 /// Buffers larger than this after a line are given back rather than kept for the next one.
@@ -250,6 +322,7 @@ impl BunyanLayer {
     fn write_access(
         &self,
         metadata: &'static Metadata<'static>,
+        now: Instant,
         write_fields: impl FnOnce(&mut LineFields),
     ) {
         let parts = self.access_parts(metadata);
@@ -260,7 +333,8 @@ impl BunyanLayer {
             };
             fields.text.clear();
             fields.text.extend_from_slice(&parts.prefix);
-            push_time(&mut fields.text, &mut buffers.second);
+            let since_epoch = wall_time_at(&mut buffers.wall_clock, now);
+            push_time_since_epoch(&mut fields.text, &mut buffers.second, since_epoch);
             fields.text.extend_from_slice(&parts.middle);
             write_fields(&mut fields);
             fields.text.extend_from_slice(b"}\n");
@@ -492,8 +566,12 @@ pub(crate) use access_callsite;
 /// ask it: the level, the callsite's cached interest, then `enabled` when the interest is
 /// "sometimes". It is built once (`--log`, fixed for the process), so the cached interest holds.
 /// Inside a span, or under any other subscriber, the event is dispatched through tracing.
+///
+/// `now` is the caller's latest reading of the monotonic clock: the line's `time` is derived
+/// from it where it can be ([`wall_time_at`]).
 pub fn access_line(
     callsite: &'static tracing::callsite::DefaultCallsite,
+    now: Instant,
     write_fields: impl FnOnce(&mut LineFields),
 ) -> AccessLineWent {
     let metadata = callsite.metadata();
@@ -519,7 +597,7 @@ pub fn access_line(
         };
         match layer {
             Some(layer) if dispatch.current_span().id().is_none() => {
-                layer.write_access(metadata, write_fields);
+                layer.write_access(metadata, now, write_fields);
                 AccessLineWent::Direct
             }
             _ => {
@@ -582,7 +660,27 @@ thread_local! {
     };
 }
 
+/// Pairs rendered once by [`LineFields`] and written again as they are ([`LineFields::pairs`]),
+/// for values that repeat from line to line (an endpoint's names).
+#[derive(Debug)]
+pub struct RenderedPairs(Box<[u8]>);
+
+impl RenderedPairs {
+    pub fn new(write: impl FnOnce(&mut LineFields)) -> Self {
+        let mut fields = LineFields::new();
+        write(&mut fields);
+        Self(fields.text.into_boxed_slice())
+    }
+}
+
 impl LineFields {
+    /// Pairs rendered ahead: the same text as the calls that rendered them, in one copy.
+    #[inline]
+    pub fn pairs(&mut self, pairs: &RenderedPairs) -> &mut Self {
+        self.text.extend_from_slice(&pairs.0);
+        self
+    }
+
     /// Runs `write` with this thread's reused fields, emptied (fresh ones when they are in use).
     pub fn with(write: impl FnOnce(&mut LineFields)) {
         let mut write = Some(write);
@@ -615,28 +713,75 @@ impl LineFields {
         std::str::from_utf8(&self.text).unwrap_or_default()
     }
 
-    // The writers are `#[inline]`: called with literal keys, the key's copies become moves of
-    // known length instead of a `memcpy` call each (issue 16).
-    #[inline]
+    // The writers are `#[inline(always)]`: called with literal keys, the key's copies become
+    // moves of known length instead of a `memcpy` call each (issue 16; out of line, as the
+    // inliner left some, a key cost about 30 instructions more).
+    #[inline(always)]
     fn key(&mut self, key: &'static str) {
         debug_assert!(!is_core_key(key) && !needs_escape(key.as_bytes()), "{key}");
-        self.text.extend_from_slice(b",\"");
-        self.text.extend_from_slice(key.as_bytes());
-        self.text.extend_from_slice(b"\":");
+        /// Keys up to this long are put together as `,"key":` first and copied once: with a
+        /// literal key that is one copy of known length, where three copies checked the
+        /// buffer's room three times (issue 16).
+        const SHORT: usize = 28;
+        let key = key.as_bytes();
+        if key.len() <= SHORT {
+            let mut pair = [0u8; SHORT + 4];
+            pair[..2].copy_from_slice(b",\"");
+            pair[2..2 + key.len()].copy_from_slice(key);
+            pair[2 + key.len()..4 + key.len()].copy_from_slice(b"\":");
+            self.text.extend_from_slice(&pair[..4 + key.len()]);
+        } else {
+            self.text.extend_from_slice(b",\"");
+            self.text.extend_from_slice(key);
+            self.text.extend_from_slice(b"\":");
+        }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn str(&mut self, key: &'static str, value: &str) -> &mut Self {
         self.key(key);
         json_string(&mut self.text, value);
         self
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn opt_str(&mut self, key: &'static str, value: Option<&str>) -> &mut Self {
         if let Some(value) = value {
             self.str(key, value);
         }
+        self
+    }
+
+    /// A string llmux wrote in its source (a method, a route, an outcome's name): nothing in it
+    /// needs escaping, so it is copied without the check (about 30 instructions a value,
+    /// issue 16). Debug builds check it.
+    #[inline(always)]
+    pub fn literal(&mut self, key: &'static str, value: &'static str) -> &mut Self {
+        debug_assert!(!needs_escape(value.as_bytes()), "{value}");
+        self.key(key);
+        self.text.reserve(value.len() + 2);
+        self.text.push(b'"');
+        self.text.extend_from_slice(value.as_bytes());
+        self.text.push(b'"');
+        self
+    }
+
+    /// A header's value as `HeaderValue::to_str` reads it, like `field = value.to_str().unwrap_or("")`
+    /// (empty when it is not all printable ASCII). One search says whether the bytes are both
+    /// printable ASCII and free of what JSON escapes, and those (llmux's own request ids, and
+    /// most of the clients') are copied as they are: `to_str`'s byte-by-byte check and then the
+    /// escape check cost about 10 instructions per byte (issue 16).
+    #[inline(always)]
+    pub fn header_value(&mut self, key: &'static str, value: &HeaderValue) -> &mut Self {
+        let bytes = value.as_bytes();
+        if crate::swar::json_special_or_not_printable(bytes, 0).is_some() {
+            return self.str(key, value.to_str().unwrap_or(""));
+        }
+        self.key(key);
+        self.text.reserve(bytes.len() + 2);
+        self.text.push(b'"');
+        self.text.extend_from_slice(bytes);
+        self.text.push(b'"');
         self
     }
 
@@ -651,36 +796,35 @@ impl LineFields {
     }
 
     /// A client address as its `Display` text (`127.0.0.1:5000`, `[::1]:5000`). An IPv4 one is
-    /// written through itoa: `Display` goes through the formatter twice (address, then port)
+    /// written digit by digit: `Display` goes through the formatter twice (address, then port)
     /// and cost about 1.3k instructions per line (issue 16).
+    #[inline(always)]
     pub fn socket_addr(&mut self, key: &'static str, address: std::net::SocketAddr) -> &mut Self {
         let std::net::SocketAddr::V4(v4) = address else {
             return self.display(key, address);
         };
         self.key(key);
         self.text.push(b'"');
-        let mut digits = itoa::Buffer::new();
         for (i, octet) in v4.ip().octets().into_iter().enumerate() {
             if i > 0 {
                 self.text.push(b'.');
             }
-            self.text.extend_from_slice(digits.format(octet).as_bytes());
+            push_octet(&mut self.text, octet);
         }
         self.text.push(b':');
-        self.text
-            .extend_from_slice(digits.format(v4.port()).as_bytes());
+        push_number(&mut self.text, v4.port());
         self.text.push(b'"');
         self
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn number(&mut self, key: &'static str, value: impl itoa::Integer) -> &mut Self {
         self.key(key);
         push_number(&mut self.text, value);
         self
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn opt_number<N: itoa::Integer>(
         &mut self,
         key: &'static str,
@@ -693,14 +837,14 @@ impl LineFields {
     }
 
     /// As the layer writes an `f64` field: ryu's shortest form, `null` for NaN and infinities.
-    #[inline]
+    #[inline(always)]
     pub fn float(&mut self, key: &'static str, value: f64) -> &mut Self {
         self.key(key);
         push_float(&mut self.text, value);
         self
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn opt_float(&mut self, key: &'static str, value: Option<f64>) -> &mut Self {
         if let Some(value) = value {
             self.float(key, value);
@@ -708,7 +852,7 @@ impl LineFields {
         self
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn bool(&mut self, key: &'static str, value: bool) -> &mut Self {
         self.key(key);
         self.text
@@ -716,7 +860,7 @@ impl LineFields {
         self
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn opt_bool(&mut self, key: &'static str, value: Option<bool>) -> &mut Self {
         if let Some(value) = value {
             self.bool(key, value);
@@ -762,6 +906,19 @@ fn needs_escape(bytes: &[u8]) -> bool {
     crate::swar::json_special(bytes, 0).is_some()
 }
 
+/// A byte's decimal digits, as `Display` writes them: without itoa's buffer and the copy of
+/// its 1 to 3 digits (a `memcpy` call each).
+fn push_octet(out: &mut Vec<u8>, octet: u8) {
+    if octet >= 100 {
+        out.push(b'0' + octet / 100);
+    }
+    if octet >= 10 {
+        out.push(b'0' + octet / 10 % 10);
+    }
+    out.push(b'0' + octet % 10);
+}
+
+#[inline]
 fn push_number(out: &mut Vec<u8>, number: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(number).as_bytes());
 }
@@ -769,10 +926,42 @@ fn push_number(out: &mut Vec<u8>, number: impl itoa::Integer) {
 /// Appends the current UTC time as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (RFC 3339). The part up to the
 /// second is formatted once per second and kept in `second`.
 fn push_time(out: &mut Vec<u8>, second: &mut Option<(u64, String)>) {
-    let now = SystemTime::now()
+    push_time_since_epoch(out, second, system_time_since_epoch());
+}
+
+fn system_time_since_epoch() -> Duration {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let seconds = now.as_secs();
+        .unwrap_or_default()
+}
+
+/// The wall-clock time of `now`, from this thread's last reading of the system clock (`base`: an
+/// instant and the system time read with it) when that is less than a second before `now`: the
+/// access line is written when the record has just read the monotonic clock, and reading the
+/// system clock as well cost about 250 instructions per line (issue 16). Both clocks run at the
+/// same rate (NTP slews them alike; only the system clock steps), so the time is the system
+/// clock's to within the reading's own microseconds, and a step shows within a second.
+fn wall_time_at(base: &mut Option<(Instant, Duration)>, now: Instant) -> Duration {
+    if let Some((instant, since_epoch)) = *base {
+        if let Some(elapsed) = now.checked_duration_since(instant) {
+            if elapsed < Duration::from_secs(1) {
+                return since_epoch + elapsed;
+            }
+        }
+    }
+    let since_epoch = system_time_since_epoch();
+    // The instant read right after, so that later lines are not early by what lies between.
+    *base = Some((Instant::now(), since_epoch));
+    since_epoch
+}
+
+/// [`push_time`] of a time already read.
+fn push_time_since_epoch(
+    out: &mut Vec<u8>,
+    second: &mut Option<(u64, String)>,
+    since_epoch: Duration,
+) {
+    let seconds = since_epoch.as_secs();
     let formatted = match second {
         Some((cached, formatted)) if *cached == seconds => formatted,
         _ => {
@@ -795,12 +984,20 @@ fn push_time(out: &mut Vec<u8>, second: &mut Option<(u64, String)>) {
         }
     };
     out.extend_from_slice(formatted.as_bytes());
-    out.push(b'.');
-    let mut digits = itoa::Buffer::new();
-    let digits = digits.format(now.subsec_micros());
-    out.extend_from_slice(&b"000000"[digits.len()..]);
-    out.extend_from_slice(digits.as_bytes());
-    out.push(b'Z');
+    // `.ffffffZ` as one fixed-size copy: the digits through itoa and the zeros before them
+    // were two copies of variable length.
+    let micros = since_epoch.subsec_micros();
+    let digit = |place: u32| b'0' + (micros / place % 10) as u8;
+    out.extend_from_slice(&[
+        b'.',
+        digit(100_000),
+        digit(10_000),
+        digit(1_000),
+        digit(100),
+        digit(10),
+        digit(1),
+        b'Z',
+    ]);
 }
 
 #[cfg(test)]
@@ -1041,6 +1238,8 @@ mod tests {
             "127.0.0.1:5000",
             "0.0.0.0:0",
             "255.255.255.255:65535",
+            "10.99.100.9:80",
+            "1.20.199.250:1",
             "[::1]:443",
         ] {
             let address: std::net::SocketAddr = text.parse().unwrap();
@@ -1048,6 +1247,75 @@ mod tests {
             fields.socket_addr("client", address);
             assert_eq!(fields.as_str(), format!(",\"client\":\"{address}\""));
         }
+    }
+
+    #[test]
+    fn header_values_are_written_as_their_to_str_text() {
+        let mut values: Vec<HeaderValue> = [
+            "req_9f9dcc56c6899ef0547cf9a6d7abcb99",
+            "",
+            "a",
+            "abc-123",
+            "quote\"d",
+            "back\\slash",
+            "tab\there",
+            "tilde~and{braces}",
+            "twenty-three-bytes-long",
+        ]
+        .into_iter()
+        .map(HeaderValue::from_static)
+        .collect();
+        // Bytes `to_str` refuses (obs-text; a header holds no DEL) or JSON escapes, at every
+        // place of one and two words.
+        for byte in [b'\t', b'"', b'\\', 0x80, 0xe9, 0xff] {
+            for len in [1, 7, 8, 9, 16, 17] {
+                for place in 0..len {
+                    let mut bytes = vec![b'x'; len];
+                    bytes[place] = byte;
+                    values.push(HeaderValue::from_bytes(&bytes).unwrap());
+                }
+            }
+        }
+        for value in values {
+            let mut fields = LineFields::new();
+            fields.header_value("request_id", &value);
+            let text = value.to_str().unwrap_or("");
+            let expected = format!(",\"request_id\":{}", serde_json::to_string(text).unwrap());
+            assert_eq!(fields.as_str(), expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn keys_of_any_length_are_written_whole() {
+        let mut fields = LineFields::new();
+        fields
+            .number("a", 1u8)
+            .number("twenty_eight_bytes_long_key_", 2u8)
+            .number("twenty_nine_bytes_long_key_xy", 3u8)
+            .number(
+                "a_key_much_longer_than_the_short_ones_put_together_first",
+                4u8,
+            );
+        assert_eq!(
+            fields.as_str(),
+            concat!(
+                r#","a":1,"twenty_eight_bytes_long_key_":2,"twenty_nine_bytes_long_key_xy":3"#,
+                r#","a_key_much_longer_than_the_short_ones_put_together_first":4"#
+            )
+        );
+    }
+
+    #[test]
+    fn literals_are_written_like_strings() {
+        let mut literal = LineFields::new();
+        literal
+            .literal("path", "v1/chat/completions")
+            .literal("outcome", "ok");
+        let mut checked = LineFields::new();
+        checked
+            .str("path", "v1/chat/completions")
+            .str("outcome", "ok");
+        assert_eq!(literal.as_str(), checked.as_str());
     }
 
     #[test]
@@ -1093,7 +1361,7 @@ mod tests {
         let record = Arc::clone(&went);
         let lines = ours(filter, || {
             around(&|| {
-                let how = super::access_line(callsite, some_access_fields);
+                let how = super::access_line(callsite, Instant::now(), some_access_fields);
                 record.lock().unwrap().push(how);
                 tracing::dispatcher::get_default(|dispatch| {
                     dispatch_access_event(dispatch, callsite.metadata(), some_access_fields)
@@ -1126,7 +1394,7 @@ mod tests {
         let callsite = access_callsite!();
         let client: std::net::SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let direct = ours("info", || {
-            super::access_line(callsite, some_access_fields);
+            super::access_line(callsite, Instant::now(), some_access_fields);
         });
         let one_by_one = || {
             tracing::info!(
@@ -1152,6 +1420,57 @@ mod tests {
         assert_eq!(direct, old);
     }
 
+    /// An RFC 3339 `time` value as the time since the epoch.
+    fn since_epoch(time: &str) -> Duration {
+        let parsed =
+            time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
+                .unwrap();
+        Duration::from_nanos(u64::try_from(parsed.unix_timestamp_nanos()).unwrap())
+    }
+
+    #[test]
+    fn access_lines_carry_the_system_clocks_time_when_written() {
+        let callsite = access_callsite!();
+        for _ in 0..3 {
+            let before = system_time_since_epoch();
+            let lines = ours("info", || {
+                for _ in 0..3 {
+                    super::access_line(callsite, Instant::now(), some_access_fields);
+                }
+            });
+            let after = system_time_since_epoch();
+            for line in &lines {
+                let time = since_epoch(object(line)["time"].as_str().unwrap());
+                // `time` is cut to microseconds.
+                let earliest = before - Duration::from_micros(1);
+                assert!(
+                    earliest <= time && time <= after,
+                    "{before:?} {time:?} {after:?}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(400));
+        }
+    }
+
+    #[test]
+    fn the_wall_clock_is_read_again_after_a_second() {
+        let now = Instant::now();
+        let since_epoch = Duration::from_secs(1_000_000);
+        let mut base = Some((now - Duration::from_millis(500), since_epoch));
+        assert_eq!(
+            wall_time_at(&mut base, now),
+            since_epoch + Duration::from_millis(500)
+        );
+        let mut base = Some((now - Duration::from_millis(1_000), since_epoch));
+        let before = system_time_since_epoch();
+        let read = wall_time_at(&mut base, now);
+        assert!(before <= read && read <= system_time_since_epoch());
+        assert_eq!(base.map(|(_, since_epoch)| since_epoch), Some(read));
+        // An instant before the base (another thread's, say) reads the clock too.
+        let mut base = Some((now + Duration::from_millis(10), since_epoch));
+        assert_ne!(wall_time_at(&mut base, now), since_epoch);
+    }
+
     #[test]
     fn access_lines_follow_the_filter() {
         for (filter, written) in [
@@ -1167,7 +1486,11 @@ mod tests {
             let callsite = access_callsite!();
             let mut went = None;
             let lines = ours(filter, || {
-                went = Some(super::access_line(callsite, some_access_fields))
+                went = Some(super::access_line(
+                    callsite,
+                    Instant::now(),
+                    some_access_fields,
+                ))
             });
             let expected = match written {
                 true => AccessLineWent::Direct,
@@ -1197,7 +1520,13 @@ mod tests {
     fn another_subscriber_gets_the_access_line_as_an_event() {
         let callsite = access_callsite!();
         let mut went = None;
-        let lines = theirs(|| went = Some(super::access_line(callsite, some_access_fields)));
+        let lines = theirs(|| {
+            went = Some(super::access_line(
+                callsite,
+                Instant::now(),
+                some_access_fields,
+            ))
+        });
         assert_eq!(went, Some(AccessLineWent::Dispatched));
         let line = object(&lines[0]);
         assert_eq!(line["msg"], "request");

@@ -20,7 +20,7 @@ use crate::metrics::{Metrics, RequestRecord};
 use crate::proxy::usage::{Usage, UsageReader};
 use crate::realtime::relay::SessionSummary;
 use crate::routing::endpoint::Endpoint;
-use crate::telemetry::{self, LineFields};
+use crate::telemetry::{self, LineFields, RenderedPairs};
 use crate::traces::{Finished, RequestTrace};
 
 /// How a request ended, as the access log and the metrics label it.
@@ -209,7 +209,6 @@ impl AccessLog {
     fn access_fields(
         &self,
         fields: &mut LineFields,
-        endpoint: Option<&Endpoint>,
         status: u16,
         duration: Duration,
         usage: Option<Usage>,
@@ -217,17 +216,18 @@ impl AccessLog {
     ) {
         let realtime = self.realtime.as_ref();
         fields
-            .str("request_id", self.request_id())
-            .str("method", self.method)
-            .str("path", self.path)
+            .header_value("request_id", &self.request_id)
+            .literal("method", self.method)
+            .literal("path", self.path)
             // Cut: the model name is the client's text.
-            .str("model", &echo(self.model.as_deref().unwrap_or("")))
-            .str("provider", endpoint.map_or("", |e| &*e.provider))
-            .str(
-                "target_model",
-                endpoint.map_or("", |e| &*e.target_model_name),
-            )
-            .str("upstream_host", endpoint.map_or("", |e| &*e.upstream_host))
+            .str("model", &echo(self.model.as_deref().unwrap_or("")));
+        match &self.endpoint {
+            Some(endpoint) => with_endpoint_pairs(endpoint, |pairs| {
+                fields.pairs(pairs);
+            }),
+            None => endpoint_pairs(fields, None),
+        }
+        fields
             .number("status", status)
             .float("duration_ms", duration.as_secs_f64() * 1000.0)
             .opt_float("ttfb_ms", self.first_byte.map(|d| d.as_secs_f64() * 1000.0))
@@ -237,7 +237,7 @@ impl AccessLog {
             .opt_bool("tokens_estimated", usage.map(|u| u.estimated))
             .bool("stream", self.stream)
             .number("bytes", self.bytes)
-            .str("outcome", self.outcome.as_str());
+            .literal("outcome", self.outcome.as_str());
         if let Some(client) = self.client {
             fields.socket_addr("client", client);
         }
@@ -263,6 +263,54 @@ impl AccessLog {
     }
 }
 
+/// `provider`, `target_model` and `upstream_host` of the access line: an endpoint's names, or
+/// empty strings without one.
+fn endpoint_pairs(fields: &mut LineFields, endpoint: Option<&Endpoint>) {
+    fields
+        .str("provider", endpoint.map_or("", |e| &*e.provider))
+        .str(
+            "target_model",
+            endpoint.map_or("", |e| &*e.target_model_name),
+        )
+        .str("upstream_host", endpoint.map_or("", |e| &*e.upstream_host));
+}
+
+thread_local! {
+    /// The last endpoint this thread wrote a line for, with its [`endpoint_pairs`]: most lines
+    /// name the endpoint the line before named, and copying its pairs whole costs a tenth of
+    /// checking and copying three strings and their keys (issue 16). The `Arc` keeps the
+    /// endpoint alive, so a pointer that compares equal is the same endpoint (an endpoint never
+    /// changes; a reload makes new ones).
+    static ENDPOINT_PAIRS: std::cell::RefCell<Option<(Arc<Endpoint>, RenderedPairs)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `write` with `endpoint`'s pairs, rendered again only when this thread's last line named
+/// another endpoint.
+fn with_endpoint_pairs(endpoint: &Arc<Endpoint>, write: impl FnOnce(&RenderedPairs)) {
+    let mut write = Some(write);
+    let _ = ENDPOINT_PAIRS.try_with(|cell| {
+        let Ok(mut last) = cell.try_borrow_mut() else {
+            return;
+        };
+        let same = last
+            .as_ref()
+            .is_some_and(|(last, _)| Arc::ptr_eq(last, endpoint));
+        if !same {
+            let pairs = RenderedPairs::new(|fields| endpoint_pairs(fields, Some(endpoint)));
+            *last = Some((Arc::clone(endpoint), pairs));
+        }
+        if let (Some((_, pairs)), Some(write)) = (last.as_ref(), write.take()) {
+            write(pairs);
+        }
+    });
+    if let Some(write) = write {
+        write(&RenderedPairs::new(|fields| {
+            endpoint_pairs(fields, Some(endpoint))
+        }));
+    }
+}
+
 impl Drop for AccessLog {
     fn drop(&mut self) {
         let usage: Option<Usage> = self.usage.as_mut().and_then(UsageReader::finish);
@@ -279,8 +327,8 @@ impl Drop for AccessLog {
         let status = self.status.unwrap_or(CLIENT_CLOSED_STATUS);
         // The fields are rendered only when the line is written (`--log warn` filters it
         // out), straight into the line (`telemetry::access_line`).
-        telemetry::access_line(telemetry::access_callsite!(), |fields| {
-            self.access_fields(fields, endpoint, status, duration, usage, first_token);
+        telemetry::access_line(telemetry::access_callsite!(), now, |fields| {
+            self.access_fields(fields, status, duration, usage, first_token);
         });
         if let Some(trace) = self.trace.take() {
             (*trace).finish(&Finished {
@@ -310,5 +358,53 @@ impl Drop for AccessLog {
             });
             metrics.request_ended();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::endpoint::tests::endpoint;
+
+    fn rendered(write: impl FnOnce(&mut LineFields)) -> String {
+        let mut text = String::new();
+        LineFields::with(|fields| {
+            write(fields);
+            text = fields.as_str().to_owned();
+        });
+        text
+    }
+
+    #[test]
+    fn each_line_names_its_own_endpoint_however_endpoints_follow_each_other() {
+        let first = Arc::new(Endpoint {
+            provider: Arc::from("first"),
+            ..endpoint("a.json", "m", "v1/x", "target \"one\"")
+        });
+        let second = Arc::new(Endpoint {
+            upstream_host: "[::1]:8080".into(),
+            ..endpoint("b.json", "m", "v1/x", "two")
+        });
+        // The first one's twin, as a reload makes it: another endpoint, and other names here.
+        let reloaded = Arc::new(Endpoint {
+            provider: Arc::from("reloaded"),
+            ..endpoint("a.json", "m", "v1/x", "target \"one\"")
+        });
+        for endpoint in [
+            &first, &first, &second, &first, &reloaded, &reloaded, &second,
+        ] {
+            let cached = rendered(|fields| {
+                with_endpoint_pairs(endpoint, |pairs| {
+                    fields.pairs(pairs);
+                })
+            });
+            let direct = rendered(|fields| endpoint_pairs(fields, Some(endpoint)));
+            assert_eq!(cached, direct);
+            assert!(direct.contains(&format!(r#""provider":"{}""#, endpoint.provider)));
+        }
+        assert_eq!(
+            rendered(|fields| endpoint_pairs(fields, None)),
+            r#","provider":"","target_model":"","upstream_host":"""#
+        );
     }
 }

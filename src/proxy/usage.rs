@@ -545,35 +545,49 @@ impl<'a> UsageWalk<'a> {
         if self.literal(b"null") {
             return None;
         }
+        /// In `Seen`'s order, each with its closing quote (see `known_key`).
+        const KEYS: [&[u8]; 8] = [
+            b"prompt_tokens\"",
+            b"completion_tokens\"",
+            b"input_tokens\"",
+            b"output_tokens\"",
+            b"prompt_tokens_details\"",
+            b"input_tokens_details\"",
+            b"completion_tokens_details\"",
+            b"output_tokens_details\"",
+        ];
         let mut usage = ReportedUsage::default();
         let mut seen = Seen::default();
-        self.object(|walk, key| match key {
-            b"prompt_tokens" => seen
-                .first(0)
-                .and_then(|()| walk.count(&mut usage.prompt_tokens)),
-            b"completion_tokens" => seen
-                .first(1)
-                .and_then(|()| walk.count(&mut usage.completion_tokens)),
-            b"input_tokens" => seen
-                .first(2)
-                .and_then(|()| walk.count(&mut usage.input_tokens)),
-            b"output_tokens" => seen
-                .first(3)
-                .and_then(|()| walk.count(&mut usage.output_tokens)),
-            b"prompt_tokens_details" => seen
-                .first(4)
-                .and_then(|()| walk.details(&mut usage.prompt_tokens_details)),
-            b"input_tokens_details" => seen
-                .first(5)
-                .and_then(|()| walk.details(&mut usage.input_tokens_details)),
-            b"completion_tokens_details" => seen
-                .first(6)
-                .and_then(|()| walk.details(&mut usage.completion_tokens_details)),
-            b"output_tokens_details" => seen
-                .first(7)
-                .and_then(|()| walk.details(&mut usage.output_tokens_details)),
-            _ => walk.skip_value(0),
-        })?;
+        self.object(
+            |walk| walk.known_key(&KEYS),
+            |walk, key| match key {
+                Some(0) => seen
+                    .first(0)
+                    .and_then(|()| walk.count(&mut usage.prompt_tokens)),
+                Some(1) => seen
+                    .first(1)
+                    .and_then(|()| walk.count(&mut usage.completion_tokens)),
+                Some(2) => seen
+                    .first(2)
+                    .and_then(|()| walk.count(&mut usage.input_tokens)),
+                Some(3) => seen
+                    .first(3)
+                    .and_then(|()| walk.count(&mut usage.output_tokens)),
+                Some(4) => seen
+                    .first(4)
+                    .and_then(|()| walk.details(&mut usage.prompt_tokens_details)),
+                Some(5) => seen
+                    .first(5)
+                    .and_then(|()| walk.details(&mut usage.input_tokens_details)),
+                Some(6) => seen
+                    .first(6)
+                    .and_then(|()| walk.details(&mut usage.completion_tokens_details)),
+                Some(7) => seen
+                    .first(7)
+                    .and_then(|()| walk.details(&mut usage.output_tokens_details)),
+                _ => walk.skip_value(0),
+            },
+        )?;
         Some(usage)
     }
 
@@ -581,30 +595,42 @@ impl<'a> UsageWalk<'a> {
         if self.literal(b"null") {
             return Some(());
         }
+        const KEYS: [&[u8]; 2] = [b"cached_tokens\"", b"reasoning_tokens\""];
         let mut details = Details::default();
         let mut seen = Seen::default();
-        self.object(|walk, key| match key {
-            b"cached_tokens" => seen
-                .first(0)
-                .and_then(|()| walk.count(&mut details.cached_tokens)),
-            b"reasoning_tokens" => seen
-                .first(1)
-                .and_then(|()| walk.count(&mut details.reasoning_tokens)),
-            _ => walk.skip_value(0),
-        })?;
+        self.object(
+            |walk| walk.known_key(&KEYS),
+            |walk, key| match key {
+                Some(0) => seen
+                    .first(0)
+                    .and_then(|()| walk.count(&mut details.cached_tokens)),
+                Some(1) => seen
+                    .first(1)
+                    .and_then(|()| walk.count(&mut details.reasoning_tokens)),
+                _ => walk.skip_value(0),
+            },
+        )?;
         *slot = Some(details);
         Some(())
     }
 
-    /// `{ "key": value, ... }`, each value read by `member`.
-    fn object(&mut self, mut member: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
+    /// `{ "key": value, ... }`, each key read by `key` (called at its opening quote), each value
+    /// by `member`.
+    fn object<Key>(
+        &mut self,
+        mut key: impl FnMut(&mut Self) -> Option<Key>,
+        mut member: impl FnMut(&mut Self, Key) -> Option<()>,
+    ) -> Option<()> {
         self.expect(b'{')?;
         if self.peek()? == b'}' {
             self.at += 1;
             return Some(());
         }
         loop {
-            let key = self.string()?;
+            if self.peek()? != b'"' {
+                return None;
+            }
+            let key = key(self)?;
             self.expect(b':')?;
             member(self, key)?;
             match self.next()? {
@@ -615,29 +641,45 @@ impl<'a> UsageWalk<'a> {
         }
     }
 
-    /// A whole non-negative number (or `null`).
-    fn count(&mut self, slot: &mut Option<u64>) -> Option<()> {
-        if self.literal(b"null") {
-            return Some(());
+    /// The key at `at` (its opening quote) as serde reads a struct's: `Some(index)` when it is
+    /// exactly `keys[index]` (each written with its closing quote: no longer key starts so),
+    /// compared in place rather than searched for its end first (the search and a compare
+    /// were 100 to 150 instructions a key, issue 16); `None` for any other key, a string that
+    /// must be UTF-8 (serde reads it as a `str` to compare it). A known key written with an
+    /// escape is another key.
+    #[inline(always)]
+    fn known_key<const N: usize>(&mut self, keys: &[&'static [u8]; N]) -> Option<Option<usize>> {
+        let rest = self.bytes.get(self.at + 1..)?;
+        for (index, known) in keys.iter().enumerate() {
+            if rest.starts_with(known) {
+                self.at += 1 + known.len();
+                return Some(Some(index));
+            }
         }
-        self.peek()?;
-        let digits = self.bytes[self.at..]
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .count();
-        let text = &self.bytes[self.at..self.at + digits];
-        let leading_zero = digits > 1 && text[0] == b'0';
-        let fraction = matches!(self.bytes.get(self.at + digits), Some(b'.' | b'e' | b'E'));
+        let other = self.string()?;
+        (other.is_ascii() || std::str::from_utf8(other).is_ok()).then_some(None)
+    }
+
+    /// A whole non-negative number (or `null`), its digits checked and added up in one pass.
+    fn count(&mut self, slot: &mut Option<u64>) -> Option<()> {
+        if self.peek()? == b'n' {
+            return self.literal(b"null").then_some(());
+        }
+        let start = self.at;
+        let mut value: u64 = 0;
+        while let Some(digit) = self.bytes.get(self.at).and_then(|b| b.checked_sub(b'0')) {
+            if digit > 9 {
+                break;
+            }
+            value = value.checked_mul(10)?.checked_add(u64::from(digit))?;
+            self.at += 1;
+        }
+        let digits = self.at - start;
+        let leading_zero = digits > 1 && self.bytes[start] == b'0';
+        let fraction = matches!(self.bytes.get(self.at), Some(b'.' | b'e' | b'E'));
         if digits == 0 || leading_zero || fraction {
             return None;
         }
-        let mut value: u64 = 0;
-        for digit in text {
-            value = value
-                .checked_mul(10)?
-                .checked_add(u64::from(digit - b'0'))?;
-        }
-        self.at += digits;
         *slot = Some(value);
         Some(())
     }
@@ -650,7 +692,8 @@ impl<'a> UsageWalk<'a> {
         }
         match self.peek()? {
             b'"' => self.string().map(|_| ()),
-            b'{' => self.object(|walk, _| walk.skip_value(depth + 1)),
+            // The keys of an ignored object are ignored strings: serde checks no UTF-8 there.
+            b'{' => self.object(Self::string, |walk, _| walk.skip_value(depth + 1)),
             b'[' => {
                 self.at += 1;
                 if self.peek()? == b']' {
@@ -716,20 +759,37 @@ impl<'a> UsageWalk<'a> {
         }
     }
 
-    /// A string's raw contents, escapes as written.
+    /// A string's raw contents, escapes as written, checked as serde_json checks a string it
+    /// ignores: no control byte, every escape one of JSON's.
     fn string(&mut self) -> Option<&'a [u8]> {
         self.expect(b'"')?;
         let start = self.at;
         loop {
-            // An escape can be the last byte (`at` then passes the end: `None`).
-            self.at = crate::swar::quote_or_backslash(self.bytes, self.at)?;
+            self.at = crate::swar::json_special(self.bytes, self.at)?;
             match self.bytes[self.at] {
                 b'"' => {
                     self.at += 1;
                     return Some(&self.bytes[start..self.at - 1]);
                 }
-                _ => self.at += 2,
+                b'\\' => self.escape()?,
+                _ => return None,
             }
+        }
+    }
+
+    /// The escape at `at` (its backslash): `\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`, `\t`, or
+    /// `\u` and four hex digits (a lone surrogate too: serde checks those only in what it reads).
+    fn escape(&mut self) -> Option<()> {
+        let escaped = *self.bytes.get(self.at + 1)?;
+        self.at += 2;
+        match escaped {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(()),
+            b'u' => {
+                let digits = self.bytes.get(self.at..self.at + 4)?;
+                self.at += 4;
+                digits.iter().all(u8::is_ascii_hexdigit).then_some(())
+            }
+            _ => None,
         }
     }
 
@@ -1111,6 +1171,122 @@ mod tests {
             "{\"x\":\"\\",
         ] {
             check_walk(text);
+        }
+    }
+
+    mod walk_proptests {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// The keys the walk reads and a key it skips. Not an escaped known key: the walk skips
+        /// it, where serde reads it (see `UsageWalk`; no backend escapes plain ASCII keys).
+        const KEYS: &[&str] = &[
+            "prompt_tokens",
+            "completion_tokens",
+            "input_tokens",
+            "output_tokens",
+            "total_tokens",
+            "prompt_tokens_details",
+            "completion_tokens_details",
+            "input_tokens_details",
+            "output_tokens_details",
+            "cached_tokens",
+            "reasoning_tokens",
+            "audio_tokens",
+        ];
+
+        /// A count as backends write them, and the near misses serde refuses.
+        fn count() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => any::<u64>().prop_map(|n| n.to_string()),
+                2 => (0u64..1000).prop_map(|n| n.to_string()),
+                1 => Just("null".to_owned()),
+                1 => prop::sample::select(vec![
+                    "18446744073709551616", "-1", "01", "1.0", "1e2", "\"1\"", "nul", "true", "00",
+                ])
+                .prop_map(str::to_owned),
+            ]
+        }
+
+        /// Any JSON value, as text, a few levels deep.
+        fn value() -> impl Strategy<Value = String> {
+            let leaf = prop_oneof![
+                count(),
+                any::<String>().prop_map(|s| serde_json::to_string(&s).unwrap()),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(|f| f.to_string()),
+                prop::sample::select(vec!["true", "false", "null", "-0.5e-3", "1E+2"])
+                    .prop_map(str::to_owned),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4)
+                        .prop_map(|items| format!("[{}]", items.join(","))),
+                    prop::collection::vec((prop::sample::select(KEYS), inner), 0..4).prop_map(
+                        |members| {
+                            let members: Vec<String> = members
+                                .iter()
+                                .map(|(key, value)| format!("\"{key}\":{value}"))
+                                .collect();
+                            format!("{{{}}}", members.join(","))
+                        }
+                    ),
+                ]
+            })
+        }
+
+        /// A usage object: known and unknown keys (some twice) with counts, details objects
+        /// or any value, whitespace between tokens at times, and what follows it in an answer.
+        fn usage() -> impl Strategy<Value = String> {
+            // Not an array for a details object: serde reads one as the struct's fields in
+            // order, the walk refuses it (no backend writes one; see
+            // `a_usage_that_is_not_an_object_is_no_usage`).
+            let member = (prop::sample::select(KEYS), prop_oneof![count(), value()])
+                .prop_filter("no details array", |(key, value)| {
+                    !(key.ends_with("_details") && value.starts_with('['))
+                });
+            (
+                prop::collection::vec(member, 0..8),
+                prop::sample::select(vec!["", " ", "\n  "]),
+                prop::sample::select(vec!["", "}", ",\"choices\":[]}", " x"]),
+            )
+                .prop_map(|(members, space, after)| {
+                    let members: Vec<String> = members
+                        .iter()
+                        .map(|(key, value)| format!("{space}\"{key}\"{space}:{space}{value}"))
+                        .collect();
+                    format!("{{{}{space}}}{after}", members.join(","))
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            /// Issue 16: the hand-written walk reads what serde reads from any usage value.
+            #[test]
+            fn the_usage_walk_reads_what_serde_reads_from_any_usage(text in usage()) {
+                let walked = UsageWalk::new(text.as_bytes()).reported().map(Usage::from);
+                prop_assert_eq!(walked, serde_usage(text.as_bytes()), "{}", text);
+            }
+
+            /// And from any cut or damaged one: the same answer, never a panic.
+            #[test]
+            fn the_usage_walk_reads_what_serde_reads_from_damaged_usage(
+                text in usage(),
+                cut in any::<prop::sample::Index>(),
+                byte in prop::sample::select(b"{}[],:\"\\ 0-.eEnul\x00\xff".to_vec()),
+            ) {
+                let mut bytes = text.into_bytes();
+                let at = cut.index(bytes.len() + 1);
+                let mut cut_short = bytes.clone();
+                cut_short.truncate(at);
+                let walked = UsageWalk::new(&cut_short).reported().map(Usage::from);
+                prop_assert_eq!(walked, serde_usage(&cut_short));
+                bytes.insert(at, byte);
+                let walked = UsageWalk::new(&bytes).reported().map(Usage::from);
+                prop_assert_eq!(walked, serde_usage(&bytes), "{:?}", String::from_utf8_lossy(&bytes));
+            }
         }
     }
 

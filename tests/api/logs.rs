@@ -188,3 +188,57 @@ async fn a_proxied_requests_access_line_has_every_field_once_in_its_order() {
     let client = line["client"].as_str().unwrap();
     assert!(client.starts_with("127.0.0.1:"), "{client}");
 }
+
+#[tokio::test]
+async fn access_lines_carry_a_clients_request_id_escaped_and_one_line_per_request() {
+    // Issue 16: the request id is copied into the line as it is only when nothing in it needs
+    // escaping, and the binary writes its lines to stdout without `std::io::Stdout`.
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = crate::helpers::MockUpstream::start().await;
+    let provider = crate::helpers::provider_file("mock", "", &[("m", "target-m")])
+        .to_string()
+        .replace("{UPSTREAM}", &upstream.url);
+    std::fs::write(dir.path().join("provider.json"), provider).unwrap();
+    let binary =
+        crate::helpers::Binary::start(dir.path(), &[], &[("TEST_PROVIDER_KEY", "sk-up")]).await;
+
+    let ids = [r#"req-"quoted"\back"#, "req-plain-0123456789abcdef", "x"];
+    let client = reqwest::Client::new();
+    for id in ids {
+        let response = client
+            .post(binary.url("/v1/chat/completions"))
+            .header("x-request-id", id)
+            .json(
+                &serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "Hi"}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-request-id"], id);
+        response.bytes().await.unwrap();
+    }
+
+    let (lines, _) = crate::helpers::eventually(
+        std::time::Duration::from_secs(10),
+        "three access lines",
+        || {
+            let lines: Vec<String> = binary
+                .lines_with("\"llmux::access\"")
+                .into_iter()
+                .filter(|line| line.contains(r#""path":"v1/chat/completions""#))
+                .collect();
+            async move { (lines.len() >= 3).then_some(lines) }
+        },
+    )
+    .await;
+    let logged: Vec<String> = lines
+        .iter()
+        .map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(line["provider"], "mock", "{line}");
+            line["request_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(logged, ids);
+}
