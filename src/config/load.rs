@@ -454,6 +454,7 @@ pub fn parse_file(file: &Path, text: &str, env: EnvLookup<'_>) -> FileLoad {
                     breaker: Default::default(),
                     upstream_image_format,
                     tls,
+                    log_pairs: std::sync::OnceLock::new(),
                     identity,
                 });
             }

@@ -275,40 +275,16 @@ fn endpoint_pairs(fields: &mut LineFields, endpoint: Option<&Endpoint>) {
         .str("upstream_host", endpoint.map_or("", |e| &*e.upstream_host));
 }
 
-thread_local! {
-    /// The last endpoint this thread wrote a line for, with its [`endpoint_pairs`]: most lines
-    /// name the endpoint the line before named, and copying its pairs whole costs a tenth of
-    /// checking and copying three strings and their keys (issue 16). The `Arc` keeps the
-    /// endpoint alive, so a pointer that compares equal is the same endpoint (an endpoint never
-    /// changes; a reload makes new ones).
-    static ENDPOINT_PAIRS: std::cell::RefCell<Option<(Arc<Endpoint>, RenderedPairs)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Runs `write` with `endpoint`'s pairs, rendered again only when this thread's last line named
-/// another endpoint.
-fn with_endpoint_pairs(endpoint: &Arc<Endpoint>, write: impl FnOnce(&RenderedPairs)) {
-    let mut write = Some(write);
-    let _ = ENDPOINT_PAIRS.try_with(|cell| {
-        let Ok(mut last) = cell.try_borrow_mut() else {
-            return;
-        };
-        let same = last
-            .as_ref()
-            .is_some_and(|(last, _)| Arc::ptr_eq(last, endpoint));
-        if !same {
-            let pairs = RenderedPairs::new(|fields| endpoint_pairs(fields, Some(endpoint)));
-            *last = Some((Arc::clone(endpoint), pairs));
-        }
-        if let (Some((_, pairs)), Some(write)) = (last.as_ref(), write.take()) {
-            write(pairs);
-        }
-    });
-    if let Some(write) = write {
-        write(&RenderedPairs::new(|fields| {
-            endpoint_pairs(fields, Some(endpoint))
-        }));
-    }
+/// Runs `write` with `endpoint`'s pairs, rendered by the first line that names it: copying them
+/// whole costs a tenth of checking and copying three strings and their keys (issue 16). Kept in
+/// the endpoint, so a pool whose members take turns finds each member's pairs ready too; a
+/// reload makes new endpoints, with pairs of their own.
+fn with_endpoint_pairs(endpoint: &Endpoint, write: impl FnOnce(&RenderedPairs)) {
+    write(
+        endpoint
+            .log_pairs
+            .get_or_init(|| RenderedPairs::new(|fields| endpoint_pairs(fields, Some(endpoint)))),
+    );
 }
 
 impl Drop for AccessLog {

@@ -1,6 +1,6 @@
 //! One upstream endpoint: where a (exposed model, path) goes, with its model name, timeouts and auth.
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -8,6 +8,7 @@ use actix_web::http::Uri;
 
 use super::breaker::Breaker;
 use crate::secret::ApiKey;
+use crate::telemetry::RenderedPairs;
 use crate::upstream::tls::TlsSettings;
 
 /// Further attempts after the first when neither the endpoint nor its provider sets `max_retries`.
@@ -74,6 +75,9 @@ pub struct Endpoint {
     pub upstream_image_format: UpstreamImageFormat,
     /// The provider's (or the endpoint's own) `tls` settings; `None`: the default client.
     pub tls: Option<Arc<TlsSettings>>,
+    /// Its `provider`, `target_model` and `upstream_host` pairs of the access line, rendered by
+    /// the first line that names it (`pipeline::record`), then copied whole (issue 16).
+    pub log_pairs: OnceLock<RenderedPairs>,
 }
 
 /// The `upstream_image_format` endpoint option.
@@ -263,6 +267,7 @@ pub(crate) mod tests {
             upstream_image_format: Default::default(),
             tls: None,
             identity: actix_web::http::header::HeaderValue::from_static("p/t@127.0.0.1:1"),
+            log_pairs: OnceLock::new(),
         }
     }
 
