@@ -31,20 +31,25 @@ fn equal(word: u64, byte: u8) -> u64 {
 /// shifted past the bytes already searched, or, in a slice shorter than a word, the bytes put
 /// in one by one; the bytes past the end read as [`PADDING`].
 #[inline]
-fn position(bytes: &[u8], mut from: usize, flags: impl Fn(u64) -> u64) -> Option<usize> {
-    while let Some(word) = bytes.get(from..).and_then(<[u8]>::first_chunk::<8>) {
+fn position(bytes: &[u8], from: usize, flags: impl Fn(u64) -> u64) -> Option<usize> {
+    let rest = bytes.get(from..).filter(|rest| !rest.is_empty())?;
+    // Whole words without a bounds check each (a long body's strings, issue 16).
+    let (words, tail) = rest.as_chunks::<8>();
+    for (i, word) in words.iter().enumerate() {
         let found = flags(u64::from_le_bytes(*word));
         if found != 0 {
-            return Some(from + found.trailing_zeros() as usize / 8);
+            return Some(from + i * 8 + found.trailing_zeros() as usize / 8);
         }
-        from += 8;
     }
-    let rest = bytes.get(from..).filter(|rest| !rest.is_empty())?;
+    if tail.is_empty() {
+        return None;
+    }
+    let from = from + words.len() * 8;
     // 1 to 7 bytes: every shift below is less than 64 bits.
-    let padding = (ONES * u64::from(PADDING)) << (rest.len() * 8);
+    let padding = (ONES * u64::from(PADDING)) << (tail.len() * 8);
     let word = match bytes.last_chunk::<8>() {
-        Some(last) => (u64::from_le_bytes(*last) >> ((8 - rest.len()) * 8)) | padding,
-        None => rest.iter().enumerate().fold(padding, |word, (i, &byte)| {
+        Some(last) => (u64::from_le_bytes(*last) >> ((8 - tail.len()) * 8)) | padding,
+        None => tail.iter().enumerate().fold(padding, |word, (i, &byte)| {
             word | u64::from(byte) << (i * 8)
         }),
     };
